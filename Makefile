@@ -1,0 +1,40 @@
+# cc-sidecar: `make demo` and `make test` set everything up from nothing but Python 3.11+.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint typecheck unit chart-check bench soak clean format
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test,speed]'
+	touch $(STAMP)
+
+demo: setup
+	$(BIN)/cc-sidecar demo
+
+lint: setup
+	$(BIN)/ruff check proxy tests bench
+	$(BIN)/ruff format --check proxy tests bench
+
+typecheck: setup
+	$(BIN)/mypy
+
+unit: setup
+	$(BIN)/pytest -q
+
+format: setup
+	$(BIN)/ruff format proxy tests bench
+	$(BIN)/ruff check --fix proxy tests bench
+
+test: lint typecheck unit
+
+bench: setup
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tools

@@ -1,0 +1,136 @@
+"""The ``cc-sidecar`` command: run, check-config, config-schema, emulator, demo."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+
+from proxy.config import Settings, load_settings
+from proxy.errors import ConfigError
+
+DEFAULT_CONFIG_PATH = "config/sidecar.yaml"
+EXIT_CONFIG = 2
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse the command line and run one command; return the exit status."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_CONFIG
+    code: int = args.handler(args)
+    return code
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cc-sidecar", description=__doc__)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = commands.add_parser("run", help="serve shop traffic")
+    _add_config_option(run)
+    run.set_defaults(handler=_run)
+
+    check = commands.add_parser("check-config", help="validate the configuration without the network")
+    _add_config_option(check)
+    check.set_defaults(handler=_check_config)
+
+    schema = commands.add_parser("config-schema", help="print the JSON Schema of the configuration")
+    schema.set_defaults(handler=_config_schema)
+
+    reference = commands.add_parser("config-reference", help="print every config key with its default (Markdown)")
+    reference.set_defaults(handler=_config_reference)
+
+    emulator = commands.add_parser("emulator", help="serve the Storefront API emulator")
+    emulator.add_argument("--host", default="127.0.0.1")
+    emulator.add_argument("--port", type=int, default=8081)
+    emulator.add_argument("--client-id", default="demo")
+    emulator.add_argument("--client-secret", default="demo-secret")
+    emulator.add_argument("--tenant-id", type=int, default=1)
+    emulator.add_argument("--storefront-id", type=int, action="append", dest="storefront_ids")
+    emulator.add_argument("--token-lifetime-s", type=int, default=3600)
+    emulator.add_argument("--seed", help="YAML file of storefronts and users to start with")
+    emulator.add_argument("--enable-control", action="store_true",
+                          help="serve /_emulator/* (call log, fault injection); for tests only")
+    emulator.set_defaults(handler=_emulator)
+
+    demo = commands.add_parser("demo", help="emulator + demo shop + sidecar on loopback")
+    demo.add_argument("--port", type=int, default=8080, help="the sidecar's port (the URL to open)")
+    demo.set_defaults(handler=_demo)
+    return parser
+
+
+def _add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config",
+        default=os.environ.get("CC_SIDECAR_CONFIG", DEFAULT_CONFIG_PATH),
+        help=f"YAML file (default: $CC_SIDECAR_CONFIG, else {DEFAULT_CONFIG_PATH})",
+    )
+
+
+def _load_or_report(path: str) -> Settings | None:
+    try:
+        return load_settings(path)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(problem, file=sys.stderr)
+        return None
+
+
+def _check_config(args: argparse.Namespace) -> int:
+    settings = _load_or_report(args.config)
+    if settings is None:
+        return EXIT_CONFIG
+    for storefront in settings.storefronts:
+        selected = ", ".join(storefront.hosts) or (
+            f"{storefront.select_header.name}: {storefront.select_header.value}"
+            if storefront.select_header else "any host"
+        )
+        identity = [name for name in ("header", "response_header", "session_check")
+                    if getattr(storefront.user, name) is not None]
+        print(
+            f"storefront {storefront.name} (id {storefront.storefront_id}): {selected} -> "
+            f"{storefront.upstream}; user: {', '.join(identity) or 'guests only'}; "
+            f"editor paths: {len(storefront.editor_paths)}; inject: {', '.join(storefront.inject) or 'none'}"
+        )
+    return 0
+
+
+def _config_schema(args: argparse.Namespace) -> int:
+    print(json.dumps(Settings.model_json_schema(), indent=2))
+    return 0
+
+
+def _config_reference(args: argparse.Namespace) -> int:
+    from proxy.config.reference import markdown_reference
+
+    print(markdown_reference(), end="")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    from proxy.log import setup_logging
+
+    setup_logging()
+    settings = _load_or_report(args.config)
+    if settings is None:
+        return EXIT_CONFIG
+    setup_logging(settings.log_level)
+    from proxy.app import serve
+
+    return serve(settings)
+
+
+def _emulator(args: argparse.Namespace) -> int:
+    from proxy.emulator import run_emulator
+
+    return run_emulator(args)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from proxy.demo import run_demo
+
+    return run_demo(args)

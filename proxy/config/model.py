@@ -1,0 +1,250 @@
+"""Typed, frozen settings: what each key means, its type and its default.
+
+Defaults are the ``DEFAULT_*`` constants below, one place for all of them. Parsing turns strings
+into the types the request path uses (networks, listen addresses), so nothing is parsed per request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    field_validator,
+)
+
+# Where the shop's traffic is served.
+DEFAULT_LISTEN = "0.0.0.0:8080"
+# Health, readiness and metrics; never shop traffic.
+DEFAULT_ADMIN_LISTEN = "0.0.0.0:9090"
+# The whole token work of one request (all its API calls together), in seconds.
+DEFAULT_API_TIMEOUT_S = 5.0
+# Consecutive API failures that open the circuit, and how long it stays open.
+DEFAULT_BREAKER_FAILURES = 5
+DEFAULT_BREAKER_OPEN_S = 10.0
+# A customer token without an ``exp`` claim is treated as living this long.
+DEFAULT_TOKEN_LIFETIME_WITHOUT_EXP_S = 300.0
+# Cached customer tokens; least recently used dropped first.
+DEFAULT_TOKEN_CACHE_SIZE = 100_000
+# A token is renewed this long before its ``exp``.
+DEFAULT_TOKEN_SKEW_S = 30.0
+# In-flight requests may finish for this long after SIGTERM.
+DEFAULT_SHUTDOWN_GRACE_S = 20.0
+# No response headers from the shop within this: 504.
+DEFAULT_UPSTREAM_TIMEOUT_S = 60.0
+# No TCP connection to the shop within this: 502.
+DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S = 5.0
+# A session-check answer is reused for this long per session.
+DEFAULT_SESSION_CHECK_TTL_S = 60.0
+InjectMode = Literal["html", "header", "cookie"]
+DEFAULT_INJECT: tuple[InjectMode, ...] = ("html",)
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+_COOKIE_NAME = _HEADER_NAME
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """Split ``host:port`` (``[v6]:port`` for IPv6) into its parts; raise ValueError if malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit():
+        raise ValueError("not a host:port address")
+    port = int(port_text)
+    if not 0 <= port <= 65535:
+        raise ValueError("port out of range 0-65535")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError("not a host:port address") from None
+    if not host or any(c.isspace() for c in host) or "/" in host:
+        raise ValueError("not a host:port address")
+    return host, port
+
+
+def _check_listen(value: str) -> str:
+    split_listen(value)
+    return value
+
+
+def _check_http_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not an http(s) URL")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("not an http(s) URL") from None
+    return value.rstrip("/")
+
+
+def _check_header_name(value: str) -> str:
+    if not _HEADER_NAME.match(value):
+        raise ValueError("not a valid HTTP header name")
+    return value
+
+
+def _check_cookie_name(value: str) -> str:
+    if not _COOKIE_NAME.match(value):
+        raise ValueError("not a valid cookie name")
+    return value
+
+
+def _check_glob(value: str) -> str:
+    if not value.startswith("/"):
+        raise ValueError("an editor path glob must start with /")
+    return value
+
+
+HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
+ListenAddress = Annotated[str, AfterValidator(_check_listen)]
+HeaderName = Annotated[str, AfterValidator(_check_header_name)]
+CookieName = Annotated[str, AfterValidator(_check_cookie_name)]
+PathGlob = Annotated[str, AfterValidator(_check_glob)]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+PositiveSeconds = Annotated[float, Field(gt=0)]
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class BreakerSettings(_Frozen):
+    """When repeated API failures hold calls back."""
+
+    failures: int = Field(DEFAULT_BREAKER_FAILURES, ge=1, description="Consecutive failures that open the circuit.")
+    open_s: PositiveSeconds = Field(DEFAULT_BREAKER_OPEN_S, description="Seconds the circuit stays open before a probe.")
+
+
+class CustomersCanvasSettings(_Frozen):
+    """How the sidecar reaches the Customer's Canvas Storefront API."""
+
+    api_url: HttpUrl = Field(description="API gateway, e.g. https://api.customerscanvashub.com.")
+    token_url: HttpUrl | None = Field(None, description="OAuth2 token endpoint; default {api_url}/connect/token.")
+    client_id: str = Field(min_length=1, description="External App client id.")
+    client_secret: SecretStr = Field(description="External App client secret; use ${ENV}.")
+    tenant_id: int | None = Field(None, ge=1, description="Sent as tenantId when set.")
+    scope: str | None = Field(None, description="OAuth2 scopes, space separated; omitted = all allowed.")
+    timeout_s: PositiveSeconds = Field(DEFAULT_API_TIMEOUT_S, description="The whole token work of one request.")
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)  # type: ignore[arg-type]
+    token_lifetime_without_exp_s: PositiveSeconds = Field(
+        DEFAULT_TOKEN_LIFETIME_WITHOUT_EXP_S,
+        description="Lifetime assumed for a customer token that carries no exp claim.",
+    )
+
+    @field_validator("client_secret")
+    @classmethod
+    def _secret_not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value():
+            raise ValueError("must not be empty")
+        return value
+
+    @property
+    def effective_token_url(self) -> str:
+        """The token endpoint, defaulting to ``{api_url}/connect/token``."""
+        return self.token_url or f"{self.api_url}/connect/token"
+
+
+class SessionCheck(_Frozen):
+    """Ask the shop who is logged in: GET ``url`` with the request's cookies, read ``id_field``."""
+
+    url: str = Field(description="Path on the upstream (or absolute http(s) URL).")
+    id_field: str = Field(min_length=1, description="Dotted path of the customer id in the JSON answer.")
+    ttl_s: PositiveSeconds = Field(DEFAULT_SESSION_CHECK_TTL_S, description="Answer cached per session.")
+
+    @field_validator("url")
+    @classmethod
+    def _path_or_url(cls, value: str) -> str:
+        if value.startswith("/"):
+            return value
+        return _check_http_url(value)
+
+
+class UserSettings(_Frozen):
+    """How a logged-in customer is recognised; the first that names one wins."""
+
+    header: HeaderName | None = Field(None, description="Request header with the customer id, from trusted_networks only.")
+    response_header: HeaderName | None = Field(None, description="Header the shop sets on its response.")
+    session_check: SessionCheck | None = None
+
+
+class SelectHeader(_Frozen):
+    """Choose the storefront by a header the ingress sets instead of by Host."""
+
+    name: HeaderName
+    value: str = Field(min_length=1)
+
+
+class StorefrontSettings(_Frozen):
+    """One shop behind the sidecar."""
+
+    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
+    storefront_id: int = Field(ge=1)
+    hosts: tuple[str, ...] = Field((), description="Host names, port ignored, case-insensitive.")
+    select_header: SelectHeader | None = None
+    upstream: HttpUrl
+    upstream_timeout_s: PositiveSeconds = DEFAULT_UPSTREAM_TIMEOUT_S
+    upstream_connect_timeout_s: PositiveSeconds = DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S
+    trusted_networks: tuple[Network, ...] = Field((), description="Peers whose identity header and X-Forwarded-* are believed.")
+    user: UserSettings = Field(default_factory=UserSettings)  # type: ignore[arg-type]
+    session_cookie: CookieName | None = Field(None, description="The shop's session cookie, e.g. PHPSESSID.")
+    editor_paths: tuple[PathGlob, ...] = Field((), description="Globs; * stays in one segment, ** crosses.")
+    inject: tuple[InjectMode, ...] = DEFAULT_INJECT
+
+    @field_validator("hosts")
+    @classmethod
+    def _normalise_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        hosts = []
+        for host in value:
+            name = host.strip().lower()
+            if not name or any(c in name for c in " /:@"):
+                raise ValueError(f"not a host name: {host!r}")
+            hosts.append(name)
+        return tuple(hosts)
+
+    @field_validator("trusted_networks", mode="before")
+    @classmethod
+    def _parse_networks(cls, value: object) -> object:
+        if not isinstance(value, list | tuple):
+            return value
+        networks = []
+        for item in value:
+            try:
+                networks.append(ipaddress.ip_network(str(item), strict=False))
+            except ValueError:
+                raise ValueError(f"not a network in CIDR notation: {item!r}") from None
+        return tuple(networks)
+
+    @field_validator("inject")
+    @classmethod
+    def _unique_modes(cls, value: tuple[InjectMode, ...]) -> tuple[InjectMode, ...]:
+        return tuple(dict.fromkeys(value))
+
+
+class Settings(_Frozen):
+    """The whole configuration file."""
+
+    listen: ListenAddress = DEFAULT_LISTEN
+    admin_listen: ListenAddress = DEFAULT_ADMIN_LISTEN
+    customers_canvas: CustomersCanvasSettings
+    secret: SecretStr = Field(description="Signs the guest cookie and derives anonymous ids; at least 16 characters.")
+    token_cache_size: int = Field(DEFAULT_TOKEN_CACHE_SIZE, ge=1)
+    token_skew_s: float = Field(DEFAULT_TOKEN_SKEW_S, ge=0)
+    shutdown_grace_s: float = Field(DEFAULT_SHUTDOWN_GRACE_S, ge=0)
+    access_log: bool = Field(True, description="One JSON line per request on stderr.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    storefronts: tuple[StorefrontSettings, ...] = Field(min_length=1)
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr) -> SecretStr:
+        if len(value.get_secret_value()) < 16:
+            raise ValueError("must be at least 16 characters")
+        return value

@@ -1,0 +1,93 @@
+"""The one exception tree of cc-sidecar.
+
+::
+
+    SidecarError
+    ├── ConfigError                 the configuration is unusable (start-up only)
+    ├── StorefrontApiError          a call to the Customer's Canvas Storefront API failed
+    │   ├── NotFound                404: the user (or storefront) does not exist
+    │   ├── UserConflict            409: it exists already / was merged already
+    │   ├── Unauthorized            401/403 even with a fresh access token
+    │   ├── BadResponse             an answer the client cannot use (4xx, malformed body)
+    │   └── StorefrontUnavailable   unreachable, 5xx, too slow, or the circuit is open
+    │       └── CircuitOpen         held back by the breaker without a call
+    ├── InvalidIdentity             a customer id that breaks the id rules
+    └── UpstreamError               the shop itself failed
+        ├── UpstreamUnreachable     -> 502
+        └── UpstreamTimeout         -> 504
+
+Messages never contain a token, a client secret or a raw session id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class SidecarError(Exception):
+    """Root of every error cc-sidecar raises on purpose."""
+
+
+class ConfigError(SidecarError):
+    """The configuration cannot be used; carries every problem found, each naming its key."""
+
+    def __init__(self, problems: Sequence[str]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(self.problems))
+
+
+class StorefrontApiError(SidecarError):
+    """A Storefront API call did not give the answer the caller needs."""
+
+    def __init__(self, operation: str, detail: str, status: int | None = None) -> None:
+        self.operation = operation
+        self.status = status
+        self.detail = detail
+        suffix = f" (HTTP {status})" if status is not None else ""
+        super().__init__(f"{operation}: {detail}{suffix}")
+
+
+class NotFound(StorefrontApiError):
+    """The API answered 404."""
+
+
+class UserConflict(StorefrontApiError):
+    """The API answered 409: the user exists already, or was merged already."""
+
+
+class Unauthorized(StorefrontApiError):
+    """The API refused the sidecar's credentials."""
+
+
+class BadResponse(StorefrontApiError):
+    """The API answered something the client cannot use."""
+
+
+class StorefrontUnavailable(StorefrontApiError):
+    """Customer's Canvas is unreachable, failing or too slow; the shop must go on without it."""
+
+
+class CircuitOpen(StorefrontUnavailable):
+    """The circuit breaker holds calls back after repeated failures."""
+
+
+class InvalidIdentity(SidecarError):
+    """A customer id that breaks the rules (length, characters); it is ignored, never sent on."""
+
+
+class UpstreamError(SidecarError):
+    """The shop (the upstream) failed to answer."""
+
+    status = 502
+
+
+class UpstreamUnreachable(UpstreamError):
+    """The shop refused or dropped the connection."""
+
+    status = 502
+
+
+class UpstreamTimeout(UpstreamError):
+    """The shop sent no response headers within ``upstream_timeout_s``."""
+
+    status = 504
