@@ -1,0 +1,5 @@
+"""Shared fixtures: each area's fakes live in tests/fixtures/ and are registered here."""
+
+pytest_plugins = [
+    "tests.fixtures.emulator",
+]
