@@ -240,7 +240,7 @@ class Settings(_Frozen):
     shutdown_grace_s: float = Field(DEFAULT_SHUTDOWN_GRACE_S, ge=0)
     access_log: bool = Field(True, description="One JSON line per request on stderr.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    storefronts: tuple[StorefrontSettings, ...] = Field(min_length=1)
+    storefronts: tuple[StorefrontSettings, ...]
 
     @field_validator("secret")
     @classmethod

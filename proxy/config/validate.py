@@ -8,6 +8,8 @@ from proxy.config.model import Settings
 def cross_check(settings: Settings) -> list[str]:
     """Return every problem that no single key's type can see (duplicates, unreachable storefronts)."""
     problems: list[str] = []
+    if not settings.storefronts:
+        problems.append("storefronts: must list at least one storefront")
     names: dict[str, int] = {}
     host_owner: dict[str, int] = {}
     selectors: dict[tuple[str, str], int] = {}

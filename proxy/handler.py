@@ -1,0 +1,406 @@
+"""The shop listener's request handler: route, identify, forward, attach the token.
+
+One request, in order:
+1. Route to a storefront (421 if none).
+2. Strip the identity header in every spelling unless the peer is trusted (before anything
+   reads it), and the client's X-Forwarded-* likewise.
+3. ``/.cc-sidecar/*`` is answered here and never forwarded.
+4. Editor GETs start the customer's token work at once, concurrently with the shop's
+   response; a request that brings a guest cookie and a logged-in id starts the merge.
+5. The shop's response is streamed back; on an editor page with status 200 the token is
+   attached (HTML element, headers, cookie) or, if Customer's Canvas could not give one in
+   time, the page goes out as the shop sent it, marked ``X-CC-Sidecar: token-unavailable``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import hdrs, web
+from multidict import CIMultiDict
+
+from proxy.config import StorefrontSettings
+from proxy.cookies import delete_cookie_value, set_cookie_value
+from proxy.errors import InvalidIdentity, StorefrontApiError
+from proxy.identity import (
+    GUEST_COOKIE,
+    GUEST_COOKIE_MAX_AGE_S,
+    GuestKeys,
+    GuestRecogniser,
+    ResponseHeaderMemory,
+    SessionChecker,
+    TrustedNetworks,
+    header_key,
+    header_value,
+    valid_customer_id,
+)
+from proxy.injection import (
+    TOKEN_PATH,
+    ContentDecoder,
+    HtmlInjector,
+    TokenPayload,
+    is_html,
+    render_element,
+)
+from proxy.metrics import Metrics
+from proxy.routing import PathMatcher, Router, is_sidecar_path
+from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
+from proxy.upstream import BodyFilter, Upstream, is_websocket_upgrade, response_headers
+
+log = logging.getLogger("proxy.handler")
+
+TOKEN_COOKIE = "cc_user_token"
+USER_ID_HEADER = "X-CC-User-Id"
+USER_TOKEN_HEADER = "X-CC-User-Token"
+STATUS_HEADER = "X-CC-Sidecar"
+NO_SHARED_CACHE = "private, no-store"
+# Response headers that describe the shop's bytes; wrong once the body is changed.
+_BODY_DESCRIPTORS = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.ETAG, hdrs.LAST_MODIFIED, "Content-MD5")
+
+
+@dataclass(slots=True)
+class Storefront:
+    """Everything one storefront needs per request, built once from its settings."""
+
+    settings: StorefrontSettings
+    upstream: Upstream
+    trusted: TrustedNetworks
+    guests: GuestRecogniser
+    editor_paths: PathMatcher
+    session_check: SessionChecker | None
+    response_memory: ResponseHeaderMemory | None
+    name: str = field(init=False)
+    storefront_id: int = field(init=False)
+    identity_header: str | None = field(init=False)
+    strip_keys: frozenset[str] = field(init=False)
+    response_header: str | None = field(init=False)
+    html: bool = field(init=False)
+    header: bool = field(init=False)
+    cookie: bool = field(init=False)
+
+    def __post_init__(self) -> None:
+        settings = self.settings
+        self.name = settings.name
+        self.storefront_id = settings.storefront_id
+        self.identity_header = settings.user.header
+        self.strip_keys = frozenset({header_key(settings.user.header)} if settings.user.header else ())
+        self.response_header = settings.user.response_header
+        self.html = "html" in settings.inject
+        self.header = "header" in settings.inject
+        self.cookie = "cookie" in settings.inject
+
+
+def build_storefront(
+    settings: StorefrontSettings, upstream: Upstream, keys: GuestKeys
+) -> Storefront:
+    """Compile one storefront's settings into what the request path reads."""
+    check = settings.user.session_check
+    return Storefront(
+        settings=settings,
+        upstream=upstream,
+        trusted=TrustedNetworks(settings.trusted_networks),
+        guests=GuestRecogniser(settings, keys),
+        editor_paths=PathMatcher(settings.editor_paths),
+        session_check=(
+            SessionChecker(check, settings.upstream, upstream.session, settings.upstream_timeout_s)
+            if check
+            else None
+        ),
+        response_memory=ResponseHeaderMemory() if settings.user.response_header else None,
+    )
+
+
+# The storefront a request was routed to, for the access log and the request metrics.
+STOREFRONT_NAME = web.RequestKey("storefront_name", str)
+
+
+@dataclass(slots=True)
+class Attachment:
+    """What the token work of one request produced for its response."""
+
+    customer: Customer | None = None
+    token: CustomerToken | None = None
+    set_cookies: list[str] = field(default_factory=list)
+
+
+class ShopHandler:
+    """Serves every request of the shop listener."""
+
+    def __init__(
+        self,
+        router: Router[Storefront],
+        tokens: TokenService,
+        metrics: Metrics,
+        *,
+        api_timeout_s: float,
+        retry_after_s: int,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._router = router
+        self._tokens = tokens
+        self._metrics = metrics
+        self._api_timeout_s = api_timeout_s
+        self._retry_after = str(retry_after_s)
+        self._clock = clock
+
+    async def __call__(self, request: web.Request) -> web.StreamResponse:
+        """Handle one shop request end to end."""
+        storefront = self._router.resolve(request.host, request.headers)
+        if storefront is None:
+            return web.Response(status=421, text="no storefront is configured for this host\n")
+        request[STOREFRONT_NAME] = storefront.name
+        trusted = storefront.trusted.contains(request.remote)
+        secure = _is_https(request, trusted)
+        if is_sidecar_path(request.path):
+            return await self._sidecar_path(request, storefront, trusted, secure)
+
+        editor = (
+            request.method == "GET"
+            and storefront.editor_paths.matches(request.path)
+            and (storefront.html or storefront.header or storefront.cookie)
+        )
+        upstream_headers = storefront.upstream.request_headers(
+            request,
+            trusted=trusted,
+            drop=() if trusted else storefront.strip_keys,
+            drop_conditional=editor,
+            scheme="https" if secure else "http",
+        )
+        if is_websocket_upgrade(request):
+            return await storefront.upstream.websocket(request, upstream_headers)
+
+        logged_in = self._header_identity(request, storefront, trusted)
+        work: asyncio.Task[Attachment] | None = None
+        if storefront.response_header is None:
+            if editor:
+                work = asyncio.create_task(self._attachment(request, storefront, logged_in, want_token=True))
+            elif GUEST_COOKIE in request.cookies and (logged_in or storefront.session_check):
+                work = asyncio.create_task(self._attachment(request, storefront, logged_in, want_token=False))
+
+        try:
+            started = time.perf_counter()
+            shop = await storefront.upstream.open(request, upstream_headers)
+            self._metrics.upstream_seconds.labels(storefront.name).observe(time.perf_counter() - started)
+        except BaseException:
+            if work is not None:
+                work.cancel()
+            raise
+
+        headers = response_headers(shop)
+        if storefront.response_header is not None:
+            named = self._response_identity(request, storefront, headers, editor)
+            logged_in = logged_in or named
+            if editor or (GUEST_COOKIE in request.cookies and (logged_in or storefront.session_check)):
+                work = asyncio.create_task(self._attachment(request, storefront, logged_in, want_token=editor))
+
+        body_filter: BodyFilter | None = None
+        if work is not None:
+            if editor and shop.status != 200:
+                work.cancel()
+            else:
+                attachment = await work
+                for cookie in attachment.set_cookies:
+                    headers.add(hdrs.SET_COOKIE, cookie)
+                if editor:
+                    body_filter = self._attach(storefront, headers, attachment, secure)
+        return await storefront.upstream.relay(request, shop, headers, body_filter)
+
+    def _header_identity(self, request: web.Request, storefront: Storefront, trusted: bool) -> str | None:
+        """The logged-in id from the identity header, believed only from a trusted peer."""
+        if storefront.identity_header is None or not trusted:
+            return None
+        raw = header_value(request.headers, storefront.identity_header)
+        if raw is None:
+            return None
+        return self._valid_or_none(raw, storefront, "header")
+
+    def _response_identity(
+        self, request: web.Request, storefront: Storefront, headers: CIMultiDict[str], editor: bool
+    ) -> str | None:
+        """The id the shop named on its response (the header is removed before the client sees it)."""
+        assert storefront.response_header is not None
+        values = headers.popall(storefront.response_header, ())
+        named = self._valid_or_none(values[0], storefront, "response_header") if len(values) == 1 else None
+        memory = storefront.response_memory
+        session_key = storefront.guests.session_key(request.cookies) if memory is not None else None
+        if memory is not None and session_key is not None:
+            if named is not None:
+                memory.remember(session_key, named)
+            elif editor:
+                memory.forget(session_key)
+        return named
+
+    def _valid_or_none(self, raw: str, storefront: Storefront, source: str) -> str | None:
+        try:
+            return valid_customer_id(raw)
+        except InvalidIdentity as exc:
+            self._metrics.invalid_identities.labels(storefront.name, source).inc()
+            log.warning("ignored an invalid customer id: %s", exc, extra={"source": source})
+            return None
+
+    async def _attachment(
+        self,
+        request: web.Request,
+        storefront: Storefront,
+        logged_in: str | None,
+        *,
+        want_token: bool,
+        remembered: str | None = None,
+    ) -> Attachment:
+        """Resolve the customer, merge a guest at login, and get the token, within the API timeout."""
+        attachment = Attachment()
+        try:
+            async with asyncio.timeout(self._api_timeout_s):
+                await self._resolve(request, storefront, logged_in or remembered, attachment, want_token)
+        except TimeoutError:
+            log.warning("token work timed out", extra={"timeout_s": self._api_timeout_s})
+        return attachment
+
+    async def _resolve(
+        self,
+        request: web.Request,
+        storefront: Storefront,
+        logged_in: str | None,
+        attachment: Attachment,
+        want_token: bool,
+    ) -> None:
+        cookies = request.cookies
+        guests = storefront.guests
+        if logged_in is None and storefront.session_check is not None:
+            session_key = guests.session_key(cookies)
+            if session_key is not None:
+                logged_in = await storefront.session_check.customer_id(
+                    session_key, request.headers.get(hdrs.COOKIE, "")
+                )
+        secure = _is_https(request, storefront.trusted.contains(request.remote))
+        if logged_in is not None:
+            customer = Customer(storefront.storefront_id, logged_in, is_anonymous=False)
+            guest_id = guests.cookie_guest(cookies)
+            if guest_id is not None:
+                outcome = await self._tokens.merge_guest(storefront.storefront_id, guest_id, logged_in)
+                if outcome is not MergeOutcome.FAILED:
+                    attachment.set_cookies.append(delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure))
+            new_guest = None
+        else:
+            guest = guests.guest(cookies)
+            customer = Customer(storefront.storefront_id, guest.user_id, is_anonymous=True)
+            new_guest = None if guest.from_cookie else guest.user_id
+        attachment.customer = customer
+        if not want_token:
+            return
+        try:
+            attachment.token = await self._tokens.token_for(customer)
+        except StorefrontApiError as exc:
+            log.warning("no customer token: %s", exc, extra={"error": type(exc).__name__})
+            return
+        if new_guest is not None:
+            # Set only on a response that carries the token (contract), so it names a real user.
+            attachment.set_cookies.append(
+                set_cookie_value(
+                    GUEST_COOKIE,
+                    guests.signed(new_guest),
+                    http_only=True,
+                    secure=secure,
+                    max_age=GUEST_COOKIE_MAX_AGE_S,
+                )
+            )
+
+    def _attach(
+        self, storefront: Storefront, headers: CIMultiDict[str], attachment: Attachment, secure: bool
+    ) -> BodyFilter | None:
+        """Put the token on an editor page's response; returns the HTML body filter, if any."""
+        headers[hdrs.CACHE_CONTROL] = NO_SHARED_CACHE
+        headers.popall(hdrs.EXPIRES, None)
+        token = attachment.token
+        if token is None:
+            headers[STATUS_HEADER] = "token-unavailable"
+            self._metrics.token_unavailable.labels(storefront.name).inc()
+            return None
+        body_filter: BodyFilter | None = None
+        if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
+            encoding = headers.get(hdrs.CONTENT_ENCODING, "identity")
+            if ContentDecoder.supports(encoding):
+                for name in _BODY_DESCRIPTORS:
+                    headers.popall(name, None)
+                body_filter = _DecodeThenInject(ContentDecoder(encoding), HtmlInjector(render_element(_payload(token))))
+                self._metrics.injections.labels(storefront.name, "html").inc()
+            else:
+                log.warning("editor page has an encoding the sidecar cannot decode", extra={"encoding": encoding})
+        if storefront.header:
+            headers[USER_ID_HEADER] = token.user_id
+            headers[USER_TOKEN_HEADER] = token.token
+            self._metrics.injections.labels(storefront.name, "header").inc()
+        if storefront.cookie:
+            max_age = max(0, token.expires_at - int(self._clock()))
+            headers.add(
+                hdrs.SET_COOKIE,
+                set_cookie_value(TOKEN_COOKIE, token.token, http_only=False, secure=secure, max_age=max_age),
+            )
+            self._metrics.injections.labels(storefront.name, "cookie").inc()
+        return body_filter
+
+    async def _sidecar_path(
+        self, request: web.Request, storefront: Storefront, trusted: bool, secure: bool
+    ) -> web.StreamResponse:
+        """Paths under ``/.cc-sidecar/``: only the token endpoint exists; nothing goes upstream."""
+        if request.path != TOKEN_PATH:
+            return web.Response(status=404, text="not found\n", headers={hdrs.CACHE_CONTROL: "no-store"})
+        if request.method not in ("GET", "HEAD"):
+            return web.Response(status=405, headers={hdrs.ALLOW: "GET", hdrs.CACHE_CONTROL: "no-store"})
+        logged_in = self._header_identity(request, storefront, trusted)
+        remembered = None
+        if logged_in is None and storefront.response_memory is not None:
+            session_key = storefront.guests.session_key(request.cookies)
+            remembered = storefront.response_memory.recall(session_key) if session_key else None
+        attachment = await self._attachment(request, storefront, logged_in, want_token=True, remembered=remembered)
+        headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store"})
+        for cookie in attachment.set_cookies:
+            headers.add(hdrs.SET_COOKIE, cookie)
+        if attachment.token is None:
+            headers[hdrs.RETRY_AFTER] = self._retry_after
+            headers[STATUS_HEADER] = "token-unavailable"
+            return web.Response(status=503, text="customer token unavailable\n", headers=headers)
+        headers[hdrs.CONTENT_TYPE] = "application/json"
+        return web.Response(body=_payload(attachment.token).to_json().encode(), headers=headers)
+
+
+
+
+class _DecodeThenInject:
+    """Decode the shop's Content-Encoding, then insert the element into the HTML."""
+
+    __slots__ = ("_decoder", "_injector")
+
+    def __init__(self, decoder: ContentDecoder, injector: HtmlInjector) -> None:
+        self._decoder = decoder
+        self._injector = injector
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self._injector.feed(self._decoder.feed(chunk))
+
+    def finish(self) -> bytes:
+        return self._injector.feed(self._decoder.finish()) + self._injector.finish()
+
+
+def _payload(token: CustomerToken) -> TokenPayload:
+    return TokenPayload(
+        storefront_id=token.storefront_id,
+        user_id=token.user_id,
+        is_anonymous=token.is_anonymous,
+        token=token.token,
+        expires_at=token.expires_at,
+    )
+
+
+def _is_https(request: web.Request, trusted: bool) -> bool:
+    """Whether the browser's connection is https: directly, or per a trusted proxy's header."""
+    if request.transport is not None and request.transport.get_extra_info("sslcontext") is not None:
+        return True
+    if trusted:
+        proto = request.headers.get(hdrs.X_FORWARDED_PROTO, "")
+        return proto.split(",")[0].strip().lower() == "https"
+    return False

@@ -1,0 +1,267 @@
+"""Who the customer is: a logged-in id (header, response header, session check) or a guest.
+
+Rules (contract, "Identity"):
+- A logged-in id is trimmed and must be 1-200 printable ASCII characters without spaces;
+  anything else is ignored with a warning and never reaches the API.
+- The identity header is believed only from trusted_networks; from anyone else every
+  spelling of it (any case, ``_`` for ``-``) is stripped before anything reads it.
+- A guest's StorefrontUser id is ``anon-`` + HMAC-SHA256(secret, storefront id + session
+  cookie), so the shop's session id never leaves the sidecar; without a session cookie a
+  random one is minted. The guest id is kept in the signed ``cc_sidecar_guest`` cookie,
+  which wins over the session cookie, so it survives the shop rotating its session at login.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import ipaddress
+import json
+import logging
+import secrets
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from functools import lru_cache
+
+import aiohttp
+from cachetools import LRUCache, TTLCache
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from proxy.config import SessionCheck, StorefrontSettings
+from proxy.errors import InvalidIdentity
+
+log = logging.getLogger("proxy.identity")
+
+GUEST_COOKIE = "cc_sidecar_guest"
+GUEST_PREFIX = "anon-"
+# A guest keeps their storage across visits for this long (the cookie is renewed with each token).
+GUEST_COOKIE_MAX_AGE_S = 30 * 24 * 3600
+MAX_ID_LENGTH = 200
+# Sessions whose logged-in customer (from a response header) is remembered, per storefront.
+REMEMBERED_SESSIONS = 100_000
+# Session-check answers kept per storefront.
+SESSION_CHECK_CACHE_SIZE = 100_000
+_SIGNATURE_BYTES = 16
+
+
+def header_key(name: str) -> str:
+    """The spelling-blind key of a header name: lower case, ``_`` as ``-``."""
+    return name.lower().replace("_", "-")
+
+
+def valid_customer_id(raw: str) -> str:
+    """Return the trimmed id, or raise InvalidIdentity if it breaks the id rules."""
+    value = raw.strip()
+    if not value:
+        raise InvalidIdentity("empty customer id")
+    if len(value) > MAX_ID_LENGTH:
+        raise InvalidIdentity(f"customer id longer than {MAX_ID_LENGTH} characters")
+    if not all("!" <= c <= "~" for c in value):
+        raise InvalidIdentity("customer id has characters outside printable ASCII")
+    if value.startswith(GUEST_PREFIX):
+        # A shop id that looks like a guest id could take over a guest's storage.
+        raise InvalidIdentity(f"customer id starts with the reserved prefix {GUEST_PREFIX!r}")
+    return value
+
+
+class TrustedNetworks:
+    """The peers whose identity header and X-Forwarded-* are believed."""
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        self._networks = tuple(networks)
+        self.contains = lru_cache(maxsize=4096)(self._contains)
+
+    def _contains(self, peer: str | None) -> bool:
+        if not peer or not self._networks:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._networks)
+
+
+class GuestKeys:
+    """Signs guest cookies and derives guest ids; both keyed by ``secret``, with separate keys."""
+
+    def __init__(self, secret: str) -> None:
+        master = secret.encode()
+        self._cookie_key = hmac.new(master, b"cc-sidecar guest cookie v1", hashlib.sha256).digest()
+        self._id_key = hmac.new(master, b"cc-sidecar guest id v1", hashlib.sha256).digest()
+        self._session_key = hmac.new(master, b"cc-sidecar session key v1", hashlib.sha256).digest()
+
+    def guest_id_for_session(self, storefront_id: int, session_value: str) -> str:
+        """The stable guest id of a shop session; the session id itself cannot be recovered."""
+        digest = hmac.new(self._id_key, f"{storefront_id}\0{session_value}".encode(), hashlib.sha256)
+        return GUEST_PREFIX + digest.hexdigest()[:40]
+
+    def session_key(self, storefront_id: int, session_value: str) -> str:
+        """A cache key for a session that is not the session id (so caches never hold one)."""
+        digest = hmac.new(self._session_key, f"{storefront_id}\0{session_value}".encode(), hashlib.sha256)
+        return digest.hexdigest()[:32]
+
+    @staticmethod
+    def mint_guest_id() -> str:
+        """A fresh random guest id, for a browser that has no session yet."""
+        return GUEST_PREFIX + secrets.token_hex(20)
+
+    def sign(self, storefront_id: int, guest_id: str) -> str:
+        """The guest cookie's value: the id and its signature, bound to the storefront."""
+        return f"{guest_id}.{self._signature(storefront_id, guest_id)}"
+
+    def verify(self, storefront_id: int, value: str) -> str | None:
+        """The guest id in a cookie value, or None if it was not signed by this sidecar."""
+        guest_id, dot, signature = value.rpartition(".")
+        if not dot or not guest_id.startswith(GUEST_PREFIX) or len(guest_id) > MAX_ID_LENGTH:
+            return None
+        expected = self._signature(storefront_id, guest_id)
+        return guest_id if hmac.compare_digest(expected, signature) else None
+
+    def _signature(self, storefront_id: int, guest_id: str) -> str:
+        mac = hmac.new(self._cookie_key, f"{storefront_id}\0{guest_id}".encode(), hashlib.sha256)
+        return base64.urlsafe_b64encode(mac.digest()[:_SIGNATURE_BYTES]).rstrip(b"=").decode()
+
+
+@dataclass(frozen=True, slots=True)
+class Guest:
+    """A guest's id and where it came from."""
+
+    user_id: str
+    # The request carried a valid guest cookie with this id (no need to set it again).
+    from_cookie: bool
+    # The request carried a guest cookie that failed verification (ignored; overwritten).
+    tampered_cookie: bool = False
+
+
+class GuestRecogniser:
+    """Finds a request's guest id: valid guest cookie, else derived from the session, else minted."""
+
+    def __init__(self, storefront: StorefrontSettings, keys: GuestKeys) -> None:
+        self._storefront_id = storefront.storefront_id
+        self._session_cookie = storefront.session_cookie
+        self._keys = keys
+
+    def cookie_guest(self, cookies: Mapping[str, str]) -> str | None:
+        """The guest id of a valid guest cookie, if the request has one."""
+        value = cookies.get(GUEST_COOKIE)
+        return self._keys.verify(self._storefront_id, value) if value else None
+
+    def guest(self, cookies: Mapping[str, str]) -> Guest:
+        """The guest this request belongs to."""
+        value = cookies.get(GUEST_COOKIE)
+        tampered = False
+        if value:
+            guest_id = self._keys.verify(self._storefront_id, value)
+            if guest_id is not None:
+                return Guest(guest_id, from_cookie=True)
+            tampered = True
+            log.warning("ignored a guest cookie with a bad signature")
+        session = self.session_value(cookies)
+        if session:
+            return Guest(self._keys.guest_id_for_session(self._storefront_id, session), False, tampered)
+        return Guest(self._keys.mint_guest_id(), False, tampered)
+
+    def session_value(self, cookies: Mapping[str, str]) -> str | None:
+        """The shop's session id from its cookie (never logged, never sent to the API)."""
+        if self._session_cookie is None:
+            return None
+        return cookies.get(self._session_cookie) or None
+
+    def session_key(self, cookies: Mapping[str, str]) -> str | None:
+        """A key for per-session caches, derived from the session cookie; None without one."""
+        session = self.session_value(cookies)
+        return self._keys.session_key(self._storefront_id, session) if session else None
+
+    def signed(self, guest_id: str) -> str:
+        """The guest cookie's value for ``guest_id``, signed for this storefront."""
+        return self._keys.sign(self._storefront_id, guest_id)
+
+
+class ResponseHeaderMemory:
+    """Remembers, per session, the customer the shop last named in its response header."""
+
+    def __init__(self, size: int = REMEMBERED_SESSIONS) -> None:
+        self._by_session: LRUCache[str, str] = LRUCache(maxsize=size)
+
+    def remember(self, session_key: str, user_id: str) -> None:
+        """The shop named ``user_id`` on a response to this session."""
+        self._by_session[session_key] = user_id
+
+    def forget(self, session_key: str) -> None:
+        """The shop named nobody on an editor page of this session: it is a guest now."""
+        self._by_session.pop(session_key, None)
+
+    def recall(self, session_key: str) -> str | None:
+        """The customer last named for this session, if any."""
+        return self._by_session.get(session_key)
+
+
+class SessionChecker:
+    """Asks the shop who is logged in (GET with the browser's cookies); cached per session."""
+
+    def __init__(self, check: SessionCheck, upstream_base: str, session: aiohttp.ClientSession, timeout_s: float) -> None:
+        url = check.url if not check.url.startswith("/") else upstream_base.rstrip("/") + check.url
+        self._url = URL(url)
+        self._path = tuple(check.id_field.split("."))
+        self._session = session
+        self._timeout_s = timeout_s
+        self._answers: TTLCache[str, str | None] = TTLCache(maxsize=SESSION_CHECK_CACHE_SIZE, ttl=check.ttl_s)
+        self._in_flight: dict[str, asyncio.Future[str | None]] = {}
+
+    async def customer_id(self, session_key: str, cookie_header: str) -> str | None:
+        """The logged-in customer of this session, or None for a guest; failures count as unknown."""
+        try:
+            return self._answers[session_key]
+        except KeyError:
+            pass
+        future = self._in_flight.get(session_key)
+        if future is None:
+            future = asyncio.ensure_future(self._ask(session_key, cookie_header))
+            self._in_flight[session_key] = future
+            future.add_done_callback(lambda _: self._in_flight.pop(session_key, None))
+        return await asyncio.shield(future)
+
+    async def _ask(self, session_key: str, cookie_header: str) -> str | None:
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                async with self._session.get(
+                    self._url, headers={"Cookie": cookie_header, "Accept": "application/json"}, allow_redirects=False
+                ) as response:
+                    if response.status != 200:
+                        # 401/403/redirect to login: nobody is logged in on this session.
+                        self._answers[session_key] = None
+                        return None
+                    document = await response.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            log.warning("session check failed; treating the request as a guest's", extra={"error": type(exc).__name__})
+            return None
+        raw = _field(document, self._path)
+        customer: str | None = None
+        if raw is not None:
+            try:
+                customer = valid_customer_id(str(raw))
+            except InvalidIdentity as exc:
+                log.warning("session check named an invalid customer id: %s", exc)
+        self._answers[session_key] = customer
+        return customer
+
+
+def _field(document: object, path: tuple[str, ...]) -> object:
+    for part in path:
+        if not isinstance(document, dict):
+            return None
+        document = document.get(part)
+    if isinstance(document, bool) or document is None or isinstance(document, dict | list):
+        return None
+    return document
+
+
+def header_value(headers: CIMultiDictProxy[str], name: str) -> str | None:
+    """The one value of a header, or None if absent or sent more than once (ambiguous)."""
+    values = headers.getall(name, ())
+    return values[0] if len(values) == 1 else None

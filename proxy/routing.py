@@ -1,0 +1,106 @@
+"""Which storefront a request belongs to (Host or ``select_header``), and path classification.
+
+Everything here is compiled from the configuration once at start-up; matching a request is a
+dictionary look-up and at most one precompiled regex.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Generic, TypeVar
+
+from proxy.config import StorefrontSettings
+
+# Paths under this prefix belong to the sidecar and never go upstream.
+SIDECAR_PATH_PREFIX = "/.cc-sidecar/"
+
+T = TypeVar("T")
+
+
+def glob_to_regex(glob: str) -> str:
+    """Translate an editor path glob: ``*`` stays within one segment, ``**`` crosses segments."""
+    parts = re.split(r"(\*\*|\*)", glob)
+    out = []
+    for part in parts:
+        if part == "**":
+            out.append(".*")
+        elif part == "*":
+            out.append("[^/]*")
+        else:
+            out.append(re.escape(part))
+    return "".join(out)
+
+
+class PathMatcher:
+    """Matches a request path (query ignored) against a set of globs, all in one regex."""
+
+    __slots__ = ("_regex",)
+
+    def __init__(self, globs: Iterable[str]) -> None:
+        patterns = [glob_to_regex(glob) for glob in globs]
+        self._regex = re.compile("|".join(f"(?:{p})" for p in patterns)) if patterns else None
+
+    def matches(self, path: str) -> bool:
+        """Tell whether the whole path matches one of the globs."""
+        return self._regex is not None and self._regex.fullmatch(path) is not None
+
+
+def normalise_path(path: str) -> str:
+    """Collapse ``//``, ``.`` and ``..`` the way a shop's router would, so path checks can't be dodged."""
+    if "//" not in path and "/." not in path:
+        return path
+    segments: list[str] = []
+    for segment in path.split("/"):
+        if segment in ("", "."):
+            continue
+        if segment == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(segment)
+    trailing = "/" if path.endswith(("/", "/.", "/..")) and segments else ""
+    return "/" + "/".join(segments) + trailing
+
+
+def is_sidecar_path(path: str) -> bool:
+    """Tell whether a (decoded) path is the sidecar's own, in any spelling that reaches it."""
+    normalised = normalise_path(path).lower()
+    return normalised.startswith(SIDECAR_PATH_PREFIX) or normalised == SIDECAR_PATH_PREFIX[:-1]
+
+
+class Router(Generic[T]):
+    """Finds the storefront of a request: by ``select_header`` first, then by Host."""
+
+    def __init__(self, storefronts: Sequence[tuple[StorefrontSettings, T]]) -> None:
+        self._by_host: dict[str, T] = {}
+        self._by_header: list[tuple[str, str, T]] = []
+        for settings, target in storefronts:
+            for host in settings.hosts:
+                self._by_host[host] = target
+            if settings.select_header is not None:
+                self._by_header.append((settings.select_header.name, settings.select_header.value, target))
+        only = storefronts[0] if len(storefronts) == 1 else None
+        # The contract: a single storefront that lists no hosts takes every request.
+        self._fallback = only[1] if only and not only[0].hosts and not only[0].select_header else None
+
+    def resolve(self, host: str | None, headers: Mapping[str, str]) -> T | None:
+        """Return the storefront for this Host and headers, or None (the caller answers 421)."""
+        for name, value, target in self._by_header:
+            if headers.get(name) == value:
+                return target
+        if host:
+            target = self._by_host.get(_host_name(host))
+            if target is not None:
+                return target
+        return self._fallback
+
+
+def _host_name(host: str) -> str:
+    """Strip the port (and IPv6 brackets' port) and lower-case a Host header value."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        end = host.find("]")
+        return host[: end + 1] if end != -1 else host
+    name, _, _ = host.partition(":")
+    return name
