@@ -1,0 +1,129 @@
+"""The real process: `cc-sidecar run` serves, reports readiness, and drains on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import yaml
+
+from tests.fixtures.shop import Shop, sidecar_config
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def _wait_ready(client: aiohttp.ClientSession, url: str, deadline_s: float = 15) -> None:
+    deadline = time.monotonic() + deadline_s
+    while time.monotonic() < deadline:
+        try:
+            async with client.get(url) as response:
+                if response.status == 200:
+                    return
+        except aiohttp.ClientError:
+            pass
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{url} never became ready")
+
+
+async def _start(tmp_path: Path, shop: Shop, **overrides: Any) -> tuple[asyncio.subprocess.Process, int, int]:
+    port, admin = _free_port(), _free_port()
+    document = sidecar_config(shop.url, "http://127.0.0.1:9", upstream_timeout_s=10)
+    document.update(listen=f"127.0.0.1:{port}", admin_listen=f"127.0.0.1:{admin}", shutdown_grace_s=5, access_log=True)
+    document.update(overrides)
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(yaml.safe_dump(document))
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "proxy", "run", "--config", str(config),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    return process, port, admin
+
+
+async def test_request_in_flight_during_sigterm_completes_and_process_exits_0(tmp_path: Path, shop: Shop) -> None:
+    """SIGTERM: readiness turns 503 at once, the in-flight request finishes, exit code 0."""
+    process, port, admin = await _start(tmp_path, shop)
+    try:
+        async with aiohttp.ClientSession() as client:
+            await _wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            async with client.get(f"http://127.0.0.1:{admin}/healthz") as response:
+                assert response.status == 200
+            in_flight = asyncio.create_task(client.get(f"http://127.0.0.1:{port}/slow?s=1.5"))
+            await asyncio.sleep(0.4)
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.2)
+            async with client.get(f"http://127.0.0.1:{admin}/readyz") as response:
+                assert response.status == 503
+            response = await in_flight
+            assert response.status == 200
+            assert await response.text() == "finally"
+            response.release()
+        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+
+
+async def test_every_stderr_line_is_a_json_object(tmp_path: Path, shop: Shop) -> None:
+    """The process writes only JSON lines to stderr, the access log included, no secrets."""
+    process, port, admin = await _start(tmp_path, shop)
+    try:
+        async with aiohttp.ClientSession() as client:
+            await _wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            async with client.get(f"http://127.0.0.1:{port}/plain", headers={"Cookie": "PHPSESSID=raw-session-value"}) as response:
+                assert response.status == 200
+            async with client.get(f"http://127.0.0.1:{admin}/metrics") as response:
+                metrics = await response.text()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+        assert process.stderr is not None
+        lines = (await process.stderr.read()).decode().splitlines()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    entries = [json.loads(line) for line in lines]
+    access = [e for e in entries if e["logger"] == "proxy.access"]
+    assert [(e["method"], e["path"], e["status"]) for e in access] == [("GET", "/plain", 200)]
+    assert access[0]["storefront"] == "main"
+    assert "raw-session-value" not in "\n".join(lines)
+    assert "demo-secret" not in "\n".join(lines)
+    assert 'cc_sidecar_requests_total{status="200",storefront="main"} 1.0' in metrics
+
+
+async def test_unreachable_shop_leaves_healthz_200(tmp_path: Path, shop: Shop) -> None:
+    """With the shop down the client gets 502 and the sidecar stays healthy and ready."""
+    dead = f"http://127.0.0.1:{_free_port()}"
+    process, port, admin = await _start(tmp_path, shop)
+    config = tmp_path / "sidecar.yaml"
+    document = yaml.safe_load(config.read_text())
+    document["storefronts"][0]["upstream"] = dead
+    config.write_text(yaml.safe_dump(document))
+    process.kill()
+    await process.wait()
+    process, port, admin = await _start(tmp_path, shop, storefronts=document["storefronts"])
+    try:
+        async with aiohttp.ClientSession() as client:
+            await _wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            async with client.get(f"http://127.0.0.1:{port}/plain") as response:
+                assert response.status == 502
+            async with client.get(f"http://127.0.0.1:{admin}/healthz") as response:
+                assert response.status == 200
+            async with client.get(f"http://127.0.0.1:{admin}/readyz") as response:
+                assert response.status == 200
+    finally:
+        process.kill()
+        await process.wait()
