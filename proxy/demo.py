@@ -1,0 +1,233 @@
+"""``cc-sidecar demo``: the emulator, a small demo shop and the sidecar in front, on loopback.
+
+The demo shop knows nothing of Customer's Canvas: it has products, an editor page whose script
+reads the element the sidecar injects, and a login that rotates its session id. The sidecar
+recognises logged-in customers by asking the shop (``session_check``), gives guests an anonymous
+StorefrontUser, and merges a guest's storage into the customer's at login.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import html
+import secrets
+import signal
+import socket
+from importlib import resources
+
+from aiohttp import web
+
+from proxy.app import create_app
+from proxy.config import parse_settings
+from proxy.log import setup_logging
+from proxy.emulator import EMULATOR_STATE, EmulatorOptions, create_emulator_app
+
+SESSION_COOKIE = "PHPSESSID"
+PRODUCTS = {"mug": "Personalised mug", "tshirt": "Custom T-shirt", "card": "Greeting card"}
+
+
+class DemoShop:
+    """Sessions of the demo shop: session id -> logged-in email (None for a guest)."""
+
+    def __init__(self) -> None:
+        self.sessions: dict[str, str | None] = {}
+
+
+DEMO_SHOP = web.AppKey("demo_shop", DemoShop)
+
+
+def _page(title: str, body: str, request: web.Request) -> web.Response:
+    """A page in the shop's layout, with the session cookie set when the browser had none."""
+    shop = request.app[DEMO_SHOP]
+    session = request.cookies.get(SESSION_COOKIE)
+    user = shop.sessions.get(session) if session else None
+    who = (
+        f'Logged in as <b>{html.escape(user)}</b> · <form method="post" action="/logout" style="display:inline">'
+        '<button>Log out</button></form>'
+        if user
+        else 'Guest · <a href="/login">Log in</a>'
+    )
+    document = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        "<style>body{font-family:system-ui,sans-serif;max-width:52rem;margin:2rem auto;padding:0 1rem}"
+        "dt{font-weight:600}code{background:#eee;padding:0 .3em}</style></head>"
+        f"<body><header><a href='/'>Demo shop</a> · {who}</header><main>{body}</main></body></html>"
+    )
+    response = web.Response(text=document, content_type="text/html")
+    if session is None or session not in shop.sessions:
+        new_session = secrets.token_urlsafe(16)
+        shop.sessions[new_session] = None
+        response.set_cookie(SESSION_COOKIE, new_session, httponly=True, samesite="Lax", path="/")
+    return response
+
+
+async def products(request: web.Request) -> web.Response:
+    items = "".join(f"<li><a href='/editor/{key}'>{html.escape(name)}</a></li>" for key, name in PRODUCTS.items())
+    return _page("Demo shop", f"<h1>Products</h1><ul>{items}</ul>", request)
+
+
+async def editor(request: web.Request) -> web.Response:
+    name = PRODUCTS.get(request.match_info["product"])
+    if name is None:
+        raise web.HTTPNotFound(text="no such product")
+    body = (
+        f"<h1>Personalise: {html.escape(name)}</h1>"
+        "<p id='status' data-state='loading'>loading…</p>"
+        "<dl><dt>Customer</dt><dd id='user-id'></dd><dt>Kind</dt><dd id='user-kind'></dd>"
+        "<dt>Storefront</dt><dd id='storefront-id'></dd><dt>Token expires</dt><dd id='expires'></dd>"
+        "<dt>Token</dt><dd><code id='token'></code></dd></dl>"
+        "<button id='renew'>Renew token now</button>"
+        "<script src='/static/editor.js'></script>"
+    )
+    return _page(f"Editor · {name}", body, request)
+
+
+async def editor_script(request: web.Request) -> web.Response:
+    script = resources.files("proxy").joinpath("demo_static/editor.js").read_text(encoding="utf-8")
+    return web.Response(text=script, content_type="application/javascript")
+
+
+async def login_form(request: web.Request) -> web.Response:
+    body = (
+        "<h1>Log in</h1><form method='post' action='/login'>"
+        "<label>Email <input name='email' value='jane@example.com'></label> <button>Log in</button></form>"
+        "<p>Logging in gives you a new shop session; the sidecar still knows your guest storage "
+        "and merges it into your account.</p>"
+    )
+    return _page("Log in", body, request)
+
+
+async def login(request: web.Request) -> web.Response:
+    form = await request.post()
+    email = str(form.get("email", "")).strip() or "jane@example.com"
+    shop = request.app[DEMO_SHOP]
+    shop.sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+    # Rotate the session id at login, as shops should (session fixation).
+    session = secrets.token_urlsafe(16)
+    shop.sessions[session] = email
+    response = web.HTTPSeeOther("/editor/mug")
+    response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="Lax", path="/")
+    return response
+
+
+async def logout(request: web.Request) -> web.Response:
+    request.app[DEMO_SHOP].sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
+    response = web.HTTPSeeOther("/")
+    response.del_cookie(SESSION_COOKIE, path="/")
+    return response
+
+
+async def whoami(request: web.Request) -> web.Response:
+    """The session check the sidecar calls: who is logged in on this session?"""
+    user = request.app[DEMO_SHOP].sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+    if user is None:
+        return web.json_response({"customer": None}, status=401)
+    return web.json_response({"customer": {"id": user}})
+
+
+def create_demo_shop_app() -> web.Application:
+    """The demo shop: products, an editor page, login with session rotation, a whoami endpoint."""
+    app = web.Application()
+    app[DEMO_SHOP] = DemoShop()
+    app.router.add_get("/", products)
+    app.router.add_get("/editor/{product}", editor)
+    app.router.add_get("/static/editor.js", editor_script)
+    app.router.add_get("/login", login_form)
+    app.router.add_post("/login", login)
+    app.router.add_post("/logout", logout)
+    app.router.add_get("/account/whoami", whoami)
+    return app
+
+
+def demo_config(shop_url: str, api_url: str, port: int) -> dict[str, object]:
+    """The sidecar configuration of the demo (the same document a real deployment would write)."""
+    return {
+        "listen": f"127.0.0.1:{port}",
+        "admin_listen": "127.0.0.1:0",
+        "customers_canvas": {
+            "api_url": api_url,
+            "client_id": "demo",
+            "client_secret": "demo-secret",
+            "tenant_id": 1,
+            "timeout_s": 5,
+        },
+        "secret": secrets.token_urlsafe(24),
+        "storefronts": [
+            {
+                "name": "demo",
+                "storefront_id": 1,
+                "upstream": shop_url,
+                "session_cookie": SESSION_COOKIE,
+                "user": {"session_check": {"url": "/account/whoami", "id_field": "customer.id", "ttl_s": 5}},
+                "editor_paths": ["/editor/*"],
+                "inject": ["html"],
+            }
+        ],
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def start_demo(port: int, *, token_lifetime_s: int = 3600) -> tuple[list[web.AppRunner], str, web.Application]:
+    """Start emulator, shop and sidecar; return their runners, the URL to open and the emulator app."""
+    runners: list[web.AppRunner] = []
+
+    async def serve(app: web.Application, listen_port: int) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", listen_port)
+        await site.start()
+        runners.append(runner)
+        return int(runner.addresses[0][1])
+
+    emulator_app = create_emulator_app(EmulatorOptions(token_lifetime_s=token_lifetime_s))
+    api_port = await serve(emulator_app, 0)
+    shop_port = await serve(create_demo_shop_app(), 0)
+    settings = parse_settings(demo_config(f"http://127.0.0.1:{shop_port}", f"http://127.0.0.1:{api_port}", port), {})
+    sidecar_port = await serve(create_app(settings), port)
+    return runners, f"http://127.0.0.1:{sidecar_port}/", emulator_app
+
+
+async def _run(port: int) -> int:
+    runners, url, emulator_app = await start_demo(port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    print(
+        f"cc-sidecar demo is running.\n\n  Open {url}\n\n"
+        "  1. Open a product: as a guest you get an anonymous StorefrontUser and its token.\n"
+        "  2. Log in: the shop rotates its session; the sidecar merges your guest storage\n"
+        "     into your customer (MergeAnonymous) and hands you your own token.\n\n"
+        "Ctrl-C stops it.",
+        flush=True,
+    )
+    await stop.wait()
+    state = emulator_app[EMULATOR_STATE]
+    print(f"\nStorefront API calls made: {len(state.calls)}", flush=True)
+    for runner in reversed(runners):
+        await runner.cleanup()
+    return 0
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    """Entry point of ``cc-sidecar demo``."""
+    setup_logging("WARNING")
+    port = int(args.port)
+    if port and not _port_free(port):
+        port = _free_port()
+    return asyncio.run(_run(port))
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
