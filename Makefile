@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck unit chart-check bench soak clean format
+.PHONY: setup demo test lint typecheck unit browser-deps chart-check bench soak clean format
 
 setup: $(STAMP)
 
@@ -24,8 +24,15 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup
+unit: setup browser-deps
 	$(BIN)/pytest -q
+
+# The browser test drives Debian's Chromium; install it when missing (root, as in CI).
+browser-deps:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
+	  else echo "chromium missing and cannot install it: the browser test will be skipped"; fi; }
 
 format: setup
 	$(BIN)/ruff format proxy tests bench
