@@ -1,0 +1,615 @@
+"""proxy.injection: the token element, inserting it into HTML in chunks, decoding bodies."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import zlib
+from collections.abc import Callable
+from html.parser import HTMLParser
+
+import brotli
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from proxy.injection import (
+    ELEMENT_ID,
+    TOKEN_PATH,
+    BodyDecodeError,
+    ContentDecoder,
+    HtmlInjector,
+    TokenPayload,
+    inject_html,
+    is_html,
+    render_element,
+)
+
+E = b"<!--E-->"
+OPEN = b'<script id="cc-storefront-user" type="application/json">'
+WS = b" \t\n\f\r"
+
+
+def payload(user_id: str = "customer-42", token: str = "tok.en.value") -> TokenPayload:
+    return TokenPayload(
+        storefront_id=12,
+        user_id=user_id,
+        is_anonymous=False,
+        token=token,
+        expires_at=1_700_000_000,
+    )
+
+
+def stream(body: bytes, sizes: list[int], element: bytes = E, **kwargs: int) -> list[bytes]:
+    """Feed ``body`` in chunks of the given sizes (the rest as a last chunk); all outputs."""
+    injector = HtmlInjector(element, **kwargs)
+    outputs = []
+    at = 0
+    for size in sizes:
+        outputs.append(injector.feed(body[at : at + size]))
+        at += size
+    outputs.append(injector.feed(body[at:]))
+    outputs.append(injector.finish())
+    assert injector.injected
+    return outputs
+
+
+# An implementation of the insertion rule written independently of proxy.injection (plain
+# loops, no regular expressions), to check the streaming one against.
+
+
+def oracle_head(doc: bytes) -> int | None:
+    low = doc.lower()
+    at = low.find(b"</head")
+    while at >= 0:
+        end = at + 6
+        while end < len(doc) and doc[end] in WS:
+            end += 1
+        if end < len(doc) and doc[end] == ord(">"):
+            return at
+        at = low.find(b"</head", at + 1)
+    return None
+
+
+def oracle_body_tag_end(doc: bytes) -> int | None:
+    low = doc.lower()
+    at = low.find(b"<body")
+    while at >= 0 and not (at + 5 < len(doc) and doc[at + 5] in WS + b"/>"):
+        at = low.find(b"<body", at + 1)
+    if at < 0:
+        return None
+    # The first body tag decides; left open at the end, it is none.
+    pos = at + 5
+    while pos < len(doc):
+        char = doc[pos]
+        if char == ord(">"):
+            return pos + 1
+        pos += 1
+        if char == ord("="):
+            while pos < len(doc) and doc[pos] in WS:
+                pos += 1
+            if pos < len(doc) and doc[pos] in b"\"'":
+                close = doc.find(doc[pos : pos + 1], pos + 1)
+                pos = len(doc) if close < 0 else close + 1
+    return None
+
+
+def oracle(doc: bytes, element: bytes) -> bytes:
+    at = oracle_head(doc)
+    if at is None:
+        at = oracle_body_tag_end(doc) or 0
+    return doc[:at] + element + doc[at:]
+
+
+FRAGMENTS = [
+    b"<html>",
+    b"<head>",
+    b"</head>",
+    b"</HEAD>",
+    b"</head >",
+    b"</hEaD\n\t>",
+    b"</head",
+    b"</headx>",
+    b"</he",
+    b"ad>",
+    b"<body>",
+    b"<body class='a'>",
+    b'<BODY onload="x>y">',
+    b"<body",
+    b"<bo",
+    b"dy",
+    b"<body/>",
+    b'<body a="',
+    b"<body b='",
+    b"<tbody>",
+    b"<bodyx>",
+    b" ",
+    b"=",
+    b'"',
+    b"'",
+    b"<",
+    b">",
+    b"a < b > c",
+    b"<title>x</title>",
+    b"</html>",
+]
+documents = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=6)), max_size=20).map(
+    b"".join
+)
+
+
+@st.composite
+def split_document(draw: st.DrawFn) -> tuple[bytes, list[int]]:
+    doc = draw(documents)
+    sizes = draw(
+        st.one_of(
+            st.just([1] * len(doc)),
+            st.lists(st.integers(min_value=0, max_value=max(len(doc), 1)), max_size=12),
+        )
+    )
+    return doc, sizes
+
+
+class TestTokenPayload:
+    def test_to_json_is_the_contract_object(self) -> None:
+        """to_json gives exactly the contract's keys and values, compact."""
+        text = payload().to_json()
+        assert json.loads(text) == {
+            "storefrontId": 12,
+            "userId": "customer-42",
+            "isAnonymous": False,
+            "token": "tok.en.value",
+            "expiresAt": 1_700_000_000,
+            "tokenUrl": "/.cc-sidecar/token",
+        }
+        assert " " not in text
+        assert TOKEN_PATH == "/.cc-sidecar/token"
+
+    def test_to_json_keeps_key_order(self) -> None:
+        """The keys come in the contract's order, storefrontId first and tokenUrl last."""
+        keys = list(json.loads(payload().to_json()))
+        assert keys == ["storefrontId", "userId", "isAnonymous", "token", "expiresAt", "tokenUrl"]
+
+
+class ScriptFinder(HTMLParser):
+    """Collects the text of every cc-storefront-user element the way a browser splits it."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=False)
+        self.inside = False
+        self.elements: list[str] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "script" and ("id", ELEMENT_ID) in attrs:
+            self.inside = True
+            self.elements.append("")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "script":
+            self.inside = False
+
+    def handle_data(self, data: str) -> None:
+        if self.inside:
+            self.elements[-1] += data
+
+
+def elements_in(page: bytes) -> list[str]:
+    finder = ScriptFinder()
+    finder.feed(page.decode("utf-8"))
+    finder.close()
+    return finder.elements
+
+
+HOSTILE_IDS = [
+    "</script><script>alert(1)</script>",
+    "<!--<script>",
+    "</SCRIPT >",
+    "\"'`\\",
+    "a&amp;b",
+    "zwölf \u2028\u2029 \U0001f600",
+    "x" * 10_000 + "</script>",
+    "\ud800 lone surrogate",
+]
+
+
+class TestRenderElement:
+    def test_element_shape(self) -> None:
+        """The element is the script tag with the id and JSON type, the JSON, and its end tag."""
+        element = render_element(payload())
+        assert element.startswith(OPEN)
+        assert element.endswith(b"</script>")
+        assert json.loads(element[len(OPEN) : -len(b"</script>")]) == json.loads(
+            payload().to_json()
+        )
+
+    def test_markup_characters_are_escaped(self) -> None:
+        """<, > and & are written as \\u003c, \\u003e, \\u0026 inside the element."""
+        element = render_element(payload(user_id="<a>&"))
+        assert b"\\u003ca\\u003e\\u0026" in element
+        assert element.count(b"<") == 2
+        assert b"&" not in element
+
+    def test_line_separators_are_escaped(self) -> None:
+        """U+2028 and U+2029 appear only as \\u2028 and \\u2029 escapes."""
+        element = render_element(payload(user_id="a\u2028b\u2029c"))
+        assert b"a\\u2028b\\u2029c" in element
+        assert "\u2028".encode() not in element
+        assert "\u2029".encode() not in element
+
+    @pytest.mark.parametrize("user_id", HOSTILE_IDS)
+    def test_hostile_user_id_stays_inside(self, user_id: str) -> None:
+        """A hostile user id cannot end the element: a parser finds one element whose JSON
+        round-trips, and "</script" occurs once per element."""
+        hostile = payload(user_id=user_id, token=user_id)
+        page = inject_html(b"<html><head></head><body></body></html>", render_element(hostile))
+        found = elements_in(page)
+        assert len(found) == 1
+        assert json.loads(found[0]) == json.loads(hostile.to_json())
+        assert json.loads(found[0])["userId"] == user_id
+        assert page.lower().count(b"</script") == 1
+
+    @given(st.text(), st.text())
+    def test_any_text_round_trips(self, user_id: str, token: str) -> None:
+        """For any user id and token the element's JSON parses back to the payload."""
+        element = render_element(payload(user_id=user_id, token=token))
+        content = elements_in(element)
+        assert len(content) == 1
+        assert json.loads(content[0])["userId"] == user_id
+        assert json.loads(content[0])["token"] == token
+        assert element.lower().count(b"</script") == 1
+        assert b"<" not in element[len(OPEN) : -len(b"</script>")]
+
+
+class TestInsertionRule:
+    def test_before_head_end(self) -> None:
+        """The element goes right before </head>."""
+        doc = b"<html><head><title>t</title></head><body>x</body></html>"
+        assert inject_html(doc, E) == (
+            b"<html><head><title>t</title>" + E + b"</head><body>x</body></html>"
+        )
+
+    @pytest.mark.parametrize("end_tag", [b"</HEAD>", b"</Head>", b"</head >", b"</head\n\t >"])
+    def test_head_end_any_case_and_whitespace(self, end_tag: bytes) -> None:
+        """</head> is found in any case and with whitespace before its >."""
+        assert (
+            inject_html(b"<head>" + end_tag + b"<body>", E) == b"<head>" + E + end_tag + b"<body>"
+        )
+
+    def test_only_first_head_end(self) -> None:
+        """With two </head>, the element goes before the first only."""
+        assert inject_html(b"a</head>b</head>", E) == b"a" + E + b"</head>b</head>"
+
+    def test_head_end_wins_over_earlier_body(self) -> None:
+        """A </head> after the body tag still wins over the body tag."""
+        assert inject_html(b"<body>x</head>y", E) == b"<body>x" + E + b"</head>y"
+
+    @pytest.mark.parametrize(
+        "tag", [b"<body>", b"<BODY>", b"<body class='a' id=\"b\">", b"<body\n>", b"<body/>"]
+    )
+    def test_after_body_tag_without_head_end(self, tag: bytes) -> None:
+        """Without </head>, the element goes right after the opening body tag, any case."""
+        assert inject_html(b"<html>" + tag + b"hi</body>", E) == b"<html>" + tag + E + b"hi</body>"
+
+    def test_body_tag_ends_outside_quoted_values(self) -> None:
+        """A > inside a quoted attribute value does not end the body tag."""
+        tag = b"<body onload=\"if (a>b) go()\" data-x='>'>"
+        assert inject_html(tag + b"hi", E) == tag + E + b"hi"
+
+    @pytest.mark.parametrize("doc", [b"<tbody><td>x</td></tbody>", b"<bodyx>y", b"</body>", b""])
+    def test_at_start_without_either(self, doc: bytes) -> None:
+        """Without </head> or a body tag (<tbody>, <bodyx> are none), the element goes first."""
+        assert inject_html(doc, E) == E + doc
+
+    def test_not_a_head_end(self) -> None:
+        """</headx> and </head/> are not </head>."""
+        assert inject_html(b"</headx></head/>", E) == E + b"</headx></head/>"
+
+    def test_unclosed_body_tag_is_no_tag(self) -> None:
+        """A body tag left open at the end (open quote) is none, nor is a "<body" inside it."""
+        doc = b'<body a="x<body c=1>tail'
+        assert inject_html(doc, E) == E + doc
+
+    def test_stray_quote_does_not_open_a_value(self) -> None:
+        """A quote not right after "=" is an ordinary character in the body tag."""
+        assert inject_html(b"<body it's>x'", E) == b"<body it's>" + E + b"x'"
+
+    @given(documents)
+    @settings(max_examples=500)
+    def test_matches_independent_oracle(self, doc: bytes) -> None:
+        """inject_html agrees with a plain-loop implementation of the rule on any document."""
+        assert inject_html(doc, E) == oracle(doc, E)
+
+
+class TestStreaming:
+    @given(split_document())
+    @settings(max_examples=1000)
+    def test_any_split_gives_the_one_shot_result(self, case: tuple[bytes, list[int]]) -> None:
+        """Chunks split anywhere (1-byte chunks included) give the one-shot output exactly."""
+        doc, sizes = case
+        assert b"".join(stream(doc, sizes)) == inject_html(doc, E) == oracle(doc, E)
+
+    def test_head_end_split_across_chunks(self) -> None:
+        """A </head> split as "</he" + "ad>" is found, and nothing goes out before it is."""
+        assert stream(b"<head>x</head>y", [7, 4, 3]) == [
+            b"",
+            b"",
+            b"<head>x" + E + b"</head>",
+            b"y",
+            b"",
+        ]
+
+    def test_body_tag_split_across_chunks(self) -> None:
+        """A body tag split as "<bo" + "dy class=\"x\">" is found and goes out once complete."""
+        outputs = stream(b"<bo" + b'dy class="x">hello', [3, 14])
+        assert outputs == [b"", b'<body class="x">', b"", E + b"hello"]
+
+    def test_head_end_whitespace_across_chunks(self) -> None:
+        """Whitespace between "</head" and ">" may arrive over several chunks."""
+        assert stream(b"<head></head  \n >x", [12, 2, 1, 1]) == [
+            b"",
+            b"",
+            b"",
+            b"",
+            b"<head>" + E + b"</head  \n >x",
+            b"",
+        ]
+
+    def test_broken_head_end_then_real_one(self) -> None:
+        """ "</head" followed by something other than whitespace and ">" is skipped."""
+        assert stream(b"</head x</head>", [7, 1]) == [b"", b"", b"</head x" + E + b"</head>", b""]
+
+    def test_open_body_tag_waits_for_its_end(self) -> None:
+        """A "<body" inside a body tag still open is not taken for the tag while it may close."""
+        injector = HtmlInjector(E)
+        assert injector.feed(b'<body a="x<body>') == b""
+        assert injector.feed(b'">rest') == b'<body a="x<body>">'
+        assert injector.finish() == E + b"rest"
+
+    def test_nothing_before_either_tag(self) -> None:
+        """Until </head> or a body tag appears, feed returns nothing."""
+        injector = HtmlInjector(E)
+        assert injector.feed(b"<html><head><title>") == b""
+        assert injector.feed(b"a long title") == b""
+        assert not injector.injected
+
+    def test_passes_through_after_injection(self) -> None:
+        """After the element is in, feed returns the very chunk it was given."""
+        injector = HtmlInjector(E)
+        assert injector.feed(b"<head></head>") == b"<head>" + E + b"</head>"
+        chunk = b"<body>" * 100
+        assert injector.feed(chunk) is chunk
+        assert injector.finish() == b""
+
+    def test_holds_after_body_tag_until_end(self) -> None:
+        """After a body tag the rest is held, and finish puts the element after the tag."""
+        injector = HtmlInjector(E)
+        assert injector.feed(b"<body>a") == b"<body>"
+        assert injector.feed(b"b") == b""
+        assert injector.finish() == E + b"ab"
+
+    def test_head_end_after_body_tag_while_holding(self) -> None:
+        """A </head> arriving after the body tag went out still gets the element."""
+        injector = HtmlInjector(E)
+        assert injector.feed(b"<body>a</he") == b"<body>"
+        assert injector.feed(b"ad>b") == b"a" + E + b"</head>b"
+        assert injector.finish() == b""
+
+    def test_exactly_one_element(self) -> None:
+        """Many candidate places still get one element."""
+        doc = b"<body></head><body></head>" * 3
+        out = b"".join(stream(doc, [1] * len(doc)))
+        assert out.count(E) == 1
+
+    def test_feed_after_finish_is_an_error(self) -> None:
+        """feed() after finish() raises RuntimeError."""
+        injector = HtmlInjector(E)
+        injector.finish()
+        with pytest.raises(RuntimeError):
+            injector.feed(b"x")
+
+
+class TestMaxHold:
+    def test_without_tags_inserts_at_start(self) -> None:
+        """Past max_hold with no tag seen, the element goes first and the bytes go out."""
+        injector = HtmlInjector(E, max_hold=8)
+        assert injector.feed(b"12345678") == b""
+        assert injector.feed(b"9") == E + b"123456789"
+        assert injector.injected
+        assert injector.feed(b"</head>") == b"</head>"
+        assert injector.finish() == b""
+
+    def test_after_body_tag_inserts_after_it(self) -> None:
+        """Past max_hold after a body tag, the element goes right after the tag."""
+        injector = HtmlInjector(E, max_hold=4)
+        assert injector.feed(b"<body>1234") == b"<body>"
+        assert injector.feed(b"5") == E + b"12345"
+        assert injector.feed(b"</head>") == b"</head>"
+
+    def test_body_tag_and_overflow_in_one_chunk(self) -> None:
+        """A chunk with a body tag and too much after it gives tag, element and rest at once."""
+        injector = HtmlInjector(E, max_hold=2)
+        assert injector.feed(b"x<body>abc") == b"x<body>" + E + b"abc"
+
+    def test_exactly_at_max_hold_still_holds(self) -> None:
+        """Holding exactly max_hold bytes is allowed."""
+        injector = HtmlInjector(E, max_hold=3)
+        assert injector.feed(b"abc") == b""
+        assert injector.finish() == E + b"abc"
+
+    def test_one_shot_ignores_max_hold(self) -> None:
+        """inject_html follows the rule even for a </head> more than 1 MiB in."""
+        doc = b"x" * (2 << 20) + b"</head>"
+        assert inject_html(doc, E) == b"x" * (2 << 20) + E + b"</head>"
+
+    @given(split_document(), st.integers(min_value=0, max_value=16))
+    @settings(max_examples=300)
+    def test_still_exactly_one_element(self, case: tuple[bytes, list[int]], hold: int) -> None:
+        """With any max_hold the output is the input with one element inserted."""
+        doc, sizes = case
+        out = b"".join(stream(doc, sizes, max_hold=hold))
+        at = out.find(E)
+        assert at >= 0
+        assert out[:at] + out[at + len(E) :] == doc
+
+
+def zlib_raw(data: bytes) -> bytes:
+    compressor = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    return compressor.compress(data) + compressor.flush()
+
+
+ENCODERS = {
+    "gzip": gzip.compress,
+    "x-gzip": gzip.compress,
+    "deflate": zlib.compress,
+    "br": brotli.compress,
+    "identity": bytes,
+}
+
+
+def decode(encoding: str, data: bytes, sizes: list[int]) -> bytes:
+    decoder = ContentDecoder(encoding)
+    out = []
+    at = 0
+    for size in sizes:
+        out.append(decoder.feed(data[at : at + size]))
+        at += size
+    out.append(decoder.feed(data[at:]))
+    out.append(decoder.finish())
+    return b"".join(out)
+
+
+chunk_sizes = st.lists(st.integers(min_value=0, max_value=64), max_size=30)
+PAGE = b"<html><head><title>shop</title></head><body>" + b"product " * 2000 + b"</body></html>"
+
+
+class TestContentDecoder:
+    @pytest.mark.parametrize("encoding", list(ENCODERS))
+    @given(data=st.binary(max_size=2000), sizes=chunk_sizes)
+    def test_round_trip_any_split(self, encoding: str, data: bytes, sizes: list[int]) -> None:
+        """Each coding decodes back to the original for any chunk split."""
+        assert decode(encoding, ENCODERS[encoding](data), sizes) == data
+
+    @given(data=st.binary(max_size=2000), sizes=chunk_sizes)
+    def test_raw_deflate_any_split(self, data: bytes, sizes: list[int]) -> None:
+        """deflate also accepts raw deflate without the zlib wrapper, in any split."""
+        assert decode("deflate", zlib_raw(data), sizes) == data
+
+    @pytest.mark.parametrize("encoder", [zlib.compress, zlib_raw])
+    def test_deflate_one_byte_chunks(self, encoder: Callable[[bytes], bytes]) -> None:
+        """deflate tells zlib from raw even when the header arrives one byte at a time."""
+        encoded = encoder(PAGE)
+        assert decode("deflate", encoded, [1] * len(encoded)) == PAGE
+
+    @given(sizes=chunk_sizes)
+    def test_stacked_codings_undone_in_reverse(self, sizes: list[int]) -> None:
+        """ "gzip, br" (gzip applied first) decodes br, then gzip."""
+        encoded = brotli.compress(gzip.compress(PAGE))
+        assert decode("gzip, br", encoded, sizes) == PAGE
+
+    def test_identity_inside_a_list(self) -> None:
+        """identity in a list is a no-op, and names are case-insensitive."""
+        assert decode(" GZIP , identity", gzip.compress(PAGE), [100]) == PAGE
+
+    def test_empty_value_is_identity(self) -> None:
+        """An empty Content-Encoding passes bytes through."""
+        assert decode("", b"abc", [1]) == b"abc"
+
+    def test_gzip_members_concatenated(self) -> None:
+        """Several gzip members in a row decode to their concatenation."""
+        encoded = gzip.compress(b"first ") + gzip.compress(b"second")
+        assert decode("gzip", encoded, [1] * len(encoded)) == b"first second"
+
+    def test_bytes_after_gzip_end_ignored(self) -> None:
+        """Padding after the gzip stream is ignored, as browsers do."""
+        assert decode("gzip", gzip.compress(b"page") + b"\x00\x00\x00", [3]) == b"page"
+
+    @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+    def test_empty_body(self, encoding: str) -> None:
+        """An empty body labelled as compressed decodes to nothing."""
+        assert decode(encoding, b"", []) == b""
+
+    @pytest.mark.parametrize(
+        ("encoding", "encoded"),
+        [
+            ("gzip", gzip.compress(PAGE)[:-10]),
+            ("gzip", gzip.compress(PAGE)[:5]),
+            ("deflate", zlib.compress(PAGE)[:-3]),
+            ("deflate", zlib.compress(PAGE)[:1]),
+            ("deflate", zlib_raw(PAGE)[:-3]),
+            ("br", brotli.compress(PAGE)[:-3]),
+            ("gzip", gzip.compress(PAGE) + gzip.compress(PAGE)[:20]),
+        ],
+    )
+    def test_truncated_raises_on_finish(self, encoding: str, encoded: bytes) -> None:
+        """A body cut short decodes what it can, then finish() raises BodyDecodeError."""
+        decoder = ContentDecoder(encoding)
+        decoder.feed(encoded)
+        with pytest.raises(BodyDecodeError):
+            decoder.finish()
+
+    @pytest.mark.parametrize("encoding", ["gzip", "deflate", "br"])
+    def test_corrupt_raises(self, encoding: str) -> None:
+        """Garbage labelled as compressed raises BodyDecodeError (from feed or finish)."""
+        with pytest.raises(BodyDecodeError):
+            decode(encoding, b"\x1f\x8b\x08\x00garbage garbage garbage" * 4, [])
+
+    def test_decode_error_is_a_value_error(self) -> None:
+        """BodyDecodeError is a ValueError."""
+        assert issubclass(BodyDecodeError, ValueError)
+
+    @pytest.mark.parametrize(
+        "value", ["gzip", "x-gzip", "GZIP", "deflate", "br", "identity", "", "gzip, br", " br "]
+    )
+    def test_supports_known(self, value: str) -> None:
+        """supports() is True when every listed coding is known."""
+        assert ContentDecoder.supports(value) is True
+
+    @pytest.mark.parametrize("value", ["compress", "zstd", "gzip, zstd", "x-compress", "gzip2"])
+    def test_supports_unknown(self, value: str) -> None:
+        """supports() is False when any listed coding is unknown."""
+        assert ContentDecoder.supports(value) is False
+
+    def test_unknown_coding_rejected(self) -> None:
+        """Constructing a decoder for an unknown coding raises ValueError naming it."""
+        with pytest.raises(ValueError, match="zstd"):
+            ContentDecoder("gzip, zstd")
+
+    @given(sizes=chunk_sizes)
+    def test_decode_then_inject(self, sizes: list[int]) -> None:
+        """A gzip page decoded and injected in chunks equals injecting into the plain page."""
+        decoder = ContentDecoder("gzip")
+        injector = HtmlInjector(E)
+        encoded = gzip.compress(PAGE)
+        out = []
+        at = 0
+        for size in [*sizes, len(encoded)]:
+            out.append(injector.feed(decoder.feed(encoded[at : at + size])))
+            at += size
+        out.append(injector.feed(decoder.finish()))
+        out.append(injector.finish())
+        assert b"".join(out) == inject_html(PAGE, E)
+
+
+class TestIsHtml:
+    @pytest.mark.parametrize(
+        "value",
+        [
+            "text/html",
+            "TEXT/HTML",
+            "text/html; charset=utf-8",
+            " text/html ;charset=ISO-8859-1",
+            "application/xhtml+xml",
+            "Application/XHTML+XML; charset=utf-8",
+        ],
+    )
+    def test_html(self, value: str) -> None:
+        """HTML media types count, whatever their case and parameters."""
+        assert is_html(value) is True
+
+    @pytest.mark.parametrize(
+        "value",
+        [None, "", "text/plain", "application/json", "text/htmlx", "text/html-fragment", "html"],
+    )
+    def test_not_html(self, value: str | None) -> None:
+        """Other media types, and none, do not."""
+        assert is_html(value) is False
