@@ -1,0 +1,455 @@
+"""Customer tokens: make sure the StorefrontUser exists, get its token, cache it until it is due.
+
+One :class:`TokenService` per sidecar. It keeps three things in memory, all bounded by
+``token_cache_size``:
+
+- the token cache, keyed by (tenant, storefront, user id, is anonymous) so two storefronts never
+  share a token; an entry is dropped at its token's ``exp`` less ``token_skew_s``, and the least
+  recently used entry goes first when the cache is full;
+- the users known to exist, keyed by (tenant, storefront, user id), so a token renewal or a login
+  skips the Get that already succeeded once;
+- the work in flight: concurrent requests that need the same missing thing (a token, a user, a
+  merge) share one :class:`asyncio.Task`, so 200 concurrent first requests cost one GetToken.
+
+Every public call is bounded by ``timeout_s``. A shared task is shielded from the request that
+started it, so one client going away never cancels the work the others wait for; the task is
+bounded by the same timeout, so nothing stays in flight forever.
+
+Time for expiry comes from the injected ``clock`` (Unix seconds); timeouts are real time.
+Nothing here ever logs a token, and user ids only at debug level.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import functools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+
+import jwt
+from cachetools import LRUCache, TLRUCache
+
+from proxy.errors import (
+    BadResponse,
+    NotFound,
+    StorefrontApiError,
+    StorefrontUnavailable,
+    UserConflict,
+)
+from proxy.metrics import Metrics
+
+log = logging.getLogger("proxy.tokens")
+
+K = TypeVar("K", bound=Hashable)
+V = TypeVar("V")
+
+
+@dataclass(frozen=True, slots=True)
+class Customer:
+    """Who a token is for: a StorefrontUser of one storefront."""
+
+    storefront_id: int
+    user_id: str
+    is_anonymous: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CustomerToken:
+    """A customer token and whom it is for; ``expires_at`` is the JWT's own ``exp`` (Unix s)."""
+
+    storefront_id: int
+    user_id: str
+    is_anonymous: bool
+    token: str
+    expires_at: int
+
+    def __repr__(self) -> str:
+        # The dataclass repr would print the token; a repr can end up in a log or a traceback.
+        return (
+            f"CustomerToken(storefront_id={self.storefront_id}, user_id={self.user_id!r}, "
+            f"is_anonymous={self.is_anonymous}, token=<redacted>, expires_at={self.expires_at})"
+        )
+
+
+class UsersApi(Protocol):
+    """The Storefront API calls this service needs (``proxy.storefront_api`` implements them)."""
+
+    async def get_user(self, storefront_id: int, user_id: str) -> object:
+        """StorefrontUsers_Get; raises :class:`~proxy.errors.NotFound` on 404."""
+        ...
+
+    async def create_user(self, storefront_id: int, user_id: str, *, is_anonymous: bool) -> object:
+        """StorefrontUsers_Create; raises :class:`~proxy.errors.UserConflict` on 409."""
+        ...
+
+    async def get_token(self, storefront_id: int, user_id: str) -> str:
+        """StorefrontUsers_GetToken: the bare token."""
+        ...
+
+    async def merge_anonymous(
+        self, storefront_id: int, anonymous_user_id: str, regular_user_id: str
+    ) -> None:
+        """StorefrontUsers_MergeAnonymous; raises NotFound or UserConflict on 404 / 409."""
+        ...
+
+
+class MergeOutcome(enum.Enum):
+    """What became of a guest at login; the value is the ``outcome`` metric label."""
+
+    MERGED = "merged"  # the guest's data moved to the customer: clear the guest cookie
+    FINAL = "final"  # 404/409: one side is gone or it was merged already: clear the cookie
+    NO_GUEST = "no_guest"  # the guest StorefrontUser never existed: clear, nothing to move
+    FAILED = "failed"  # the API failed or was too slow: keep the cookie, a later request retries
+
+
+class _Cached(NamedTuple):
+    token: CustomerToken
+    renew_at: float  # clock time from which the entry is stale
+
+
+_TokenKey = tuple[int | None, int, str, bool]  # tenant, storefront, user id, is anonymous
+_UserKey = tuple[int | None, int, str]  # tenant, storefront, user id
+
+
+class _SingleFlight(Generic[K, V]):
+    """At most one task per key; callers that arrive while it runs get the same task."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[K, asyncio.Task[V]] = {}
+
+    def run(self, key: K, start: Callable[[], Coroutine[Any, Any, V]]) -> asyncio.Task[V]:
+        """The task in flight for ``key``, or a new one made from ``start()``."""
+        task = self._tasks.get(key)
+        # A finished task may still be listed until its done callback runs: never join it, so
+        # a failure reaches only the callers that were waiting for it.
+        if task is None or task.done():
+            task = asyncio.create_task(start())
+            self._tasks[key] = task
+            task.add_done_callback(functools.partial(self._finished, key))
+        return task
+
+    def _finished(self, key: K, task: asyncio.Task[V]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            # Every waiter has the outcome already; mark it retrieved so asyncio does not report
+            # an exception nobody awaited (all waiters may have timed out).
+            task.exception()
+
+    def __len__(self) -> int:
+        return len(self._tasks)
+
+    async def aclose(self) -> None:
+        """Cancel everything in flight and wait until it has stopped."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class TokenService:
+    """Hands out customer tokens and merges guests into customers at login."""
+
+    def __init__(
+        self,
+        api: UsersApi,
+        metrics: Metrics,
+        *,
+        tenant_id: int | None,
+        cache_size: int,
+        skew_s: float,
+        lifetime_without_exp_s: float,
+        timeout_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._api = api
+        self._metrics = metrics
+        self._tenant_id = tenant_id
+        self._skew_s = skew_s
+        self._lifetime_without_exp_s = lifetime_without_exp_s
+        self._timeout_s = timeout_s
+        self._clock = clock
+        # TLRU: each entry expires at its own time, read from the injected clock; least recently
+        # used first when full.
+        self._tokens: TLRUCache[_TokenKey, _Cached] = TLRUCache(
+            maxsize=cache_size, ttu=_renew_at, timer=clock
+        )
+        self._known: LRUCache[_UserKey, bool] = LRUCache(maxsize=cache_size)
+        self._token_flights: _SingleFlight[_TokenKey, CustomerToken] = _SingleFlight()
+        self._lookup_flights: _SingleFlight[_UserKey, bool] = _SingleFlight()
+        self._ensure_flights: _SingleFlight[_UserKey, None] = _SingleFlight()
+        self._merge_flights: _SingleFlight[_UserKey, MergeOutcome] = _SingleFlight()
+
+    # -- public -------------------------------------------------------------------------------
+
+    def cached(self, customer: Customer) -> CustomerToken | None:
+        """The cached, not yet due token for ``customer``, if any; no I/O, counts nothing."""
+        entry = self._tokens.get(self._token_key(customer))
+        return None if entry is None else entry.token
+
+    async def token_for(self, customer: Customer) -> CustomerToken:
+        """A token for ``customer``: from the cache, else made sure of the user and fetched.
+
+        Raises :class:`~proxy.errors.StorefrontUnavailable` when the work takes longer than
+        ``timeout_s``, and any other :class:`~proxy.errors.StorefrontApiError` as the API gave it.
+        Each call counts once: a hit when served from the cache, else a miss (also when it joins
+        a fetch already in flight).
+        """
+        key = self._token_key(customer)
+        entry = self._tokens.get(key)
+        if entry is not None:
+            self._metrics.token_cache_hits.inc()
+            return entry.token
+        self._metrics.token_cache_misses.inc()
+        task = self._token_flights.run(
+            key, lambda: self._bounded("token", self._fetch_token(key, customer))
+        )
+        return await self._wait(asyncio.shield(task), "token")
+
+    async def user_exists(self, storefront_id: int, user_id: str) -> bool:
+        """Whether the StorefrontUser exists: known ones without a call, else by a Get.
+
+        Raises :class:`~proxy.errors.StorefrontUnavailable` when the API cannot say.
+        """
+        try:
+            return await self._wait(self._exists(storefront_id, user_id), "get_user")
+        except StorefrontUnavailable:
+            raise
+        except StorefrontApiError as exc:
+            raise StorefrontUnavailable(exc.operation, exc.detail, exc.status) from exc
+
+    async def merge_guest(
+        self, storefront_id: int, guest_user_id: str, regular_user_id: str
+    ) -> MergeOutcome:
+        """Move a guest's data to the customer who just logged in; never raises an API error.
+
+        Concurrent calls for one guest share one merge.
+        """
+        key = (self._tenant_id, storefront_id, guest_user_id)
+        task = self._merge_flights.run(
+            key, lambda: self._merge(storefront_id, guest_user_id, regular_user_id)
+        )
+        try:
+            return await self._wait(asyncio.shield(task), "merge_anonymous")
+        except StorefrontUnavailable:
+            # The shared merge runs on, bounded by the same timeout, and counts its own outcome.
+            return MergeOutcome.FAILED
+
+    async def aclose(self) -> None:
+        """Cancel the API work still in flight (at shutdown)."""
+        for flights in (
+            self._merge_flights,
+            self._token_flights,
+            self._ensure_flights,
+            self._lookup_flights,
+        ):
+            await flights.aclose()
+
+    # -- tokens -------------------------------------------------------------------------------
+
+    def _token_key(self, customer: Customer) -> _TokenKey:
+        return (self._tenant_id, customer.storefront_id, customer.user_id, customer.is_anonymous)
+
+    async def _fetch_token(self, key: _TokenKey, customer: Customer) -> CustomerToken:
+        """The shared work behind a miss: ensure the user, get the token, cache it if worth it."""
+        await self._ensure(customer.storefront_id, customer.user_id, customer.is_anonymous)
+        raw = await self._api.get_token(customer.storefront_id, customer.user_id)
+        now = self._clock()
+        token, renew_at = self._read_token(customer, raw, now)
+        if renew_at > now:
+            self._tokens[key] = _Cached(token, renew_at)
+            self._metrics.token_cache_entries.set(len(self._tokens))
+        else:
+            log.info(
+                "customer token arrived within the renewal skew of its exp; not cached",
+                extra={"skew_s": self._skew_s, "expires_in_s": round(token.expires_at - now, 3)},
+            )
+        return token
+
+    def _read_token(self, customer: Customer, raw: str, now: float) -> tuple[CustomerToken, float]:
+        """The token with its ``exp``, and the clock time from which it must be renewed."""
+        try:
+            # Not ours to verify (the sidecar is not its audience): read the claims only.
+            claims = jwt.decode(
+                raw,
+                options={
+                    "verify_signature": False,
+                    "verify_exp": False,
+                    "verify_nbf": False,
+                    "verify_iat": False,
+                    "verify_aud": False,
+                    "verify_iss": False,
+                },
+            )
+        except jwt.InvalidTokenError:
+            # from None: the chained error could quote the token.
+            raise BadResponse("token", "the customer token is not a JWT") from None
+        exp = _number_claim(claims, "exp")
+        iat = _number_claim(claims, "iat")
+        if exp is None:
+            renew_at = now + self._lifetime_without_exp_s
+            expires_at = int(renew_at)
+        else:
+            expires_at = int(exp)
+            renew_at = exp - self._skew_s
+            if iat is not None and iat <= exp:
+                # If this clock lags the issuer's, exp is later than it looks; the lifetime the
+                # issuer granted, counted from now, keeps a token from outliving its real exp.
+                renew_at = min(renew_at, now + (exp - iat) - self._skew_s)
+        # nbf is not used: a token that is "not yet valid" by this clock only shows that clocks
+        # differ, and the issuer, not the sidecar, judges it.
+        token = CustomerToken(
+            storefront_id=customer.storefront_id,
+            user_id=customer.user_id,
+            is_anonymous=customer.is_anonymous,
+            token=raw,
+            expires_at=expires_at,
+        )
+        return token, renew_at
+
+    # -- users --------------------------------------------------------------------------------
+
+    def _user_key(self, storefront_id: int, user_id: str) -> _UserKey:
+        return (self._tenant_id, storefront_id, user_id)
+
+    async def _exists(self, storefront_id: int, user_id: str) -> bool:
+        """Known users without a call; else one shared Get (NotFound means no)."""
+        key = self._user_key(storefront_id, user_id)
+        if self._known.get(key, False):
+            return True
+        task = self._lookup_flights.run(
+            key, lambda: self._bounded("get_user", self._lookup(storefront_id, user_id, key))
+        )
+        return await asyncio.shield(task)
+
+    async def _lookup(self, storefront_id: int, user_id: str, key: _UserKey) -> bool:
+        try:
+            await self._api.get_user(storefront_id, user_id)
+        except NotFound:
+            return False
+        self._known[key] = True
+        return True
+
+    async def _ensure(self, storefront_id: int, user_id: str, is_anonymous: bool) -> None:
+        """Make sure the StorefrontUser exists: Get, and Create on 404 (409 there is success)."""
+        key = self._user_key(storefront_id, user_id)
+        if self._known.get(key, False):
+            return
+        task = self._ensure_flights.run(
+            key,
+            lambda: self._bounded(
+                "create_user", self._create_if_missing(storefront_id, user_id, is_anonymous, key)
+            ),
+        )
+        await asyncio.shield(task)
+
+    async def _create_if_missing(
+        self, storefront_id: int, user_id: str, is_anonymous: bool, key: _UserKey
+    ) -> None:
+        if await self._exists(storefront_id, user_id):
+            return
+        try:
+            await self._api.create_user(storefront_id, user_id, is_anonymous=is_anonymous)
+        except UserConflict:
+            # Another sidecar (or request) created it between our Get and Create.
+            log.debug("user created concurrently", extra={"storefront_id": storefront_id})
+        self._known[key] = True
+
+    def _forget(self, storefront_id: int, user_id: str) -> None:
+        """Drop a guest that is merged away: it is no longer known to exist, its token is void."""
+        self._known.pop(self._user_key(storefront_id, user_id), None)
+        key = (self._tenant_id, storefront_id, user_id, True)
+        if self._tokens.pop(key, None) is not None:
+            self._metrics.token_cache_entries.set(len(self._tokens))
+
+    # -- merges -------------------------------------------------------------------------------
+
+    async def _merge(
+        self, storefront_id: int, guest_user_id: str, regular_user_id: str
+    ) -> MergeOutcome:
+        """The shared work of one merge; counts and logs its outcome once."""
+        error: StorefrontApiError | None = None
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                outcome = await self._attempt_merge(storefront_id, guest_user_id, regular_user_id)
+        except TimeoutError:
+            outcome = MergeOutcome.FAILED
+            error = StorefrontUnavailable("merge_anonymous", "timed out")
+        except (NotFound, UserConflict) as exc:
+            outcome, error = MergeOutcome.FINAL, exc
+        except StorefrontApiError as exc:
+            outcome, error = MergeOutcome.FAILED, exc
+        except Exception:
+            # A merge is a side effect of a page request and must never fail the page; a bug
+            # surfaces here, with its traceback, instead.
+            log.exception("guest merge failed unexpectedly", extra={"storefront_id": storefront_id})
+            outcome = MergeOutcome.FAILED
+            error = StorefrontUnavailable("merge_anonymous", "unexpected error")
+        if outcome in (MergeOutcome.MERGED, MergeOutcome.FINAL):
+            self._forget(storefront_id, guest_user_id)
+        self._metrics.merges.labels(storefront=str(storefront_id), outcome=outcome.value).inc()
+        extra: dict[str, object] = {"storefront_id": storefront_id, "outcome": outcome.value}
+        if error is None:
+            log.info("guest merge: %s", outcome.value, extra=extra)
+        elif outcome is MergeOutcome.FINAL:
+            log.info("guest merge is final: %s", error, extra=extra)
+        else:
+            log.warning("guest merge failed; a later request retries: %s", error, extra=extra)
+        return outcome
+
+    async def _attempt_merge(
+        self, storefront_id: int, guest_user_id: str, regular_user_id: str
+    ) -> MergeOutcome:
+        """Raises NotFound/UserConflict only from MergeAnonymous (final); others mean failed."""
+        try:
+            if not await self._exists(storefront_id, guest_user_id):
+                return MergeOutcome.NO_GUEST
+            # MergeAnonymous works only into a regular user that exists already.
+            await self._ensure(storefront_id, regular_user_id, is_anonymous=False)
+        except (NotFound, UserConflict) as exc:
+            # Not MergeAnonymous' answer, so nothing final about it (e.g. an unknown storefront).
+            raise StorefrontUnavailable(exc.operation, exc.detail, exc.status) from exc
+        await self._api.merge_anonymous(storefront_id, guest_user_id, regular_user_id)
+        return MergeOutcome.MERGED
+
+    # -- time ---------------------------------------------------------------------------------
+
+    async def _bounded(self, operation: str, work: Coroutine[Any, Any, V]) -> V:
+        """Run shared work within ``timeout_s``, so it never stays in flight for good."""
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await work
+        except TimeoutError:
+            raise StorefrontUnavailable(operation, "timed out") from None
+
+    async def _wait(self, work: Awaitable[V], operation: str) -> V:
+        """Wait for one caller's work within ``timeout_s``.
+
+        Callers pass shared tasks through :func:`asyncio.shield`, so one caller timing out or
+        going away never cancels the work the others wait for.
+        """
+        try:
+            async with asyncio.timeout(self._timeout_s):
+                return await work
+        except TimeoutError:
+            raise StorefrontUnavailable(operation, "timed out") from None
+
+
+def _renew_at(_key: _TokenKey, entry: _Cached, _now: float) -> float:
+    """TLRUCache's time-to-use: an entry is stale from its renewal time on."""
+    return entry.renew_at
+
+
+def _number_claim(claims: dict[str, Any], name: str) -> float | None:
+    """A numeric claim, or None when absent; a claim of another type makes the token unusable."""
+    value = claims.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise BadResponse("token", f"the customer token's {name} claim is not a number")
+    return float(value)

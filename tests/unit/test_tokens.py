@@ -1,0 +1,691 @@
+"""proxy.tokens: cache, single flight, timeouts and merges, against an in-memory Storefront API."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import jwt
+import pytest
+
+from proxy.errors import (
+    BadResponse,
+    NotFound,
+    StorefrontApiError,
+    StorefrontUnavailable,
+    Unauthorized,
+    UserConflict,
+)
+from proxy.metrics import Metrics
+from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService, UsersApi
+
+SIGNING_KEY = "unit-test-signing-key-of-32-bytes!!"
+START = 1_800_000_000.0
+SKEW_S = 30.0
+LIFETIME_S = 3600
+NO_EXP_LIFETIME_S = 300.0
+GUEST = Customer(1, "anon-guest", is_anonymous=True)
+ALICE = Customer(1, "alice@example.com", is_anonymous=False)
+
+
+class FakeClock:
+    """Unix seconds that move only when a test says so."""
+
+    def __init__(self, now: float = START) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class FakeUsersApi:
+    """Users in a dict; records every call; issues real HS256 JWTs; can fail or hold calls."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self.users: dict[tuple[int, str], bool] = {}  # (storefront, user) -> is anonymous
+        self.calls: list[tuple[str, int, str]] = []
+        self.merges: list[tuple[int, str, str]] = []
+        self.failures: dict[str, Exception] = {}  # operation -> what it raises
+        self.gate: asyncio.Event | None = None  # when set, every call waits for it to open
+        self.lifetime_s: float | None = LIFETIME_S  # None: tokens without exp
+        self.raw_tokens: list[str] = []  # issued instead of a JWT while any are left
+        self.issued = 0
+
+    def count(self, operation: str) -> int:
+        return sum(1 for call in self.calls if call[0] == operation)
+
+    async def _enter(self, operation: str, storefront_id: int, user_id: str) -> None:
+        self.calls.append((operation, storefront_id, user_id))
+        if self.gate is not None:
+            await self.gate.wait()
+        failure = self.failures.get(operation)
+        if failure is not None:
+            raise failure
+
+    async def get_user(self, storefront_id: int, user_id: str) -> object:
+        await self._enter("get_user", storefront_id, user_id)
+        if (storefront_id, user_id) not in self.users:
+            raise NotFound("get_user", "no such user", 404)
+        return {"userId": user_id, "storefrontId": storefront_id}
+
+    async def create_user(self, storefront_id: int, user_id: str, *, is_anonymous: bool) -> object:
+        await self._enter("create_user", storefront_id, user_id)
+        if (storefront_id, user_id) in self.users:
+            raise UserConflict("create_user", "exists", 409)
+        self.users[storefront_id, user_id] = is_anonymous
+        return {"userId": user_id, "storefrontId": storefront_id, "isAnonymous": is_anonymous}
+
+    async def get_token(self, storefront_id: int, user_id: str) -> str:
+        await self._enter("get_token", storefront_id, user_id)
+        if self.raw_tokens:
+            return self.raw_tokens.pop(0)
+        self.issued += 1
+        now = int(self.clock())
+        claims: dict[str, Any] = {"sub": user_id, "sf": storefront_id, "n": self.issued, "iat": now}
+        if self.lifetime_s is not None:
+            claims["exp"] = now + self.lifetime_s
+        return jwt.encode(claims, SIGNING_KEY, algorithm="HS256")
+
+    async def merge_anonymous(
+        self, storefront_id: int, anonymous_user_id: str, regular_user_id: str
+    ) -> None:
+        await self._enter("merge_anonymous", storefront_id, anonymous_user_id)
+        self.merges.append((storefront_id, anonymous_user_id, regular_user_id))
+
+
+def _conforms(api: FakeUsersApi) -> UsersApi:
+    return api  # mypy checks the fake against the protocol here
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def api(clock: FakeClock) -> FakeUsersApi:
+    return FakeUsersApi(clock)
+
+
+@pytest.fixture
+def metrics() -> Metrics:
+    return Metrics()
+
+
+def make_service(
+    api: FakeUsersApi,
+    metrics: Metrics,
+    clock: FakeClock,
+    *,
+    tenant_id: int | None = 7,
+    cache_size: int = 100,
+    skew_s: float = SKEW_S,
+    timeout_s: float = 5.0,
+) -> TokenService:
+    return TokenService(
+        _conforms(api),
+        metrics,
+        tenant_id=tenant_id,
+        cache_size=cache_size,
+        skew_s=skew_s,
+        lifetime_without_exp_s=NO_EXP_LIFETIME_S,
+        timeout_s=timeout_s,
+        clock=clock,
+    )
+
+
+@pytest.fixture
+async def service(
+    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
+) -> AsyncIterator[TokenService]:
+    tokens = make_service(api, metrics, clock)
+    yield tokens
+    await tokens.aclose()
+
+
+def sample(metrics: Metrics, name: str, **labels: str) -> float:
+    value = metrics.registry.get_sample_value(name, labels or None)
+    return 0.0 if value is None else value
+
+
+def hits(metrics: Metrics) -> float:
+    return sample(metrics, "cc_sidecar_token_cache_hits_total")
+
+
+def misses(metrics: Metrics) -> float:
+    return sample(metrics, "cc_sidecar_token_cache_misses_total")
+
+
+def entries(metrics: Metrics) -> float:
+    return sample(metrics, "cc_sidecar_token_cache_entries")
+
+
+def merges(metrics: Metrics, outcome: str, storefront: str = "1") -> float:
+    return sample(metrics, "cc_sidecar_merges_total", storefront=storefront, outcome=outcome)
+
+
+async def settle() -> None:
+    """Let every ready task run until it blocks."""
+    for _ in range(10):
+        await asyncio.sleep(0)
+
+
+# -- tokens ------------------------------------------------------------------------------------
+
+
+async def test_concurrent_first_requests_share_one_fetch(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics
+) -> None:
+    """200 concurrent first requests for one new customer make one Get, one Create, one GetToken."""
+    api.gate = asyncio.Event()
+    waiters = [asyncio.create_task(service.token_for(GUEST)) for _ in range(200)]
+    await settle()
+    api.gate.set()
+    results = await asyncio.gather(*waiters)
+
+    assert Counter(call[0] for call in api.calls) == {
+        "get_user": 1,
+        "create_user": 1,
+        "get_token": 1,
+    }
+    assert api.users == {(1, "anon-guest"): True}
+    assert len({result.token for result in results}) == 1
+    assert all(result == results[0] for result in results)
+    assert (misses(metrics), hits(metrics), entries(metrics)) == (200, 0, 1)
+
+
+async def test_token_carries_the_customer_and_its_own_exp(
+    service: TokenService, clock: FakeClock
+) -> None:
+    """The CustomerToken names the customer and carries the JWT's exp as expires_at."""
+    token = await service.token_for(ALICE)
+
+    claims = jwt.decode(
+        token.token,
+        SIGNING_KEY,
+        algorithms=["HS256"],
+        options={"verify_exp": False, "verify_iat": False},  # the fake clock is not the real one
+    )
+    assert token == CustomerToken(
+        storefront_id=1,
+        user_id="alice@example.com",
+        is_anonymous=False,
+        token=token.token,
+        expires_at=int(START) + LIFETIME_S,
+    )
+    assert claims["exp"] == token.expires_at
+
+
+async def test_cached_token_is_served_without_calls_until_exp_less_skew(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics, clock: FakeClock
+) -> None:
+    """A token is served from the cache until exp - skew, then fetched again exactly once."""
+    first = await service.token_for(ALICE)
+    calls_after_first = len(api.calls)
+
+    clock.now = first.expires_at - SKEW_S - 0.001
+    assert await service.token_for(ALICE) is first
+    assert await service.token_for(ALICE) is first
+    assert len(api.calls) == calls_after_first
+
+    clock.now = first.expires_at - SKEW_S
+    renewed = await service.token_for(ALICE)
+    assert renewed.token != first.token
+    # The user is known to exist now: the renewal is one GetToken and nothing else.
+    assert api.calls[calls_after_first:] == [("get_token", 1, "alice@example.com")]
+    assert await service.token_for(ALICE) is renewed
+    assert (misses(metrics), hits(metrics)) == (2, 3)
+
+
+async def test_token_without_exp_lives_the_configured_lifetime(
+    service: TokenService, api: FakeUsersApi, clock: FakeClock
+) -> None:
+    """A token without exp is cached for lifetime_without_exp_s from its arrival."""
+    api.lifetime_s = None
+    first = await service.token_for(ALICE)
+    assert first.expires_at == int(START + NO_EXP_LIFETIME_S)
+
+    clock.advance(NO_EXP_LIFETIME_S - 0.001)
+    assert await service.token_for(ALICE) is first
+    clock.advance(0.001)
+    assert (await service.token_for(ALICE)).token != first.token
+    assert api.count("get_token") == 2
+
+
+async def test_token_inside_the_skew_is_served_but_not_cached(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics
+) -> None:
+    """A token arriving within skew_s of its exp serves its request and is not cached."""
+    api.lifetime_s = SKEW_S - 1
+    first = await service.token_for(ALICE)
+    assert first.expires_at == int(START + SKEW_S - 1)
+    assert service.cached(ALICE) is None
+
+    second = await service.token_for(ALICE)
+    assert second.token != first.token
+    assert api.count("get_token") == 2
+    assert (misses(metrics), hits(metrics), entries(metrics)) == (2, 0, 0)
+
+
+async def test_a_token_is_renewed_early_when_this_clock_lags_the_issuer(
+    service: TokenService, api: FakeUsersApi, clock: FakeClock
+) -> None:
+    """With iat ahead of this clock, renewal comes after the issued lifetime, not at exp."""
+    api.clock = FakeClock(START + 600)  # the issuer's clock runs 10 minutes ahead
+    first = await service.token_for(ALICE)
+    assert first.expires_at == int(START) + 600 + LIFETIME_S
+
+    clock.advance(LIFETIME_S - SKEW_S - 0.001)
+    assert await service.token_for(ALICE) is first
+    clock.advance(0.001)
+    assert await service.token_for(ALICE) is not first
+    assert api.count("get_token") == 2
+
+
+async def test_cache_drops_the_least_recently_used_when_full(
+    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
+) -> None:
+    """With cache_size 2, a third customer evicts the least recently used one."""
+    service = make_service(api, metrics, clock, cache_size=2)
+    a, b, c = (Customer(1, name, is_anonymous=False) for name in ("a", "b", "c"))
+    token_a = await service.token_for(a)
+    await service.token_for(b)
+    assert await service.token_for(a) is token_a  # a is now more recently used than b
+    await service.token_for(c)
+
+    assert service.cached(a) is token_a
+    assert service.cached(b) is None
+    assert service.cached(c) is not None
+    assert entries(metrics) == 2
+    await service.token_for(b)
+    assert [call[2] for call in api.calls if call[0] == "get_token"] == ["a", "b", "c", "b"]
+
+
+async def test_storefronts_and_guest_flag_never_share_a_token(
+    service: TokenService, api: FakeUsersApi
+) -> None:
+    """The same user id in two storefronts, or as guest and customer, gets separate tokens."""
+    customers = [
+        Customer(1, "same-id", is_anonymous=False),
+        Customer(2, "same-id", is_anonymous=False),
+        Customer(1, "same-id", is_anonymous=True),
+    ]
+    tokens = [await service.token_for(customer) for customer in customers]
+
+    assert len({token.token for token in tokens}) == 3
+    assert [(t.storefront_id, t.is_anonymous) for t in tokens] == [
+        (1, False),
+        (2, False),
+        (1, True),
+    ]
+    assert [call[1] for call in api.calls if call[0] == "get_token"] == [1, 2, 1]
+    assert [service.cached(customer) for customer in customers] == tokens
+
+
+async def test_tenants_never_share_a_token(
+    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
+) -> None:
+    """Services for two tenants each fetch their own token for the same storefront and user."""
+    first = make_service(api, metrics, clock, tenant_id=1)
+    second = make_service(api, metrics, clock, tenant_id=2)
+
+    assert (await first.token_for(ALICE)).token != (await second.token_for(ALICE)).token
+    assert second.cached(ALICE) is not first.cached(ALICE)
+    assert api.count("get_token") == 2
+
+
+async def test_failure_reaches_every_waiter_and_is_not_cached(
+    service: TokenService, api: FakeUsersApi
+) -> None:
+    """A failed fetch fails all its waiters once; the next request tries again and succeeds."""
+    api.users[1, "alice@example.com"] = False
+    api.gate = asyncio.Event()
+    failure = StorefrontUnavailable("get_token", "server error", 503)
+    api.failures["get_token"] = failure
+    waiters = [asyncio.create_task(service.token_for(ALICE)) for _ in range(3)]
+    await settle()
+    api.gate.set()
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+
+    assert results == [failure, failure, failure]
+    assert api.count("get_token") == 1
+    del api.failures["get_token"]
+    token = await service.token_for(ALICE)
+    assert token.user_id == "alice@example.com"
+    assert api.count("get_token") == 2
+
+
+async def test_cancelling_one_waiter_leaves_the_fetch_to_the_others(
+    service: TokenService, api: FakeUsersApi
+) -> None:
+    """A waiter that goes away does not cancel the shared fetch the others wait for."""
+    api.gate = asyncio.Event()
+    leaver = asyncio.create_task(service.token_for(GUEST))
+    stayer = asyncio.create_task(service.token_for(GUEST))
+    await settle()
+    leaver.cancel()
+    await settle()
+    api.gate.set()
+
+    token = await stayer
+    assert leaver.cancelled()
+    assert service.cached(GUEST) is token
+    assert api.count("get_token") == 1
+
+
+async def test_slow_api_raises_unavailable_within_the_timeout(
+    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
+) -> None:
+    """An API that never answers makes token_for raise StorefrontUnavailable after timeout_s."""
+    service = make_service(api, metrics, clock, timeout_s=0.05)
+    api.gate = asyncio.Event()  # never opened
+    started = time.monotonic()
+    with pytest.raises(StorefrontUnavailable) as caught:
+        await service.token_for(GUEST)
+    elapsed = time.monotonic() - started
+
+    assert (caught.value.operation, caught.value.detail) == ("token", "timed out")
+    assert 0.05 <= elapsed < 0.5
+    await service.aclose()
+
+
+async def test_shared_fetch_is_bounded_too(
+    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
+) -> None:
+    """A hung fetch leaves the in-flight table after timeout_s, so later requests try afresh."""
+    service = make_service(api, metrics, clock, timeout_s=0.05)
+    api.gate = asyncio.Event()
+    with pytest.raises(StorefrontUnavailable):
+        await service.token_for(GUEST)
+    await asyncio.sleep(0.05)
+    api.gate = None
+
+    assert (await service.token_for(GUEST)).user_id == "anon-guest"
+    assert api.count("get_user") == 2
+    await service.aclose()
+
+
+async def test_conflict_on_create_counts_as_existing(
+    service: TokenService, api: FakeUsersApi
+) -> None:
+    """A 409 on Create (another sidecar won the race) is success: the token is fetched."""
+    api.failures["create_user"] = UserConflict("create_user", "exists", 409)
+    token = await service.token_for(ALICE)
+
+    assert token.user_id == "alice@example.com"
+    assert [call[0] for call in api.calls] == ["get_user", "create_user", "get_token"]
+    assert await service.user_exists(1, "alice@example.com") is True
+    assert len(api.calls) == 3
+
+
+async def test_create_is_asked_with_the_guest_flag(
+    service: TokenService, api: FakeUsersApi
+) -> None:
+    """A guest is created anonymous and a logged-in customer regular."""
+    await service.token_for(GUEST)
+    await service.token_for(ALICE)
+
+    assert api.users == {(1, "anon-guest"): True, (1, "alice@example.com"): False}
+
+
+async def test_existing_user_is_not_created(service: TokenService, api: FakeUsersApi) -> None:
+    """A user the Get finds is not created again."""
+    api.users[1, "alice@example.com"] = False
+    await service.token_for(ALICE)
+
+    assert [call[0] for call in api.calls] == ["get_user", "get_token"]
+
+
+async def test_api_errors_propagate_as_they_are(service: TokenService, api: FakeUsersApi) -> None:
+    """A non-timeout API error reaches the caller unchanged."""
+    refused = Unauthorized("get_user", "forbidden", 403)
+    api.failures["get_user"] = refused
+    with pytest.raises(Unauthorized) as caught:
+        await service.token_for(ALICE)
+
+    assert caught.value is refused
+
+
+async def test_a_token_that_is_no_jwt_is_a_bad_response_and_never_logged(
+    service: TokenService, api: FakeUsersApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A token pyjwt cannot read raises BadResponse; neither it nor the log quotes the token."""
+    caplog.set_level(logging.DEBUG, logger="proxy.tokens")
+    api.raw_tokens = ["not-a-jwt-SECRET"]
+    with pytest.raises(BadResponse) as caught:
+        await service.token_for(ALICE)
+
+    assert "SECRET" not in str(caught.value)
+    assert caught.value.__cause__ is None
+    assert caught.value.__suppress_context__
+    assert "SECRET" not in caplog.text
+    assert service.cached(ALICE) is None
+
+
+@pytest.mark.parametrize("exp", ["tomorrow", True, float("inf")])
+async def test_a_non_numeric_exp_is_a_bad_response(
+    service: TokenService, api: FakeUsersApi, exp: object
+) -> None:
+    """A JWT whose exp is not a finite number cannot be cached by its exp: BadResponse."""
+    api.raw_tokens = [jwt.encode({"exp": exp}, SIGNING_KEY, algorithm="HS256")]
+    with pytest.raises(BadResponse, match="exp claim is not a number"):
+        await service.token_for(ALICE)
+
+
+async def test_token_repr_hides_the_token(service: TokenService) -> None:
+    """repr(CustomerToken) never shows the token, so a stray log line cannot leak it."""
+    token = await service.token_for(ALICE)
+
+    assert token.token not in repr(token)
+    assert "token=<redacted>" in repr(token)
+
+
+async def test_cached_counts_nothing_and_calls_nothing(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics
+) -> None:
+    """cached() answers from memory only and leaves hits and misses alone."""
+    assert service.cached(ALICE) is None
+    token = await service.token_for(ALICE)
+    calls = len(api.calls)
+
+    assert service.cached(ALICE) is token
+    assert len(api.calls) == calls
+    assert (misses(metrics), hits(metrics)) == (1, 0)
+
+
+# -- users -------------------------------------------------------------------------------------
+
+
+async def test_user_exists_asks_once_then_remembers(
+    service: TokenService, api: FakeUsersApi
+) -> None:
+    """user_exists makes one Get for a user that exists and none afterwards."""
+    api.users[1, "alice@example.com"] = False
+
+    assert await service.user_exists(1, "alice@example.com") is True
+    assert await service.user_exists(1, "alice@example.com") is True
+    assert api.calls == [("get_user", 1, "alice@example.com")]
+
+
+async def test_user_exists_is_false_on_not_found_and_asks_again(
+    service: TokenService, api: FakeUsersApi
+) -> None:
+    """A user the Get does not find is reported missing and not remembered as missing."""
+    assert await service.user_exists(1, "nobody") is False
+    assert await service.user_exists(1, "nobody") is False
+    assert api.count("get_user") == 2
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        StorefrontUnavailable("get_user", "server error", 503),
+        Unauthorized("get_user", "forbidden", 403),
+        BadResponse("get_user", "unexpected status", 400),
+    ],
+)
+async def test_user_exists_raises_unavailable_when_the_api_fails(
+    service: TokenService, api: FakeUsersApi, failure: StorefrontApiError
+) -> None:
+    """Any API failure of the Get makes user_exists raise StorefrontUnavailable."""
+    api.failures["get_user"] = failure
+    with pytest.raises(StorefrontUnavailable) as caught:
+        await service.user_exists(1, "alice@example.com")
+
+    assert caught.value.operation == "get_user"
+    assert caught.value.status == failure.status
+
+
+# -- merges ------------------------------------------------------------------------------------
+
+
+async def test_merge_moves_the_guest_into_a_created_regular_user(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics
+) -> None:
+    """MERGED: the regular user is created first, then MergeAnonymous runs once."""
+    await service.token_for(GUEST)
+    api.calls.clear()
+
+    outcome = await service.merge_guest(1, "anon-guest", "alice@example.com")
+
+    assert outcome is MergeOutcome.MERGED
+    assert api.calls == [
+        ("get_user", 1, "alice@example.com"),
+        ("create_user", 1, "alice@example.com"),
+        ("merge_anonymous", 1, "anon-guest"),
+    ]
+    assert api.users[1, "alice@example.com"] is False
+    assert api.merges == [(1, "anon-guest", "alice@example.com")]
+    assert merges(metrics, "merged") == 1
+    # The guest is merged away: its token is dropped and its existence is asked afresh.
+    assert service.cached(GUEST) is None
+    assert entries(metrics) == 0
+    await service.user_exists(1, "anon-guest")
+    assert api.calls[-1] == ("get_user", 1, "anon-guest")
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [NotFound("merge_anonymous", "gone", 404), UserConflict("merge_anonymous", "merged", 409)],
+    ids=["404", "409"],
+)
+async def test_merge_answered_404_or_409_is_final(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics, failure: StorefrontApiError
+) -> None:
+    """FINAL: MergeAnonymous answering 404 or 409 leaves nothing to retry."""
+    api.users[1, "anon-guest"] = True
+    api.failures["merge_anonymous"] = failure
+
+    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.FINAL
+    assert api.count("merge_anonymous") == 1
+    assert merges(metrics, "final") == 1
+
+
+async def test_merge_of_a_guest_that_never_existed_is_no_guest(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics
+) -> None:
+    """NO_GUEST: a guest the Get does not find is not merged and nobody is created."""
+    outcome = await service.merge_guest(1, "anon-never", "alice@example.com")
+
+    assert outcome is MergeOutcome.NO_GUEST
+    assert api.calls == [("get_user", 1, "anon-never")]
+    assert merges(metrics, "no_guest") == 1
+
+
+async def test_merge_survives_an_unexpected_error(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics, caplog: pytest.LogCaptureFixture
+) -> None:
+    """FAILED: even an error outside the API error tree does not escape merge_guest."""
+    api.users[1, "anon-guest"] = True
+    api.failures["merge_anonymous"] = RuntimeError("bug")
+
+    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.FAILED
+    assert merges(metrics, "failed") == 1
+    assert "guest merge failed unexpectedly" in caplog.text
+
+
+@pytest.mark.parametrize("operation", ["get_user", "create_user", "merge_anonymous"])
+async def test_merge_fails_softly_when_the_api_is_down(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics, operation: str
+) -> None:
+    """FAILED: an API failure anywhere in the merge is an outcome, never an exception."""
+    api.users[1, "anon-guest"] = True
+    api.failures[operation] = StorefrontUnavailable(operation, "server error", 503)
+
+    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.FAILED
+    assert merges(metrics, "failed") == 1
+
+
+async def test_failed_merge_is_retried_by_the_next_call(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics
+) -> None:
+    """After FAILED, the next login request merges again and can succeed."""
+    api.users[1, "anon-guest"] = True
+    api.failures["merge_anonymous"] = StorefrontUnavailable("merge_anonymous", "down", 503)
+    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.FAILED
+    del api.failures["merge_anonymous"]
+
+    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.MERGED
+    assert api.count("merge_anonymous") == 2
+    assert (merges(metrics, "failed"), merges(metrics, "merged")) == (1, 1)
+
+
+async def test_merge_that_times_out_is_failed(
+    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
+) -> None:
+    """FAILED: a merge slower than timeout_s returns FAILED within about timeout_s."""
+    service = make_service(api, metrics, clock, timeout_s=0.05)
+    api.users[1, "anon-guest"] = True
+    api.gate = asyncio.Event()
+    started = time.monotonic()
+
+    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.FAILED
+    assert time.monotonic() - started < 0.5
+    await service.aclose()
+
+
+async def test_concurrent_logins_merge_once(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics
+) -> None:
+    """Ten concurrent login requests for one guest call MergeAnonymous once and all see MERGED."""
+    api.users[1, "anon-guest"] = True
+    api.gate = asyncio.Event()
+    waiters = [
+        asyncio.create_task(service.merge_guest(1, "anon-guest", "alice@example.com"))
+        for _ in range(10)
+    ]
+    await settle()
+    api.gate.set()
+
+    assert await asyncio.gather(*waiters) == [MergeOutcome.MERGED] * 10
+    assert Counter(call[0] for call in api.calls) == {
+        "get_user": 2,  # the guest and the regular user, once each
+        "create_user": 1,
+        "merge_anonymous": 1,
+    }
+    assert merges(metrics, "merged") == 1
+
+
+async def test_token_and_merge_for_one_customer_share_the_user_check(
+    service: TokenService, api: FakeUsersApi
+) -> None:
+    """A token request and a merge arriving together for one customer make one Get and Create."""
+    api.users[1, "anon-guest"] = True
+    api.gate = asyncio.Event()
+    merge = asyncio.create_task(service.merge_guest(1, "anon-guest", "alice@example.com"))
+    token = asyncio.create_task(service.token_for(ALICE))
+    await settle()
+    api.gate.set()
+
+    assert await merge is MergeOutcome.MERGED
+    assert (await token).user_id == "alice@example.com"
+    assert api.calls.count(("get_user", 1, "alice@example.com")) == 1
+    assert api.count("create_user") == 1
