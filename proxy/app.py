@@ -41,14 +41,17 @@ METRICS = web.AppKey("metrics", Metrics)
 HANDLER = web.AppKey("handler", ShopHandler)
 TOKENS = web.AppKey("tokens", TokenService)
 API_CLIENT = web.AppKey("api_client", StorefrontApiClient)
-CLOCK = web.AppKey("clock", Callable[[], float])  # type: ignore[arg-type]
+Clock = Callable[[], float]
+CLOCK: web.AppKey[Clock] = web.AppKey("clock")
 
 # A client's X-Request-Id is kept when it looks like one; anything else gets a fresh id.
 _MAX_REQUEST_ID = 128
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-def create_app(settings: Settings, *, metrics: Metrics | None = None, clock: Callable[[], float] = time.time) -> web.Application:
+def create_app(
+    settings: Settings, *, metrics: Metrics | None = None, clock: Callable[[], float] = time.time
+) -> web.Application:
     """The shop application: every path is proxied (or answered under /.cc-sidecar/)."""
     app = web.Application(middlewares=[_observe])
     app[SETTINGS] = settings
@@ -142,7 +145,10 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
     return response
 
 
-_UPSTREAM_TEXT = {502: "bad gateway: the shop did not answer\n", 504: "gateway timeout: the shop was too slow\n"}
+_UPSTREAM_TEXT = {
+    502: "bad gateway: the shop did not answer\n",
+    504: "gateway timeout: the shop was too slow\n",
+}
 
 
 def serve(settings: Settings) -> int:
@@ -174,7 +180,10 @@ async def _serve(settings: Settings) -> int:
     await shop_runner.setup()
     await admin_runner.setup()
     try:
-        for runner, address in ((admin_runner, settings.admin_listen), (shop_runner, settings.listen)):
+        for runner, address in (
+            (admin_runner, settings.admin_listen),
+            (shop_runner, settings.listen),
+        ):
             host, port = split_listen(address)
             await web.TCPSite(runner, host, port, reuse_address=True).start()
     except OSError as exc:
@@ -189,7 +198,11 @@ async def _serve(settings: Settings) -> int:
     readiness.ready = True
     log.info(
         "cc-sidecar listening",
-        extra={"listen": settings.listen, "admin_listen": settings.admin_listen, "pid": os.getpid()},
+        extra={
+            "listen": settings.listen,
+            "admin_listen": settings.admin_listen,
+            "pid": os.getpid(),
+        },
     )
     await stop.wait()
     readiness.ready = False

@@ -20,8 +20,8 @@ from aiohttp import web
 
 from proxy.app import create_app
 from proxy.config import parse_settings
-from proxy.log import setup_logging
 from proxy.emulator import EMULATOR_STATE, EmulatorOptions, create_emulator_app
+from proxy.log import setup_logging
 
 SESSION_COOKIE = "PHPSESSID"
 PRODUCTS = {"mug": "Personalised mug", "tshirt": "Custom T-shirt", "card": "Greeting card"}
@@ -43,8 +43,9 @@ def _page(title: str, body: str, request: web.Request) -> web.Response:
     session = request.cookies.get(SESSION_COOKIE)
     user = shop.sessions.get(session) if session else None
     who = (
-        f'Logged in as <b>{html.escape(user)}</b> · <form method="post" action="/logout" style="display:inline">'
-        '<button>Log out</button></form>'
+        f"Logged in as <b>{html.escape(user)}</b> · "
+        '<form method="post" action="/logout" style="display:inline">'
+        "<button>Log out</button></form>"
         if user
         else 'Guest · <a href="/login">Log in</a>'
     )
@@ -63,7 +64,9 @@ def _page(title: str, body: str, request: web.Request) -> web.Response:
 
 
 async def products(request: web.Request) -> web.Response:
-    items = "".join(f"<li><a href='/editor/{key}'>{html.escape(name)}</a></li>" for key, name in PRODUCTS.items())
+    items = "".join(
+        f"<li><a href='/editor/{key}'>{html.escape(name)}</a></li>" for key, name in PRODUCTS.items()
+    )
     return _page("Demo shop", f"<h1>Products</h1><ul>{items}</ul>", request)
 
 
@@ -159,7 +162,13 @@ def demo_config(shop_url: str, api_url: str, port: int) -> dict[str, object]:
                 "storefront_id": 1,
                 "upstream": shop_url,
                 "session_cookie": SESSION_COOKIE,
-                "user": {"session_check": {"url": "/account/whoami", "id_field": "customer.id", "ttl_s": 5}},
+                "user": {
+                    "session_check": {
+                        "url": "/account/whoami",
+                        "id_field": "customer.id",
+                        "ttl_s": 5,
+                    }
+                },
                 "editor_paths": ["/editor/*"],
                 "inject": ["html"],
             }
@@ -173,7 +182,9 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def start_demo(port: int, *, token_lifetime_s: int = 3600) -> tuple[list[web.AppRunner], str, web.Application]:
+async def start_demo(
+    port: int, *, token_lifetime_s: int = 3600
+) -> tuple[list[web.AppRunner], str, web.Application]:
     """Start emulator, shop and sidecar; return their runners, the URL to open and the emulator app."""
     runners: list[web.AppRunner] = []
 
@@ -188,7 +199,9 @@ async def start_demo(port: int, *, token_lifetime_s: int = 3600) -> tuple[list[w
     emulator_app = create_emulator_app(EmulatorOptions(token_lifetime_s=token_lifetime_s))
     api_port = await serve(emulator_app, 0)
     shop_port = await serve(create_demo_shop_app(), 0)
-    settings = parse_settings(demo_config(f"http://127.0.0.1:{shop_port}", f"http://127.0.0.1:{api_port}", port), {})
+    settings = parse_settings(
+        demo_config(f"http://127.0.0.1:{shop_port}", f"http://127.0.0.1:{api_port}", port), {}
+    )
     sidecar_port = await serve(create_app(settings), port)
     return runners, f"http://127.0.0.1:{sidecar_port}/", emulator_app
 

@@ -53,13 +53,19 @@ from proxy.upstream import BodyFilter, Upstream, is_websocket_upgrade, response_
 
 log = logging.getLogger("proxy.handler")
 
-TOKEN_COOKIE = "cc_user_token"
+TOKEN_COOKIE = "cc_user_token"  # noqa: S105 -- a cookie name, not a secret
 USER_ID_HEADER = "X-CC-User-Id"
-USER_TOKEN_HEADER = "X-CC-User-Token"
+USER_TOKEN_HEADER = "X-CC-User-Token"  # noqa: S105 -- a header name
 STATUS_HEADER = "X-CC-Sidecar"
 NO_SHARED_CACHE = "private, no-store"
 # Response headers that describe the shop's bytes; wrong once the body is changed.
-_BODY_DESCRIPTORS = (hdrs.CONTENT_LENGTH, hdrs.CONTENT_ENCODING, hdrs.ETAG, hdrs.LAST_MODIFIED, "Content-MD5")
+_BODY_DESCRIPTORS = (
+    hdrs.CONTENT_LENGTH,
+    hdrs.CONTENT_ENCODING,
+    hdrs.ETAG,
+    hdrs.LAST_MODIFIED,
+    "Content-MD5",
+)
 
 
 @dataclass(slots=True)
@@ -94,9 +100,7 @@ class Storefront:
         self.cookie = "cookie" in settings.inject
 
 
-def build_storefront(
-    settings: StorefrontSettings, upstream: Upstream, keys: GuestKeys
-) -> Storefront:
+def build_storefront(settings: StorefrontSettings, upstream: Upstream, keys: GuestKeys) -> Storefront:
     """Compile one storefront's settings into what the request path reads."""
     check = settings.user.session_check
     return Storefront(
@@ -195,7 +199,9 @@ class ShopHandler:
             named = self._response_identity(request, storefront, headers, editor)
             logged_in = logged_in or named
             if editor or (GUEST_COOKIE in request.cookies and (logged_in or storefront.session_check)):
-                work = asyncio.create_task(self._attachment(request, storefront, logged_in, want_token=editor))
+                work = asyncio.create_task(
+                    self._attachment(request, storefront, logged_in, want_token=editor)
+                )
 
         body_filter: BodyFilter | None = None
         if work is not None:
@@ -283,7 +289,9 @@ class ShopHandler:
             if guest_id is not None:
                 outcome = await self._tokens.merge_guest(storefront.storefront_id, guest_id, logged_in)
                 if outcome is not MergeOutcome.FAILED:
-                    attachment.set_cookies.append(delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure))
+                    attachment.set_cookies.append(
+                        delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure)
+                    )
             new_guest = None
         else:
             guest = guests.guest(cookies)
@@ -310,7 +318,11 @@ class ShopHandler:
             )
 
     def _attach(
-        self, storefront: Storefront, headers: CIMultiDict[str], attachment: Attachment, secure: bool
+        self,
+        storefront: Storefront,
+        headers: CIMultiDict[str],
+        attachment: Attachment,
+        secure: bool,
     ) -> BodyFilter | None:
         """Put the token on an editor page's response; returns the HTML body filter, if any."""
         headers[hdrs.CACHE_CONTROL] = NO_SHARED_CACHE
@@ -326,10 +338,15 @@ class ShopHandler:
             if ContentDecoder.supports(encoding):
                 for name in _BODY_DESCRIPTORS:
                     headers.popall(name, None)
-                body_filter = _DecodeThenInject(ContentDecoder(encoding), HtmlInjector(render_element(_payload(token))))
+                body_filter = _DecodeThenInject(
+                    ContentDecoder(encoding), HtmlInjector(render_element(_payload(token)))
+                )
                 self._metrics.injections.labels(storefront.name, "html").inc()
             else:
-                log.warning("editor page has an encoding the sidecar cannot decode", extra={"encoding": encoding})
+                log.warning(
+                    "editor page has an encoding the sidecar cannot decode",
+                    extra={"encoding": encoding},
+                )
         if storefront.header:
             headers[USER_ID_HEADER] = token.user_id
             headers[USER_TOKEN_HEADER] = token.token
@@ -356,7 +373,9 @@ class ShopHandler:
         if logged_in is None and storefront.response_memory is not None:
             session_key = storefront.guests.session_key(request.cookies)
             remembered = storefront.response_memory.recall(session_key) if session_key else None
-        attachment = await self._attachment(request, storefront, logged_in, want_token=True, remembered=remembered)
+        attachment = await self._attachment(
+            request, storefront, logged_in, want_token=True, remembered=remembered
+        )
         headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store"})
         for cookie in attachment.set_cookies:
             headers.add(hdrs.SET_COOKIE, cookie)
@@ -366,8 +385,6 @@ class ShopHandler:
             return web.Response(status=503, text="customer token unavailable\n", headers=headers)
         headers[hdrs.CONTENT_TYPE] = "application/json"
         return web.Response(body=_payload(attachment.token).to_json().encode(), headers=headers)
-
-
 
 
 class _DecodeThenInject:

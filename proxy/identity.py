@@ -204,7 +204,13 @@ class ResponseHeaderMemory:
 class SessionChecker:
     """Asks the shop who is logged in (GET with the browser's cookies); cached per session."""
 
-    def __init__(self, check: SessionCheck, upstream_base: str, session: aiohttp.ClientSession, timeout_s: float) -> None:
+    def __init__(
+        self,
+        check: SessionCheck,
+        upstream_base: str,
+        session: aiohttp.ClientSession,
+        timeout_s: float,
+    ) -> None:
         url = check.url if not check.url.startswith("/") else upstream_base.rstrip("/") + check.url
         self._url = URL(url)
         self._path = tuple(check.id_field.split("."))
@@ -230,7 +236,9 @@ class SessionChecker:
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with self._session.get(
-                    self._url, headers={"Cookie": cookie_header, "Accept": "application/json"}, allow_redirects=False
+                    self._url,
+                    headers={"Cookie": cookie_header, "Accept": "application/json"},
+                    allow_redirects=False,
                 ) as response:
                     if response.status != 200:
                         # 401/403/redirect to login: nobody is logged in on this session.
@@ -238,7 +246,10 @@ class SessionChecker:
                         return None
                     document = await response.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            log.warning("session check failed; treating the request as a guest's", extra={"error": type(exc).__name__})
+            log.warning(
+                "session check failed; treating the request as a guest's",
+                extra={"error": type(exc).__name__},
+            )
             return None
         raw = _field(document, self._path)
         customer: str | None = None

@@ -90,9 +90,9 @@ class Router(Generic[T]):
             if headers.get(name) == value:
                 return target
         if host:
-            target = self._by_host.get(_host_name(host))
-            if target is not None:
-                return target
+            found = self._by_host.get(_host_name(host))
+            if found is not None:
+                return found
         return self._fallback
 
 

@@ -47,7 +47,12 @@ CONDITIONAL_HEADERS = frozenset(("if-none-match", "if-modified-since"))
 # The WebSocket handshake is made anew on the upstream hop.
 _WEBSOCKET_HANDSHAKE = frozenset(
     name.lower()
-    for name in ("Sec-WebSocket-Key", "Sec-WebSocket-Version", "Sec-WebSocket-Extensions", "Sec-WebSocket-Accept")
+    for name in (
+        "Sec-WebSocket-Key",
+        "Sec-WebSocket-Version",
+        "Sec-WebSocket-Extensions",
+        "Sec-WebSocket-Accept",
+    )
 )
 _NEVER_FORWARDED = HOP_BY_HOP | _PER_HOP | _WEBSOCKET_HANDSHAKE
 # Read at most this much per chunk from the shop; keeps memory per request bounded.
@@ -67,9 +72,7 @@ def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> froz
     values = headers.getall(hdrs.CONNECTION, ())
     if not values:
         return frozenset()
-    return frozenset(
-        token.strip().lower() for value in values for token in value.split(",") if token.strip()
-    )
+    return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
 
 
 def is_websocket_upgrade(request: web.Request) -> bool:
@@ -160,7 +163,7 @@ class Upstream:
                 allow_redirects=False,
                 compress=None,
             )
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"{self.name}: no response within the timeout") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"{self.name}: {type(exc).__name__}") from exc
@@ -189,7 +192,7 @@ class Upstream:
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             log.debug("client went away mid-response", extra={"path": request.path})
-        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
             # Headers are out: the only honest signal left is to cut the connection short.
             log.warning(
                 "shop response broke off mid-body",
@@ -214,7 +217,7 @@ class Upstream:
                 max_msg_size=0,
                 compress=0,
             )
-        except (asyncio.TimeoutError, aiohttp.ServerTimeoutError) as exc:
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"{self.name}: WebSocket handshake timed out") from exc
         except aiohttp.WSServerHandshakeError as exc:
             return web.Response(status=exc.status or 502, text="shop refused the WebSocket\n")
@@ -230,7 +233,7 @@ class Upstream:
             await client_ws.prepare(request)
             to_shop = asyncio.create_task(_pump(client_ws, shop_ws))
             to_client = asyncio.create_task(_pump(shop_ws, client_ws))
-            done, pending = await asyncio.wait((to_shop, to_client), return_when=asyncio.FIRST_COMPLETED)
+            _, pending = await asyncio.wait((to_shop, to_client), return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -256,7 +259,11 @@ async def _pump(source: WebSocketLike, sink: WebSocketLike) -> None:
             await sink.close(code=code, message=reason)
             await source.close(code=code, message=reason)
             return
-        elif message.type in (aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+        elif message.type in (
+            aiohttp.WSMsgType.CLOSING,
+            aiohttp.WSMsgType.CLOSED,
+            aiohttp.WSMsgType.ERROR,
+        ):
             await sink.close(code=aiohttp.WSCloseCode.GOING_AWAY)
             return
 

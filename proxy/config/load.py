@@ -72,7 +72,9 @@ def _expand(node: Any, environ: Mapping[str, str], loc: tuple[str | int, ...], p
     return node
 
 
-def _expand_string(value: str, environ: Mapping[str, str], loc: tuple[str | int, ...], problems: list[str]) -> str:
+def _expand_string(
+    value: str, environ: Mapping[str, str], loc: tuple[str | int, ...], problems: list[str]
+) -> str:
     def replace(match: re.Match[str]) -> str:
         name, default = match.group(1), match.group(2)
         if name in environ:

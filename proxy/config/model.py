@@ -119,21 +119,29 @@ class _Frozen(BaseModel):
 class BreakerSettings(_Frozen):
     """When repeated API failures hold calls back."""
 
-    failures: int = Field(DEFAULT_BREAKER_FAILURES, ge=1, description="Consecutive failures that open the circuit.")
-    open_s: PositiveSeconds = Field(DEFAULT_BREAKER_OPEN_S, description="Seconds the circuit stays open before a probe.")
+    failures: int = Field(
+        DEFAULT_BREAKER_FAILURES, ge=1, description="Consecutive failures that open the circuit."
+    )
+    open_s: PositiveSeconds = Field(
+        DEFAULT_BREAKER_OPEN_S, description="Seconds the circuit stays open before a probe."
+    )
 
 
 class CustomersCanvasSettings(_Frozen):
     """How the sidecar reaches the Customer's Canvas Storefront API."""
 
     api_url: HttpUrl = Field(description="API gateway, e.g. https://api.customerscanvashub.com.")
-    token_url: HttpUrl | None = Field(None, description="OAuth2 token endpoint; default {api_url}/connect/token.")
+    token_url: HttpUrl | None = Field(
+        None, description="OAuth2 token endpoint; default {api_url}/connect/token."
+    )
     client_id: str = Field(min_length=1, description="External App client id.")
     client_secret: SecretStr = Field(description="External App client secret; use ${ENV}.")
     tenant_id: int | None = Field(None, ge=1, description="Sent as tenantId when set.")
     scope: str | None = Field(None, description="OAuth2 scopes, space separated; omitted = all allowed.")
-    timeout_s: PositiveSeconds = Field(DEFAULT_API_TIMEOUT_S, description="The whole token work of one request.")
-    breaker: BreakerSettings = Field(default_factory=BreakerSettings)  # type: ignore[arg-type]
+    timeout_s: PositiveSeconds = Field(
+        DEFAULT_API_TIMEOUT_S, description="The whole token work of one request."
+    )
+    breaker: BreakerSettings = Field(default_factory=BreakerSettings)
     token_lifetime_without_exp_s: PositiveSeconds = Field(
         DEFAULT_TOKEN_LIFETIME_WITHOUT_EXP_S,
         description="Lifetime assumed for a customer token that carries no exp claim.",
@@ -170,7 +178,9 @@ class SessionCheck(_Frozen):
 class UserSettings(_Frozen):
     """How a logged-in customer is recognised; the first that names one wins."""
 
-    header: HeaderName | None = Field(None, description="Request header with the customer id, from trusted_networks only.")
+    header: HeaderName | None = Field(
+        None, description="Request header with the customer id, from trusted_networks only."
+    )
     response_header: HeaderName | None = Field(None, description="Header the shop sets on its response.")
     session_check: SessionCheck | None = None
 
@@ -192,8 +202,10 @@ class StorefrontSettings(_Frozen):
     upstream: HttpUrl
     upstream_timeout_s: PositiveSeconds = DEFAULT_UPSTREAM_TIMEOUT_S
     upstream_connect_timeout_s: PositiveSeconds = DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S
-    trusted_networks: tuple[Network, ...] = Field((), description="Peers whose identity header and X-Forwarded-* are believed.")
-    user: UserSettings = Field(default_factory=UserSettings)  # type: ignore[arg-type]
+    trusted_networks: tuple[Network, ...] = Field(
+        (), description="Peers whose identity header and X-Forwarded-* are believed."
+    )
+    user: UserSettings = Field(default_factory=UserSettings)
     session_cookie: CookieName | None = Field(None, description="The shop's session cookie, e.g. PHPSESSID.")
     editor_paths: tuple[PathGlob, ...] = Field((), description="Globs; * stays in one segment, ** crosses.")
     inject: tuple[InjectMode, ...] = DEFAULT_INJECT
@@ -234,7 +246,9 @@ class Settings(_Frozen):
     listen: ListenAddress = DEFAULT_LISTEN
     admin_listen: ListenAddress = DEFAULT_ADMIN_LISTEN
     customers_canvas: CustomersCanvasSettings
-    secret: SecretStr = Field(description="Signs the guest cookie and derives anonymous ids; at least 16 characters.")
+    secret: SecretStr = Field(
+        description="Signs the guest cookie and derives anonymous ids; at least 16 characters."
+    )
     token_cache_size: int = Field(DEFAULT_TOKEN_CACHE_SIZE, ge=1)
     token_skew_s: float = Field(DEFAULT_TOKEN_SKEW_S, ge=0)
     shutdown_grace_s: float = Field(DEFAULT_SHUTDOWN_GRACE_S, ge=0)

@@ -17,22 +17,33 @@ def cross_check(settings: Settings) -> list[str]:
     for index, storefront in enumerate(settings.storefronts):
         where = f"storefronts[{index}]"
         if storefront.name in names:
-            problems.append(f"{where}.name: duplicate storefront name {storefront.name!r} (also storefronts[{names[storefront.name]}])")
+            problems.append(
+                f"{where}.name: duplicate storefront name {storefront.name!r}"
+                f" (also storefronts[{names[storefront.name]}])"
+            )
         names.setdefault(storefront.name, index)
         for host in storefront.hosts:
             if host in host_owner and host_owner[host] != index:
-                problems.append(f"{where}.hosts: host {host!r} is also listed by storefronts[{host_owner[host]}]")
+                problems.append(
+                    f"{where}.hosts: host {host!r} is also listed by storefronts[{host_owner[host]}]"
+                )
             host_owner.setdefault(host, index)
         if storefront.select_header is not None:
             key = (storefront.select_header.name.lower(), storefront.select_header.value)
             if key in selectors:
-                problems.append(f"{where}.select_header: same header and value as storefronts[{selectors[key]}]")
+                problems.append(
+                    f"{where}.select_header: same header and value as storefronts[{selectors[key]}]"
+                )
             selectors.setdefault(key, index)
         if many and not storefront.hosts and storefront.select_header is None:
             problems.append(f"{where}.hosts: with several storefronts each needs hosts or select_header")
         user = storefront.user
         if user.header is not None and not storefront.trusted_networks:
-            problems.append(f"{where}.user.header: needs trusted_networks (the header is believed from nobody else)")
+            problems.append(
+                f"{where}.user.header: needs trusted_networks (the header is believed from nobody else)"
+            )
         if user.session_check is not None and storefront.session_cookie is None:
-            problems.append(f"{where}.user.session_check: needs session_cookie (answers are cached per session)")
+            problems.append(
+                f"{where}.user.session_check: needs session_cookie (answers are cached per session)"
+            )
     return problems

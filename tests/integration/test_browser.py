@@ -13,9 +13,9 @@ from typing import Any
 
 import aiohttp
 import pytest
+from proxy.emulator import EMULATOR_STATE
 
 from proxy.demo import start_demo
-from proxy.emulator import EMULATOR_STATE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = [
@@ -60,7 +60,13 @@ class DevTools:
                 return result
 
     async def evaluate(self, session: str, expression: str) -> Any:
-        result = await self.call("Runtime.evaluate", session, expression=expression, returnByValue=True, awaitPromise=True)
+        result = await self.call(
+            "Runtime.evaluate",
+            session,
+            expression=expression,
+            returnByValue=True,
+            awaitPromise=True,
+        )
         return result["result"].get("value")
 
     async def wait_for(self, session: str, expression: str, expected: Any, timeout_s: float = 20) -> None:
@@ -78,8 +84,12 @@ class DevTools:
 async def browser(tmp_path: Path) -> AsyncIterator[tuple[DevTools, str]]:
     assert CHROMIUM is not None
     process = await asyncio.create_subprocess_exec(
-        CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}", "about:blank",
-        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        CHROMIUM,
+        *CHROMIUM_FLAGS,
+        f"--user-data-dir={tmp_path / 'profile'}",
+        "about:blank",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
     )
     try:
         assert process.stderr is not None
@@ -90,7 +100,10 @@ async def browser(tmp_path: Path) -> AsyncIterator[tuple[DevTools, str]]:
                 raise AssertionError("Chromium exited before DevTools listened")
             if "DevTools listening on " in line:
                 ws_url = line.split("DevTools listening on ", 1)[1].strip()
-        async with aiohttp.ClientSession() as client, client.ws_connect(ws_url, max_msg_size=0) as ws:
+        async with (
+            aiohttp.ClientSession() as client,
+            client.ws_connect(ws_url, max_msg_size=0) as ws,
+        ):
             devtools = DevTools(ws)
             target = await devtools.call("Target.createTarget", url="about:blank")
             attached = await devtools.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)
@@ -103,7 +116,9 @@ async def browser(tmp_path: Path) -> AsyncIterator[tuple[DevTools, str]]:
         await process.wait()
 
 
-async def test_demo_editor_page_gets_and_renews_a_token_then_login_merges(browser: tuple[DevTools, str]) -> None:
+async def test_demo_editor_page_gets_and_renews_a_token_then_login_merges(
+    browser: tuple[DevTools, str],
+) -> None:
     """In Chromium the editor script finds the guest's token, renews it, and after login gets the customer's."""
     devtools, session = browser
     runners, url, emulator_app = await start_demo(0)
@@ -121,13 +136,20 @@ async def test_demo_editor_page_gets_and_renews_a_token_then_login_merges(browse
         await devtools.call("Page.navigate", session, url=url + "login")
         await devtools.wait_for(session, "document.readyState", "complete")
         await devtools.evaluate(session, "document.querySelector('form[action=\"/login\"]').submit()")
-        await devtools.wait_for(session, "document.getElementById('status') && document.getElementById('status').dataset.state", "token")
+        await devtools.wait_for(
+            session,
+            "document.getElementById('status') && document.getElementById('status').dataset.state",
+            "token",
+        )
         customer = json.loads(await devtools.evaluate(session, "JSON.stringify(window.ccUser)"))
         assert customer["userId"] == "jane@example.com"
         assert customer["isAnonymous"] is False
         assert state.count("StorefrontUsers_MergeAnonymous") == 1
         merge = next(call for call in state.calls if call.operation == "StorefrontUsers_MergeAnonymous")
-        assert merge.json == {"anonymousStorefrontUserId": guest_user["userId"], "regularStorefrontUserId": "jane@example.com"}
+        assert merge.json == {
+            "anonymousStorefrontUserId": guest_user["userId"],
+            "regularStorefrontUserId": "jane@example.com",
+        }
     finally:
         for runner in reversed(runners):
             await runner.cleanup()

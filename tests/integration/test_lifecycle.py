@@ -40,19 +40,32 @@ async def _wait_ready(client: aiohttp.ClientSession, url: str, deadline_s: float
 async def _start(tmp_path: Path, shop: Shop, **overrides: Any) -> tuple[asyncio.subprocess.Process, int, int]:
     port, admin = _free_port(), _free_port()
     document = sidecar_config(shop.url, "http://127.0.0.1:9", upstream_timeout_s=10)
-    document.update(listen=f"127.0.0.1:{port}", admin_listen=f"127.0.0.1:{admin}", shutdown_grace_s=5, access_log=True)
+    document.update(
+        listen=f"127.0.0.1:{port}",
+        admin_listen=f"127.0.0.1:{admin}",
+        shutdown_grace_s=5,
+        access_log=True,
+    )
     document.update(overrides)
     config = tmp_path / "sidecar.yaml"
     config.write_text(yaml.safe_dump(document))
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "proxy", "run", "--config", str(config),
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        sys.executable,
+        "-m",
+        "proxy",
+        "run",
+        "--config",
+        str(config),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
     return process, port, admin
 
 
-async def test_request_in_flight_during_sigterm_completes_and_process_exits_0(tmp_path: Path, shop: Shop) -> None:
+async def test_request_in_flight_during_sigterm_completes_and_process_exits_0(
+    tmp_path: Path, shop: Shop
+) -> None:
     """SIGTERM: readiness turns 503 at once, the in-flight request finishes, exit code 0."""
     process, port, admin = await _start(tmp_path, shop)
     try:
@@ -83,7 +96,9 @@ async def test_every_stderr_line_is_a_json_object(tmp_path: Path, shop: Shop) ->
     try:
         async with aiohttp.ClientSession() as client:
             await _wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
-            async with client.get(f"http://127.0.0.1:{port}/plain", headers={"Cookie": "PHPSESSID=raw-session-value"}) as response:
+            async with client.get(
+                f"http://127.0.0.1:{port}/plain", headers={"Cookie": "PHPSESSID=raw-session-value"}
+            ) as response:
                 assert response.status == 200
             async with client.get(f"http://127.0.0.1:{admin}/metrics") as response:
                 metrics = await response.text()

@@ -22,7 +22,12 @@ SECRET = "test-secret-0123456789abcdef"
 
 def recogniser(storefront_id: int = 1, secret: str = SECRET) -> GuestRecogniser:
     settings = StorefrontSettings.model_validate(
-        {"name": "s", "storefront_id": storefront_id, "upstream": "http://127.0.0.1:1", "session_cookie": "PHPSESSID"}
+        {
+            "name": "s",
+            "storefront_id": storefront_id,
+            "upstream": "http://127.0.0.1:1",
+            "session_cookie": "PHPSESSID",
+        }
     )
     return GuestRecogniser(settings, GuestKeys(secret))
 
@@ -33,7 +38,18 @@ def test_customer_id_is_trimmed() -> None:
 
 
 @pytest.mark.parametrize(
-    "raw", ["", "   ", "a b", "x" * 201, "caf\u00e9", "tab\tinside", "new\nline", "</script>\x00", "anon-123"]
+    "raw",
+    [
+        "",
+        "   ",
+        "a b",
+        "x" * 201,
+        "caf\u00e9",
+        "tab\tinside",
+        "new\nline",
+        "</script>\x00",
+        "anon-123",
+    ],
 )
 def test_invalid_customer_ids_are_refused(raw: str) -> None:
     """Empty, spaced, over 200 characters, non-ASCII, control characters and the guest prefix are refused."""

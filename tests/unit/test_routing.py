@@ -11,7 +11,9 @@ from proxy.routing import PathMatcher, Router, is_sidecar_path, normalise_path
 
 
 def storefront(name: str, **kwargs: Any) -> StorefrontSettings:
-    return StorefrontSettings.model_validate({"name": name, "storefront_id": 1, "upstream": "http://127.0.0.1:1", **kwargs})
+    return StorefrontSettings.model_validate(
+        {"name": name, "storefront_id": 1, "upstream": "http://127.0.0.1:1", **kwargs}
+    )
 
 
 @pytest.mark.parametrize(
@@ -47,7 +49,12 @@ def test_no_globs_match_nothing() -> None:
 
 def test_host_match_ignores_port_and_case() -> None:
     """Host is matched without its port and case-insensitively."""
-    router = Router([(storefront("a", hosts=["shop.example.com"]), "A"), (storefront("b", hosts=["b.example"]), "B")])
+    router = Router(
+        [
+            (storefront("a", hosts=["shop.example.com"]), "A"),
+            (storefront("b", hosts=["b.example"]), "B"),
+        ]
+    )
     assert router.resolve("SHOP.Example.com:8443", {}) == "A"
     assert router.resolve("b.example", {}) == "B"
     assert router.resolve("c.example", {}) is None
@@ -81,7 +88,14 @@ def test_single_storefront_with_hosts_refuses_others() -> None:
 
 @pytest.mark.parametrize(
     ("raw", "normal"),
-    [("/a//b", "/a/b"), ("/a/./b", "/a/b"), ("/a/../b", "/b"), ("/../../x", "/x"), ("/a/b/", "/a/b/"), ("/plain", "/plain")],
+    [
+        ("/a//b", "/a/b"),
+        ("/a/./b", "/a/b"),
+        ("/a/../b", "/b"),
+        ("/../../x", "/x"),
+        ("/a/b/", "/a/b/"),
+        ("/plain", "/plain"),
+    ],
 )
 def test_normalise_path(raw: str, normal: str) -> None:
     """Dot segments and doubled slashes collapse like a shop's router would."""
@@ -89,7 +103,15 @@ def test_normalise_path(raw: str, normal: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "path", ["/.cc-sidecar/token", "/.CC-Sidecar/token", "//.cc-sidecar/token", "/x/../.cc-sidecar/a", "/.cc-sidecar", "/./.cc-sidecar/"]
+    "path",
+    [
+        "/.cc-sidecar/token",
+        "/.CC-Sidecar/token",
+        "//.cc-sidecar/token",
+        "/x/../.cc-sidecar/a",
+        "/.cc-sidecar",
+        "/./.cc-sidecar/",
+    ],
 )
 def test_sidecar_path_in_any_spelling(path: str) -> None:
     """Every spelling that reaches /.cc-sidecar/ is the sidecar's own."""

@@ -20,7 +20,12 @@ VALID: dict[str, Any] = {
     },
     "secret": "${CC_SIDECAR_SECRET:-a-default-secret-of-enough-length}",
     "storefronts": [
-        {"name": "main", "storefront_id": 12, "upstream": "http://127.0.0.1:8000", "editor_paths": ["/editor/*"]}
+        {
+            "name": "main",
+            "storefront_id": 12,
+            "upstream": "http://127.0.0.1:8000",
+            "editor_paths": ["/editor/*"],
+        }
     ],
 }
 ENV = {"CC_CLIENT_SECRET": "s3cret"}
@@ -106,7 +111,11 @@ def test_every_problem_is_reported_at_once() -> None:
     document["token_cache_size"] = 0
     found = problems(document)
     assert len(found) == 3
-    assert {p.split(":")[0] for p in found} == {"storefronts[0].upstream", "admin_listen", "token_cache_size"}
+    assert {p.split(":")[0] for p in found} == {
+        "storefronts[0].upstream",
+        "admin_listen",
+        "token_cache_size",
+    }
 
 
 def test_several_storefronts_need_hosts_or_select_header() -> None:
@@ -140,7 +149,9 @@ def test_unreadable_file_and_bad_yaml(tmp_path: Path) -> None:
         load_settings(broken)
 
 
-def test_check_config_exits_2_and_prints_each_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_check_config_exits_2_and_prints_each_problem(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """check-config prints every problem to stderr and exits 2."""
     path = tmp_path / "bad.yaml"
     path.write_text("listen: nope\nsecret: short\n")
@@ -151,7 +162,9 @@ def test_check_config_exits_2_and_prints_each_problem(tmp_path: Path, capsys: py
     assert "customers_canvas: required key is missing" in err
 
 
-def test_check_config_summarises_each_storefront(capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_check_config_summarises_each_storefront(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The shipped example passes with a one-line summary per storefront."""
     for example in sorted(Path("config").glob("*.yaml")):
         assert main(["check-config", "--config", str(example)]) == 0, example
@@ -159,7 +172,9 @@ def test_check_config_summarises_each_storefront(capsys: pytest.CaptureFixture[s
     assert "storefront main (id 12)" in out
 
 
-def test_run_with_bad_config_exits_2_without_serving(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_run_with_bad_config_exits_2_without_serving(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """run refuses a bad config with the same messages, before listening."""
     path = tmp_path / "bad.yaml"
     path.write_text("secret: short\n")

@@ -1,0 +1,403 @@
+"""Customers and their tokens end to end: fake shop, sidecar and the Storefront API emulator."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from proxy.identity import GUEST_COOKIE
+from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
+
+ELEMENT = re.compile(rb'<script id="cc-storefront-user" type="application/json">(.*?)</script>', re.S)
+USER_HEADER = "X-Shop-User"
+
+
+class Clock:
+    """Wall-clock time that a test moves by hand (token expiry is judged against it)."""
+
+    def __init__(self) -> None:
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def element_of(body: bytes) -> dict[str, Any]:
+    found = ELEMENT.findall(body)
+    assert len(found) == 1, f"expected exactly one element, found {len(found)}"
+    payload: dict[str, Any] = json.loads(found[0])
+    return payload
+
+
+def claims(token: str) -> dict[str, Any]:
+    decoded: dict[str, Any] = jwt.decode(token, options={"verify_signature": False})
+    return decoded
+
+
+def config(shop: Shop, emulator: Any, **storefront: Any) -> dict[str, Any]:
+    storefront.setdefault("trusted_networks", ["127.0.0.1/32"])
+    storefront.setdefault("user", {"header": USER_HEADER})
+    return sidecar_config(shop.url, emulator.url, **storefront)
+
+
+async def get(server: Any, path: str, **kwargs: Any) -> tuple[aiohttp.ClientResponse, bytes]:
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(server.make_url(path), allow_redirects=False, **kwargs) as response,
+    ):
+        return response, await response.read()
+
+
+async def test_guest_gets_the_element_with_a_token_issued_for_them(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A guest's editor page carries one element whose token the emulator issued for that anon- user."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=session-one"})
+    assert response.status == 200
+    payload = element_of(body)
+    assert payload["storefrontId"] == 1
+    assert payload["userId"].startswith("anon-")
+    assert payload["isAnonymous"] is True
+    assert payload["tokenUrl"] == "/.cc-sidecar/token"
+    token_claims = claims(payload["token"])
+    assert token_claims["sub"] == payload["userId"]
+    assert payload["expiresAt"] == token_claims["exp"]
+    assert response.headers["Cache-Control"] == "private, no-store"
+    assert "ETag" not in response.headers
+    assert "Last-Modified" not in response.headers
+    assert response.headers.get("Content-Length", str(len(body))) == str(len(body))
+    assert any(
+        c.startswith(GUEST_COOKIE + "=") and "HttpOnly" in c for c in response.headers.getall("Set-Cookie")
+    )
+    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+
+
+async def test_logged_in_customer_gets_their_own_token(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """The trusted identity header names the customer; the element is theirs and not anonymous."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get(sidecar, "/editor/mug", headers={USER_HEADER: "john@wood.com"})
+    payload = element_of(body)
+    assert (payload["userId"], payload["isAnonymous"]) == ("john@wood.com", False)
+    assert claims(payload["token"])["sub"] == "john@wood.com"
+    assert shop.state.header(USER_HEADER) == ["john@wood.com"]
+    assert not any(c.startswith(GUEST_COOKIE + "=") for c in response.headers.getall("Set-Cookie", []))
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/plain"),
+        ("POST", "/editor/mug"),
+        ("GET", "/editor/mug/deeper"),
+        ("HEAD", "/editor/mug"),
+    ],
+)
+async def test_non_editor_requests_get_nothing(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory, method: str, path: str
+) -> None:
+    """Other paths, other methods: no element, no token headers, no API call."""
+    sidecar = await make_sidecar(config(shop, emulator, inject=["html", "header", "cookie"]))
+    async with (
+        aiohttp.ClientSession() as client,
+        client.request(method, sidecar.make_url(path)) as response,
+    ):
+        body = await response.read()
+        assert b"cc-storefront-user" not in body
+        assert "X-CC-User-Token" not in response.headers
+        assert "cc_user_token" not in " ".join(response.headers.getall("Set-Cookie", []))
+    assert emulator.state.calls == []
+
+
+async def test_editor_404_gets_nothing(shop: Shop, emulator: Any, make_sidecar: SidecarFactory) -> None:
+    """An editor path the shop answers 404 is passed through as the shop sent it, without a token."""
+    sidecar = await make_sidecar(
+        config(shop, emulator, editor_paths=["/notfound/*"], inject=["html", "header"])
+    )
+    response, body = await get(sidecar, "/notfound/page")
+    assert response.status == 404
+    assert body == b"<html><head></head><body>no such page</body></html>"
+    assert "X-CC-User-Token" not in response.headers
+    assert "X-CC-Sidecar" not in response.headers
+
+
+async def test_200_concurrent_first_requests_make_one_chain_of_calls(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """One new customer, 200 requests at once: one GetToken, at most one Get and one Create."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+
+        async def one() -> str:
+            async with client.get(
+                sidecar.make_url("/editor/mug"), headers={USER_HEADER: "crowd@example.com"}
+            ) as response:
+                return str(element_of(await response.read())["token"])
+
+        tokens = await asyncio.gather(*(one() for _ in range(200)))
+    assert len(set(tokens)) == 1
+    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+    assert emulator.state.count("StorefrontUsers_Get") <= 1
+    assert emulator.state.count("StorefrontUsers_Create") <= 1
+
+
+async def test_cached_token_until_exp_less_skew_then_one_more_call(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """No call while the token is fresh; past exp - token_skew_s exactly one more GetToken."""
+    clock = Clock()
+    sidecar = await make_sidecar(config(shop, emulator), clock=clock)
+    headers = {USER_HEADER: "clocked@example.com"}
+    _, body = await get(sidecar, "/editor/mug", headers=headers)
+    first = element_of(body)
+    for _ in range(5):
+        await get(sidecar, "/editor/mug", headers=headers)
+    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+    clock.now = first["expiresAt"] - 31  # token_skew_s is 30: still fresh
+    await get(sidecar, "/editor/mug", headers=headers)
+    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+    clock.now = first["expiresAt"] - 29
+    _, body = await get(sidecar, "/editor/mug", headers=headers)
+    await get(sidecar, "/editor/mug", headers=headers)
+    assert emulator.state.count("StorefrontUsers_GetToken") == 2
+
+
+@pytest.mark.parametrize(
+    "spelling", ["X-Shop-User", "x-shop-user", "X-SHOP-USER", "X_Shop_User", "x_shop-user"]
+)
+async def test_identity_header_from_untrusted_peer_is_stripped(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory, spelling: str
+) -> None:
+    """From outside trusted_networks no spelling of the identity header is believed or forwarded."""
+    sidecar = await make_sidecar(config(shop, emulator, trusted_networks=["10.0.0.0/8"]))
+    _, body = await get(
+        sidecar, "/editor/mug", headers={spelling: "victim@example.com", "Cookie": "PHPSESSID=s"}
+    )
+    payload = element_of(body)
+    assert payload["isAnonymous"] is True
+    assert payload["userId"] != "victim@example.com"
+    seen = {name.lower().replace("_", "-") for name in shop.state.last().headers}
+    assert "x-shop-user" not in seen
+    assert all("victim" not in json.dumps(call.__dict__, default=str) for call in emulator.state.calls)
+
+
+@pytest.mark.parametrize(
+    "hostile", ['a"b</script><script>alert(1)</script>', "x" * 10_000, "caf\u00e9", "a b"]
+)
+async def test_hostile_ids_never_break_out_or_reach_the_api_unchecked(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory, hostile: str
+) -> None:
+    """An id within the rules is escaped in the element; one outside them is ignored (guest)."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    headers = {USER_HEADER: hostile.encode("utf-8").decode("latin-1")}
+    _, body = await get(sidecar, "/editor/mug", headers=headers)
+    payload = element_of(body)
+    assert body.count(b"</script>") == body.count(b"<script")
+    if hostile.startswith('a"b'):
+        assert payload["userId"] == hostile
+    else:
+        assert payload["isAnonymous"] is True
+        for call in emulator.state.calls:
+            assert hostile not in json.dumps(call.__dict__, default=str)
+
+
+async def test_tampered_guest_cookie_is_ignored(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A guest cookie with a forged id is ignored: the guest id comes from the session instead."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    _, body = await get(
+        sidecar,
+        "/editor/mug",
+        headers={"Cookie": f"PHPSESSID=s1; {GUEST_COOKIE}=anon-victim.forged"},
+    )
+    assert element_of(body)["userId"] != "anon-victim"
+
+
+async def test_raw_session_id_never_reaches_the_api(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """The shop's session id appears in no API call; the guest id is derived from it."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    await get(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=very-secret-session-id"})
+    assert emulator.state.calls
+    for call in emulator.state.calls:
+        assert "very-secret-session-id" not in json.dumps(call.__dict__, default=str)
+
+
+async def test_guest_keeps_id_across_session_rotation_and_merges_once_at_login(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """Guest page, then login with a new session id: one MergeAnonymous guest -> customer, cookie cleared."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        client.cookie_jar.update_cookies({"PHPSESSID": "before-login"})
+        async with client.get(sidecar.make_url("/editor/mug")) as response:
+            guest_id = element_of(await response.read())["userId"]
+        client.cookie_jar.update_cookies({"PHPSESSID": "after-login"})
+        async with client.get(
+            sidecar.make_url("/plain"), headers={USER_HEADER: "jane@example.com"}
+        ) as response:
+            assert response.status == 200
+            cleared = [
+                c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE + "=")
+            ]
+            assert len(cleared) == 1
+            assert "Max-Age=0" in cleared[0]
+        async with client.get(
+            sidecar.make_url("/editor/mug"), headers={USER_HEADER: "jane@example.com"}
+        ) as response:
+            assert element_of(await response.read())["userId"] == "jane@example.com"
+    merges = [call for call in emulator.state.calls if call.operation == "StorefrontUsers_MergeAnonymous"]
+    assert len(merges) == 1
+    assert merges[0].json == {
+        "anonymousStorefrontUserId": guest_id,
+        "regularStorefrontUserId": "jane@example.com",
+    }
+
+
+async def test_failing_merge_keeps_the_page_and_is_retried(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A 500 on MergeAnonymous: the page is served, the guest cookie stays, the next request merges."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        client.cookie_jar.update_cookies({"PHPSESSID": "s"})
+        async with client.get(sidecar.make_url("/editor/mug")) as response:
+            assert response.status == 200
+        emulator.state.fail_operation("StorefrontUsers_MergeAnonymous", status=500, times=1)
+        async with client.get(
+            sidecar.make_url("/plain"), headers={USER_HEADER: "kim@example.com"}
+        ) as response:
+            assert response.status == 200
+            assert not any(
+                c.startswith(GUEST_COOKIE + "=") for c in response.headers.getall("Set-Cookie", [])
+            )
+        async with client.get(
+            sidecar.make_url("/plain"), headers={USER_HEADER: "kim@example.com"}
+        ) as response:
+            assert any(
+                c.startswith(GUEST_COOKIE + "=") and "Max-Age=0" in c
+                for c in response.headers.getall("Set-Cookie", [])
+            )
+    assert emulator.state.count("StorefrontUsers_MergeAnonymous") == 2
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["encoding=gzip", "encoding=br", "encoding=deflate", "chunked=1", "encoding=gzip&chunked=1"],
+)
+async def test_encoded_and_chunked_editor_pages_are_injected(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory, query: str
+) -> None:
+    """gzip, br, deflate and chunked pages come out decoded, with the element, lengths right."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get(sidecar, f"/editor/mug?{query}", headers={"Accept-Encoding": "gzip, br"})
+    assert response.status == 200
+    assert "Content-Encoding" not in response.headers
+    assert body.startswith(b'<!doctype html><html><head><title>Editor</title><script id="cc-storefront-user"')
+    assert body.endswith(
+        b"</script></head><body><h1>Personalize</h1><script>window.editor = true;</script></body></html>"
+    )
+    element_of(body)
+
+
+async def test_conditional_headers_are_not_sent_upstream_on_editor_gets(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """If-None-Match would get a 304 with nothing to inject into: it is dropped on editor GETs."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get(
+        sidecar,
+        "/editor/mug",
+        headers={
+            "If-None-Match": '"editor-1"',
+            "If-Modified-Since": "Wed, 21 Oct 2025 07:28:00 GMT",
+        },
+    )
+    assert response.status == 200
+    element_of(body)
+    assert shop.state.header("If-None-Match") == []
+    assert shop.state.header("If-Modified-Since") == []
+
+
+async def test_header_and_cookie_modes(shop: Shop, emulator: Any, make_sidecar: SidecarFactory) -> None:
+    """header mode sets X-CC-User-Id/-Token; cookie mode sets a readable SameSite=Lax cc_user_token."""
+    sidecar = await make_sidecar(config(shop, emulator, inject=["header", "cookie"]))
+    response, body = await get(sidecar, "/editor/mug", headers={USER_HEADER: "h@example.com"})
+    assert b"cc-storefront-user" not in body
+    assert response.headers["X-CC-User-Id"] == "h@example.com"
+    token = response.headers["X-CC-User-Token"]
+    assert claims(token)["sub"] == "h@example.com"
+    [cookie] = [c for c in response.headers.getall("Set-Cookie") if c.startswith("cc_user_token=")]
+    assert cookie.startswith(f"cc_user_token={token};")
+    assert "HttpOnly" not in cookie
+    assert "SameSite=Lax" in cookie
+    assert response.headers["Cache-Control"] == "private, no-store"
+
+
+async def test_token_endpoint_answers_for_the_current_customer(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """GET /.cc-sidecar/token gives the same JSON object, no-store, without going upstream."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get(sidecar, "/.cc-sidecar/token", headers={USER_HEADER: "t@example.com"})
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    payload = json.loads(body)
+    assert set(payload) == {
+        "storefrontId",
+        "userId",
+        "isAnonymous",
+        "token",
+        "expiresAt",
+        "tokenUrl",
+    }
+    assert payload["userId"] == "t@example.com"
+    assert shop.state.requests == []
+
+
+async def test_api_down_serves_page_marked_unavailable_then_recovers(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """Customer's Canvas failing: pages 200 untouched but marked, fast once the breaker opens, tokens back later."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    emulator.state.fail_all(status=500)
+    for _ in range(3):
+        response, body = await get(sidecar, "/editor/mug", headers={USER_HEADER: "down@example.com"})
+        assert response.status == 200
+        assert response.headers["X-CC-Sidecar"] == "token-unavailable"
+        assert response.headers["Cache-Control"] == "private, no-store"
+        assert b"cc-storefront-user" not in body
+    calls_before = len(emulator.state.calls)
+    started = time.monotonic()
+    response, _ = await get(sidecar, "/editor/mug", headers={USER_HEADER: "down@example.com"})
+    assert time.monotonic() - started < 0.5
+    assert response.headers["X-CC-Sidecar"] == "token-unavailable"
+    assert len(emulator.state.calls) == calls_before
+    response, _ = await get(sidecar, "/.cc-sidecar/token", headers={USER_HEADER: "down@example.com"})
+    assert response.status == 503
+    assert "Retry-After" in response.headers
+    emulator.state.clear_faults()
+    await asyncio.sleep(0.6)  # breaker open_s is 0.5 in the test config
+    response, body = await get(sidecar, "/editor/mug", headers={USER_HEADER: "down@example.com"})
+    assert "X-CC-Sidecar" not in response.headers
+    assert element_of(body)["userId"] == "down@example.com"
+
+
+async def test_gzip_page_decodes_after_injection(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """The shop's gzip body is the page plus exactly the element."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    _, body = await get(sidecar, "/editor/mug?encoding=gzip")
+    assert ELEMENT.sub(b"", body) == shop.state.editor_html.encode()
