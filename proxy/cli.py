@@ -41,7 +41,9 @@ def _parser() -> argparse.ArgumentParser:
     schema = commands.add_parser("config-schema", help="print the JSON Schema of the configuration")
     schema.set_defaults(handler=_config_schema)
 
-    reference = commands.add_parser("config-reference", help="print every config key with its default (Markdown)")
+    reference = commands.add_parser(
+        "config-reference", help="print every config key with its default (Markdown)"
+    )
     reference.set_defaults(handler=_config_reference)
 
     emulator = commands.add_parser("emulator", help="serve the Storefront API emulator")
@@ -53,8 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     emulator.add_argument("--storefront-id", type=int, action="append", dest="storefront_ids")
     emulator.add_argument("--token-lifetime-s", type=int, default=3600)
     emulator.add_argument("--seed", help="YAML file of storefronts and users to start with")
-    emulator.add_argument("--enable-control", action="store_true",
-                          help="serve /_emulator/* (call log, fault injection); for tests only")
+    emulator.add_argument(
+        "--enable-control",
+        action="store_true",
+        help="serve /_emulator/* (call log, fault injection); for tests only",
+    )
     emulator.set_defaults(handler=_emulator)
 
     demo = commands.add_parser("demo", help="emulator + demo shop + sidecar on loopback")
@@ -87,10 +92,14 @@ def _check_config(args: argparse.Namespace) -> int:
     for storefront in settings.storefronts:
         selected = ", ".join(storefront.hosts) or (
             f"{storefront.select_header.name}: {storefront.select_header.value}"
-            if storefront.select_header else "any host"
+            if storefront.select_header
+            else "any host"
         )
-        identity = [name for name in ("header", "response_header", "session_check")
-                    if getattr(storefront.user, name) is not None]
+        identity = [
+            name
+            for name in ("header", "response_header", "session_check")
+            if getattr(storefront.user, name) is not None
+        ]
         print(
             f"storefront {storefront.name} (id {storefront.storefront_id}): {selected} -> "
             f"{storefront.upstream}; user: {', '.join(identity) or 'guests only'}; "

@@ -16,44 +16,67 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
         self.requests = Counter(
-            "cc_sidecar_requests", "Shop requests served, by storefront and status.",
-            ["storefront", "status"], registry=r,
+            "cc_sidecar_requests",
+            "Shop requests served, by storefront and status.",
+            ["storefront", "status"],
+            registry=r,
         )
         self.upstream_seconds = Histogram(
-            "cc_sidecar_upstream_seconds", "Time until the shop's response headers arrived.",
-            ["storefront"], buckets=_UPSTREAM_BUCKETS, registry=r,
+            "cc_sidecar_upstream_seconds",
+            "Time until the shop's response headers arrived.",
+            ["storefront"],
+            buckets=_UPSTREAM_BUCKETS,
+            registry=r,
         )
         self.token_cache_hits = Counter(
-            "cc_sidecar_token_cache_hits", "Customer tokens served from the cache.", registry=r,
+            "cc_sidecar_token_cache_hits",
+            "Customer tokens served from the cache.",
+            registry=r,
         )
         self.token_cache_misses = Counter(
-            "cc_sidecar_token_cache_misses", "Customer tokens that had to be fetched.", registry=r,
+            "cc_sidecar_token_cache_misses",
+            "Customer tokens that had to be fetched.",
+            registry=r,
         )
         self.token_cache_entries = Gauge(
-            "cc_sidecar_token_cache_entries", "Customer tokens in the cache.", registry=r,
+            "cc_sidecar_token_cache_entries",
+            "Customer tokens in the cache.",
+            registry=r,
         )
         self.api_calls = Counter(
-            "cc_sidecar_api_calls", "Storefront API calls, by operation and outcome.",
-            ["operation", "outcome"], registry=r,
+            "cc_sidecar_api_calls",
+            "Storefront API calls, by operation and outcome.",
+            ["operation", "outcome"],
+            registry=r,
         )
         self.injections = Counter(
-            "cc_sidecar_injections", "Responses a token was attached to, by storefront and mode.",
-            ["storefront", "mode"], registry=r,
+            "cc_sidecar_injections",
+            "Responses a token was attached to, by storefront and mode.",
+            ["storefront", "mode"],
+            registry=r,
         )
         self.token_unavailable = Counter(
-            "cc_sidecar_token_unavailable", "Editor pages served without a token (API down or slow).",
-            ["storefront"], registry=r,
+            "cc_sidecar_token_unavailable",
+            "Editor pages served without a token (API down or slow).",
+            ["storefront"],
+            registry=r,
         )
         self.merges = Counter(
-            "cc_sidecar_merges", "Guest-to-customer merges at login, by outcome.",
-            ["storefront", "outcome"], registry=r,
+            "cc_sidecar_merges",
+            "Guest-to-customer merges at login, by outcome.",
+            ["storefront", "outcome"],
+            registry=r,
         )
         self.breaker_open = Gauge(
-            "cc_sidecar_api_breaker_open", "1 while the Storefront API circuit breaker is open.", registry=r,
+            "cc_sidecar_api_breaker_open",
+            "1 while the Storefront API circuit breaker is open.",
+            registry=r,
         )
         self.invalid_identities = Counter(
-            "cc_sidecar_invalid_identities", "Customer ids, headers or cookies ignored as invalid.",
-            ["storefront", "source"], registry=r,
+            "cc_sidecar_invalid_identities",
+            "Customer ids, headers or cookies ignored as invalid.",
+            ["storefront", "source"],
+            registry=r,
         )
 
     def render(self) -> bytes:

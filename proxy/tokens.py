@@ -91,9 +91,7 @@ class UsersApi(Protocol):
         """StorefrontUsers_GetToken: the bare token."""
         ...
 
-    async def merge_anonymous(
-        self, storefront_id: int, anonymous_user_id: str, regular_user_id: str
-    ) -> None:
+    async def merge_anonymous(self, storefront_id: int, anonymous_user_id: str, regular_user_id: str) -> None:
         """StorefrontUsers_MergeAnonymous; raises NotFound or UserConflict on 404 / 409."""
         ...
 
@@ -206,9 +204,7 @@ class TokenService:
             self._metrics.token_cache_hits.inc()
             return entry.token
         self._metrics.token_cache_misses.inc()
-        task = self._token_flights.run(
-            key, lambda: self._bounded("token", self._fetch_token(key, customer))
-        )
+        task = self._token_flights.run(key, lambda: self._bounded("token", self._fetch_token(key, customer)))
         return await self._wait(asyncio.shield(task), "token")
 
     async def user_exists(self, storefront_id: int, user_id: str) -> bool:
@@ -223,9 +219,7 @@ class TokenService:
         except StorefrontApiError as exc:
             raise StorefrontUnavailable(exc.operation, exc.detail, exc.status) from exc
 
-    async def merge_guest(
-        self, storefront_id: int, guest_user_id: str, regular_user_id: str
-    ) -> MergeOutcome:
+    async def merge_guest(self, storefront_id: int, guest_user_id: str, regular_user_id: str) -> MergeOutcome:
         """Move a guest's data to the customer who just logged in; never raises an API error.
 
         Concurrent calls for one guest share one merge.
@@ -369,9 +363,7 @@ class TokenService:
 
     # -- merges -------------------------------------------------------------------------------
 
-    async def _merge(
-        self, storefront_id: int, guest_user_id: str, regular_user_id: str
-    ) -> MergeOutcome:
+    async def _merge(self, storefront_id: int, guest_user_id: str, regular_user_id: str) -> MergeOutcome:
         """The shared work of one merge; counts and logs its outcome once."""
         error: StorefrontApiError | None = None
         try:

@@ -133,9 +133,7 @@ FRAGMENTS = [
     b"<title>x</title>",
     b"</html>",
 ]
-documents = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=6)), max_size=20).map(
-    b"".join
-)
+documents = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=6)), max_size=20).map(b"".join)
 
 
 @st.composite
@@ -218,9 +216,7 @@ class TestRenderElement:
         element = render_element(payload())
         assert element.startswith(OPEN)
         assert element.endswith(b"</script>")
-        assert json.loads(element[len(OPEN) : -len(b"</script>")]) == json.loads(
-            payload().to_json()
-        )
+        assert json.loads(element[len(OPEN) : -len(b"</script>")]) == json.loads(payload().to_json())
 
     def test_markup_characters_are_escaped(self) -> None:
         """<, > and & are written as \\u003c, \\u003e, \\u0026 inside the element."""
@@ -264,16 +260,12 @@ class TestInsertionRule:
     def test_before_head_end(self) -> None:
         """The element goes right before </head>."""
         doc = b"<html><head><title>t</title></head><body>x</body></html>"
-        assert inject_html(doc, E) == (
-            b"<html><head><title>t</title>" + E + b"</head><body>x</body></html>"
-        )
+        assert inject_html(doc, E) == (b"<html><head><title>t</title>" + E + b"</head><body>x</body></html>")
 
     @pytest.mark.parametrize("end_tag", [b"</HEAD>", b"</Head>", b"</head >", b"</head\n\t >"])
     def test_head_end_any_case_and_whitespace(self, end_tag: bytes) -> None:
         """</head> is found in any case and with whitespace before its >."""
-        assert (
-            inject_html(b"<head>" + end_tag + b"<body>", E) == b"<head>" + E + end_tag + b"<body>"
-        )
+        assert inject_html(b"<head>" + end_tag + b"<body>", E) == b"<head>" + E + end_tag + b"<body>"
 
     def test_only_first_head_end(self) -> None:
         """With two </head>, the element goes before the first only."""

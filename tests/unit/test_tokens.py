@@ -94,9 +94,7 @@ class FakeUsersApi:
             claims["exp"] = now + self.lifetime_s
         return jwt.encode(claims, SIGNING_KEY, algorithm="HS256")
 
-    async def merge_anonymous(
-        self, storefront_id: int, anonymous_user_id: str, regular_user_id: str
-    ) -> None:
+    async def merge_anonymous(self, storefront_id: int, anonymous_user_id: str, regular_user_id: str) -> None:
         await self._enter("merge_anonymous", storefront_id, anonymous_user_id)
         self.merges.append((storefront_id, anonymous_user_id, regular_user_id))
 
@@ -143,9 +141,7 @@ def make_service(
 
 
 @pytest.fixture
-async def service(
-    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
-) -> AsyncIterator[TokenService]:
+async def service(api: FakeUsersApi, metrics: Metrics, clock: FakeClock) -> AsyncIterator[TokenService]:
     tokens = make_service(api, metrics, clock)
     yield tokens
     await tokens.aclose()
@@ -202,9 +198,7 @@ async def test_concurrent_first_requests_share_one_fetch(
     assert (misses(metrics), hits(metrics), entries(metrics)) == (200, 0, 1)
 
 
-async def test_token_carries_the_customer_and_its_own_exp(
-    service: TokenService, clock: FakeClock
-) -> None:
+async def test_token_carries_the_customer_and_its_own_exp(service: TokenService, clock: FakeClock) -> None:
     """The CustomerToken names the customer and carries the JWT's exp as expires_at."""
     token = await service.token_for(ALICE)
 
@@ -330,9 +324,7 @@ async def test_storefronts_and_guest_flag_never_share_a_token(
     assert [service.cached(customer) for customer in customers] == tokens
 
 
-async def test_tenants_never_share_a_token(
-    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
-) -> None:
+async def test_tenants_never_share_a_token(api: FakeUsersApi, metrics: Metrics, clock: FakeClock) -> None:
     """Services for two tenants each fetch their own token for the same storefront and user."""
     first = make_service(api, metrics, clock, tenant_id=1)
     second = make_service(api, metrics, clock, tenant_id=2)
@@ -397,9 +389,7 @@ async def test_slow_api_raises_unavailable_within_the_timeout(
     await service.aclose()
 
 
-async def test_shared_fetch_is_bounded_too(
-    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
-) -> None:
+async def test_shared_fetch_is_bounded_too(api: FakeUsersApi, metrics: Metrics, clock: FakeClock) -> None:
     """A hung fetch leaves the in-flight table after timeout_s, so later requests try afresh."""
     service = make_service(api, metrics, clock, timeout_s=0.05)
     api.gate = asyncio.Event()
@@ -413,9 +403,7 @@ async def test_shared_fetch_is_bounded_too(
     await service.aclose()
 
 
-async def test_conflict_on_create_counts_as_existing(
-    service: TokenService, api: FakeUsersApi
-) -> None:
+async def test_conflict_on_create_counts_as_existing(service: TokenService, api: FakeUsersApi) -> None:
     """A 409 on Create (another sidecar won the race) is success: the token is fetched."""
     api.failures["create_user"] = UserConflict("create_user", "exists", 409)
     token = await service.token_for(ALICE)
@@ -426,9 +414,7 @@ async def test_conflict_on_create_counts_as_existing(
     assert len(api.calls) == 3
 
 
-async def test_create_is_asked_with_the_guest_flag(
-    service: TokenService, api: FakeUsersApi
-) -> None:
+async def test_create_is_asked_with_the_guest_flag(service: TokenService, api: FakeUsersApi) -> None:
     """A guest is created anonymous and a logged-in customer regular."""
     await service.token_for(GUEST)
     await service.token_for(ALICE)
@@ -504,9 +490,7 @@ async def test_cached_counts_nothing_and_calls_nothing(
 # -- users -------------------------------------------------------------------------------------
 
 
-async def test_user_exists_asks_once_then_remembers(
-    service: TokenService, api: FakeUsersApi
-) -> None:
+async def test_user_exists_asks_once_then_remembers(service: TokenService, api: FakeUsersApi) -> None:
     """user_exists makes one Get for a user that exists and none afterwards."""
     api.users[1, "alice@example.com"] = False
 
@@ -638,9 +622,7 @@ async def test_failed_merge_is_retried_by_the_next_call(
     assert (merges(metrics, "failed"), merges(metrics, "merged")) == (1, 1)
 
 
-async def test_merge_that_times_out_is_failed(
-    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
-) -> None:
+async def test_merge_that_times_out_is_failed(api: FakeUsersApi, metrics: Metrics, clock: FakeClock) -> None:
     """FAILED: a merge slower than timeout_s returns FAILED within about timeout_s."""
     service = make_service(api, metrics, clock, timeout_s=0.05)
     api.users[1, "anon-guest"] = True
@@ -659,8 +641,7 @@ async def test_concurrent_logins_merge_once(
     api.users[1, "anon-guest"] = True
     api.gate = asyncio.Event()
     waiters = [
-        asyncio.create_task(service.merge_guest(1, "anon-guest", "alice@example.com"))
-        for _ in range(10)
+        asyncio.create_task(service.merge_guest(1, "anon-guest", "alice@example.com")) for _ in range(10)
     ]
     await settle()
     api.gate.set()
