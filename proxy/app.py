@@ -98,6 +98,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
             clock=app[CLOCK],
         )
         yield
+        await tokens.aclose()
     finally:
         for session in (*upstream_sessions, api_session):
             await session.close()
