@@ -71,10 +71,12 @@ _FAULT_TYPES: Final[dict[str, tuple[type, ...]]] = {
     "operations": (list,),
     "delay_s": (int, float),
     "drop_connection": (bool,),
+    "malformed_answer": (bool,),
     "malformed_token": (bool,),
     "token_without_exp": (bool,),
+    "token_text": (str,),
 }
-_NULLABLE_FAULTS: Final = frozenset({"fail_status", "fail_remaining", "operations"})
+_NULLABLE_FAULTS: Final = frozenset({"fail_status", "fail_remaining", "operations", "token_text"})
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -138,8 +140,10 @@ class Faults:
 
     ``operations`` limits every fault to those operation names (``"token"`` is the token
     endpoint); None means every call. ``delay_s`` delays each matching answer. A failure is
-    ``fail_status`` (an answer with that status) or, with ``drop_connection``, a connection
-    closed without any answer; ``fail_remaining`` counts failures left (None: unlimited).
+    a connection closed without any answer (``drop_connection``), else a 200 HTML page where JSON
+    belongs (``malformed_answer``), else an answer with ``fail_status``; ``fail_remaining``
+    counts failures left (None: unlimited). ``malformed_token``, ``token_without_exp`` and
+    ``token_text`` (this exact body instead of a token) change what GetToken hands out.
     """
 
     fail_status: int | None = None
@@ -147,8 +151,10 @@ class Faults:
     operations: frozenset[str] | None = None
     delay_s: float = 0.0
     drop_connection: bool = False
+    malformed_answer: bool = False
     malformed_token: bool = False
     token_without_exp: bool = False
+    token_text: str | None = None
 
     def matches(self, operation: str) -> bool:
         """Whether the faults apply to this operation."""
@@ -156,7 +162,7 @@ class Faults:
 
     def take_failure(self) -> bool:
         """Whether this call fails; counts it against ``fail_remaining``."""
-        if self.fail_status is None and not self.drop_connection:
+        if self.fail_status is None and not self.drop_connection and not self.malformed_answer:
             return False
         if self.fail_remaining is not None:
             if self.fail_remaining <= 0:
@@ -280,6 +286,8 @@ class EmulatorState:
 
     def issue_token(self, storefront_id: int, user_id: str) -> str:
         """A customer token (RS256 JWT) for the user, honouring the token faults."""
+        if self.faults.token_text is not None:
+            return self.faults.token_text
         if self.faults.malformed_token:
             return "not-a-jwt"
         now = int(self.clock())
@@ -692,6 +700,12 @@ async def _answer(request: web.Request, handler: Handler, operation: str) -> web
                 if request.transport is not None:
                     request.transport.abort()
                 return web.Response(status=503)
+            if faults.malformed_answer:
+                # What a misconfigured gateway or captive portal sends: a page, not JSON.
+                return web.Response(
+                    text="<html><body>Service temporarily unavailable</body></html>",
+                    content_type="text/html",
+                )
             status = faults.fail_status or 500
             if operation == OP_TOKEN:
                 return _oauth_error("server_error", status)

@@ -16,7 +16,8 @@ One :class:`StorefrontApiClient` per sidecar, on one pooled :class:`aiohttp.Clie
    the breaker (NotFound, UserConflict, Unauthorized and BadResponse are the service answering,
    so they count as successes there).
 
-Each public call is bounded by ``timeout_s`` as a whole (access token, attempts and backoff).
+Each public call is bounded by ``timeout_s`` as a whole (access token, attempts and backoff); a
+timed-out attempt is retried only while time is left (a connect timeout takes half at most).
 Time for the access token's expiry and for the breaker comes from the injected ``clock``;
 timeouts are real time. Nothing here logs or raises with a secret, access token or customer token.
 """
@@ -78,6 +79,8 @@ DEFAULT_ACCESS_TOKEN_LIFETIME_S: Final = 300.0
 SLOW_CANCEL_SHARE: Final = 0.5
 # ProblemDetails titles quoted in error messages are cut to this length.
 _MAX_DETAIL = 200
+# A retry is not started with less time than this left before the deadline.
+_MIN_ATTEMPT_S = 0.01
 _TIMED_OUT = "timed out"
 _JSON = "application/json"
 _TEXT = "text/plain"
@@ -383,11 +386,9 @@ class StorefrontApiClient:
         loop = asyncio.get_running_loop()
         started = loop.time()
         try:
-            try:
-                async with asyncio.timeout(self._timeout_s):
-                    answer = await self._exchange(operation, method, url, json_body, accept)
-            except TimeoutError:
-                raise StorefrontUnavailable(operation, _TIMED_OUT) from None
+            answer = await self._exchange(
+                operation, method, url, json_body, accept, started + self._timeout_s
+            )
             _raise_for_status(operation, answer)
             result = parse(answer)
         except asyncio.CancelledError:
@@ -415,23 +416,29 @@ class StorefrontApiClient:
         url: URL,
         json_body: Mapping[str, object] | None,
         accept: str,
+        deadline: float,
     ) -> _Answer:
-        """Send until an answer that is not retried; raise StorefrontUnavailable when none came."""
+        """Send until an answer that is not retried; raise StorefrontUnavailable when none came.
+
+        ``deadline`` (loop time) bounds everything: the wait for the access token, each
+        attempt (as aiohttp's own timeout, so no second timer races it) and the backoff.
+        """
         attempt = 1
         renewed = False
         while True:
-            access_token = await self._get_access_token()
+            access_token = await self._wait_access_token(operation, deadline)
             headers = {"Authorization": f"Bearer {access_token}", "Accept": accept}
             try:
-                answer = await self._send(method, url, headers, json_body)
+                answer = await self._send(
+                    method, url, headers, _attempt_timeout(operation, deadline, self._timeout_s), json_body
+                )
             except (aiohttp.ClientError, TimeoutError) as exc:
-                # A connector error means nothing was sent, so even a POST may go again. (A
-                # TimeoutError here is aiohttp's own; this call's deadline cancels instead.)
+                # A connector error means nothing was sent, so even a POST may go again.
                 sent = not isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
                 detail = _TIMED_OUT if isinstance(exc, TimeoutError) else _connection_detail(exc)
-                if attempt < MAX_ATTEMPTS and (method == "GET" or not sent):
+                retry = attempt < MAX_ATTEMPTS and (method == "GET" or not sent)
+                if retry and await self._backoff(operation, detail, deadline):
                     attempt += 1
-                    await self._backoff(operation, detail)
                     continue
                 raise StorefrontUnavailable(operation, detail) from exc
             if answer.status == 401 and not renewed:
@@ -441,36 +448,64 @@ class StorefrontApiClient:
                 self._drop_access_token(access_token)
                 log.info("access token refused; renewing it", extra={"operation": operation})
                 continue
-            if answer.status >= 500 and method == "GET" and attempt < MAX_ATTEMPTS:
+            if (
+                answer.status >= 500
+                and method == "GET"
+                and attempt < MAX_ATTEMPTS
+                and await self._backoff(operation, f"HTTP {answer.status}", deadline)
+            ):
                 attempt += 1
-                await self._backoff(operation, f"HTTP {answer.status}")
                 continue
             return answer
 
     async def _send(
         self,
         method: str,
-        url: URL | str,
+        url: URL,
         headers: Mapping[str, str],
+        client_timeout: aiohttp.ClientTimeout,
         json_body: Mapping[str, object] | None = None,
         form: Mapping[str, str] | None = None,
     ) -> _Answer:
         async with self._session.request(
-            method, url, headers=headers, json=json_body, data=form, allow_redirects=False
+            method,
+            url,
+            headers=headers,
+            json=json_body,
+            data=form,
+            timeout=client_timeout,
+            allow_redirects=False,
         ) as response:
             body = await response.read()
             return _Answer(response.status, response.content_type, body)
 
-    async def _backoff(self, operation: str, reason: str) -> None:
-        """Wait a little, jittered so many sidecars do not retry in step."""
+    async def _backoff(self, operation: str, reason: str, deadline: float) -> bool:
+        """Wait a little before a retry, jittered so many sidecars do not retry in step.
+
+        False (and no wait) when the deadline leaves no time worth a retry.
+        """
+        loop = asyncio.get_running_loop()
         delay = self._retry_backoff_s * (1 + random.random())  # noqa: S311 - jitter, not crypto
+        if loop.time() + delay + _MIN_ATTEMPT_S >= deadline:
+            return False
         log.info("retrying after %s", reason, extra={"operation": operation})
         await asyncio.sleep(delay)
+        return True
 
     def _count(self, operation: str, outcome: str) -> None:
         self._metrics.api_calls.labels(operation=operation, outcome=outcome).inc()
 
     # -- access token -------------------------------------------------------------------------
+
+    async def _wait_access_token(self, operation: str, deadline: float) -> str:
+        """The access token, waited for no longer than the call's deadline."""
+        remaining = deadline - asyncio.get_running_loop().time()
+        try:
+            # No aiohttp timer runs in this task while it waits, so this timeout races nothing.
+            async with asyncio.timeout(max(remaining, 0)):
+                return await self._get_access_token()
+        except TimeoutError:
+            raise StorefrontUnavailable(operation, _TIMED_OUT) from None
 
     async def _get_access_token(self) -> str:
         """The cached access token, or the one a single shared fetch brings for every caller."""
@@ -500,8 +535,7 @@ class StorefrontApiClient:
         if self._settings.scope:
             form["scope"] = self._settings.scope
         try:
-            async with asyncio.timeout(self._timeout_s):
-                answer = await self._token_exchange(form)
+            answer = await self._token_exchange(form)
             if answer.status in (400, 401):
                 raise Unauthorized(
                     OP_TOKEN,
@@ -510,9 +544,6 @@ class StorefrontApiClient:
                 )
             _raise_for_status(OP_TOKEN, answer)
             access_token, expires_in = _access_token_of(answer)
-        except TimeoutError:
-            self._count(OP_TOKEN, "timeout")
-            raise StorefrontUnavailable(OP_TOKEN, _TIMED_OUT) from None
         except StorefrontApiError as exc:
             self._count(OP_TOKEN, _outcome(exc))
             raise
@@ -524,19 +555,31 @@ class StorefrontApiClient:
         return access_token
 
     async def _token_exchange(self, form: Mapping[str, str]) -> _Answer:
-        """Send the token request; once more only when the connection could not be made."""
+        """Send the token request within ``timeout_s``; again only if no connection was made."""
+        deadline = asyncio.get_running_loop().time() + self._timeout_s
         headers = {"Accept": _JSON}
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+        attempt = 1
+        while True:
+            timeout = _attempt_timeout(OP_TOKEN, deadline, self._timeout_s)
             try:
-                return await self._send("POST", self._token_url, headers, form=form)
-            except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
-                if attempt == MAX_ATTEMPTS:
-                    raise StorefrontUnavailable(OP_TOKEN, _connection_detail(exc)) from exc
-                await self._backoff(OP_TOKEN, _connection_detail(exc))
+                return await self._send("POST", self._token_url, headers, timeout, form=form)
             except (aiohttp.ClientError, TimeoutError) as exc:
                 detail = _TIMED_OUT if isinstance(exc, TimeoutError) else _connection_detail(exc)
+                unsent = isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+                if unsent and attempt < MAX_ATTEMPTS and await self._backoff(OP_TOKEN, detail, deadline):
+                    attempt += 1
+                    continue
                 raise StorefrontUnavailable(OP_TOKEN, detail) from exc
-        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _attempt_timeout(operation: str, deadline: float, timeout_s: float) -> aiohttp.ClientTimeout:
+    """aiohttp's timeout for one attempt: what is left until ``deadline``."""
+    remaining = deadline - asyncio.get_running_loop().time()
+    if remaining <= 0:
+        raise StorefrontUnavailable(operation, _TIMED_OUT)
+    # The connect gets half the budget at most, so a connect that times out (nothing sent)
+    # leaves time for the one retry.
+    return aiohttp.ClientTimeout(total=remaining, connect=min(remaining, timeout_s / 2))
 
 
 # -- answers ----------------------------------------------------------------------------------
