@@ -111,14 +111,14 @@ async def login(request: web.Request) -> web.Response:
     shop.sessions[session] = email
     response = web.HTTPSeeOther("/editor/mug")
     response.set_cookie(SESSION_COOKIE, session, httponly=True, samesite="Lax", path="/")
-    return response
+    raise response
 
 
 async def logout(request: web.Request) -> web.Response:
     request.app[DEMO_SHOP].sessions.pop(request.cookies.get(SESSION_COOKIE, ""), None)
     response = web.HTTPSeeOther("/")
     response.del_cookie(SESSION_COOKIE, path="/")
-    return response
+    raise response
 
 
 async def whoami(request: web.Request) -> web.Response:
