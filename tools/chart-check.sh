@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The deployment checks of `make test` (`make chart-check`): Dockerfile lint, the Helm chart under every
+# scenario in helm/cc-sidecar/ci/ (lint, render, schema-validate, assertions, the rendered config
+# through `cc-sidecar check-config`), the example shop chart, and every config/*.yaml.
+# Needs only python3 and PyPI: tools are installed pinned into .tools/ on first use. No network is
+# used by the checks themselves (kubernetes-validate ships its schemas).
+set -euo pipefail
+# shellcheck source=tools/lib.sh
+source "$(dirname "$0")/lib.sh"
+cd "$ROOT"
+
+# Kubernetes version the manifests are validated against (one kubernetes-validate ships schemas for,
+# and the oldest minor still widely run in managed clusters).
+KUBE_VERSION=1.31.0
+CHART=helm/cc-sidecar
+EXAMPLE=$CHART/examples/shop
+PY=.venv/bin/python
+CC=.venv/bin/cc-sidecar
+start=$(date +%s)
+
+tools/install-helm.sh
+tools/install-lint-tools.sh
+HELM="$TOOLS/bin/helm"
+VALIDATE="$TOOLS/venv/bin/kubernetes-validate"
+# Keep helm's cache, config and plugins out of $HOME.
+export HELM_CACHE_HOME="$TOOLS/helm/cache" HELM_CONFIG_HOME="$TOOLS/helm/config" HELM_DATA_HOME="$TOOLS/helm/data"
+out="$(mktemp -d)"
+trap 'rm -rf "$out"' EXIT
+
+step() { printf '\n== %s\n' "$*"; }
+
+step "hadolint Dockerfile"
+"$TOOLS/venv/bin/hadolint" Dockerfile
+
+# validate FILE: schema-check rendered manifests; CRDs the schemas lack (ServiceMonitor) only warn and
+# are asserted on by chart_assert.py instead.
+validate() {
+  "$VALIDATE" --strict --quiet --kubernetes-version "$KUBE_VERSION" "$1"
+}
+
+for values in "$CHART"/ci/*-values.yaml; do
+  scenario="$(basename "$values" -values.yaml)"
+  step "chart scenario $scenario"
+  "$HELM" lint --strict --quiet "$CHART" -f "$values"
+  "$HELM" template ci "$CHART" -f "$values" >"$out/$scenario.yaml"
+  validate "$out/$scenario.yaml"
+  containers=cc-sidecar
+  [ "$scenario" = sidecar ] && containers=shop,cc-sidecar
+  "$PY" tools/chart_assert.py check "$out/$scenario.yaml" --containers "$containers"
+done
+
+step "checksum/config follows the config"
+"$HELM" template ci "$CHART" -f "$CHART/ci/sidecar-values.yaml" \
+  --set config.token_skew_s=31 >"$out/changed.yaml"
+"$PY" tools/chart_assert.py checksum-differs "$out/sidecar.yaml" "$out/changed.yaml"
+echo "checksum/config changed with config.token_skew_s"
+
+step "chart refuses inline secrets and a too short grace period"
+refuse() {
+  local why="$1"; shift
+  if "$HELM" template ci "$CHART" -f "$CHART/ci/standalone-values.yaml" "$@" >/dev/null 2>"$out/err"; then
+    echo "FAIL: the chart rendered with $why" >&2
+    exit 1
+  fi
+  echo "refused $why: $(grep -o 'error calling [a-z]*: .*\|execution error.*' "$out/err" | head -1 | cut -c1-120)"
+}
+refuse "an inline client_secret" --set config.customers_canvas.client_secret=inline
+refuse "terminationGracePeriodSeconds below the drain time" --set terminationGracePeriodSeconds=10
+refuse "no sidecar secret" --set secrets.sidecarSecret=
+
+step "example shop chart (named templates)"
+"$HELM" dependency build "$EXAMPLE" >/dev/null
+"$HELM" lint --strict --quiet "$EXAMPLE"
+"$HELM" template ci "$EXAMPLE" >"$out/example.yaml"
+validate "$out/example.yaml"
+"$PY" tools/chart_assert.py check "$out/example.yaml" --containers shop,cc-sidecar
+
+step "config/*.yaml pass check-config"
+for config in config/*.yaml; do
+  echo "$config:"
+  CC_CLIENT_SECRET=chart-check-client CC_SIDECAR_SECRET=chart-check-sidecar-secret \
+    "$CC" check-config --config "$config"
+done
+
+printf '\nchart-check passed in %ss\n' "$(($(date +%s) - start))"

@@ -1,0 +1,204 @@
+"""Assertions on `helm template` output, run by tools/chart-check.sh with the project venv's Python.
+
+    chart_assert.py check RENDERED.yaml [--containers shop,cc-sidecar]
+        Every pod that runs cc-sidecar: probes on the admin port, the hardened securityContext, both
+        secrets from secretKeyRef, the config volume from a rendered ConfigMap (or a Secret-less
+        external one), checksum annotations, a termination grace longer than shutdown_grace_s plus
+        the preStop sleep; every Service sends traffic to cc-sidecar's ports only; a ServiceMonitor
+        selects a Service that has its port. Each rendered sidecar.yaml passes
+        `cc-sidecar check-config` with the environment the container would have.
+    chart_assert.py checksum-differs A.yaml B.yaml
+        The pod's checksum/config annotation differs between two renderings.
+
+Exits 1 with one line per failed assertion.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+ROOT = Path(__file__).resolve().parent.parent
+CC_SIDECAR = ROOT / ".venv" / "bin" / "cc-sidecar"
+CONTAINER = "cc-sidecar"
+HARDENED = {
+    "runAsNonRoot": True,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+# Stand-ins for the Secret's values when check-config runs on a rendered file.
+SECRET_ENV = {"CC_CLIENT_SECRET": "chart-check-client", "CC_SIDECAR_SECRET": "chart-check-sidecar-secret"}
+
+
+def load(path: str) -> list[dict[str, Any]]:
+    with open(path, encoding="utf-8") as handle:
+        return [doc for doc in yaml.safe_load_all(handle) if doc]
+
+
+def pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [doc for doc in docs if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
+
+
+def check(path: str, containers: list[str] | None) -> list[str]:
+    docs = load(path)
+    problems: list[str] = []
+    configmaps = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "ConfigMap"}
+    sidecar_ports: set[str | int] = set()
+    workloads = pods(docs)
+    if containers is not None and not workloads:
+        problems.append(f"{path}: no workload rendered")
+    for workload in workloads:
+        name = f"{path}: {workload['kind']}/{workload['metadata']['name']}"
+        template = workload["spec"]["template"]
+        spec = template["spec"]
+        names = [c["name"] for c in spec["containers"]]
+        if containers is not None and names != containers:
+            problems.append(f"{name}: containers {names}, expected {containers}")
+        sidecar = next((c for c in spec["containers"] if c["name"] == CONTAINER), None)
+        if sidecar is None:
+            continue
+        annotations = template["metadata"].get("annotations") or {}
+        for key in ("checksum/config", "checksum/secret"):
+            if key not in annotations:
+                problems.append(f"{name}: pod annotation {key} missing")
+        ports = {p["name"]: p["containerPort"] for p in sidecar.get("ports", [])}
+        sidecar_ports.update(ports)
+        sidecar_ports.update(ports.values())
+        for probe, url in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+            get = (sidecar.get(probe) or {}).get("httpGet") or {}
+            if get.get("path") != url or get.get("port") not in ("admin", ports.get("admin")):
+                problems.append(f"{name}: {probe} is not GET {url} on the admin port")
+        context = sidecar.get("securityContext") or {}
+        for key, want in HARDENED.items():
+            if context.get(key) != want:
+                problems.append(f"{name}: securityContext.{key} is {context.get(key)!r}, want {want!r}")
+        if not isinstance(context.get("runAsUser"), int) or context["runAsUser"] == 0:
+            problems.append(f"{name}: securityContext.runAsUser must be a non-zero uid")
+        env = {e["name"]: e for e in sidecar.get("env", [])}
+        for secret in SECRET_ENV:
+            if "secretKeyRef" not in (env.get(secret, {}).get("valueFrom") or {}):
+                problems.append(f"{name}: env {secret} does not come from a secretKeyRef")
+        for item in env.values():
+            if item["name"] in SECRET_ENV and "value" in item:
+                problems.append(f"{name}: env {item['name']} has an inline value")
+        problems += _check_grace(name, spec, sidecar, configmaps)
+        problems += _check_config(name, spec, sidecar, env, configmaps)
+    for service in (doc for doc in docs if doc["kind"] == "Service"):
+        for port in service["spec"]["ports"]:
+            if port["targetPort"] not in sidecar_ports:
+                problems.append(
+                    f"{path}: Service/{service['metadata']['name']} port {port['name']} targets "
+                    f"{port['targetPort']!r}, not a port of cc-sidecar"
+                )
+    problems += _check_service_monitors(path, docs)
+    return problems
+
+
+def _config_of(spec: dict[str, Any], sidecar: dict[str, Any], configmaps: dict[str, Any]) -> str | None:
+    mount = next((m for m in sidecar.get("volumeMounts", []) if m["mountPath"] == "/etc/cc-sidecar"), None)
+    if mount is None:
+        return None
+    volume = next(v for v in spec["volumes"] if v["name"] == mount["name"])
+    configmap = configmaps.get(volume["configMap"]["name"])
+    return None if configmap is None else str(configmap["data"]["sidecar.yaml"])
+
+
+def _check_grace(
+    name: str, spec: dict[str, Any], sidecar: dict[str, Any], configmaps: dict[str, Any]
+) -> list[str]:
+    text = _config_of(spec, sidecar, configmaps)
+    grace = float((yaml.safe_load(text) or {}).get("shutdown_grace_s", 20)) if text else 20.0
+    command = ((sidecar.get("lifecycle") or {}).get("preStop") or {}).get("exec", {}).get("command", [])
+    sleep = float(command[1]) if command[:1] == ["sleep"] else 0.0
+    period = spec.get("terminationGracePeriodSeconds", 30)
+    if not period > grace + sleep:
+        return [
+            f"{name}: terminationGracePeriodSeconds {period} <= shutdown_grace_s {grace} + preStop {sleep}"
+        ]
+    return []
+
+
+def _check_config(
+    name: str,
+    spec: dict[str, Any],
+    sidecar: dict[str, Any],
+    env: dict[str, dict[str, Any]],
+    configmaps: dict[str, Any],
+) -> list[str]:
+    text = _config_of(spec, sidecar, configmaps)
+    if text is None:
+        return [f"{name}: no rendered ConfigMap mounted at /etc/cc-sidecar"]
+    if "${CC_CLIENT_SECRET}" not in text or "${CC_SIDECAR_SECRET}" not in text:
+        return [f"{name}: the config does not take both secrets from the environment"]
+    environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **SECRET_ENV}
+    environ.update({k: str(v["value"]) for k, v in env.items() if "value" in v})
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
+        handle.write(text)
+    try:
+        result = subprocess.run(  # noqa: S603 (our own venv's command on a file we just wrote)
+            [str(CC_SIDECAR), "check-config", "--config", handle.name],
+            env=environ,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+    finally:
+        os.unlink(handle.name)
+    print(f"{name}: check-config: {result.stdout.strip() or result.stderr.strip()}")
+    if result.returncode != 0:
+        return [f"{name}: rendered sidecar.yaml fails check-config: {result.stderr.strip()}"]
+    return []
+
+
+def _check_service_monitors(path: str, docs: list[dict[str, Any]]) -> list[str]:
+    problems = []
+    services = [doc for doc in docs if doc["kind"] == "Service"]
+    for monitor in (doc for doc in docs if doc["kind"] == "ServiceMonitor"):
+        selector = monitor["spec"]["selector"]["matchLabels"]
+        chosen = [s for s in services if selector.items() <= (s["metadata"].get("labels") or {}).items()]
+        ports = {p["name"] for s in chosen for p in s["spec"]["ports"]}
+        if len(chosen) != 1:
+            problems.append(f"{path}: ServiceMonitor selects {len(chosen)} Services, expected 1")
+        for endpoint in monitor["spec"]["endpoints"]:
+            if endpoint["port"] not in ports or endpoint.get("path") != "/metrics":
+                problems.append(f"{path}: ServiceMonitor endpoint {endpoint} matches no admin port")
+    return problems
+
+
+def checksum(path: str) -> str:
+    (workload,) = pods(load(path))
+    return str(workload["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    commands = parser.add_subparsers(dest="command", required=True)
+    check_parser = commands.add_parser("check")
+    check_parser.add_argument("rendered")
+    check_parser.add_argument("--containers", help="comma-separated container names, in order")
+    differs = commands.add_parser("checksum-differs")
+    differs.add_argument("a")
+    differs.add_argument("b")
+    args = parser.parse_args()
+    if args.command == "check":
+        containers = args.containers.split(",") if args.containers else None
+        problems = check(args.rendered, containers)
+    else:
+        before, after = checksum(args.a), checksum(args.b)
+        problems = [] if before != after else [f"checksum/config unchanged ({before}) after a config change"]
+    for problem in problems:
+        print(f"FAIL {problem}", file=sys.stderr)
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
