@@ -1,0 +1,260 @@
+{{/*
+Named templates of cc-sidecar. The two meant for other charts are `cc-sidecar.container` (one list
+item for a pod's `containers:`) and `cc-sidecar.volume` (one list item for its `volumes:`), plus
+`cc-sidecar.podAnnotations` (the checksum annotations). A shop chart that has this chart as a
+dependency calls them with this chart's own context, which Helm hands out as .Subcharts:
+
+  {{- $cc := index .Subcharts "cc-sidecar" }}
+  annotations: {{- include "cc-sidecar.podAnnotations" $cc | nindent 8 }}
+  containers:
+    - name: shop ...
+    {{- include "cc-sidecar.container" $cc | nindent 4 }}
+  volumes:
+    {{- include "cc-sidecar.volume" $cc | nindent 4 }}
+
+Names below use the constant "cc-sidecar", not .Chart.Name, so the ConfigMap and Secret names come
+out the same whichever chart renders them.
+*/}}
+
+{{- define "cc-sidecar.name" -}}
+{{- default "cc-sidecar" .Values.nameOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cc-sidecar.fullname" -}}
+{{- if .Values.fullnameOverride }}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- $name := include "cc-sidecar.name" . }}
+{{- if contains $name .Release.Name }}
+{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- else }}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{- define "cc-sidecar.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{- define "cc-sidecar.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "cc-sidecar.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "cc-sidecar.labels" -}}
+helm.sh/chart: {{ include "cc-sidecar.chart" . }}
+{{ include "cc-sidecar.selectorLabels" . }}
+app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{- define "cc-sidecar.secretName" -}}
+{{- default (include "cc-sidecar.fullname" .) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{- define "cc-sidecar.image" -}}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" .Values.image.repository (toString (default .Chart.AppVersion .Values.image.tag)) }}
+{{- end }}
+{{- end }}
+
+{{/* Where storefronts without an `upstream` of their own send traffic. */}}
+{{- define "cc-sidecar.defaultUpstream" -}}
+{{- if eq .Values.mode "sidecar" }}
+{{- printf "http://127.0.0.1:%d" (int .Values.shop.port) }}
+{{- else }}
+{{- required "upstream: the shop's Service URL is required in standalone mode (or give every storefront an upstream)" .Values.upstream }}
+{{- end }}
+{{- end }}
+
+{{/* The sidecar's configuration file, rendered from .Values.config. Secrets are never inline. */}}
+{{- define "cc-sidecar.configYaml" -}}
+{{- if not (has .Values.mode (list "standalone" "sidecar")) }}
+{{- fail (printf "mode: must be standalone or sidecar, not %q" .Values.mode) }}
+{{- end }}
+{{- $cfg := deepCopy (default dict .Values.config) }}
+{{- range $key := list "listen" "admin_listen" "secret" }}
+{{- if hasKey $cfg $key }}
+{{- fail (printf "config.%s: set by the chart (ports.*, secrets.*); remove it from config" $key) }}
+{{- end }}
+{{- end }}
+{{- $cc := deepCopy (default dict $cfg.customers_canvas) }}
+{{- if hasKey $cc "client_secret" }}
+{{- fail "config.customers_canvas.client_secret: never inline; it comes from the Secret (secrets.*)" }}
+{{- end }}
+{{- $_ := set $cc "client_secret" "${CC_CLIENT_SECRET}" }}
+{{- $storefronts := list }}
+{{- range $i, $s := (required "config.storefronts: at least one storefront is required" $cfg.storefronts) }}
+{{- $s = deepCopy $s }}
+{{- if not $s.upstream }}
+{{- $_ := set $s "upstream" (include "cc-sidecar.defaultUpstream" $) }}
+{{- end }}
+{{- $storefronts = append $storefronts $s }}
+{{- end }}
+{{- $_ := unset $cfg "customers_canvas" }}
+{{- $_ := unset $cfg "storefronts" }}
+listen: {{ printf "0.0.0.0:%d" (int .Values.ports.http) }}
+admin_listen: {{ printf "0.0.0.0:%d" (int .Values.ports.admin) }}
+secret: ${CC_SIDECAR_SECRET}
+customers_canvas:
+  {{- toYaml $cc | nindent 2 }}
+{{- if $cfg }}
+{{ toYaml $cfg }}
+{{- end }}
+storefronts:
+  {{- toYaml $storefronts | nindent 2 }}
+{{- end }}
+
+{{- define "cc-sidecar.shutdownGrace" -}}
+{{- $cfg := default dict .Values.config }}
+{{- if hasKey $cfg "shutdown_grace_s" }}{{ $cfg.shutdown_grace_s | ceil | int }}{{ else }}20{{ end }}
+{{- end }}
+
+{{/* terminationGracePeriodSeconds: longer than preStop sleep + shutdown_grace_s, or the kubelet kills
+in-flight requests. */}}
+{{- define "cc-sidecar.terminationGrace" -}}
+{{- $least := add (int (include "cc-sidecar.shutdownGrace" .)) (int .Values.preStopSleepSeconds) }}
+{{- if kindIs "invalid" .Values.terminationGracePeriodSeconds }}
+{{- add $least 5 }}
+{{- else if le (int .Values.terminationGracePeriodSeconds) $least }}
+{{- fail (printf "terminationGracePeriodSeconds: %d must be greater than shutdown_grace_s + preStopSleepSeconds = %d" (int .Values.terminationGracePeriodSeconds) $least) }}
+{{- else }}
+{{- int .Values.terminationGracePeriodSeconds }}
+{{- end }}
+{{- end }}
+
+{{/* Pod annotations that restart the pods when the config or the chart-made Secret changes. */}}
+{{- define "cc-sidecar.podAnnotations" -}}
+checksum/config: {{ include "cc-sidecar.configYaml" . | sha256sum }}
+{{- if .Values.secrets.existingSecret }}
+checksum/secret: {{ printf "existing:%s" .Values.secrets.existingSecret | sha256sum }}
+{{- else }}
+checksum/secret: {{ include "cc-sidecar.secretData" . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{- define "cc-sidecar.secretData" -}}
+{{- $sidecar := required "secrets.sidecarSecret (or secrets.existingSecret) is required" .Values.secrets.sidecarSecret }}
+{{- if lt (len $sidecar) 16 }}
+{{- fail "secrets.sidecarSecret: must be at least 16 characters" }}
+{{- end }}
+{{ .Values.secrets.clientSecretKey }}: {{ required "secrets.clientSecret (or secrets.existingSecret) is required" .Values.secrets.clientSecret | b64enc | quote }}
+{{ .Values.secrets.sidecarSecretKey }}: {{ $sidecar | b64enc | quote }}
+{{- end }}
+
+{{/* The hardened container securityContext (also used for the demo shop). */}}
+{{- define "cc-sidecar.securityContext" -}}
+runAsNonRoot: true
+runAsUser: {{ int .Values.runAsUser }}
+runAsGroup: {{ int .Values.runAsUser }}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end }}
+
+{{/* The cc-sidecar container: one list item for a pod's `containers:`. */}}
+{{- define "cc-sidecar.container" -}}
+- name: cc-sidecar
+  image: {{ include "cc-sidecar.image" . }}
+  imagePullPolicy: {{ .Values.image.pullPolicy }}
+  args: ["run", "--config", "/etc/cc-sidecar/sidecar.yaml"]
+  env:
+    - name: CC_CLIENT_SECRET
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "cc-sidecar.secretName" . }}
+          key: {{ .Values.secrets.clientSecretKey }}
+    - name: CC_SIDECAR_SECRET
+      valueFrom:
+        secretKeyRef:
+          name: {{ include "cc-sidecar.secretName" . }}
+          key: {{ .Values.secrets.sidecarSecretKey }}
+    {{- with .Values.extraEnv }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+  ports:
+    - name: http
+      containerPort: {{ int .Values.ports.http }}
+      protocol: TCP
+    - name: admin
+      containerPort: {{ int .Values.ports.admin }}
+      protocol: TCP
+  livenessProbe:
+    httpGet:
+      path: /healthz
+      port: admin
+    {{- toYaml .Values.livenessProbe | nindent 4 }}
+  readinessProbe:
+    httpGet:
+      path: /readyz
+      port: admin
+    {{- toYaml .Values.readinessProbe | nindent 4 }}
+  {{- if gt (int .Values.preStopSleepSeconds) 0 }}
+  lifecycle:
+    preStop:
+      exec:
+        command: ["sleep", "{{ int .Values.preStopSleepSeconds }}"]
+  {{- end }}
+  resources:
+    {{- toYaml .Values.resources | nindent 4 }}
+  securityContext:
+    {{- include "cc-sidecar.securityContext" . | nindent 4 }}
+  volumeMounts:
+    - name: cc-sidecar-config
+      mountPath: /etc/cc-sidecar
+      readOnly: true
+{{- end }}
+
+{{/* The ConfigMap volume the container mounts: one list item for a pod's `volumes:`. */}}
+{{- define "cc-sidecar.volume" -}}
+- name: cc-sidecar-config
+  configMap:
+    name: {{ include "cc-sidecar.fullname" . }}
+{{- end }}
+
+{{/* Pod-level settings shared by the standalone and the sidecar Deployment. */}}
+{{- define "cc-sidecar.podSpecCommon" -}}
+automountServiceAccountToken: false
+terminationGracePeriodSeconds: {{ include "cc-sidecar.terminationGrace" . }}
+securityContext:
+  runAsNonRoot: true
+  runAsUser: {{ int .Values.runAsUser }}
+  runAsGroup: {{ int .Values.runAsUser }}
+  fsGroup: {{ int .Values.runAsUser }}
+  seccompProfile:
+    type: RuntimeDefault
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.priorityClassName }}
+priorityClassName: {{ . }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.affinity }}
+affinity:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/* Whether this release runs pods of its own (standalone, or sidecar with the demo/own shop). */}}
+{{- define "cc-sidecar.hasPods" -}}
+{{- if or (eq .Values.mode "standalone") .Values.shop.enabled }}true{{ end }}
+{{- end }}
