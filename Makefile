@@ -38,7 +38,12 @@ format: setup
 	$(BIN)/ruff format proxy tests bench
 	$(BIN)/ruff check --fix proxy tests bench
 
-test: lint typecheck unit
+test: lint typecheck unit chart-check
+
+# Container image and Helm chart: hadolint, helm lint/template/schema-validation of every
+# helm/cc-sidecar/ci scenario, rendered configs through check-config. Pinned tools land in .tools/.
+chart-check: setup
+	tools/chart-check.sh
 
 bench: setup
 	$(BIN)/python bench/run.py
