@@ -264,6 +264,9 @@ class ShopHandler:
                 await self._resolve(request, storefront, logged_in or remembered, attachment, want_token)
         except TimeoutError:
             log.warning("token work timed out", extra={"timeout_s": self._api_timeout_s})
+        except Exception:
+            # Whatever broke, the shop's page still goes out (marked token-unavailable).
+            log.exception("token work failed unexpectedly")
         return attachment
 
     async def _resolve(
