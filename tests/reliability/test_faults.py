@@ -356,7 +356,7 @@ async def test_broken_gzip_elsewhere_passes_through_byte_for_byte(
     fault: str,
 ) -> None:
     """Off the editor paths the sidecar does not decode: the shop's bytes reach the client as sent."""
-    shop, server = misbehaving
+    _, server = misbehaving
     sidecar = await make_sidecar(config(str(server.make_url("")).rstrip("/"), emulator.url))
     direct = await fetch(server, f"/page/{fault}", decompress=False)
     answer = await fetch(sidecar, f"/page/{fault}", decompress=False)
