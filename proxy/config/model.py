@@ -188,27 +188,37 @@ class UserSettings(_Frozen):
 class SelectHeader(_Frozen):
     """Choose the storefront by a header the ingress sets instead of by Host."""
 
-    name: HeaderName
-    value: str = Field(min_length=1)
+    name: HeaderName = Field(description="Request header the ingress sets.")
+    value: str = Field(min_length=1, description="Its value that selects this storefront.")
 
 
 class StorefrontSettings(_Frozen):
     """One shop behind the sidecar."""
 
-    name: str = Field(min_length=1, pattern=r"^[A-Za-z0-9_.-]+$")
-    storefront_id: int = Field(ge=1)
+    name: str = Field(
+        min_length=1,
+        pattern=r"^[A-Za-z0-9_.-]+$",
+        description="Names the storefront in logs and metric labels.",
+    )
+    storefront_id: int = Field(ge=1, description="The Customer's Canvas storefront id.")
     hosts: tuple[str, ...] = Field((), description="Host names, port ignored, case-insensitive.")
     select_header: SelectHeader | None = None
-    upstream: HttpUrl
-    upstream_timeout_s: PositiveSeconds = DEFAULT_UPSTREAM_TIMEOUT_S
-    upstream_connect_timeout_s: PositiveSeconds = DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S
+    upstream: HttpUrl = Field(description="The shop's base URL.")
+    upstream_timeout_s: PositiveSeconds = Field(
+        DEFAULT_UPSTREAM_TIMEOUT_S, description="No response headers from the shop within this: 504."
+    )
+    upstream_connect_timeout_s: PositiveSeconds = Field(
+        DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S, description="No TCP connection to the shop within this: 502."
+    )
     trusted_networks: tuple[Network, ...] = Field(
         (), description="Peers whose identity header and X-Forwarded-* are believed."
     )
     user: UserSettings = Field(default_factory=UserSettings)
     session_cookie: CookieName | None = Field(None, description="The shop's session cookie, e.g. PHPSESSID.")
     editor_paths: tuple[PathGlob, ...] = Field((), description="Globs; * stays in one segment, ** crosses.")
-    inject: tuple[InjectMode, ...] = DEFAULT_INJECT
+    inject: tuple[InjectMode, ...] = Field(
+        DEFAULT_INJECT, description="Where the token goes on editor pages: any of html, header, cookie."
+    )
 
     @field_validator("hosts")
     @classmethod
@@ -243,17 +253,29 @@ class StorefrontSettings(_Frozen):
 class Settings(_Frozen):
     """The whole configuration file."""
 
-    listen: ListenAddress = DEFAULT_LISTEN
-    admin_listen: ListenAddress = DEFAULT_ADMIN_LISTEN
+    listen: ListenAddress = Field(DEFAULT_LISTEN, description="Where shop traffic is served.")
+    admin_listen: ListenAddress = Field(
+        DEFAULT_ADMIN_LISTEN, description="/healthz, /readyz and /metrics; never shop traffic."
+    )
     customers_canvas: CustomersCanvasSettings
     secret: SecretStr = Field(
         description="Signs the guest cookie and derives anonymous ids; at least 16 characters."
     )
-    token_cache_size: int = Field(DEFAULT_TOKEN_CACHE_SIZE, ge=1)
-    token_skew_s: float = Field(DEFAULT_TOKEN_SKEW_S, ge=0)
-    shutdown_grace_s: float = Field(DEFAULT_SHUTDOWN_GRACE_S, ge=0)
+    token_cache_size: int = Field(
+        DEFAULT_TOKEN_CACHE_SIZE,
+        ge=1,
+        description="Cached customer tokens; the least recently used are dropped first.",
+    )
+    token_skew_s: float = Field(
+        DEFAULT_TOKEN_SKEW_S, ge=0, description="A token is renewed this many seconds before its exp."
+    )
+    shutdown_grace_s: float = Field(
+        DEFAULT_SHUTDOWN_GRACE_S, ge=0, description="Seconds in-flight requests may finish after SIGTERM."
+    )
     access_log: bool = Field(True, description="One JSON line per request on stderr.")
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Least severe log level written to stderr."
+    )
     storefronts: tuple[StorefrontSettings, ...]
 
     @field_validator("secret")

@@ -39,24 +39,6 @@ _PLAIN_TYPES: dict[Any, str] = {
     type(None): "null",
 }
 
-# Words for the keys whose model field carries no description of its own (the contract's wording).
-# A description given in model.py wins over these.
-_FALLBACK_DESCRIPTIONS = {
-    "listen": "Where shop traffic is served.",
-    "admin_listen": "/healthz, /readyz and /metrics; never shop traffic.",
-    "token_cache_size": "Cached customer tokens; the least recently used are dropped first.",
-    "token_skew_s": "A token is renewed this many seconds before its exp.",
-    "shutdown_grace_s": "Seconds in-flight requests may finish after SIGTERM.",
-    "log_level": "Least severe log level written to stderr.",
-    "storefronts[].name": "Names the storefront in logs and metric labels.",
-    "storefronts[].storefront_id": "The Customer's Canvas storefront id.",
-    "storefronts[].select_header.name": "Request header the ingress sets.",
-    "storefronts[].select_header.value": "Its value that selects this storefront.",
-    "storefronts[].upstream": "The shop's base URL.",
-    "storefronts[].upstream_timeout_s": "No response headers from the shop within this: 504.",
-    "storefronts[].upstream_connect_timeout_s": "No TCP connection to the shop within this: 502.",
-    "storefronts[].inject": "Where the token goes on editor pages: any of html, header, cookie.",
-}
 
 _HEADER = """\
 # cc-sidecar configuration reference
@@ -174,7 +156,7 @@ def _yaml_scalar(value: object) -> str:
 
 
 def _description(path: str, field: FieldInfo, nested: type[BaseModel] | None) -> str:
-    text = field.description or _FALLBACK_DESCRIPTIONS.get(path, "")
+    text = field.description or ""
     if not text and nested is not None and nested.__doc__:
         text = nested.__doc__.strip().splitlines()[0]
     limits = _limits(field)
