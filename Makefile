@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck unit browser-deps chart-check bench soak clean format
+.PHONY: setup demo test lint typecheck unit browser-deps chart-check bench bench-deps soak clean format
 
 setup: $(STAMP)
 
@@ -45,8 +45,15 @@ test: lint typecheck unit chart-check
 chart-check: setup
 	tools/chart-check.sh
 
-bench: setup
+# nginx (the baseline proxy) and wrk (the load generator) come from Debian; installed when missing.
+bench: setup bench-deps
 	$(BIN)/python bench/run.py
+
+bench-deps:
+	@command -v nginx >/dev/null 2>&1 && command -v wrk >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light wrk; \
+	  else echo "bench needs nginx and wrk: apt-get install nginx-light wrk (as root)"; exit 1; fi; }
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tools

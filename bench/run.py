@@ -1,0 +1,747 @@
+"""`make bench`: cc-sidecar against nginx and a bare upstream, on loopback, reproducibly.
+
+What runs (all on 127.0.0.1, free ports, one temporary directory):
+
+    wrk (core 0) ──> upstream                      direct: the ceiling
+                 ──> nginx ──> upstream            the reverse proxy to compare with
+                 ──> bare aiohttp proxy ──> ...    reference: Python + aiohttp's own floor
+                 ──> cc-sidecar ──> upstream       /product (pass-through), /editor/mug and
+                          └──> emulator            /editor-gz/mug (token injected)
+
+The servers share the other core (``taskset``), so the load generator never takes their CPU.
+Targets are measured in interleaved rounds (A B C ... A B C ...) and the medians are reported, so
+a slow moment of the machine spreads over all targets instead of sinking one. Then, on the running
+sidecar, a burst of first requests from new customers counts the Storefront API's GetToken calls
+(from the emulator's call log), and a fresh interpreter measures resident memory per cached token.
+
+Prints one table and the ratios against their targets; writes the same to bench/results.json.
+Exit status: 0 all targets met, 1 a target missed, 2 the benchmark itself failed.
+Environment: BENCH_SECONDS (per round and target, default 5), BENCH_ROUNDS (default 3),
+BENCH_TOKENS (cached tokens for the memory probe, default 100000), BENCH_PROFILE=1 (after the
+rounds, profile the sidecar with py-spy under load on /product and /editor/mug: hot spots in the
+report, folded stacks in bench/profile-*.txt; `pip install py-spy` first).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import random
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import aiohttp
+import yaml
+
+BENCH_DIR = Path(__file__).resolve().parent
+REPO = BENCH_DIR.parent
+RESULTS_PATH = BENCH_DIR / "results.json"
+
+SECONDS = int(os.environ.get("BENCH_SECONDS", "5"))
+ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+CACHED_TOKENS = int(os.environ.get("BENCH_TOKENS", "100000"))
+PROFILE = os.environ.get("BENCH_PROFILE", "") not in ("", "0")
+CONNECTIONS = 50
+WRK_THREADS = 1
+WARM_UP_SECONDS = 1
+NEW_CUSTOMERS = 100
+REQUESTS_PER_CUSTOMER = 10
+# Whole-run guard: every step is bounded on its own; this stops anything that still hangs.
+DEADLINE_S = 600
+
+USER_HEADER = "X-Shop-User"
+BENCH_USER = "bench-user"
+GET_TOKEN = "StorefrontUsers_GetToken"
+INJECTED_MARK = b'id="cc-storefront-user"'
+
+# Targets: the ratio's numerator over its denominator must reach the minimum.
+MIN_SIDECAR_VS_NGINX = 0.5
+MIN_EDITOR_VS_PASS_THROUGH = 0.8
+MAX_BYTES_PER_TOKEN = 1536
+
+
+# -- processes ------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the kernel picks it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
+    """True once something accepts on ``port``; False if ``process`` exits or time runs out."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@dataclass
+class Service:
+    """One server the benchmark started."""
+
+    name: str
+    process: subprocess.Popen[bytes]
+    port: int
+    log_path: Path
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def pids(self) -> list[int]:
+        """The process and all its descendants (nginx: master and worker)."""
+        return process_tree(self.process.pid)
+
+
+class Services:
+    """Starts servers pinned to a core; stops every one of them on exit, whatever happened.
+
+    Each server gets its own session (process group), so a Ctrl-C in the terminal reaches only
+    this script, which then stops the groups itself: nothing is left behind.
+    """
+
+    def __init__(self, workdir: Path, cpu: int | None) -> None:
+        self._workdir = workdir
+        self._cpu = cpu
+        self._started: list[Service] = []
+
+    def start(self, name: str, argv: Sequence[str], port: int, timeout_s: float = 30) -> Service:
+        if self._cpu is not None:
+            argv = ["taskset", "-c", str(self._cpu), *argv]
+        log_path = self._workdir / f"{name}.log"
+        with log_path.open("wb") as log:
+            process = subprocess.Popen(
+                argv,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=REPO,
+                start_new_session=True,
+            )
+        service = Service(name, process, port, log_path)
+        self._started.append(service)
+        if not wait_for_port(port, process, timeout_s):
+            raise BenchError(f"{name} did not start listening on {port}:\n{tail(log_path)}")
+        return service
+
+    def stop_all(self) -> None:
+        for service in reversed(self._started):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(service.process.pid, signal.SIGTERM)
+        for service in reversed(self._started):
+            try:
+                service.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(service.process.pid, signal.SIGKILL)
+                service.process.wait(timeout=5)
+        self._started.clear()
+
+
+class BenchError(Exception):
+    """The benchmark could not run (a server did not start, a check failed)."""
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+def process_tree(pid: int) -> list[int]:
+    """``pid`` and its descendants, from /proc/PID/task/*/children."""
+    pids = [pid]
+    for parent in pids:  # grows while iterating: breadth first
+        for task in Path(f"/proc/{parent}/task").glob("*"):
+            with contextlib.suppress(OSError):
+                pids.extend(int(child) for child in (task / "children").read_text().split())
+    return pids
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: Sequence[int]) -> float:
+    """User + system CPU time of the processes (all their threads), from /proc/PID/stat."""
+    total = 0
+    for pid in pids:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "; field 3 is fields[0]
+        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15
+    return total / CLOCK_TICKS
+
+
+# -- load -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Target:
+    """One URL under load, and the process whose CPU time it costs."""
+
+    key: str
+    label: str
+    service: Service
+    path: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return self.service.url + self.path
+
+
+@dataclass
+class Sample:
+    """One wrk run against one target."""
+
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    cpu_us_per_request: float
+    requests: int
+    errors: int
+
+
+def run_wrk(target: Target, seconds: int, cpu: int | None) -> Sample:
+    """Load ``target`` for ``seconds`` with wrk; CPU time is read around the run."""
+    argv = ["wrk", f"-t{WRK_THREADS}", f"-c{CONNECTIONS}", f"-d{seconds}s", "--latency"]
+    argv += ["-s", str(BENCH_DIR / "wrk_report.lua")]
+    for name, value in target.headers.items():
+        argv += ["-H", f"{name}: {value}"]
+    argv.append(target.url)
+    if cpu is not None:
+        argv = ["taskset", "-c", str(cpu), *argv]
+    pids = target.service.pids()
+    cpu_before = cpu_seconds(pids)
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 30, check=False)
+    cpu_used = cpu_seconds(pids) - cpu_before
+    report = next((line for line in finished.stdout.splitlines() if line.startswith("BENCH-JSON ")), None)
+    if finished.returncode != 0 or report is None:
+        raise BenchError(f"wrk failed on {target.url}:\n{finished.stdout}\n{finished.stderr}")
+    summary = json.loads(report.removeprefix("BENCH-JSON "))
+    requests = int(summary["requests"])
+    latency = summary["latency_us"]
+    return Sample(
+        rps=requests / (summary["duration_us"] / 1e6),
+        p50_ms=latency["p50"] / 1000,
+        p99_ms=latency["p99"] / 1000,
+        cpu_us_per_request=cpu_used / max(requests, 1) * 1e6,
+        requests=requests,
+        errors=sum(int(count) for count in summary["errors"].values()),
+    )
+
+
+# -- checks and bursts (an aiohttp client in this process) -------------------------------------
+
+
+async def fetch(
+    session: aiohttp.ClientSession, url: str, headers: dict[str, str] | None = None
+) -> tuple[int, bytes, dict[str, str]]:
+    async with session.get(url, headers=headers or {}) as response:
+        return response.status, await response.read(), dict(response.headers)
+
+
+async def check_targets(upstream: Service, proxies: Sequence[Service], sidecar: Service) -> int:
+    """Every target answers what it should; warms the bench user's token; returns its length."""
+    user = {USER_HEADER: BENCH_USER}
+    async with aiohttp.ClientSession() as session:
+        _, product, _ = await fetch(session, upstream.url + "/product")
+        for via in (*proxies, sidecar):
+            status, body, _ = await fetch(session, via.url + "/product")
+            if status != 200 or body != product:
+                raise BenchError(f"{via.name} /product: {status}, {len(body)} bytes, not the page")
+        for path in ("/editor/mug", "/editor-gz/mug"):
+            status, body, headers = await fetch(session, sidecar.url + path, user)
+            if status != 200 or body.count(INJECTED_MARK) != 1:
+                state = headers.get("X-CC-Sidecar", "no token element")
+                raise BenchError(f"cc-sidecar {path}: {status}, {state}")
+        status, body, _ = await fetch(session, sidecar.url + "/.cc-sidecar/token", user)
+        if status != 200:
+            raise BenchError(f"cc-sidecar /.cc-sidecar/token: {status}")
+        token: str = json.loads(body)["token"]
+        return len(token)
+
+
+async def get_token_calls(session: aiohttp.ClientSession, emulator: Service) -> int:
+    """GetToken calls the emulator has answered so far, from its call log."""
+    _, body, _ = await fetch(session, emulator.url + "/_emulator/calls")
+    return sum(1 for call in json.loads(body) if call["operation"] == GET_TOKEN)
+
+
+@dataclass
+class Burst:
+    """One burst of concurrent editor requests and the GetToken calls it caused."""
+
+    requests: int
+    injected: int
+    get_token_calls: int
+    seconds: float
+
+
+async def first_requests(sidecar: Service, emulator: Service, round_no: int) -> list[Burst]:
+    """NEW_CUSTOMERS new customers, REQUESTS_PER_CUSTOMER concurrent requests each, twice."""
+    ids = [f"new-{round_no}-{n}" for n in range(NEW_CUSTOMERS)] * REQUESTS_PER_CUSTOMER
+    random.Random(round_no).shuffle(ids)
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    bursts = []
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+
+        async def one(user_id: str) -> bool:
+            status, body, _ = await fetch(session, sidecar.url + "/editor/mug", {USER_HEADER: user_id})
+            return status == 200 and INJECTED_MARK in body
+
+        for _ in range(2):  # first requests, then the same again: all cached by now
+            calls_before = await get_token_calls(session, emulator)
+            started = time.perf_counter()
+            injected = await asyncio.gather(*(one(user_id) for user_id in ids))
+            seconds = time.perf_counter() - started
+            calls = await get_token_calls(session, emulator) - calls_before
+            bursts.append(Burst(len(ids), sum(injected), calls, round(seconds, 3)))
+    return bursts
+
+
+# -- profile (optional) -----------------------------------------------------------------------
+
+
+def profile_under_load(target: Target, seconds: int, load_cpu: int | None) -> dict[str, Any]:
+    """py-spy samples the sidecar while wrk loads ``target``; returns the hottest functions."""
+    py_spy = py_spy_path()
+    folded = BENCH_DIR / f"profile-{target.key}.txt"
+    argv = [py_spy, "record", "--pid", str(target.service.process.pid), "--duration", str(seconds)]
+    argv += ["--rate", "250", "--function", "--format", "raw", "--output", str(folded)]
+    if load_cpu is not None:
+        argv = ["taskset", "-c", str(load_cpu), *argv]
+    spy = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.5)  # attached before the load starts
+        run_wrk(target, seconds, load_cpu)
+        _, errors = spy.communicate(timeout=seconds + 30)
+    finally:
+        if spy.poll() is None:
+            spy.kill()
+            spy.wait()
+    if spy.returncode != 0 or not folded.exists():
+        raise BenchError(f"py-spy failed: {errors.decode(errors='replace')}")
+    return hot_spots(folded)
+
+
+def py_spy_path() -> str:
+    return shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+
+
+def hot_spots(folded: Path, top: int = 15) -> dict[str, Any]:
+    """Share of samples per function: where it was (self), and under it (cc-sidecar's code only)."""
+    own: Counter[str] = Counter()
+    under: Counter[str] = Counter()
+    total = 0
+    for line in folded.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")
+        total += int(count)
+        own[frames[-1]] += int(count)
+        for frame in set(frames):
+            under[frame] += int(count)
+
+    def shares(counter: Counter[str], keep: Any = lambda frame: True) -> list[list[Any]]:
+        ranked = [(frame, n) for frame, n in counter.most_common() if keep(frame)][:top]
+        return [[frame, round(100 * n / max(total, 1), 1)] for frame, n in ranked]
+
+    return {
+        "samples": total,
+        "file": str(folded.relative_to(REPO)),
+        "self_percent": shares(own),
+        "inclusive_percent_proxy": shares(under, lambda frame: "(proxy/" in frame),
+    }
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def pick_cpus() -> tuple[int | None, int | None]:
+    """(load generator core, servers core), or no pinning on a single core."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    return cpus[0], cpus[1]
+
+
+def write_nginx_conf(workdir: Path, port: int, upstream: Service) -> Path:
+    template = (BENCH_DIR / "nginx.conf.template").read_text()
+    conf = (
+        template.replace("{{TMPDIR}}", str(workdir))
+        .replace("{{PORT}}", str(port))
+        .replace("{{UPSTREAM}}", f"127.0.0.1:{upstream.port}")
+    )
+    path = workdir / "nginx.conf"
+    path.write_text(conf)
+    return path
+
+
+def write_sidecar_conf(workdir: Path, port: int, upstream: Service, emulator: Service) -> Path:
+    document = {
+        "listen": f"127.0.0.1:{port}",
+        "admin_listen": f"127.0.0.1:{free_port()}",
+        "access_log": False,
+        "log_level": "WARNING",
+        "shutdown_grace_s": 1,
+        "secret": "bench-secret-0123456789abcdef",
+        "customers_canvas": {
+            "api_url": emulator.url,
+            "client_id": "demo",
+            "client_secret": "demo-secret",
+            "tenant_id": 1,
+        },
+        "storefronts": [
+            {
+                "name": "bench",
+                "storefront_id": 1,
+                "upstream": upstream.url,
+                "trusted_networks": ["127.0.0.1/32"],
+                "user": {"header": USER_HEADER},
+                "session_cookie": "PHPSESSID",
+                "editor_paths": ["/editor/*", "/editor-gz/*"],
+                "inject": ["html"],
+            }
+        ],
+    }
+    path = workdir / "sidecar.yaml"
+    path.write_text(yaml.safe_dump(document, sort_keys=False))
+    return path
+
+
+def measure_token_memory(token_length: int) -> dict[str, Any]:
+    argv = [sys.executable, str(BENCH_DIR / "token_memory.py")]
+    argv += ["--entries", str(CACHED_TOKENS), "--token-length", str(token_length)]
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
+    if finished.returncode != 0:
+        raise BenchError(f"token memory probe failed:\n{finished.stderr}")
+    result: dict[str, Any] = json.loads(finished.stdout.splitlines()[-1])
+    return result
+
+
+def run(workdir: Path) -> dict[str, Any]:
+    load_cpu, server_cpu = pick_cpus()
+    if load_cpu is not None:
+        os.sched_setaffinity(0, {load_cpu})  # this script's own client work stays off the servers
+    services = Services(workdir, server_cpu)
+    try:
+        python = sys.executable
+        upstream_port = free_port()
+        upstream = services.start(
+            "upstream", [python, str(BENCH_DIR / "upstream.py"), "--port", str(upstream_port)], upstream_port
+        )
+        emulator_port = free_port()
+        emulator = services.start(
+            "emulator",
+            [python, "-m", "proxy", "emulator", "--port", str(emulator_port),
+             "--enable-control", "--token-lifetime-s", "3600"],
+            emulator_port,
+        )  # fmt: skip
+        nginx_port = free_port()
+        conf = write_nginx_conf(workdir, nginx_port, upstream)
+        nginx = services.start(
+            "nginx",
+            ["nginx", "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "nginx-error.log"),
+             "-g", "daemon off;"],
+            nginx_port,
+        )  # fmt: skip
+        bare_port = free_port()
+        bare = services.start(
+            "bare-proxy",
+            [python, str(BENCH_DIR / "bare_proxy.py"), "--port", str(bare_port),
+             "--upstream", upstream.url],
+            bare_port,
+        )  # fmt: skip
+        sidecar_port = free_port()
+        sidecar_conf = write_sidecar_conf(workdir, sidecar_port, upstream, emulator)
+        sidecar = services.start(
+            "cc-sidecar", [python, "-m", "proxy", "run", "--config", str(sidecar_conf)], sidecar_port
+        )
+
+        token_length = asyncio.run(check_targets(upstream, (nginx, bare), sidecar))
+        user = {USER_HEADER: BENCH_USER}
+        targets = [
+            Target("upstream", "upstream /product (direct)", upstream, "/product"),
+            Target("nginx", "nginx /product", nginx, "/product"),
+            Target("bare", "bare aiohttp proxy /product (reference)", bare, "/product"),
+            Target("sidecar", "cc-sidecar /product (pass-through)", sidecar, "/product"),
+            Target("editor", "cc-sidecar /editor/mug (cached token)", sidecar, "/editor/mug", user),
+            Target("editor_gz", "cc-sidecar /editor-gz/mug (gzip, cached)", sidecar, "/editor-gz/mug", user),
+        ]  # fmt: skip
+        progress(f"warming up {len(targets)} targets, {WARM_UP_SECONDS} s each")
+        for target in targets:
+            run_wrk(target, WARM_UP_SECONDS, load_cpu)
+
+        samples: dict[str, list[Sample]] = {target.key: [] for target in targets}
+        bursts: list[list[Burst]] = []
+        for round_no in range(1, ROUNDS + 1):
+            for target in targets:
+                progress(f"round {round_no}/{ROUNDS}: {target.label}, {SECONDS} s")
+                samples[target.key].append(run_wrk(target, SECONDS, load_cpu))
+            progress(f"round {round_no}/{ROUNDS}: {NEW_CUSTOMERS} new customers x {REQUESTS_PER_CUSTOMER}")
+            bursts.append(asyncio.run(first_requests(sidecar, emulator, round_no)))
+        profiles = {}
+        if PROFILE:
+            for target in (t for t in targets if t.key in ("sidecar", "editor")):
+                progress(f"profiling cc-sidecar under load: {target.label}, {SECONDS} s")
+                profiles[target.key] = profile_under_load(target, SECONDS, load_cpu)
+        for service in (upstream, nginx, bare, sidecar):
+            if service.process.poll() is not None:
+                raise BenchError(f"{service.name} exited during the run:\n{tail(service.log_path)}")
+    finally:
+        services.stop_all()
+
+    progress(f"token memory: filling {CACHED_TOKENS} cached tokens of {token_length} characters")
+    memory = measure_token_memory(token_length)
+    return {
+        "targets": {
+            target.key: {
+                "label": target.label,
+                "url_path": target.path,
+                "median": median_sample(samples[target.key]),
+                "rounds": [asdict(sample) for sample in samples[target.key]],
+            }
+            for target in targets
+        },
+        "first_requests": [[asdict(burst) for burst in pair] for pair in bursts],
+        "token_memory": memory,
+        "emulator_token_length": token_length,
+        "pinning": {"load_generator_cpu": load_cpu, "servers_cpu": server_cpu},
+        "profiles": profiles,
+    }
+
+
+def median_sample(samples: Sequence[Sample]) -> dict[str, float]:
+    return {
+        name: statistics.median(getattr(sample, name) for sample in samples)
+        for name in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "errors")
+    }
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each ratio against its target."""
+    rps = {key: target["median"]["rps"] for key, target in results["targets"].items()}
+    first = [pair[0]["get_token_calls"] for pair in results["first_requests"]]
+    second = [pair[1]["get_token_calls"] for pair in results["first_requests"]]
+    injected = all(
+        burst["injected"] == burst["requests"] for pair in results["first_requests"] for burst in pair
+    )
+    per_token = results["token_memory"]["bytes_per_token"]
+    errors = sum(target["median"]["errors"] for target in results["targets"].values())
+    return [
+        {
+            "name": "sidecar pass-through rps / nginx rps",
+            "value": round(rps["sidecar"] / rps["nginx"], 3),
+            "target": f">= {MIN_SIDECAR_VS_NGINX}",
+            "pass": rps["sidecar"] / rps["nginx"] >= MIN_SIDECAR_VS_NGINX,
+        },
+        {
+            "name": "editor (cached token) rps / sidecar pass-through rps",
+            "value": round(rps["editor"] / rps["sidecar"], 3),
+            "target": f">= {MIN_EDITOR_VS_PASS_THROUGH}",
+            "pass": rps["editor"] / rps["sidecar"] >= MIN_EDITOR_VS_PASS_THROUGH,
+        },
+        {
+            "name": "sidecar pass-through rps / bare aiohttp proxy rps (no target)",
+            "value": round(rps["sidecar"] / rps["bare"], 3),
+            "target": "-",
+            "pass": None,
+        },
+        {
+            "name": "bare aiohttp proxy rps / nginx rps (no target: the stack's ceiling)",
+            "value": round(rps["bare"] / rps["nginx"], 3),
+            "target": "-",
+            "pass": None,
+        },
+        {
+            "name": "editor gzip rps / sidecar pass-through rps (no target)",
+            "value": round(rps["editor_gz"] / rps["sidecar"], 3),
+            "target": "-",
+            "pass": None,
+        },
+        {
+            "name": f"GetToken calls, {NEW_CUSTOMERS} new customers x {REQUESTS_PER_CUSTOMER} (per round)",
+            "value": first,
+            "target": f"== {NEW_CUSTOMERS}, every page injected",
+            "pass": all(calls == NEW_CUSTOMERS for calls in first) and injected,
+        },
+        {
+            "name": "GetToken calls, the same requests again (per round)",
+            "value": second,
+            "target": "== 0",
+            "pass": all(calls == 0 for calls in second),
+        },
+        {
+            "name": f"RSS bytes per cached token ({CACHED_TOKENS} tokens)",
+            "value": round(per_token),
+            "target": f"<= {MAX_BYTES_PER_TOKEN}",
+            "pass": per_token <= MAX_BYTES_PER_TOKEN,
+        },
+        {
+            "name": "wrk errors (connect/read/write/timeout/non-2xx), median sum",
+            "value": errors,
+            "target": "== 0",
+            "pass": errors == 0,
+        },
+    ]
+
+
+def print_report(results: dict[str, Any]) -> None:
+    header = f"{'target':<42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>11}"
+    print("\n" + header + "\n" + "-" * len(header))
+    for key, target in results["targets"].items():
+        m = target["median"]
+        cpu = "-" if key == "upstream" else f"{m['cpu_us_per_request']:.0f}"
+        print(f"{target['label']:<42} {m['rps']:>9.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {cpu:>11}")
+    memory = results["token_memory"]
+    print(
+        f"\nmedians of {ROUNDS} rounds x {SECONDS} s, {CONNECTIONS} connections, "
+        f"{WRK_THREADS} wrk thread; CPU = the proxy's user+system time per request "
+        f"(nginx: master+worker)\ncached-token memory: {memory['entries']} tokens of "
+        f"{memory['token_length']} characters, {memory['bytes_per_token']:.0f} bytes each "
+        f"(emulator's tokens: {results['emulator_token_length']} characters)\n"
+    )
+    for ratio in results["ratios"]:
+        verdict = {True: "PASS", False: "FAIL", None: "info"}[ratio["pass"]]
+        print(f"  [{verdict}] {ratio['name']}: {ratio['value']} (target {ratio['target']})")
+    for key, found in results["profiles"].items():
+        print(f"\nprofile of cc-sidecar under load, {key} ({found['samples']} samples, {found['file']})")
+        print("  self time:")
+        for frame, percent in found["self_percent"][:10]:
+            print(f"    {percent:5.1f}%  {frame}")
+        print("  inclusive, cc-sidecar's own functions:")
+        for frame, percent in found["inclusive_percent_proxy"][:10]:
+            print(f"    {percent:5.1f}%  {frame}")
+    print(f"\nwritten to {RESULTS_PATH.relative_to(REPO)}; took {results['duration_s']:.0f} s")
+
+
+def progress(message: str) -> None:
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def command_version(argv: Sequence[str]) -> str:
+    """First line a tool prints about its version (wrk and nginx print it on stderr)."""
+    try:
+        finished = subprocess.run(argv, capture_output=True, text=True, timeout=10, check=False)
+    except OSError:
+        return "missing"
+    return (finished.stdout + finished.stderr).strip().splitlines()[0]
+
+
+def command_line() -> str:
+    """How this run was started, with the BENCH_* settings it was given."""
+    settings = [f"{name}={value}" for name, value in sorted(os.environ.items()) if name.startswith("BENCH_")]
+    program = "make bench" if "MAKELEVEL" in os.environ else " ".join(["python", *sys.argv])
+    return " ".join([*settings, program])
+
+
+def machine_info() -> dict[str, Any]:
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
+    commit = command_version(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"])
+    return {
+        "nproc": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "aiohttp": aiohttp.__version__,
+        "nginx": command_version(["nginx", "-v"]),
+        "wrk": command_version(["wrk", "-v"]),
+        "git_commit": commit,
+    }
+
+
+@contextlib.contextmanager
+def interrupts_as_exit() -> Iterator[None]:
+    """Ctrl-C, SIGTERM, SIGHUP and the whole-run deadline all end the run the same way, with
+    every server stopped (SIGINT too: a shell may have started this script ignoring it)."""
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    handled = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGALRM)
+    previous = {signum: signal.signal(signum, stop) for signum in handled}
+    signal.alarm(DEADLINE_S)
+    try:
+        yield
+    finally:
+        signal.alarm(0)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def main() -> int:
+    for tool in ("nginx", "wrk", "taskset"):
+        if shutil.which(tool) is None:
+            print(f"bench: {tool} is missing (make bench installs nginx and wrk)", file=sys.stderr)
+            return 2
+    if PROFILE and not Path(py_spy_path()).exists():
+        print("bench: BENCH_PROFILE needs py-spy: .venv/bin/pip install py-spy", file=sys.stderr)
+        return 2
+    machine = machine_info()  # before this script pins itself to one core
+    started = time.monotonic()
+    try:
+        with interrupts_as_exit(), tempfile.TemporaryDirectory(prefix="cc-bench-") as tmp:
+            workdir = Path(tmp)
+            workdir.chmod(0o755)  # nginx's worker may run as another user and needs its temp dirs
+            results = run(workdir)
+    except BenchError as exc:
+        print(f"bench: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as exc:
+        print(f"bench: interrupted ({exc or 'SIGINT'}); every server stopped", file=sys.stderr)
+        return 2
+    results["ratios"] = judge(results)
+    results["passed"] = all(ratio["pass"] is not False for ratio in results["ratios"])
+    results["duration_s"] = round(time.monotonic() - started, 1)
+    results["settings"] = {
+        "rounds": ROUNDS,
+        "seconds_per_round": SECONDS,
+        "connections": CONNECTIONS,
+        "wrk_threads": WRK_THREADS,
+        "new_customers": NEW_CUSTOMERS,
+        "requests_per_customer": REQUESTS_PER_CUSTOMER,
+        "cached_tokens": CACHED_TOKENS,
+    }
+    results["machine"] = machine
+    results["command"] = command_line()
+    results["finished_at"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    RESULTS_PATH.write_text(json.dumps(results, indent=2) + "\n")
+    print_report(results)
+    return 0 if results["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
