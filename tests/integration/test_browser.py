@@ -13,9 +13,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from proxy.emulator import EMULATOR_STATE
 
 from proxy.demo import start_demo
+from proxy.emulator import EMULATOR_STATE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 pytestmark = [
