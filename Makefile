@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck unit browser-deps chart-check bench bench-deps soak clean format
+.PHONY: setup demo test lint typecheck unit browser-deps chart-check bench bench-deps soak docs clean format
 
 setup: $(STAMP)
 
@@ -54,6 +54,14 @@ bench-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nginx-light wrk; \
 	  else echo "bench needs nginx and wrk: apt-get install nginx-light wrk (as root)"; exit 1; fi; }
+
+# The load/soak run of issue 7 (bounded; --minutes to shorten); not part of make test.
+soak: setup
+	$(BIN)/python bench/soak.py
+
+# docs/configuration.md is generated from the config models (a test checks it is current).
+docs: setup
+	$(BIN)/cc-sidecar config-reference > docs/configuration.md
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tools
