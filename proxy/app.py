@@ -11,6 +11,8 @@ Ordering rules, each load-bearing:
 from __future__ import annotations
 
 import asyncio
+import functools
+import itertools
 import logging
 import os
 import secrets
@@ -19,6 +21,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 from aiohttp import web
+from prometheus_client import Counter
 
 from proxy.admin import Readiness, create_admin_app
 from proxy.config import Settings
@@ -83,7 +86,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         )
         keys = GuestKeys(settings.secret.get_secret_value())
         storefronts = [
-            build_storefront(storefront, Upstream(storefront, session), keys)
+            build_storefront(storefront, Upstream(storefront, session), keys, metrics)
             for storefront, session in zip(settings.storefronts, upstream_sessions, strict=True)
         ]
         router = Router([(storefront.settings, storefront) for storefront in storefronts])
@@ -113,7 +116,7 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
     """Request id, metrics, the access log, and the one place errors become HTTP responses."""
     request_id = request.headers.get("X-Request-Id", "")
     if not request_id or len(request_id) > _MAX_REQUEST_ID or not request_id.isascii():
-        request_id = secrets.token_hex(8)
+        request_id = next(_request_ids)
     request_id_var.set(request_id)
     started = time.perf_counter()
     try:
@@ -131,7 +134,7 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
         response = web.Response(status=500, text="internal error\n")
     storefront = request.get(STOREFRONT_NAME, "-")
     storefront_var.set(storefront)
-    request.app[METRICS].requests.labels(storefront, str(response.status)).inc()
+    _requests_counter(request.app[METRICS], storefront, response.status).inc()
     if request.app[SETTINGS].access_log and access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "request",
@@ -144,6 +147,16 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
             },
         )
     return response
+
+
+# Unique, not secret: a random per-process prefix and a counter, cheaper than random bytes each time.
+_request_ids = (f"{secrets.token_hex(4)}-{n:x}" for n in itertools.count(1))
+
+
+@functools.lru_cache(maxsize=1024)
+def _requests_counter(metrics: Metrics, storefront: str, status: int) -> Counter:
+    """The request counter child of one (storefront, status); labels() is costly per request."""
+    return metrics.requests.labels(storefront, str(status))
 
 
 _UPSTREAM_TEXT = {

@@ -15,6 +15,7 @@ One request, in order:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
+from prometheus_client import Histogram
 
 from proxy.config import StorefrontSettings
 from proxy.cookies import delete_cookie_value, set_cookie_value
@@ -79,6 +81,7 @@ class Storefront:
     editor_paths: PathMatcher
     session_check: SessionChecker | None
     response_memory: ResponseHeaderMemory | None
+    upstream_seconds: Histogram
     name: str = field(init=False)
     storefront_id: int = field(init=False)
     identity_header: str | None = field(init=False)
@@ -100,7 +103,9 @@ class Storefront:
         self.cookie = "cookie" in settings.inject
 
 
-def build_storefront(settings: StorefrontSettings, upstream: Upstream, keys: GuestKeys) -> Storefront:
+def build_storefront(
+    settings: StorefrontSettings, upstream: Upstream, keys: GuestKeys, metrics: Metrics
+) -> Storefront:
     """Compile one storefront's settings into what the request path reads."""
     check = settings.user.session_check
     return Storefront(
@@ -115,6 +120,7 @@ def build_storefront(settings: StorefrontSettings, upstream: Upstream, keys: Gue
             else None
         ),
         response_memory=ResponseHeaderMemory() if settings.user.response_header else None,
+        upstream_seconds=metrics.upstream_seconds.labels(settings.name),
     )
 
 
@@ -188,7 +194,7 @@ class ShopHandler:
         try:
             started = time.perf_counter()
             shop = await storefront.upstream.open(request, upstream_headers)
-            self._metrics.upstream_seconds.labels(storefront.name).observe(time.perf_counter() - started)
+            storefront.upstream_seconds.observe(time.perf_counter() - started)
         except BaseException:
             if work is not None:
                 work.cancel()
@@ -341,9 +347,7 @@ class ShopHandler:
             if ContentDecoder.supports(encoding):
                 for name in _BODY_DESCRIPTORS:
                     headers.popall(name, None)
-                body_filter = _DecodeThenInject(
-                    ContentDecoder(encoding), HtmlInjector(render_element(_payload(token)))
-                )
+                body_filter = _DecodeThenInject(ContentDecoder(encoding), HtmlInjector(_element(token)))
                 self._metrics.injections.labels(storefront.name, "html").inc()
             else:
                 log.warning(
@@ -406,6 +410,12 @@ class _DecodeThenInject:
         return self._injector.feed(self._decoder.finish()) + self._injector.finish()
 
 
+@functools.lru_cache(maxsize=4096)
+def _element(token: CustomerToken) -> bytes:
+    """The rendered element of a token; cached, as one customer's token serves many pages."""
+    return render_element(_payload(token))
+
+
 def _payload(token: CustomerToken) -> TokenPayload:
     return TokenPayload(
         storefront_id=token.storefront_id,
@@ -417,9 +427,11 @@ def _payload(token: CustomerToken) -> TokenPayload:
 
 
 def _is_https(request: web.Request, trusted: bool) -> bool:
-    """Whether the browser's connection is https: directly, or per a trusted proxy's header."""
-    if request.transport is not None and request.transport.get_extra_info("sslcontext") is not None:
-        return True
+    """Whether the browser's connection is https, per a trusted proxy's X-Forwarded-Proto.
+
+    The shop listener itself never terminates TLS (the ingress does), so the header of a
+    trusted hop is the only source.
+    """
     if trusted:
         proto = request.headers.get(hdrs.X_FORWARDED_PROTO, "")
         return proto.split(",")[0].strip().lower() == "https"
