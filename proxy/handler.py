@@ -185,9 +185,14 @@ class ShopHandler:
 
         logged_in = self._header_identity(request, storefront, trusted)
         work: asyncio.Task[Attachment] | None = None
+        ready: Attachment | None = None
         if storefront.response_header is None:
             if editor:
-                work = asyncio.create_task(self._attachment(request, storefront, logged_in, want_token=True))
+                ready = self._cached_attachment(request, storefront, logged_in)
+                if ready is None:
+                    work = asyncio.create_task(
+                        self._attachment(request, storefront, logged_in, want_token=True)
+                    )
             elif GUEST_COOKIE in request.cookies and (logged_in or storefront.session_check):
                 work = asyncio.create_task(self._attachment(request, storefront, logged_in, want_token=False))
 
@@ -209,17 +214,41 @@ class ShopHandler:
                     self._attachment(request, storefront, logged_in, want_token=editor)
                 )
 
-        body_filter: BodyFilter | None = None
         if work is not None:
             if editor and shop.status != 200:
                 work.cancel()
             else:
-                attachment = await work
-                for cookie in attachment.set_cookies:
-                    headers.add(hdrs.SET_COOKIE, cookie)
-                if editor:
-                    body_filter = self._attach(storefront, headers, attachment, secure)
+                ready = await work
+        body_filter: BodyFilter | None = None
+        if ready is not None and (shop.status == 200 or not editor):
+            for cookie in ready.set_cookies:
+                headers.add(hdrs.SET_COOKIE, cookie)
+            if editor:
+                body_filter = self._attach(storefront, headers, ready, secure)
         return await storefront.upstream.relay(request, shop, headers, body_filter)
+
+    def _cached_attachment(
+        self, request: web.Request, storefront: Storefront, logged_in: str | None
+    ) -> Attachment | None:
+        """The attachment of a known customer whose token is cached: no task, no I/O.
+
+        None whenever the slow path has something to do: a session check, a merge at login,
+        a guest cookie to set, or a token to fetch.
+        """
+        cookies = request.cookies
+        if logged_in is not None:
+            if GUEST_COOKIE in cookies:
+                return None
+            customer = Customer(storefront.storefront_id, logged_in, is_anonymous=False)
+        elif storefront.session_check is None:
+            guest_id = storefront.guests.cookie_guest(cookies)
+            if guest_id is None:
+                return None
+            customer = Customer(storefront.storefront_id, guest_id, is_anonymous=True)
+        else:
+            return None
+        token = self._tokens.cached_hit(customer)
+        return None if token is None else Attachment(customer, token)
 
     def _header_identity(self, request: web.Request, storefront: Storefront, trusted: bool) -> str | None:
         """The logged-in id from the identity header, believed only from a trusted peer."""

@@ -487,6 +487,20 @@ async def test_cached_counts_nothing_and_calls_nothing(
     assert (misses(metrics), hits(metrics)) == (1, 0)
 
 
+async def test_cached_hit_counts_a_hit_only_when_cached(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics
+) -> None:
+    """cached_hit() returns the cached token as a counted hit, and None uncounted on a miss."""
+    assert service.cached_hit(ALICE) is None
+    assert (misses(metrics), hits(metrics)) == (0, 0)
+    token = await service.token_for(ALICE)
+    calls = len(api.calls)
+
+    assert service.cached_hit(ALICE) is token
+    assert len(api.calls) == calls
+    assert (misses(metrics), hits(metrics)) == (1, 1)
+
+
 # -- users -------------------------------------------------------------------------------------
 
 
