@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import sys
 from collections.abc import Sequence
@@ -76,12 +77,17 @@ def _add_config_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _load_or_report(path: str) -> Settings | None:
+def _load_or_report(path: str, *, as_log: bool = False) -> Settings | None:
+    """The settings, or None after writing every problem to stderr (as JSON log lines for run)."""
     try:
         return load_settings(path)
     except ConfigError as exc:
+        log = logging.getLogger("proxy.config")
         for problem in exc.problems:
-            print(problem, file=sys.stderr)
+            if as_log:
+                log.error(problem)
+            else:
+                print(problem, file=sys.stderr)
         return None
 
 
@@ -124,7 +130,7 @@ def _run(args: argparse.Namespace) -> int:
     from proxy.log import setup_logging
 
     setup_logging()
-    settings = _load_or_report(args.config)
+    settings = _load_or_report(args.config, as_log=True)
     if settings is None:
         return EXIT_CONFIG
     setup_logging(settings.log_level)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import copy
+import json
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -175,8 +177,15 @@ def test_check_config_summarises_each_storefront(
 def test_run_with_bad_config_exits_2_without_serving(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """run refuses a bad config with the same messages, before listening."""
+    """run refuses a bad config with the same messages, as JSON log lines, before listening."""
     path = tmp_path / "bad.yaml"
     path.write_text("secret: short\n")
-    assert main(["run", "--config", str(path)]) == 2
-    assert "secret: must be at least 16 characters" in capsys.readouterr().err
+    try:
+        assert main(["run", "--config", str(path)]) == 2
+    finally:
+        logging.getLogger().handlers.clear()
+        logging.captureWarnings(False)
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    messages = {entry["message"] for entry in lines}
+    assert "secret: must be at least 16 characters" in messages
+    assert {entry["level"] for entry in lines} == {"error"}
