@@ -208,6 +208,10 @@ class Upstream:
         """Connect to the shop's WebSocket first, then upgrade the client and pump both ways."""
         protocols = _split_tokens(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
         headers.popall(hdrs.SEC_WEBSOCKET_PROTOCOL, None)
+        if not web.WebSocketResponse(protocols=protocols).can_prepare(request).ok:
+            # A handshake this side could never complete (no key, bad version): refuse it before
+            # a connection to the shop is spent on it.
+            return web.Response(status=400, text="bad WebSocket handshake\n")
         try:
             shop_ws = await self.session.ws_connect(
                 self.url_for(request.raw_path),
