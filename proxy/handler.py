@@ -49,7 +49,7 @@ from proxy.injection import (
     render_element,
 )
 from proxy.metrics import Metrics
-from proxy.routing import PathMatcher, Router, is_sidecar_path
+from proxy.routing import PathMatcher, Router, is_sidecar_path, normalise_path
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, Upstream, is_websocket_upgrade, response_headers
 
@@ -170,7 +170,8 @@ class ShopHandler:
 
         editor = (
             request.method == "GET"
-            and storefront.editor_paths.matches(request.path)
+            # Matched as the shop will route it, so "/editor/.." never gets the token of "/".
+            and storefront.editor_paths.matches(normalise_path(request.path))
             and (storefront.html or storefront.header or storefront.cookie)
         )
         upstream_headers = storefront.upstream.request_headers(
