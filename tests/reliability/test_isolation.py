@@ -7,6 +7,7 @@ sidecar in front of one shop, with one emulator (tenant 1) behind both.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Any
 
 import jwt
@@ -181,3 +182,40 @@ async def test_guest_cookie_set_only_with_a_token_and_only_httponly(
     assert "SameSite=Lax" in cookie
     assert "Secure" not in cookie  # plain http from an untrusted peer
     assert editor.headers["Cache-Control"] == NO_SHARED_CACHE
+
+
+async def test_tokens_and_session_ids_never_reach_a_log_record(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every logger at DEBUG, access log on, all modes, renewal, login and a failure: no token or session id logged."""
+    caplog.set_level(logging.DEBUG)
+    document = sidecar_config(
+        shop.url,
+        emulator.url,
+        trusted_networks=["127.0.0.1/32"],
+        user={"header": USER_HEADER},
+        inject=["html", "header", "cookie"],
+    )
+    document["access_log"] = True
+    sidecar = await make_sidecar(document)
+    tokens = []
+    for headers in ({USER_HEADER: "logged@example.com"}, {"Cookie": "PHPSESSID=secret-session-value"}):
+        answer = await fetch(sidecar, "/editor/mug", headers=headers)
+        tokens.append(element_of(answer.body)["token"])
+        renewal = await fetch(sidecar, "/.cc-sidecar/token", headers=headers)
+        tokens.append(json.loads(renewal.body)["token"])
+    guest = guest_cookie(
+        await fetch(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=secret-session-value"})
+    )
+    await fetch(
+        sidecar, "/plain", headers={USER_HEADER: "logged@example.com", "Cookie": f"{GUEST_COOKIE}={guest}"}
+    )
+    emulator.state.faults.token_text = "eyJhbGciOiJIUzI1NiJ9.not-json.leaked-token-text"
+    await fetch(sidecar, "/editor/mug", headers={USER_HEADER: "another@example.com"})
+
+    assert any(record.name == "proxy.access" for record in caplog.records)
+    secrets = [*tokens, "secret-session-value", "leaked-token-text", guest.rpartition(".")[2], "demo-secret"]
+    for record in caplog.records:
+        text = record.getMessage() + " " + json.dumps(vars(record), default=str)
+        for secret in secrets:
+            assert secret not in text, (record.name, record.getMessage())
