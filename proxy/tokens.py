@@ -1,13 +1,13 @@
 """Customer tokens: make sure the StorefrontUser exists, get its token, cache it until it is due.
 
-One :class:`TokenService` per sidecar. It keeps three things in memory, all bounded by
-``token_cache_size``:
+One :class:`TokenService` per sidecar. It keeps two things in memory:
 
-- the token cache, keyed by (tenant, storefront, user id, is anonymous) so two storefronts never
-  share a token; an entry is dropped at its token's ``exp`` less ``token_skew_s``, and the least
-  recently used entry goes first when the cache is full;
-- the users known to exist, keyed by (tenant, storefront, user id), so a token renewal or a login
-  skips the Get that already succeeded once;
+- one LRU cache of customers, bounded by ``token_cache_size`` and keyed by (tenant, storefront,
+  user id) so two storefronts never share a token. An entry says the StorefrontUser is known to
+  exist (so a renewal or a login skips the Get that succeeded once) and holds its token until
+  the token's ``exp`` less ``token_skew_s``; a stale token is replaced on the next request, and
+  the least recently used customer goes first when the cache is full. One entry per customer,
+  not one per token plus one per known user, keeps a cached customer near 1 KB;
 - the work in flight: concurrent requests that need the same missing thing (a token, a user, a
   merge) share one :class:`asyncio.Task`, so 200 concurrent first requests cost one GetToken.
 
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 import jwt
-from cachetools import LRUCache, TLRUCache
+from cachetools import LRUCache
 
 from proxy.errors import (
     BadResponse,
@@ -105,12 +105,16 @@ class MergeOutcome(enum.Enum):
     FAILED = "failed"  # the API failed or was too slow: keep the cookie, a later request retries
 
 
-class _Cached(NamedTuple):
-    token: CustomerToken
-    renew_at: float  # clock time from which the entry is stale
+class _Known(NamedTuple):
+    """A customer known to exist, with their token while it is fresh."""
+
+    token: CustomerToken | None
+    renew_at: float  # clock time from which the token is stale
 
 
-_TokenKey = tuple[int | None, int, str, bool]  # tenant, storefront, user id, is anonymous
+# A customer that exists but has no usable token (found by a Get, or a token not worth caching).
+_NO_TOKEN = _Known(None, -math.inf)
+
 _UserKey = tuple[int | None, int, str]  # tenant, storefront, user id
 
 
@@ -172,13 +176,8 @@ class TokenService:
         self._lifetime_without_exp_s = lifetime_without_exp_s
         self._timeout_s = timeout_s
         self._clock = clock
-        # TLRU: each entry expires at its own time, read from the injected clock; least recently
-        # used first when full.
-        self._tokens: TLRUCache[_TokenKey, _Cached] = TLRUCache(
-            maxsize=cache_size, ttu=_renew_at, timer=clock
-        )
-        self._known: LRUCache[_UserKey, bool] = LRUCache(maxsize=cache_size)
-        self._token_flights: _SingleFlight[_TokenKey, CustomerToken] = _SingleFlight()
+        self._known: LRUCache[_UserKey, _Known] = LRUCache(maxsize=cache_size)
+        self._token_flights: _SingleFlight[_UserKey, CustomerToken] = _SingleFlight()
         self._lookup_flights: _SingleFlight[_UserKey, bool] = _SingleFlight()
         self._ensure_flights: _SingleFlight[_UserKey, None] = _SingleFlight()
         self._merge_flights: _SingleFlight[_UserKey, MergeOutcome] = _SingleFlight()
@@ -187,16 +186,14 @@ class TokenService:
 
     def cached(self, customer: Customer) -> CustomerToken | None:
         """The cached, not yet due token for ``customer``, if any; no I/O, counts nothing."""
-        entry = self._tokens.get(self._token_key(customer))
-        return None if entry is None else entry.token
+        return self._fresh(self._user_key(customer.storefront_id, customer.user_id), customer)
 
     def cached_hit(self, customer: Customer) -> CustomerToken | None:
         """The cached token counted as a cache hit, or None (uncounted: call token_for)."""
-        entry = self._tokens.get(self._token_key(customer))
-        if entry is None:
-            return None
-        self._metrics.token_cache_hits.inc()
-        return entry.token
+        token = self._fresh(self._user_key(customer.storefront_id, customer.user_id), customer)
+        if token is not None:
+            self._metrics.token_cache_hits.inc()
+        return token
 
     async def token_for(self, customer: Customer) -> CustomerToken:
         """A token for ``customer``: from the cache, else made sure of the user and fetched.
@@ -206,11 +203,11 @@ class TokenService:
         Each call counts once: a hit when served from the cache, else a miss (also when it joins
         a fetch already in flight).
         """
-        key = self._token_key(customer)
-        entry = self._tokens.get(key)
-        if entry is not None:
+        key = self._user_key(customer.storefront_id, customer.user_id)
+        token = self._fresh(key, customer)
+        if token is not None:
             self._metrics.token_cache_hits.inc()
-            return entry.token
+            return token
         self._metrics.token_cache_misses.inc()
         task = self._token_flights.run(key, lambda: self._bounded("token", self._fetch_token(key, customer)))
         return await self._wait(asyncio.shield(task), "token")
@@ -254,18 +251,27 @@ class TokenService:
 
     # -- tokens -------------------------------------------------------------------------------
 
-    def _token_key(self, customer: Customer) -> _TokenKey:
-        return (self._tenant_id, customer.storefront_id, customer.user_id, customer.is_anonymous)
+    def _fresh(self, key: _UserKey, customer: Customer) -> CustomerToken | None:
+        """The customer's token while it is before its renewal time (a read counts as a use)."""
+        entry = self._known.get(key)
+        if entry is None or entry.token is None or entry.renew_at <= self._clock():
+            return None
+        # One id is one StorefrontUser; a token fetched under the other guest flag would carry
+        # the wrong isAnonymous, so it is fetched again (identity rules make this impossible).
+        return entry.token if entry.token.is_anonymous == customer.is_anonymous else None
 
-    async def _fetch_token(self, key: _TokenKey, customer: Customer) -> CustomerToken:
+    def _remember(self, key: _UserKey, entry: _Known) -> None:
+        self._known[key] = entry
+        self._metrics.token_cache_entries.set(len(self._known))
+
+    async def _fetch_token(self, key: _UserKey, customer: Customer) -> CustomerToken:
         """The shared work behind a miss: ensure the user, get the token, cache it if worth it."""
         await self._ensure(customer.storefront_id, customer.user_id, customer.is_anonymous)
         raw = await self._api.get_token(customer.storefront_id, customer.user_id)
         now = self._clock()
         token, renew_at = self._read_token(customer, raw, now)
         if renew_at > now:
-            self._tokens[key] = _Cached(token, renew_at)
-            self._metrics.token_cache_entries.set(len(self._tokens))
+            self._remember(key, _Known(token, renew_at))
         else:
             log.info(
                 "customer token arrived within the renewal skew of its exp; not cached",
@@ -322,7 +328,7 @@ class TokenService:
     async def _exists(self, storefront_id: int, user_id: str) -> bool:
         """Known users without a call; else one shared Get (NotFound means no)."""
         key = self._user_key(storefront_id, user_id)
-        if self._known.get(key, False):
+        if key in self._known:
             return True
         task = self._lookup_flights.run(
             key, lambda: self._bounded("get_user", self._lookup(storefront_id, user_id, key))
@@ -334,13 +340,14 @@ class TokenService:
             await self._api.get_user(storefront_id, user_id)
         except NotFound:
             return False
-        self._known[key] = True
+        if key not in self._known:
+            self._remember(key, _NO_TOKEN)
         return True
 
     async def _ensure(self, storefront_id: int, user_id: str, is_anonymous: bool) -> None:
         """Make sure the StorefrontUser exists: Get, and Create on 404 (409 there is success)."""
         key = self._user_key(storefront_id, user_id)
-        if self._known.get(key, False):
+        if key in self._known:
             return
         task = self._ensure_flights.run(
             key,
@@ -360,14 +367,13 @@ class TokenService:
         except UserConflict:
             # Another sidecar (or request) created it between our Get and Create.
             log.debug("user created concurrently", extra={"storefront_id": storefront_id})
-        self._known[key] = True
+        if key not in self._known:
+            self._remember(key, _NO_TOKEN)
 
     def _forget(self, storefront_id: int, user_id: str) -> None:
         """Drop a guest that is merged away: it is no longer known to exist, its token is void."""
-        self._known.pop(self._user_key(storefront_id, user_id), None)
-        key = (self._tenant_id, storefront_id, user_id, True)
-        if self._tokens.pop(key, None) is not None:
-            self._metrics.token_cache_entries.set(len(self._tokens))
+        if self._known.pop(self._user_key(storefront_id, user_id), None) is not None:
+            self._metrics.token_cache_entries.set(len(self._known))
 
     # -- merges -------------------------------------------------------------------------------
 
@@ -438,11 +444,6 @@ class TokenService:
                 return await work
         except TimeoutError:
             raise StorefrontUnavailable(operation, "timed out") from None
-
-
-def _renew_at(_key: _TokenKey, entry: _Cached, _now: float) -> float:
-    """TLRUCache's time-to-use: an entry is stale from its renewal time on."""
-    return entry.renew_at
 
 
 def _number_claim(claims: dict[str, Any], name: str) -> float | None:
