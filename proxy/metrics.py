@@ -40,7 +40,7 @@ class Metrics:
         )
         self.token_cache_entries = Gauge(
             "cc_sidecar_token_cache_entries",
-            "Customer tokens in the cache.",
+            "Customers in the token cache (known to exist; with their token while it is fresh).",
             registry=r,
         )
         self.api_calls = Counter(
