@@ -142,3 +142,30 @@ async def test_unreachable_shop_leaves_healthz_200(tmp_path: Path, shop: Shop) -
     finally:
         process.kill()
         await process.wait()
+
+
+async def test_startup_warns_about_a_storefront_the_account_lacks(
+    tmp_path: Path, shop: Shop, emulator: Any
+) -> None:
+    """At start-up a storefront_id unknown to the API account is a JSON warning; serving goes on."""
+    document = sidecar_config(shop.url, emulator.url)
+    document["storefronts"][0]["storefront_id"] = 99
+    process, port, admin = await _start(
+        tmp_path, shop, customers_canvas=document["customers_canvas"], storefronts=document["storefronts"]
+    )
+    try:
+        async with aiohttp.ClientSession() as client:
+            await _wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            async with client.get(f"http://127.0.0.1:{port}/plain") as response:
+                assert response.status == 200
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+        assert process.stderr is not None
+        entries = [json.loads(line) for line in (await process.stderr.read()).decode().splitlines()]
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    warnings = [e for e in entries if e["logger"] == "proxy.storefront_api" and e["level"] == "warning"]
+    assert [e["storefront_id"] for e in warnings] == [99]
+    assert emulator.state.count("Storefronts_GetAll") == 1

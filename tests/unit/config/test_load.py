@@ -189,3 +189,23 @@ def test_run_with_bad_config_exits_2_without_serving(
     messages = {entry["message"] for entry in lines}
     assert "secret: must be at least 16 characters" in messages
     assert {entry["level"] for entry in lines} == {"error"}
+
+
+def test_config_schema_describes_every_top_level_key(capsys: pytest.CaptureFixture[str]) -> None:
+    """config-schema prints a JSON Schema whose properties are the file's top-level keys."""
+    assert main(["config-schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert set(schema["properties"]) == {
+        "listen",
+        "admin_listen",
+        "customers_canvas",
+        "secret",
+        "token_cache_size",
+        "token_skew_s",
+        "shutdown_grace_s",
+        "access_log",
+        "log_level",
+        "storefronts",
+    }
+    assert schema["additionalProperties"] is False
+    assert set(schema["required"]) == {"customers_canvas", "secret", "storefronts"}
