@@ -103,8 +103,9 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         yield
         await tokens.aclose()
     finally:
-        for session in (*upstream_sessions, api_session):
-            await session.close()
+        for upstream_session in upstream_sessions:
+            await upstream_session.close()
+        await api_session.close()
 
 
 async def _dispatch(request: web.Request) -> web.StreamResponse:

@@ -2,6 +2,10 @@
 
 Nothing here knows about customers or tokens; the handler decides what to strip or add and hands
 this module the header sets and an optional body filter.
+
+A plain-http shop is reached through :mod:`proxy.upstream_http` (a pooled HTTP/1.1 client on
+asyncio protocols and httptools: about a third less CPU per request than aiohttp's client);
+https shops, WebSockets and the session check go through one aiohttp ``ClientSession`` per shop.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from yarl import URL
 
 from proxy.config import StorefrontSettings
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.upstream_http import BODYLESS_METHODS, HttpClientError, HttpPool
 
 log = logging.getLogger("proxy.upstream")
 
@@ -81,7 +86,7 @@ def is_websocket_upgrade(request: web.Request) -> bool:
     return upgrade.lower() == "websocket" and "upgrade" in connection_listed(request.headers)
 
 
-def create_upstream_session(settings: StorefrontSettings) -> aiohttp.ClientSession:
+def _create_aiohttp_session(settings: StorefrontSettings) -> aiohttp.ClientSession:
     """One pooled session per shop: no cookie jar, no decompression, explicit timeouts."""
     timeout = aiohttp.ClientTimeout(
         total=None,
@@ -103,13 +108,91 @@ def create_upstream_session(settings: StorefrontSettings) -> aiohttp.ClientSessi
     )
 
 
+class UpstreamSession:
+    """The clients of one shop: the HTTP/1.1 pool for plain http, aiohttp for the rest.
+
+    aiohttp's session serves WebSockets, https shops and the session check.
+    """
+
+    def __init__(self, settings: StorefrontSettings) -> None:
+        self.session = _create_aiohttp_session(settings)
+        url = URL(settings.upstream)
+        self.pool: HttpPool | None = None
+        if url.scheme == "http" and url.host is not None:
+            self.pool = HttpPool(
+                url.host,
+                url.port or 80,
+                connect_timeout=settings.upstream_connect_timeout_s,
+                read_timeout=settings.upstream_timeout_s,
+            )
+
+    async def close(self) -> None:
+        if self.pool is not None:
+            await self.pool.close()
+        await self.session.close()
+
+
+def create_upstream_session(settings: StorefrontSettings) -> UpstreamSession:
+    """The clients of one shop (closed with ``await ….close()``)."""
+    return UpstreamSession(settings)
+
+
+class OutgoingHeaders:
+    """The request headers for the shop, in order, with what the request line needs to know."""
+
+    __slots__ = ("content_length", "has_host", "items")
+
+    def __init__(self, items: list[tuple[str, str]], has_host: bool, content_length: str | None) -> None:
+        self.items = items
+        self.has_host = has_host
+        self.content_length = content_length
+
+    def multidict(self) -> CIMultiDict[str]:
+        return CIMultiDict(self.items)
+
+
+class ShopResponse(Protocol):
+    """What the handler and relay read of the shop's answer, whichever client fetched it."""
+
+    status: int
+    reason: str
+    raw_headers: list[tuple[str, str]]
+
+    async def read(self) -> bytes: ...
+
+    def release(self) -> None: ...
+
+
+class _AiohttpShopResponse:
+    """aiohttp's response (https shops) seen as a :class:`ShopResponse`."""
+
+    __slots__ = ("raw_headers", "reason", "response", "status")
+
+    def __init__(self, response: aiohttp.ClientResponse) -> None:
+        self.response = response
+        self.status = response.status
+        self.reason = response.reason or ""
+        self.raw_headers = list(response.headers.items())
+
+    async def read(self) -> bytes:
+        return await self.response.content.read(READ_CHUNK)
+
+    def release(self) -> None:
+        self.response.release()
+
+
 class Upstream:
     """The shop of one storefront, reached through one pooled session."""
 
-    def __init__(self, settings: StorefrontSettings, session: aiohttp.ClientSession) -> None:
+    def __init__(self, settings: StorefrontSettings, clients: UpstreamSession) -> None:
         self.name = settings.name
-        self.session = session
+        self.session = clients.session
+        self._pool = clients.pool
         self._base = settings.upstream.rstrip("/")
+        url = URL(self._base)
+        # What a plain-http request line starts its target with, and Host when the client sent none.
+        self._prefix = url.raw_path.rstrip("/")
+        self._host_line = f"Host: {url.raw_authority}\r\n"
 
     def url_for(self, path_qs: str) -> URL:
         """The shop URL of a raw (still percent-encoded) path and query."""
@@ -123,42 +206,89 @@ class Upstream:
         drop: Collection[str] = (),
         drop_conditional: bool = False,
         scheme: str,
-    ) -> CIMultiDict[str]:
+    ) -> OutgoingHeaders:
         """Headers to send upstream: hop-by-hop and ``drop`` removed, X-Forwarded-* set.
 
         ``drop`` holds lower-case names with ``_`` spelled ``-``; every spelling of them goes.
         """
         incoming = request.headers
         listed = connection_listed(incoming)
-        out: CIMultiDict[str] = CIMultiDict()
+        out: list[tuple[str, str]] = []
+        prior_for: list[str] = []
+        has_proto = has_forwarded_host = has_host = False
+        content_length: str | None = None
         for name, value in incoming.items():
             lowered = name.lower()
             if lowered in _NEVER_FORWARDED or lowered in listed:
                 continue
             if drop and lowered.replace("_", "-") in drop:
                 continue
-            if not trusted and lowered in FORWARDED_HEADERS:
+            if lowered in FORWARDED_HEADERS:
+                if not trusted:
+                    continue
+                if lowered == "x-forwarded-for":
+                    prior_for.append(value)
+                    continue
+                if lowered == "x-forwarded-proto":
+                    has_proto = True
+                elif lowered == "x-forwarded-host":
+                    has_forwarded_host = True
+            elif drop_conditional and lowered in CONDITIONAL_HEADERS:
                 continue
-            if drop_conditional and lowered in CONDITIONAL_HEADERS:
-                continue
-            out.add(name, value)
+            elif lowered == "host":
+                has_host = True
+            elif lowered == "content-length":
+                content_length = value
+            out.append((name, value))
         peer = request.remote or ""
-        prior = out.popall(hdrs.X_FORWARDED_FOR, ())
-        out[hdrs.X_FORWARDED_FOR] = ", ".join((*prior, peer)) if prior else peer
-        if hdrs.X_FORWARDED_PROTO not in out:
-            out[hdrs.X_FORWARDED_PROTO] = scheme
-        if hdrs.X_FORWARDED_HOST not in out and request.host:
-            out[hdrs.X_FORWARDED_HOST] = request.host
-        return out
+        out.append((hdrs.X_FORWARDED_FOR, ", ".join((*prior_for, peer)) if prior_for else peer))
+        if not has_proto:
+            out.append((hdrs.X_FORWARDED_PROTO, scheme))
+        if not has_forwarded_host:
+            host = request.host
+            if host:
+                out.append((hdrs.X_FORWARDED_HOST, host))
+        return OutgoingHeaders(out, has_host, content_length)
 
-    async def open(self, request: web.Request, headers: CIMultiDict[str]) -> aiohttp.ClientResponse:
+    async def open(self, request: web.Request, headers: OutgoingHeaders) -> ShopResponse:
         """Send the request with its body streamed; return once the shop's headers arrived."""
+        if self._pool is None:
+            return await self._open_aiohttp(request, headers)
+        method = request.method
+        body = request.content if request.body_exists else None
+        parts = [method, " ", self._prefix, request.raw_path, " HTTP/1.1\r\n"]
+        if not headers.has_host:
+            parts.append(self._host_line)
+        for name, value in headers.items:
+            parts += (name, ": ", value, "\r\n")
+        content_length: int | None = None
+        if body is not None:
+            if headers.content_length is None:
+                parts.append("Transfer-Encoding: chunked\r\n")
+            else:
+                content_length = int(headers.content_length)
+        elif headers.content_length is None and method not in BODYLESS_METHODS:
+            parts.append("Content-Length: 0\r\n")
+        parts.append("\r\n")
+        text = "".join(parts)
+        if text.count("\n") != text.count("\r\n") or text.count("\r") != text.count("\r\n"):
+            raise ValueError("newline or carriage return in a request header")
+        try:
+            return await self._pool.request(
+                method, text.encode("utf-8", "surrogateescape"), body, content_length
+            )
+        except TimeoutError as exc:
+            raise UpstreamTimeout(f"{self.name}: no response within the timeout") from exc
+        except (OSError, HttpClientError) as exc:
+            raise UpstreamUnreachable(f"{self.name}: {type(exc).__name__}") from exc
+
+    async def _open_aiohttp(self, request: web.Request, headers: OutgoingHeaders) -> ShopResponse:
         body = request.content if request.body_exists else None
         try:
-            return await self.session.request(
+            response = await self.session.request(
                 request.method,
                 self.url_for(request.raw_path),
-                headers=headers,
+                headers=headers.multidict(),
                 data=body,
                 allow_redirects=False,
                 compress=None,
@@ -167,11 +297,12 @@ class Upstream:
             raise UpstreamTimeout(f"{self.name}: no response within the timeout") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"{self.name}: {type(exc).__name__}") from exc
+        return _AiohttpShopResponse(response)
 
     async def relay(
         self,
         request: web.Request,
-        upstream: aiohttp.ClientResponse,
+        upstream: ShopResponse,
         headers: CIMultiDict[str],
         body_filter: BodyFilter | None = None,
     ) -> web.StreamResponse:
@@ -179,7 +310,7 @@ class Upstream:
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
             await response.prepare(request)
-            async for chunk in upstream.content.iter_chunked(READ_CHUNK):
+            while chunk := await upstream.read():
                 if body_filter is not None:
                     chunk = body_filter.feed(chunk)
                     if not chunk:
@@ -192,7 +323,7 @@ class Upstream:
             await response.write_eof()
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             log.debug("client went away mid-response", extra={"path": request.path})
-        except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
+        except (TimeoutError, HttpClientError, aiohttp.ClientError, ValueError) as exc:
             # Headers are out: the only honest signal left is to cut the connection short.
             log.warning(
                 "shop response broke off mid-body",
@@ -204,9 +335,10 @@ class Upstream:
             upstream.release()
         return response
 
-    async def websocket(self, request: web.Request, headers: CIMultiDict[str]) -> web.StreamResponse:
+    async def websocket(self, request: web.Request, outgoing: OutgoingHeaders) -> web.StreamResponse:
         """Connect to the shop's WebSocket first, then upgrade the client and pump both ways."""
         protocols = _split_tokens(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
+        headers = outgoing.multidict()
         headers.popall(hdrs.SEC_WEBSOCKET_PROTOCOL, None)
         if not web.WebSocketResponse(protocols=protocols).can_prepare(request).ok:
             # A handshake this side could never complete (no key, bad version): refuse it before
@@ -276,13 +408,19 @@ def _split_tokens(values: Iterable[str]) -> tuple[str, ...]:
     return tuple(token.strip() for value in values for token in value.split(",") if token.strip())
 
 
-def response_headers(upstream: aiohttp.ClientResponse) -> CIMultiDict[str]:
+def response_headers(upstream: ShopResponse) -> CIMultiDict[str]:
     """The shop's response headers less hop-by-hop ones (those it named in Connection too)."""
-    listed = connection_listed(upstream.headers)
-    out: CIMultiDict[str] = CIMultiDict()
-    for name, value in upstream.headers.items():
-        lowered = name.lower()
-        if lowered in HOP_BY_HOP or lowered in listed:
-            continue
-        out.add(name, value)
-    return out
+    raw = upstream.raw_headers
+    listed: set[str] = set()
+    for name, value in raw:
+        if name.lower() == "connection":
+            listed.update(token.strip().lower() for token in value.split(",") if token.strip())
+    if listed:
+        return CIMultiDict(
+            [
+                (name, value)
+                for name, value in raw
+                if (lowered := name.lower()) not in HOP_BY_HOP and lowered not in listed
+            ]
+        )
+    return CIMultiDict([(name, value) for name, value in raw if name.lower() not in HOP_BY_HOP])

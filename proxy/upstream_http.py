@@ -1,0 +1,570 @@
+"""A small pooled HTTP/1.1 client for plain-http shops: asyncio protocols and httptools' parser.
+
+Only what forwarding needs: one request line and header block in one write, the body streamed
+from the client's request (Content-Length as given, else re-encoded chunked), the response parsed
+by httptools (llhttp) with its headers first and its body in chunks through a bounded buffer
+(``pause_reading`` above ``_HIGH_WATER``, so a 1 GB download never sits in memory).
+
+Framing: Content-Length, chunked, or until the shop closes; HEAD, 1xx, 204 and 304 have no body.
+A connection goes back to its pool only once its response was read to the end, the whole request
+body went out, and both sides keep it alive; anything else closes it.
+
+Failures: ``TimeoutError`` (connect, headers or an idle body), ``OSError`` (refused, reset) and
+:class:`HttpClientError` (the shop broke the protocol or the connection mid-message).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import socket
+import time
+from collections.abc import Callable
+from typing import cast
+
+import httptools
+from aiohttp import StreamReader
+
+log = logging.getLogger("proxy.upstream")
+
+# Body bytes buffered per response before the socket stops being read, and where it resumes.
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+# Idle connections kept per shop, and how long one may sit unused before it is closed.
+MAX_IDLE = 128
+IDLE_TIMEOUT_S = 30.0
+_NO_BODY_STATUSES = frozenset((204, 304))
+# Methods that carry no body when the client sent none (others get Content-Length: 0).
+BODYLESS_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
+
+
+class HttpClientError(Exception):
+    """The shop broke the connection or the protocol."""
+
+
+class ConnectionBroken(HttpClientError):
+    """The connection was closed or reset before the message was complete."""
+
+
+class ResponseMalformed(HttpClientError):
+    """The shop's bytes are not HTTP/1.x."""
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP connection to the shop; carries one request/response at a time."""
+
+    __slots__ = (
+        "_drain_waiter",
+        "_paused_writing",
+        "closed",
+        "idle_since",
+        "pool",
+        "response",
+        "transport",
+    )
+
+    def __init__(self, pool: HttpPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.response: HttpResponse | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._paused_writing = False
+        self._drain_waiter: asyncio.Future[None] | None = None
+
+    # -- asyncio.Protocol ----------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but they quack like one.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        response = self.response
+        if response is None:
+            # Nothing was asked: a shop talking out of turn on an idle connection.
+            self.close()
+            return
+        response.feed(data)
+
+    def eof_received(self) -> bool:
+        response = self.response
+        if response is not None:
+            response.eof()
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        response = self.response
+        if response is not None:
+            response.lost(exc)
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionBroken("connection lost while sending"))
+        self.pool.forget(self)
+
+    def pause_writing(self) -> None:
+        self._paused_writing = True
+
+    def resume_writing(self) -> None:
+        self._paused_writing = False
+        waiter = self._drain_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    # -- ours ----------------------------------------------------------------------------------
+
+    async def drain(self) -> None:
+        if self.closed:
+            raise ConnectionBroken("connection closed while sending")
+        if not self._paused_writing:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._drain_waiter = waiter
+        try:
+            await waiter
+        finally:
+            self._drain_waiter = None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.transport is not None:
+            self.transport.close()
+
+
+class HttpResponse:
+    """The shop's answer: status and headers at once, then the body through :meth:`read`."""
+
+    __slots__ = (
+        "__weakref__",
+        "_body_task",
+        "_buffer",
+        "_buffered",
+        "_conn",
+        "_error",
+        "_framed",
+        "_head",
+        "_headers_done",
+        "_interim",
+        "_keep_alive",
+        "_loop",
+        "_parser",
+        "_paused",
+        "_progress",
+        "_read_timeout",
+        "_released",
+        "_waiter",
+        "complete",
+        "raw_headers",
+        "reason",
+        "received",
+        "status",
+    )
+
+    def __init__(self, conn: _Connection, head: bool, read_timeout: float) -> None:
+        self._conn: _Connection | None = conn
+        self._loop = asyncio.get_running_loop()
+        self._parser = httptools.HttpResponseParser(self)
+        self._head = head
+        self._read_timeout = read_timeout
+        self._buffer: collections.deque[bytes] = collections.deque()
+        self._buffered = 0
+        self._paused = False
+        self._waiter: asyncio.Future[None] | None = None
+        self._error: BaseException | None = None
+        self._headers_done = False
+        self._interim = False
+        self._keep_alive = False
+        self._framed = False
+        self._released = False
+        self._body_task: asyncio.Task[bool] | None = None
+        self._progress = 0.0
+        self.complete = False
+        self.received = False
+        self.status = 0
+        self.reason = ""
+        self.raw_headers: list[tuple[str, str]] = []
+
+    # -- parser callbacks ------------------------------------------------------------------------
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason.decode("utf-8", "surrogateescape")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.raw_headers.append(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+        )
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        status = parser.get_status_code()
+        if 100 <= status < 200:
+            # An interim answer (103 Early Hints and the like): the real one follows.
+            self._interim = True
+            self.raw_headers = []
+            self.reason = ""
+            return
+        self.status = status
+        self._keep_alive = parser.should_keep_alive()
+        framed = status in _NO_BODY_STATUSES
+        if not framed:
+            for name, value in self.raw_headers:
+                lowered = name.lower()
+                if lowered == "content-length" or (
+                    lowered == "transfer-encoding" and "chunked" in value.lower()
+                ):
+                    framed = True
+                    break
+        self._framed = framed
+        self._headers_done = True
+        if self._head:
+            self._message_complete()
+        self._wake()
+
+    def on_body(self, body: bytes) -> None:
+        if self.complete:
+            # Body bytes after a HEAD answer: the connection's framing cannot be trusted.
+            self._keep_alive = False
+            return
+        self._buffer.append(body)
+        self._buffered += len(body)
+        if self._buffered >= _HIGH_WATER and not self._paused and self._conn is not None:
+            transport = self._conn.transport
+            if transport is not None:
+                self._paused = True
+                transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        if self._interim:
+            self._interim = False
+            return
+        if not self.complete:
+            self._message_complete()
+            self._wake()
+
+    # -- from the connection -------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        self.received = True
+        conn = self._conn
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if not self.complete:
+                self._fail(ResponseMalformed(f"unparseable response: {exc}"))
+            self._close_connection()
+            if conn is not None:
+                conn.close()  # even if it went back to the pool a moment ago
+
+    def eof(self) -> None:
+        if self._headers_done and not self._framed and not self.complete:
+            # Close-delimited body: the shop's close is its end.
+            self._keep_alive = False
+            self._message_complete()
+            self._wake()
+
+    def lost(self, exc: Exception | None) -> None:
+        if not self.complete:
+            message = "connection closed" if exc is None else f"connection lost: {type(exc).__name__}"
+            self._fail(ConnectionBroken(message))
+        self._conn = None
+
+    # -- state -----------------------------------------------------------------------------------
+
+    def _message_complete(self) -> None:
+        self.complete = True
+        self._maybe_return_connection()
+
+    def _maybe_return_connection(self) -> None:
+        """Hand the connection back as soon as the message is in (the body is buffered here)."""
+        conn = self._conn
+        if conn is None or not self.complete:
+            return
+        task = self._body_task
+        if task is not None and not (task.done() and not task.cancelled() and task.result()):
+            return  # the request body is still going out (or failed): decided at release
+        self._conn = None
+        conn.response = None
+        if self._paused and conn.transport is not None:
+            conn.transport.resume_reading()
+        if self._keep_alive and not conn.closed:
+            conn.pool.give_back(conn)
+        else:
+            conn.close()
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._error is None:
+            self._error = exc
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _close_connection(self) -> None:
+        conn = self._conn
+        if conn is not None:
+            self._conn = None
+            conn.response = None
+            conn.close()
+
+    async def _wait(self, describe: str, progress: Callable[[], float] | None = None) -> None:
+        """Wait for the next event; TimeoutError after the read timeout without progress."""
+        loop = self._loop
+        waiter = loop.create_future()
+        self._waiter = waiter
+        timeout = self._read_timeout
+        started = loop.time()
+        handle: asyncio.TimerHandle | None = None
+
+        def expire() -> None:
+            nonlocal handle
+            if waiter.done():
+                return
+            last = max(started, progress()) if progress is not None else started
+            remaining = last + timeout - loop.time()
+            if remaining > 0:
+                handle = loop.call_later(remaining, expire)
+                return
+            waiter.set_exception(TimeoutError(describe))
+
+        handle = loop.call_later(timeout, expire)
+        try:
+            await waiter
+        finally:
+            if handle is not None:
+                handle.cancel()
+            self._waiter = None
+
+    # -- for the caller --------------------------------------------------------------------------
+
+    async def wait_headers(self) -> None:
+        while not self._headers_done:
+            if self._error is not None:
+                raise self._error
+            await self._wait("no response headers within the timeout", self._body_progress)
+
+    def _body_progress(self) -> float:
+        return self._progress
+
+    async def read(self) -> bytes:
+        """The next body bytes; ``b""`` at the end. Raises if the body broke off or stalled."""
+        while True:
+            buffer = self._buffer
+            if buffer:
+                chunk = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
+                if len(buffer) > 1:
+                    buffer.clear()
+                self._buffered -= len(chunk)
+                if self._paused and self._buffered <= _LOW_WATER:
+                    self._paused = False
+                    conn = self._conn
+                    if conn is not None and conn.transport is not None:
+                        conn.transport.resume_reading()
+                return chunk
+            if self.complete:
+                return b""
+            if self._error is not None:
+                raise self._error
+            await self._wait("no body bytes within the timeout")
+
+    def release(self) -> None:
+        """Done with the response: its connection is reused if it was read to the end, else closed."""
+        if self._released:
+            return
+        self._released = True
+        task = self._body_task
+        if task is not None and not task.done():
+            task.cancel()
+            self._close_connection()
+            return
+        if self.complete and not self._buffer:
+            self._maybe_return_connection()
+        self._close_connection()
+        self._buffer.clear()
+
+    def __del__(self) -> None:
+        conn = self._conn
+        if conn is not None and not conn.closed:
+            conn.close()
+
+
+class HttpPool:
+    """Keep-alive connections to one shop (host and port), reused last-in first-out."""
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        max_idle: int = MAX_IDLE,
+        idle_timeout: float = IDLE_TIMEOUT_S,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self._connect_timeout = connect_timeout
+        self._read_timeout = read_timeout
+        self._max_idle = max_idle
+        self._idle_timeout = idle_timeout
+        self._idle: list[_Connection] = []
+        self._closed = False
+        self._addresses: list[tuple[int, tuple[str, int]]] = []
+        self._addresses_until = 0.0
+
+    # -- connections -----------------------------------------------------------------------------
+
+    def give_back(self, conn: _Connection) -> None:
+        if self._closed or len(self._idle) >= self._max_idle:
+            conn.close()
+            return
+        conn.idle_since = time.monotonic()
+        self._idle.append(conn)
+
+    def forget(self, conn: _Connection) -> None:
+        if conn in self._idle:
+            self._idle.remove(conn)
+
+    async def _resolve(self) -> list[tuple[int, tuple[str, int]]]:
+        now = time.monotonic()
+        if self._addresses and now < self._addresses_until:
+            return self._addresses
+        loop = asyncio.get_running_loop()
+        infos = await loop.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)
+        self._addresses = [(family, (str(addr[0]), int(addr[1]))) for family, _, _, _, addr in infos]
+        self._addresses_until = now + 60.0
+        return self._addresses
+
+    async def _connect(self) -> _Connection:
+        loop = asyncio.get_running_loop()
+        conn = _Connection(self)
+        async with asyncio.timeout(self._connect_timeout):
+            addresses = await self._resolve()
+            error: OSError | None = None
+            for family, address in addresses:
+                try:
+                    sock = socket.socket(family, socket.SOCK_STREAM)
+                except OSError as exc:
+                    error = exc
+                    continue
+                try:
+                    sock.setblocking(False)
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    await loop.sock_connect(sock, address)
+                except BaseException as exc:
+                    sock.close()
+                    if isinstance(exc, OSError):
+                        error = exc
+                        continue
+                    raise
+                await loop.create_connection(lambda: conn, sock=sock)
+                return conn
+            raise error or OSError(f"cannot resolve {self.host}")
+
+    def _idle_connection(self) -> _Connection | None:
+        idle = self._idle
+        while idle:
+            conn = idle.pop()
+            if conn.closed:
+                continue
+            if time.monotonic() - conn.idle_since > self._idle_timeout:
+                conn.close()
+                continue
+            return conn
+        return None
+
+    async def close(self) -> None:
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # -- requests --------------------------------------------------------------------------------
+
+    async def request(
+        self,
+        method: str,
+        head: bytes,
+        body: StreamReader | None,
+        content_length: int | None,
+    ) -> HttpResponse:
+        """Send ``head`` (request line and headers, CRLF-terminated) and the body; wait for headers.
+
+        ``content_length`` None with a body: the body is sent chunked (``head`` says so).
+        """
+        conn = self._idle_connection()
+        if conn is not None:
+            response = self._send(conn, method, head, body, content_length)
+            try:
+                await response.wait_headers()
+                return response
+            except (ConnectionBroken, OSError):
+                # A kept-alive connection the shop closed as we used it: retry once on a new one,
+                # if nothing came back and there was no body that might be half-consumed now.
+                response.release()
+                if response.received or body is not None:
+                    raise
+        conn = await self._connect()
+        response = self._send(conn, method, head, body, content_length)
+        try:
+            await response.wait_headers()
+        except BaseException:
+            response.release()
+            raise
+        return response
+
+    def _send(
+        self,
+        conn: _Connection,
+        method: str,
+        head: bytes,
+        body: StreamReader | None,
+        content_length: int | None,
+    ) -> HttpResponse:
+        response = HttpResponse(conn, method == "HEAD", self._read_timeout)
+        conn.response = response
+        transport = conn.transport
+        assert transport is not None
+        transport.write(head)
+        if body is not None:
+            response._body_task = asyncio.create_task(_send_body(conn, response, body, content_length))
+        return response
+
+
+async def _send_body(
+    conn: _Connection, response: HttpResponse, body: StreamReader, content_length: int | None
+) -> bool:
+    """Stream the client's body to the shop; True once it all went out."""
+    transport = conn.transport
+    assert transport is not None
+    loop = asyncio.get_running_loop()
+    sent = 0
+    try:
+        while True:
+            chunk = await body.readany()
+            if not chunk:
+                break
+            if content_length is None:
+                transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            else:
+                transport.write(chunk)
+            sent += len(chunk)
+            response._progress = loop.time()
+            await conn.drain()
+        if content_length is None:
+            transport.write(b"0\r\n\r\n")
+        elif sent != content_length:
+            raise ConnectionBroken("the client's body ended short of its Content-Length")
+    except asyncio.CancelledError:
+        conn.close()
+        raise
+    except Exception as exc:
+        log.debug("request body did not reach the shop", extra={"error": type(exc).__name__})
+        conn.close()
+        return False
+    response._progress = loop.time()
+    loop.call_soon(response._maybe_return_connection)
+    return True

@@ -1,0 +1,402 @@
+"""The pooled HTTP/1.1 client against real aiohttp servers and raw asyncio servers that misbehave."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import StreamReader, web
+from aiohttp.test_utils import TestServer
+
+from proxy.upstream_http import (
+    _HIGH_WATER,
+    ConnectionBroken,
+    HttpPool,
+    HttpResponse,
+    ResponseMalformed,
+)
+
+READ_TIMEOUT_S = 0.5
+
+
+def head(method: str, path: str, host: str = "shop", *extra: str) -> bytes:
+    lines = [f"{method} {path} HTTP/1.1", f"Host: {host}", *extra]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+async def read_all(response: HttpResponse) -> bytes:
+    parts = []
+    while chunk := await response.read():
+        parts.append(chunk)
+    response.release()
+    return b"".join(parts)
+
+
+def body_of(data: bytes) -> StreamReader:
+    """A request body as aiohttp's server hands it over, fed in small pieces."""
+
+    class _Protocol:
+        _reading_paused = False
+
+        def pause_reading(self, **_: Any) -> None: ...
+
+        def resume_reading(self, **_: Any) -> None: ...
+
+    reader = StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+    for start in range(0, len(data), 10_000):
+        reader.feed_data(data[start : start + 10_000])
+    reader.feed_eof()
+    return reader
+
+
+@pytest.fixture
+async def shop(aiohttp_server: Any) -> TestServer:
+    """A well-behaved aiohttp shop that reports the peer port (to see connection reuse)."""
+
+    async def echo(request: web.Request) -> web.StreamResponse:
+        body = await request.read()
+        peer = request.transport.get_extra_info("peername")[1] if request.transport else 0
+        return web.Response(
+            body=body or b"hello",
+            headers={
+                "X-Peer-Port": str(peer),
+                "X-Method": request.method,
+                "X-Chunked": str(request.headers.get("Transfer-Encoding", "")),
+                "X-Length": request.headers.get("Content-Length", ""),
+            },
+        )
+
+    async def chunked(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/plain"})
+        response.enable_chunked_encoding()
+        await response.prepare(request)
+        for number in range(5):
+            await response.write(f"part {number}\n".encode())
+        await response.write_eof()
+        return response
+
+    async def empty(request: web.Request) -> web.Response:
+        return web.Response(status=int(request.query["status"]), headers={"ETag": '"x"'})
+
+    async def slow(request: web.Request) -> web.Response:
+        await asyncio.sleep(float(request.query["s"]))
+        return web.Response(text="late")
+
+    app = web.Application()
+    app.router.add_route("*", "/echo", echo)
+    app.router.add_get("/chunked", chunked)
+    app.router.add_get("/empty", empty)
+    app.router.add_get("/slow", slow)
+    server: TestServer = await aiohttp_server(app)
+    return server
+
+
+@pytest.fixture
+async def make_pool() -> AsyncIterator[Callable[..., HttpPool]]:
+    pools: list[HttpPool] = []
+
+    def make(port: int, **options: Any) -> HttpPool:
+        options.setdefault("connect_timeout", 1.0)
+        options.setdefault("read_timeout", READ_TIMEOUT_S)
+        pool = HttpPool("127.0.0.1", port, **options)
+        pools.append(pool)
+        return pool
+
+    yield make
+    for pool in pools:
+        await pool.close()
+
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+@pytest.fixture
+async def raw_server() -> AsyncIterator[Callable[[Script], Awaitable[int]]]:
+    """A raw TCP server running ``script`` per connection; returns its port."""
+    servers: list[asyncio.Server] = []
+
+    async def start(script: Script) -> int:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                await script(reader, writer)
+            except (ConnectionError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                writer.close()
+
+        server = await asyncio.start_server(handle, "127.0.0.1", 0)
+        servers.append(server)
+        return int(server.sockets[0].getsockname()[1])
+
+    yield start
+    for server in servers:
+        server.close()
+        await server.wait_closed()
+
+
+async def read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+# -- well-behaved shops ---------------------------------------------------------------------------
+
+
+async def test_get_reads_status_headers_body_and_reuses_the_connection(
+    shop: TestServer, make_pool: Callable[..., HttpPool]
+) -> None:
+    pool = make_pool(shop.port)
+    ports = []
+    for _ in range(3):
+        response = await pool.request("GET", head("GET", "/echo"), None, None)
+        assert (response.status, response.reason) == (200, "OK")
+        headers = dict(response.raw_headers)
+        ports.append(headers["X-Peer-Port"])
+        assert headers["X-Method"] == "GET"
+        assert await read_all(response) == b"hello"
+    assert len(set(ports)) == 1  # one kept-alive connection served all three
+
+
+async def test_content_length_body_is_streamed_as_is(
+    shop: TestServer, make_pool: Callable[..., HttpPool]
+) -> None:
+    pool = make_pool(shop.port)
+    data = bytes(range(256)) * 4000
+    request = head("POST", "/echo", "shop", f"Content-Length: {len(data)}")
+    response = await pool.request("POST", request, body_of(data), len(data))
+    assert dict(response.raw_headers)["X-Length"] == str(len(data))
+    assert await read_all(response) == data
+
+
+async def test_body_without_length_is_sent_chunked(
+    shop: TestServer, make_pool: Callable[..., HttpPool]
+) -> None:
+    pool = make_pool(shop.port)
+    data = b"x" * 100_000
+    request = head("PUT", "/echo", "shop", "Transfer-Encoding: chunked")
+    response = await pool.request("PUT", request, body_of(data), None)
+    assert dict(response.raw_headers)["X-Chunked"] == "chunked"
+    assert await read_all(response) == data
+    again = await pool.request("GET", head("GET", "/echo"), None, None)
+    assert await read_all(again) == b"hello"
+
+
+async def test_chunked_response_is_decoded(shop: TestServer, make_pool: Callable[..., HttpPool]) -> None:
+    pool = make_pool(shop.port)
+    response = await pool.request("GET", head("GET", "/chunked"), None, None)
+    assert await read_all(response) == b"".join(f"part {n}\n".encode() for n in range(5))
+    assert len(pool._idle) == 1
+
+
+@pytest.mark.parametrize("status", [204, 304])
+async def test_204_and_304_have_no_body(
+    shop: TestServer, make_pool: Callable[..., HttpPool], status: int
+) -> None:
+    pool = make_pool(shop.port)
+    response = await pool.request("GET", head("GET", f"/empty?status={status}"), None, None)
+    assert response.status == status
+    assert await read_all(response) == b""
+    assert len(pool._idle) == 1
+
+
+async def test_head_has_no_body_though_content_length_says_so(
+    shop: TestServer, make_pool: Callable[..., HttpPool]
+) -> None:
+    pool = make_pool(shop.port)
+    response = await pool.request("HEAD", head("HEAD", "/echo"), None, None)
+    assert dict(response.raw_headers)["Content-Length"] == "5"
+    assert await read_all(response) == b""
+    after = await pool.request("GET", head("GET", "/echo"), None, None)
+    assert await read_all(after) == b"hello"
+    assert len(pool._idle) == 1
+
+
+async def test_unread_response_closes_its_connection(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
+) -> None:
+    async def big(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10000000\r\n\r\n" + b"x" * 1000)
+        await writer.drain()
+        await reader.read()  # until the client closes
+
+    pool = make_pool(await raw_server(big))
+    response = await pool.request("GET", head("GET", "/"), None, None)
+    assert await response.read() == b"x" * 1000
+    response.release()
+    assert pool._idle == []
+
+
+async def test_idle_connections_are_bounded(shop: TestServer, make_pool: Callable[..., HttpPool]) -> None:
+    pool = make_pool(shop.port, max_idle=2)
+
+    async def one() -> bytes:
+        response = await pool.request("GET", head("GET", "/slow?s=0.1"), None, None)
+        return await read_all(response)
+
+    assert await asyncio.gather(*(one() for _ in range(5))) == [b"late"] * 5
+    assert len(pool._idle) == 2
+
+
+async def test_large_body_is_flow_controlled(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
+) -> None:
+    """A body far larger than the buffer: reading pauses, nothing piles up, every byte arrives."""
+    size = 32 * 1024 * 1024
+
+    async def huge(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(f"HTTP/1.1 200 OK\r\nContent-Length: {size}\r\n\r\n".encode())
+        block = b"y" * 65536
+        for _ in range(size // len(block)):
+            writer.write(block)
+            await writer.drain()
+
+    pool = make_pool(await raw_server(huge))
+    response = await pool.request("GET", head("GET", "/"), None, None)
+    await asyncio.sleep(0.3)  # the shop writes as fast as it may; nobody reads
+    assert response._buffered < _HIGH_WATER + 512 * 1024
+    received = 0
+    most = 0
+    while chunk := await response.read():
+        received += len(chunk)
+        most = max(most, len(chunk))
+    response.release()
+    assert received == size
+    assert most < _HIGH_WATER + 512 * 1024
+
+
+async def test_interim_response_is_skipped(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
+) -> None:
+    async def hints(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 103 Early Hints\r\nLink: </a.css>\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nX-Real: 1\r\n\r\nok")
+        await writer.drain()
+        await reader.read()
+
+    pool = make_pool(await raw_server(hints))
+    response = await pool.request("GET", head("GET", "/"), None, None)
+    assert response.status == 200
+    assert response.raw_headers == [("Content-Length", "2"), ("X-Real", "1")]
+    assert await read_all(response) == b"ok"
+
+
+async def test_close_delimited_body_ends_at_close(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
+) -> None:
+    async def legacy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\nuntil the end")
+        await writer.drain()
+
+    pool = make_pool(await raw_server(legacy))
+    response = await pool.request("GET", head("GET", "/"), None, None)
+    assert await read_all(response) == b"until the end"
+    assert pool._idle == []
+
+
+async def test_shop_closing_an_idle_connection_is_survived(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
+) -> None:
+    """The shop closes each connection after one answer without saying so: the next request works."""
+
+    async def once(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+
+    pool = make_pool(await raw_server(once))
+    for _ in range(3):
+        response = await pool.request("GET", head("GET", "/"), None, None)
+        assert await read_all(response) == b"ok"
+        await asyncio.sleep(0.05)
+
+
+# -- failures ------------------------------------------------------------------------------------
+
+
+async def test_refused_connection_is_an_os_error(make_pool: Callable[..., HttpPool]) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    pool = make_pool(port)
+    with pytest.raises(ConnectionRefusedError):
+        await pool.request("GET", head("GET", "/"), None, None)
+
+
+async def test_no_headers_within_the_timeout(shop: TestServer, make_pool: Callable[..., HttpPool]) -> None:
+    pool = make_pool(shop.port)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await pool.request("GET", head("GET", "/slow?s=2"), None, None)
+    assert READ_TIMEOUT_S * 0.9 <= loop.time() - started < READ_TIMEOUT_S + 1
+
+
+async def test_stalled_body_times_out(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
+) -> None:
+    async def stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n")
+        await writer.drain()
+        await asyncio.sleep(3)
+
+    pool = make_pool(await raw_server(stall))
+    response = await pool.request("GET", head("GET", "/"), None, None)
+    assert await response.read() == b"hello"
+    with pytest.raises(TimeoutError):
+        await response.read()
+    response.release()
+    assert pool._idle == []
+
+
+@pytest.mark.parametrize("how", ["reset", "close"])
+async def test_connection_lost_mid_body(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool], how: str
+) -> None:
+    async def cut(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\npartial")
+        await writer.drain()
+        await asyncio.sleep(0.05)
+        if how == "reset":
+            sock = writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            writer.transport.abort()
+
+    pool = make_pool(await raw_server(cut))
+    response = await pool.request("GET", head("GET", "/"), None, None)
+    with pytest.raises(ConnectionBroken):
+        await read_all(response)
+    response.release()
+
+
+async def test_connection_closed_before_headers(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
+) -> None:
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+
+    pool = make_pool(await raw_server(hang_up))
+    with pytest.raises(ConnectionBroken):
+        await pool.request("GET", head("GET", "/"), None, None)
+
+
+async def test_garbage_is_malformed(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
+) -> None:
+    async def garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"SMTP ready\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(1)
+
+    pool = make_pool(await raw_server(garbage))
+    with pytest.raises(ResponseMalformed):
+        await pool.request("GET", head("GET", "/"), None, None)
