@@ -167,6 +167,7 @@ class ShopHandler:
         secure = _is_https(request, trusted)
         if is_sidecar_path(request.path):
             return await self._sidecar_path(request, storefront, trusted, secure)
+        request = _without_token_cookie(request)
 
         editor = (
             request.method == "GET"
@@ -454,6 +455,21 @@ def _payload(token: CustomerToken) -> TokenPayload:
         token=token.token,
         expires_at=token.expires_at,
     )
+
+
+def _without_token_cookie(request: web.Request) -> web.Request:
+    """The request less the browser's copy of the token cookie, so the token never goes upstream."""
+    values = request.headers.getall(hdrs.COOKIE, ())
+    if not any(TOKEN_COOKIE in value for value in values):
+        return request
+    headers = CIMultiDict(request.headers)
+    headers.popall(hdrs.COOKIE)
+    for value in values:
+        pairs = value.split(";")
+        kept = ";".join(pair for pair in pairs if pair.partition("=")[0].strip() != TOKEN_COOKIE).strip()
+        if kept:
+            headers.add(hdrs.COOKIE, kept)
+    return request.clone(headers=headers)
 
 
 def _is_https(request: web.Request, trusted: bool) -> bool:
