@@ -21,6 +21,7 @@ import ipaddress
 import json
 import logging
 import secrets
+import string
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
@@ -54,7 +55,9 @@ def header_key(name: str) -> str:
 
 def valid_customer_id(raw: str) -> str:
     """Return the trimmed id, or raise InvalidIdentity if it breaks the id rules."""
-    value = raw.strip()
+    # ASCII whitespace only: str.strip() would also trim U+00A0 and friends, so "42\u00a0" (a
+    # different shop id) would become customer "42".
+    value = raw.strip(string.whitespace)
     if not value:
         raise InvalidIdentity("empty customer id")
     if len(value) > MAX_ID_LENGTH:
