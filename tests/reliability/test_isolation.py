@@ -219,3 +219,27 @@ async def test_tokens_and_session_ids_never_reach_a_log_record(
         text = record.getMessage() + " " + json.dumps(vars(record), default=str)
         for secret in secrets:
             assert secret not in text, (record.name, record.getMessage())
+
+
+@pytest.mark.parametrize("session_check", [False, True])
+async def test_token_cookie_the_browser_sends_back_never_goes_upstream(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory, session_check: bool
+) -> None:
+    """Cookie mode: the browser returns cc_user_token with every request; the shop (and its session check) never gets it."""
+    user = {"session_check": {"url": "/account/whoami", "id_field": "customer.id"}} if session_check else {}
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url, inject=["cookie"], user=user))
+    shop.state.logins["s1"] = "whoami-customer"
+    first = await fetch(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=s1"})
+    [token_cookie] = [c for c in first.headers.getall("Set-Cookie") if c.startswith("cc_user_token=")]
+    token = token_cookie.partition("=")[2].partition(";")[0]
+    assert len(token) > 100
+    shop.state.requests.clear()
+
+    await fetch(sidecar, "/plain", headers={"Cookie": f"PHPSESSID=s1; cc_user_token={token}; other=1"})
+    await fetch(sidecar, "/editor/mug", headers={"Cookie": f"cc_user_token={token}; PHPSESSID=s2"})
+    await fetch(sidecar, "/plain", headers={"Cookie": f"cc_user_token={token}"})
+    assert len(shop.state.requests) >= 3
+    for seen in shop.state.requests:
+        assert token not in json.dumps(seen.headers)
+    assert shop.state.requests[0].headers["Cookie"] == ["PHPSESSID=s1; other=1"]
+    assert "Cookie" not in shop.state.requests[-1].headers
