@@ -160,6 +160,10 @@ class ShopResponse(Protocol):
 
     async def read(self) -> bytes: ...
 
+    def at_eof(self) -> bool:
+        """Whether every body byte has been read already (no wait to learn the body ended)."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -176,6 +180,9 @@ class _AiohttpShopResponse:
 
     async def read(self) -> bytes:
         return await self.response.content.read(READ_CHUNK)
+
+    def at_eof(self) -> bool:
+        return self.response.content.at_eof()
 
     def release(self) -> None:
         self.response.release()
@@ -309,18 +316,21 @@ class Upstream:
         """Stream the shop's body to the client, through ``body_filter`` when given."""
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
+            # aiohttp holds the headers back until the first write; a body that is all here
+            # goes out with them and the end of the message in one write (one syscall).
             await response.prepare(request)
             while chunk := await upstream.read():
                 if body_filter is not None:
                     chunk = body_filter.feed(chunk)
-                    if not chunk:
-                        continue
-                await response.write(chunk)
+                if upstream.at_eof():
+                    break
+                if chunk:
+                    await response.write(chunk)
+            else:
+                chunk = b""
             if body_filter is not None:
-                tail = body_filter.finish()
-                if tail:
-                    await response.write(tail)
-            await response.write_eof()
+                chunk += body_filter.finish()
+            await response.write_eof(chunk)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             log.debug("client went away mid-response", extra={"path": request.path})
         except (TimeoutError, HttpClientError, aiohttp.ClientError, ValueError) as exc:

@@ -370,6 +370,10 @@ class HttpResponse:
                 raise self._error
             await self._wait("no body bytes within the timeout")
 
+    def at_eof(self) -> bool:
+        """Whether every body byte has been read already."""
+        return self.complete and not self._buffer
+
     def release(self) -> None:
         """Done with the response: its connection is reused if it was read to the end, else closed."""
         if self._released:
