@@ -366,7 +366,11 @@ class Upstream:
         except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
             raise UpstreamTimeout(f"{self.name}: WebSocket handshake timed out") from exc
         except aiohttp.WSServerHandshakeError as exc:
-            return web.Response(status=exc.status or 502, text="shop refused the WebSocket\n")
+            if exc.status is not None and 400 <= exc.status < 600:
+                # The shop's own refusal (401, 404, 503...): the client may act on it.
+                return web.Response(status=exc.status, text="shop refused the WebSocket\n")
+            # A 2xx (an ordinary page) or a botched 101 is no answer to an upgrade.
+            return web.Response(status=502, text="bad gateway: the shop did not accept the WebSocket\n")
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"{self.name}: {type(exc).__name__}") from exc
         client_ws = web.WebSocketResponse(

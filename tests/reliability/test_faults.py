@@ -363,3 +363,42 @@ async def test_broken_gzip_elsewhere_passes_through_byte_for_byte(
     assert (answer.status, answer.cut) == (200, False)
     assert answer.body == direct.body
     assert answer.headers["Content-Encoding"] == "gzip"
+
+
+WS_HANDSHAKE = {
+    "Upgrade": "websocket",
+    "Connection": "Upgrade",
+    "Sec-WebSocket-Version": "13",
+    "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ==",
+}
+
+
+async def answer_with_status(request: web.Request) -> web.Response:
+    """A shop page that ignores the upgrade and answers with the status its path names."""
+    return web.Response(status=int(request.match_info["status"]), text="no sockets here")
+
+
+@pytest.mark.parametrize(
+    ("shop_status", "status", "body"),
+    [
+        (200, 502, b"bad gateway: the shop did not accept the WebSocket\n"),
+        (204, 502, b"bad gateway: the shop did not accept the WebSocket\n"),
+        (403, 403, b"shop refused the WebSocket\n"),
+        (503, 503, b"shop refused the WebSocket\n"),
+    ],
+)
+async def test_shop_answering_a_websocket_upgrade_without_101(
+    emulator: RunningEmulator,
+    make_sidecar: SidecarFactory,
+    aiohttp_server: Any,
+    shop_status: int,
+    status: int,
+    body: bytes,
+) -> None:
+    """A shop that answers an upgrade with an ordinary response: 502 for a 2xx, its own 4xx/5xx kept."""
+    app = web.Application()
+    app.router.add_get("/ws/{status}", answer_with_status)
+    server = await aiohttp_server(app)
+    sidecar = await make_sidecar(config(str(server.make_url("")).rstrip("/"), emulator.url))
+    answer = await fetch(sidecar, f"/ws/{shop_status}", headers=WS_HANDSHAKE)
+    assert (answer.status, answer.body) == (status, body)
