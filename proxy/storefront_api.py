@@ -194,10 +194,12 @@ class CircuitBreaker:
         elif self._opened_at is None:
             self._failures += 1
             if self._failures >= self._threshold:
+                # _set_open resets the count, so take it first.
+                failures = self._failures
                 self._set_open(self._clock())
                 log.warning(
                     "Storefront API failed %d times in a row; circuit open for %.1f s",
-                    self._failures,
+                    failures,
                     self._open_s,
                 )
 

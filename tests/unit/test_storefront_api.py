@@ -724,6 +724,17 @@ def test_breaker_abandoned_probe_lets_the_next_call_probe() -> None:
     assert not breaker.is_open
 
 
+def test_breaker_logs_the_number_of_failures_that_opened_it(caplog: pytest.LogCaptureFixture) -> None:
+    """The warning of a circuit opening names the real count of consecutive failures."""
+    breaker = CircuitBreaker(3, 10.0, clock=ManualClock())
+    with caplog.at_level(logging.WARNING, logger="proxy.storefront_api"):
+        for _ in range(3):
+            breaker.failed(probe=False)
+    assert [r.getMessage() for r in caplog.records] == [
+        "Storefront API failed 3 times in a row; circuit open for 10.0 s"
+    ]
+
+
 # -- secrets ------------------------------------------------------------------------------------
 
 
