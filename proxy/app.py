@@ -126,28 +126,35 @@ async def _observe(request: web.Request, handler: Handler) -> web.StreamResponse
         log.warning("shop request failed: %s", exc, extra={"status": exc.status})
         response = web.Response(status=exc.status, text=_UPSTREAM_TEXT[exc.status])
     except web.HTTPException as exc:
-        response = exc
+        # aiohttp answers these itself once re-raised (returning them is deprecated).
+        _record(request, exc.status, started)
+        raise
     except SidecarError as exc:
         log.error("request failed: %s", exc)
         response = web.Response(status=500, text="internal error\n")
     except Exception:
         log.exception("unexpected error")
         response = web.Response(status=500, text="internal error\n")
+    _record(request, response.status, started)
+    return response
+
+
+def _record(request: web.Request, status: int, started: float) -> None:
+    """Count the request and write its access log line."""
     storefront = request.get(STOREFRONT_NAME, "-")
     storefront_var.set(storefront)
-    _requests_counter(request.app[METRICS], storefront, response.status).inc()
+    _requests_counter(request.app[METRICS], storefront, status).inc()
     if request.app[SETTINGS].access_log and access_log.isEnabledFor(logging.INFO):
         access_log.info(
             "request",
             extra={
                 "method": request.method,
                 "path": request.path,
-                "status": response.status,
+                "status": status,
                 "duration_ms": round((time.perf_counter() - started) * 1000, 2),
                 "peer": request.remote,
             },
         )
-    return response
 
 
 # Unique, not secret: a random per-process prefix and a counter, cheaper than random bytes each time.
