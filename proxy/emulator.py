@@ -657,7 +657,12 @@ async def _emulate(request: web.Request, handler: Handler) -> web.StreamResponse
     operation = request.match_info.route.name or UNKNOWN_OPERATION
     call = await _record(request, operation)
     state.calls.append(call)
-    response = await _answer(request, handler, operation)
+    try:
+        response = await _answer(request, handler, operation)
+    except web.HTTPException as exc:
+        # aiohttp's own answers (404 and 405 of the router, 413...) are raised, not returned.
+        call.status = exc.status
+        raise
     transport = request.transport
     # A dropped connection had no answer at all.
     call.status = None if transport is None or transport.is_closing() else response.status
@@ -722,8 +727,6 @@ async def _answer(request: web.Request, handler: Handler, operation: str) -> web
         return await handler(request)
     except _Invalid as exc:
         return _validation(request, {exc.name: [exc.message]})
-    except web.HTTPException as exc:
-        return exc
 
 
 def _check_bearer(request: web.Request) -> web.Response | None:
@@ -832,7 +835,8 @@ def create_emulator_app(options: EmulatorOptions) -> web.Application:
     router.add_get(f"{users}/token", users_get_token, name="StorefrontUsers_GetToken")
     router.add_post(f"{users}/merge-anonymous", users_merge_anonymous, name="StorefrontUsers_MergeAnonymous")
     router.add_post(f"{users}/register", users_register, name="StorefrontUsers_Register")
-    router.add_get(f"{users}/{{id}}", users_get, name="StorefrontUsers_Get")
+    # Any one segment: aiohttp's default {id} pattern refuses "{" and "}", valid in a user id.
+    router.add_get(f"{users}/{{id:[^/]+}}", users_get, name="StorefrontUsers_Get")
     if options.enable_control:
         router.add_get("/_emulator/calls", control_calls)
         router.add_get("/_emulator/faults", control_get_faults)

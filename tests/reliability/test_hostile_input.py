@@ -140,12 +140,11 @@ def assert_sound_page(answer: Answer, original: bytes = EDITOR_PAGE.encode()) ->
 
 # -- identity header --------------------------------------------------------------------------
 
-# Two valid ids are left out here and pinned by xfail tests below, because the Storefront API
-# side cannot serve them yet: "{" / "}" (the emulator's route cannot match them) and "token" (its
-# Get collides with the GetToken route).
+# One valid id is left out here and pinned by an xfail test below, because the Storefront API
+# side cannot serve it yet: "token" (its Get collides with the GetToken route).
 header_text = st.text(
     alphabet=st.one_of(
-        st.characters(min_codepoint=0x20, max_codepoint=0x7E, exclude_characters="{}"),
+        st.characters(min_codepoint=0x20, max_codepoint=0x7E),
         st.sampled_from("\t\xe9\xa0\u2003"),
     ),
     max_size=230,
@@ -186,11 +185,12 @@ async def test_trusted_identity_header_names_exactly_that_customer(rig: Rig, val
         assert (payload["userId"], payload["isAnonymous"]) == (expected, False)
 
 
-@pytest.mark.xfail(strict=True, reason="the emulator's /storefront-users/{id} route cannot match { or }")
 async def test_customer_id_with_braces_gets_a_token(rig: Rig) -> None:
-    """A valid id with braces gets its token (needs an emulator fix; see the xfail reason)."""
+    """A valid id with braces gets its token, after a Get the emulator routes as StorefrontUsers_Get."""
     answer = await fetch(rig.sidecar, "/editor/mug", headers={USER_HEADER: "{id}"})
     assert element_of(answer.body)["userId"] == "{id}"
+    gets = [(c.operation, c.status) for c in rig.emulator.state.calls if c.path.endswith("/%7Bid%7D")]
+    assert gets == [("StorefrontUsers_Get", 404)]
 
 
 @pytest.mark.xfail(strict=True, reason="GET /storefront-users/token is the GetToken route, not Get")

@@ -257,6 +257,14 @@ async def test_get_finds_a_percent_encoded_id(api: Api) -> None:
     assert json.loads(body)["userId"] == "a/b"
 
 
+async def test_get_routes_ids_with_braces(api: Api, emulator: RunningEmulator) -> None:
+    """Get of the id "{x}" (sent as %7Bx%7D) is the StorefrontUsers_Get operation and finds the user."""
+    await create(api, "{x}", anonymous=False)
+    status, _, body = await api.call("GET", f"{USERS}/%7Bx%7D", params={"storefrontId": 1})
+    assert (status, json.loads(body)["userId"]) == (200, "{x}")
+    assert emulator.state.calls[-1].operation == "StorefrontUsers_Get"
+
+
 async def test_get_missing_user_is_404_problem(api: Api) -> None:
     """Get of a user that does not exist is 404 application/problem+json."""
     status, content_type, body = await api.call("GET", f"{USERS}/nobody", params={"storefrontId": 1})
@@ -402,6 +410,18 @@ async def test_storefronts_get_one_and_404(api: Api) -> None:
     status, content_type, body = await api.call("GET", f"{STOREFRONTS}/3")
     assert status == 404
     problem(content_type, body, 404)
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [("GET", "/api/storefront/v1/nowhere", 404), ("DELETE", f"{USERS}/someone", 405)],
+)
+async def test_unknown_path_or_method_is_answered_and_recorded(
+    api: Api, emulator: RunningEmulator, method: str, path: str, status: int
+) -> None:
+    """A path or method the API lacks gets its 404/405, recorded as an unknown operation."""
+    assert (await api.call(method, path))[0] == status
+    assert [(c.operation, c.status) for c in emulator.state.calls[1:]] == [("unknown", status)]
 
 
 # -- the call log and faults --------------------------------------------------------------------
