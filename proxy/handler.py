@@ -82,6 +82,7 @@ class Storefront:
     session_check: SessionChecker | None
     response_memory: ResponseHeaderMemory | None
     upstream_seconds: Histogram
+    counters: StorefrontCounters
     name: str = field(init=False)
     storefront_id: int = field(init=False)
     identity_header: str | None = field(init=False)
@@ -103,6 +104,18 @@ class Storefront:
         self.cookie = "cookie" in settings.inject
 
 
+class StorefrontCounters:
+    """One storefront's metric children, looked up once (``labels()`` is costly per request)."""
+
+    __slots__ = ("cookie", "header", "html", "token_unavailable")
+
+    def __init__(self, metrics: Metrics, name: str) -> None:
+        self.html = metrics.injections.labels(name, "html")
+        self.header = metrics.injections.labels(name, "header")
+        self.cookie = metrics.injections.labels(name, "cookie")
+        self.token_unavailable = metrics.token_unavailable.labels(name)
+
+
 def build_storefront(
     settings: StorefrontSettings, upstream: Upstream, keys: GuestKeys, metrics: Metrics
 ) -> Storefront:
@@ -121,6 +134,7 @@ def build_storefront(
         ),
         response_memory=ResponseHeaderMemory() if settings.user.response_header else None,
         upstream_seconds=metrics.upstream_seconds.labels(settings.name),
+        counters=StorefrontCounters(metrics, settings.name),
     )
 
 
@@ -370,16 +384,20 @@ class ShopHandler:
         token = attachment.token
         if token is None:
             headers[STATUS_HEADER] = "token-unavailable"
-            self._metrics.token_unavailable.labels(storefront.name).inc()
+            storefront.counters.token_unavailable.inc()
             return None
         body_filter: BodyFilter | None = None
         if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
-            encoding = headers.get(hdrs.CONTENT_ENCODING, "identity")
-            if ContentDecoder.supports(encoding):
+            encoding = headers.get(hdrs.CONTENT_ENCODING)
+            if encoding is None or ContentDecoder.supports(encoding):
                 for name in _BODY_DESCRIPTORS:
                     headers.popall(name, None)
-                body_filter = _DecodeThenInject(ContentDecoder(encoding), HtmlInjector(_element(token)))
-                self._metrics.injections.labels(storefront.name, "html").inc()
+                injector = HtmlInjector(_element(token))
+                # Most shops send editor pages unencoded: then there is nothing to decode.
+                body_filter = (
+                    injector if encoding is None else _DecodeThenInject(ContentDecoder(encoding), injector)
+                )
+                storefront.counters.html.inc()
             else:
                 log.warning(
                     "editor page has an encoding the sidecar cannot decode",
@@ -388,14 +406,14 @@ class ShopHandler:
         if storefront.header:
             headers[USER_ID_HEADER] = token.user_id
             headers[USER_TOKEN_HEADER] = token.token
-            self._metrics.injections.labels(storefront.name, "header").inc()
+            storefront.counters.header.inc()
         if storefront.cookie:
             max_age = max(0, token.expires_at - int(self._clock()))
             headers.add(
                 hdrs.SET_COOKIE,
                 set_cookie_value(TOKEN_COOKIE, token.token, http_only=False, secure=secure, max_age=max_age),
             )
-            self._metrics.injections.labels(storefront.name, "cookie").inc()
+            storefront.counters.cookie.inc()
         return body_filter
 
     async def _sidecar_path(
