@@ -1,8 +1,10 @@
 """Who the customer is: a logged-in id (header, response header, session check) or a guest.
 
 Rules (contract, "Identity"):
-- A logged-in id is trimmed and must be 1-200 printable ASCII characters without spaces;
-  anything else is ignored with a warning and never reaches the API.
+- A logged-in id is trimmed and must be 1-200 printable ASCII characters without spaces, not
+  ``.``/``..`` nor a sibling route word of ``storefront-users/{id}`` (``token``,
+  ``merge-anonymous``, ``register``, any case); anything else is ignored with a warning and
+  never reaches the API.
 - The identity header is believed only from trusted_networks; from anyone else every
   spelling of it (any case, ``_`` for ``-``) is stripped before anything reads it.
 - A guest's StorefrontUser id is ``anon-`` + HMAC-SHA256(secret, storefront id + session
@@ -41,6 +43,12 @@ GUEST_PREFIX = "anon-"
 # A guest keeps their storage across visits for this long (the cookie is renewed with each token).
 GUEST_COOKIE_MAX_AGE_S = 30 * 24 * 3600
 MAX_ID_LENGTH = 200
+# Path segments that are not ids: "." and ".." (a server normalising the path would send the call
+# to another URL), and the words of storefront-users/{id}'s sibling routes (GetToken,
+# MergeAnonymous, Register), which the Storefront API itself cannot tell from an id. Any case,
+# since ASP.NET routing ignores it.
+DOT_SEGMENTS = frozenset({".", ".."})
+RESERVED_ROUTE_WORDS = frozenset({"token", "merge-anonymous", "register"})
 # Sessions whose logged-in customer (from a response header) is remembered, per storefront.
 REMEMBERED_SESSIONS = 100_000
 # Session-check answers kept per storefront.
@@ -67,6 +75,13 @@ def valid_customer_id(raw: str) -> str:
     if value.startswith(GUEST_PREFIX):
         # A shop id that looks like a guest id could take over a guest's storage.
         raise InvalidIdentity(f"customer id starts with the reserved prefix {GUEST_PREFIX!r}")
+    if value in DOT_SEGMENTS:
+        raise InvalidIdentity(f"customer id {value!r} is a path dot-segment")
+    if value.lower() in RESERVED_ROUTE_WORDS:
+        raise InvalidIdentity(
+            f"customer id {value!r} is reserved: storefront-users/{value.lower()} "
+            "is another Storefront API operation"
+        )
     return value
 
 

@@ -140,21 +140,33 @@ def assert_sound_page(answer: Answer, original: bytes = EDITOR_PAGE.encode()) ->
 
 # -- identity header --------------------------------------------------------------------------
 
-# One valid id is left out here and pinned by an xfail test below, because the Storefront API
-# side cannot serve it yet: "token" (its Get collides with the GetToken route).
 header_text = st.text(
     alphabet=st.one_of(
         st.characters(min_codepoint=0x20, max_codepoint=0x7E),
         st.sampled_from("\t\xe9\xa0\u2003"),
     ),
     max_size=230,
-).filter(lambda value: value.strip(" \t") != "token")
+)
 identity_values = st.one_of(
     header_text,
     st.from_regex(r"[!-z|~]{199,201}", fullmatch=True),
     st.builds(lambda tail: "anon-" + tail, st.from_regex(r"[0-9a-f]{0,40}", fullmatch=True)),
     st.sampled_from(
-        ['a"b</script><script>alert(1)</script>', "<!--", "]]>", "\\u003c", "&lt;x&gt;", ".", ".."]
+        [
+            'a"b</script><script>alert(1)</script>',
+            "<!--",
+            "]]>",
+            "\\u003c",
+            "&lt;x&gt;",
+            ".",
+            "..",
+            "...",
+            "token",
+            "TOKEN",
+            "Merge-Anonymous",
+            "register",
+            "tokens",
+        ]
     ),
 )
 
@@ -166,6 +178,8 @@ def expected_customer(value: str) -> str | None:
         0 < len(candidate) <= 200
         and all("!" <= c <= "~" for c in candidate)
         and not candidate.startswith("anon-")
+        and candidate not in (".", "..")
+        and candidate.lower() not in ("token", "merge-anonymous", "register")
     )
     return candidate if ok else None
 
@@ -193,11 +207,27 @@ async def test_customer_id_with_braces_gets_a_token(rig: Rig) -> None:
     assert gets == [("StorefrontUsers_Get", 404)]
 
 
-@pytest.mark.xfail(strict=True, reason="GET /storefront-users/token is the GetToken route, not Get")
-async def test_customer_named_token_gets_a_token(rig: Rig) -> None:
-    """The valid id "token" gets its token (needs a Storefront API client change; see the reason)."""
-    answer = await fetch(rig.sidecar, "/editor/mug", headers={USER_HEADER: "token"})
-    assert element_of(answer.body)["userId"] == "token"
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        ("token", "reserved: storefront-users/token is another Storefront API operation"),
+        ("Merge-Anonymous", "reserved: storefront-users/merge-anonymous is another Storefront API operation"),
+        ("REGISTER", "reserved: storefront-users/register is another Storefront API operation"),
+        (".", "a path dot-segment"),
+        ("..", "a path dot-segment"),
+    ],
+)
+async def test_customer_id_colliding_with_a_route_is_a_guest(
+    rig: Rig, value: str, reason: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An id that would name another Storefront API path is ignored with a warning: a guest's page."""
+    answer = await fetch(rig.sidecar, "/editor/mug", headers={USER_HEADER: value})
+    payload = element_of(answer.body)
+    assert payload["isAnonymous"] is True
+    assert GUEST_ID.fullmatch(payload["userId"])
+    assert [user.user_id for user in rig.emulator.state.users.values()] == [payload["userId"]]
+    warnings = [r.getMessage() for r in caplog.records if r.name == "proxy.handler"]
+    assert warnings == [f"ignored an invalid customer id: customer id {value!r} is {reason}"]
 
 
 @st.composite

@@ -57,6 +57,38 @@ def test_invalid_customer_ids_are_refused(raw: str) -> None:
         valid_customer_id(raw)
 
 
+@pytest.mark.parametrize("raw", [".", "..", " .. "])
+def test_dot_segment_ids_are_refused(raw: str) -> None:
+    """ "." and ".." (a server normalising the path would leave the user's own URL) are refused."""
+    with pytest.raises(InvalidIdentity) as refused:
+        valid_customer_id(raw)
+    assert str(refused.value) == f"customer id {raw.strip()!r} is a path dot-segment"
+
+
+@pytest.mark.parametrize(
+    ("raw", "word"),
+    [
+        ("token", "token"),
+        ("Token", "token"),
+        ("MERGE-ANONYMOUS", "merge-anonymous"),
+        ("\tregister ", "register"),
+    ],
+)
+def test_route_word_ids_are_refused(raw: str, word: str) -> None:
+    """An id that is a sibling route of storefront-users/{id}, in any case, is refused."""
+    with pytest.raises(InvalidIdentity) as refused:
+        valid_customer_id(raw)
+    assert str(refused.value) == (
+        f"customer id {raw.strip()!r} is reserved: storefront-users/{word} is another Storefront API operation"
+    )
+
+
+@pytest.mark.parametrize("raw", ["...", ".x", "x.", "tokens", "token2", "register-me", "merge_anonymous"])
+def test_ids_near_the_reserved_ones_are_accepted(raw: str) -> None:
+    """Only the exact dot-segments and route words are reserved; ids merely like them pass."""
+    assert valid_customer_id(raw) == raw
+
+
 def test_200_printable_characters_are_accepted() -> None:
     """The longest allowed id passes unchanged."""
     assert valid_customer_id("!" * 100 + "~" * 100) == "!" * 100 + "~" * 100
