@@ -4,41 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import socket
-import sys
-import time
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import yaml
 
+from tests.fixtures.process import free_port, start_sidecar, wait_ready
 from tests.fixtures.shop import Shop, sidecar_config
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _wait_ready(client: aiohttp.ClientSession, url: str, deadline_s: float = 15) -> None:
-    deadline = time.monotonic() + deadline_s
-    while time.monotonic() < deadline:
-        try:
-            async with client.get(url) as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} never became ready")
-
-
 async def _start(tmp_path: Path, shop: Shop, **overrides: Any) -> tuple[asyncio.subprocess.Process, int, int]:
-    port, admin = _free_port(), _free_port()
+    port, admin = free_port(), free_port()
     document = sidecar_config(shop.url, "http://127.0.0.1:9", upstream_timeout_s=10)
     document.update(
         listen=f"127.0.0.1:{port}",
@@ -47,20 +25,7 @@ async def _start(tmp_path: Path, shop: Shop, **overrides: Any) -> tuple[asyncio.
         access_log=True,
     )
     document.update(overrides)
-    config = tmp_path / "sidecar.yaml"
-    config.write_text(yaml.safe_dump(document))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "run",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
-    return process, port, admin
+    return await start_sidecar(tmp_path, document), port, admin
 
 
 async def test_request_in_flight_during_sigterm_completes_and_process_exits_0(
@@ -70,7 +35,7 @@ async def test_request_in_flight_during_sigterm_completes_and_process_exits_0(
     process, port, admin = await _start(tmp_path, shop)
     try:
         async with aiohttp.ClientSession() as client:
-            await _wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
             async with client.get(f"http://127.0.0.1:{admin}/healthz") as response:
                 assert response.status == 200
             in_flight = asyncio.create_task(client.get(f"http://127.0.0.1:{port}/slow?s=1.5"))
@@ -95,7 +60,7 @@ async def test_every_stderr_line_is_a_json_object(tmp_path: Path, shop: Shop) ->
     process, port, admin = await _start(tmp_path, shop)
     try:
         async with aiohttp.ClientSession() as client:
-            await _wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
             async with client.get(
                 f"http://127.0.0.1:{port}/plain", headers={"Cookie": "PHPSESSID=raw-session-value"}
             ) as response:
@@ -121,7 +86,7 @@ async def test_every_stderr_line_is_a_json_object(tmp_path: Path, shop: Shop) ->
 
 async def test_unreachable_shop_leaves_healthz_200(tmp_path: Path, shop: Shop) -> None:
     """With the shop down the client gets 502 and the sidecar stays healthy and ready."""
-    dead = f"http://127.0.0.1:{_free_port()}"
+    dead = f"http://127.0.0.1:{free_port()}"
     process, port, admin = await _start(tmp_path, shop)
     config = tmp_path / "sidecar.yaml"
     document = yaml.safe_load(config.read_text())
@@ -132,7 +97,7 @@ async def test_unreachable_shop_leaves_healthz_200(tmp_path: Path, shop: Shop) -
     process, port, admin = await _start(tmp_path, shop, storefronts=document["storefronts"])
     try:
         async with aiohttp.ClientSession() as client:
-            await _wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
             async with client.get(f"http://127.0.0.1:{port}/plain") as response:
                 assert response.status == 502
             async with client.get(f"http://127.0.0.1:{admin}/healthz") as response:
@@ -155,7 +120,7 @@ async def test_startup_warns_about_a_storefront_the_account_lacks(
     )
     try:
         async with aiohttp.ClientSession() as client:
-            await _wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
             async with client.get(f"http://127.0.0.1:{port}/plain") as response:
                 assert response.status == 200
         process.send_signal(signal.SIGTERM)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import socket
 import tracemalloc
 from typing import Any
 
@@ -12,6 +11,7 @@ import aiohttp
 import pytest
 from yarl import URL
 
+from tests.fixtures.process import free_port
 from tests.fixtures.shop import Shop, SidecarFactory, pattern_bytes, sidecar_config
 
 # Nothing listens here: editor pages would fail to get a token, plain pages never ask.
@@ -239,15 +239,9 @@ async def test_redirects_and_set_cookies_are_untouched(proxy: Any) -> None:
         assert response.headers.getall("Set-Cookie") == ["a=1; Path=/", "b=2; Path=/; HttpOnly"]
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 async def test_unreachable_shop_gives_502(make_sidecar: SidecarFactory) -> None:
     """With nothing listening upstream the client gets 502 with a short body."""
-    proxy = await make_sidecar(sidecar_config(f"http://127.0.0.1:{_free_port()}", DEAD_API))
+    proxy = await make_sidecar(sidecar_config(f"http://127.0.0.1:{free_port()}", DEAD_API))
     async with aiohttp.ClientSession() as client, client.get(proxy.make_url("/plain")) as response:
         assert response.status == 502
         assert "shop did not answer" in await response.text()

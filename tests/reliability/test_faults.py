@@ -27,6 +27,7 @@ from aiohttp.test_utils import TestServer
 
 from proxy.emulator import EmulatorOptions, create_emulator_app
 from tests.fixtures.emulator import RunningEmulator
+from tests.fixtures.process import free_port
 from tests.fixtures.shop import EDITOR_PAGE, Shop, SidecarFactory, create_shop_app, sidecar_config
 from tests.reliability.helpers import (
     SLACK_S,
@@ -35,7 +36,6 @@ from tests.reliability.helpers import (
     element_of,
     eventually,
     fetch,
-    free_port,
     serve_on,
 )
 

@@ -4,33 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 import time
 from pathlib import Path
 
 import aiohttp
-import yaml
 
+from tests.fixtures.process import free_port, start_sidecar, wait_ready
 from tests.fixtures.shop import Shop, sidecar_config
-from tests.reliability.helpers import free_port
 
 IN_FLIGHT = 200
 SHOP_SECONDS = 1.0
-
-
-async def wait_ready(client: aiohttp.ClientSession, url: str, within_s: float = 15) -> None:
-    deadline = time.monotonic() + within_s
-    while time.monotonic() < deadline:
-        try:
-            async with client.get(url) as response:
-                if response.status == 200:
-                    return
-        except aiohttp.ClientError:
-            pass
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{url} never became ready")
 
 
 async def test_sigterm_with_200_requests_in_flight_loses_none_and_exits_0(tmp_path: Path, shop: Shop) -> None:
@@ -40,19 +24,7 @@ async def test_sigterm_with_200_requests_in_flight_loses_none_and_exits_0(tmp_pa
     document.update(
         listen=f"127.0.0.1:{port}", admin_listen=f"127.0.0.1:{admin}", shutdown_grace_s=10, access_log=True
     )
-    config = tmp_path / "sidecar.yaml"
-    config.write_text(yaml.safe_dump(document))
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "proxy",
-        "run",
-        "--config",
-        str(config),
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-    )
+    process = await start_sidecar(tmp_path, document, stdout=asyncio.subprocess.DEVNULL)
     assert process.stderr is not None
     # Read stderr as it comes: 200 access-log lines would fill the pipe and stall the process.
     stderr = asyncio.create_task(process.stderr.read())
