@@ -274,7 +274,7 @@ class StorefrontApiClient:
         return await self._call(
             OP_USERS_GET,
             "GET",
-            self._url(f"/storefront-users/{quote(user_id, safe='')}", {"storefrontId": storefront_id}),
+            self._url(f"/storefront-users/{_path_segment(user_id)}", {"storefrontId": storefront_id}),
             parse=lambda answer: _user(_json_object(OP_USERS_GET, answer)),
         )
 
@@ -692,6 +692,17 @@ def _access_token_of(answer: _Answer) -> tuple[str, float]:
     if isinstance(expires_in, bool) or not isinstance(expires_in, int | float) or expires_in <= 0:
         expires_in = DEFAULT_ACCESS_TOKEN_LIFETIME_S
     return access_token, float(expires_in)
+
+
+def _path_segment(value: str) -> str:
+    """``value`` percent-encoded as one path segment, dots too when it is nothing but dots.
+
+    quote() leaves "." alone, so "." and ".." would be dot-segments that a server (or a proxy
+    before it) normalising the path resolves to another URL.
+    """
+    if value and value.strip(".") == "":
+        return "%2E" * len(value)
+    return quote(value, safe="")
 
 
 def _token_text(answer: _Answer) -> str:

@@ -108,6 +108,18 @@ async def test_awkward_user_ids_round_trip(
     assert emulator.state.calls_of(GET)[0].path == f"/api/storefront/v1/storefront-users/{encoded}"
 
 
+@pytest.mark.parametrize(("user_id", "encoded"), [(".", "%2E"), ("..", "%2E%2E"), ("...", "%2E%2E%2E")])
+async def test_dots_only_user_ids_are_percent_encoded(
+    client: StorefrontApiClient, emulator: RunningEmulator, user_id: str, encoded: str
+) -> None:
+    """A user id of dots alone is sent as %2E..., never as a dot-segment a server would normalise away."""
+    emulator.state.add_user(1, user_id, is_anonymous=False)
+    user = await client.get_user(1, user_id)
+    assert user.user_id == user_id
+    [call] = emulator.state.calls_of(GET)
+    assert call.path == f"/api/storefront/v1/storefront-users/{encoded}"
+
+
 async def test_get_missing_user_raises_not_found(client: StorefrontApiClient, metrics: Metrics) -> None:
     """A 404 from Get is NotFound with status 404, counted as not_found."""
     with pytest.raises(NotFound) as caught:
