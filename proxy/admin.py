@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST
+from prometheus_client.exposition import choose_encoder
 
 from proxy.metrics import Metrics
 
@@ -34,9 +34,10 @@ async def readyz(request: web.Request) -> web.Response:
 
 
 async def metrics(request: web.Request) -> web.Response:
-    """Prometheus text exposition."""
-    body = request.app[ADMIN_METRICS].render()
-    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+    """Prometheus exposition, in the format the scraper asks for (text 0.0.4 or OpenMetrics)."""
+    encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+    body = encode(request.app[ADMIN_METRICS].registry)
+    return web.Response(body=body, headers={"Content-Type": content_type})
 
 
 def create_admin_app(readiness: Readiness, registry: Metrics) -> web.Application:

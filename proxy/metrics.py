@@ -3,7 +3,7 @@ several apps in one process never collide). Labels never carry a token, a user i
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 # Upstream latency buckets, seconds: fine below 100 ms where a proxy's cost shows.
 _UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -78,7 +78,3 @@ class Metrics:
             ["storefront", "source"],
             registry=r,
         )
-
-    def render(self) -> bytes:
-        """The Prometheus text exposition of every metric."""
-        return generate_latest(self.registry)

@@ -37,7 +37,7 @@ async def test_metrics_exposes_the_contract_names(aiohttp_client: Any) -> None:
     client = await aiohttp_client(create_admin_app(Readiness(), metrics))
     response = await client.get("/metrics")
     assert response.status == 200
-    assert response.headers["Content-Type"].startswith("text/plain; version=")
+    assert response.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
     text = await response.text()
     for line in (
         'cc_sidecar_requests_total{status="200",storefront="main"} 1.0',
@@ -48,6 +48,14 @@ async def test_metrics_exposes_the_contract_names(aiohttp_client: Any) -> None:
         "cc_sidecar_token_cache_misses_total 0.0",
     ):
         assert line in text, line
+
+
+async def test_metrics_speaks_openmetrics_when_asked(aiohttp_client: Any) -> None:
+    """A scraper that accepts OpenMetrics gets it, ending with # EOF."""
+    client = await aiohttp_client(create_admin_app(Readiness(), Metrics()))
+    response = await client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert response.headers["Content-Type"].startswith("application/openmetrics-text; version=1.0.0")
+    assert (await response.text()).endswith("# EOF\n")
 
 
 async def test_shop_routes_are_not_on_the_admin_listener(aiohttp_client: Any) -> None:
