@@ -13,6 +13,8 @@ import sys
 import time
 from typing import Any
 
+from aiohttp.http_exceptions import HttpProcessingError
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 storefront_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("storefront", default=None)
 
@@ -20,6 +22,39 @@ storefront_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("sto
 _RECORD_ATTRIBUTES = frozenset(
     logging.LogRecord("", 0, "", 0, "", (), None).__dict__.keys() | {"message", "asctime", "taskName"}
 )
+
+
+# A malformed request's reason is cut to this many characters (LineTooLong quotes the whole line).
+MAX_REASON_CHARS = 120
+
+
+class MalformedRequestFilter(logging.Filter):
+    """Turn aiohttp's traceback for each request its parser refused into one short WARNING.
+
+    aiohttp logs every malformed or oversized request (BadHttpMessage, LineTooLong...) at ERROR,
+    with a traceback, on ``aiohttp.server``; a scanner would flood the log with them. Such a
+    record becomes ``rejected a malformed request: <class>: <reason>`` (the reason's first line,
+    cut short), at WARNING (never raised above the record's own level), without the traceback;
+    the peer goes in the ``peer`` field. Every other record passes unchanged.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.name != "aiohttp.server" or not isinstance(exc, HttpProcessingError):
+            return True
+        reason = (exc.message.strip().splitlines() or [""])[0]
+        if len(reason) > MAX_REASON_CHARS:
+            reason = reason[:MAX_REASON_CHARS] + "..."
+        if record.msg == "Error handling request from %s" and isinstance(record.args, tuple) and record.args:
+            record.peer = str(record.args[0])
+        record.msg = "rejected a malformed request: %s: %s"
+        record.args = (type(exc).__name__, reason)
+        record.levelno = min(record.levelno, logging.WARNING)
+        record.levelname = logging.getLevelName(record.levelno)
+        record.exc_info = None
+        record.exc_text = None
+        record.stack_info = None
+        return True
 
 
 class JsonFormatter(logging.Formatter):
@@ -51,6 +86,7 @@ def setup_logging(level: str = "INFO") -> None:
     """Send every logger (and ``warnings``) to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
+    handler.addFilter(MalformedRequestFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
