@@ -35,6 +35,7 @@ from yarl import URL
 
 from proxy.config import SessionCheck, StorefrontSettings
 from proxy.errors import InvalidIdentity
+from proxy.singleflight import SingleFlight
 
 log = logging.getLogger("proxy.identity")
 
@@ -235,7 +236,7 @@ class SessionChecker:
         self._session = session
         self._timeout_s = timeout_s
         self._answers: TTLCache[str, str | None] = TTLCache(maxsize=SESSION_CHECK_CACHE_SIZE, ttl=check.ttl_s)
-        self._in_flight: dict[str, asyncio.Future[str | None]] = {}
+        self._in_flight: SingleFlight[str, str | None] = SingleFlight()
 
     async def customer_id(self, session_key: str, cookie_header: str) -> str | None:
         """The logged-in customer of this session, or None for a guest; failures count as unknown."""
@@ -243,12 +244,9 @@ class SessionChecker:
             return self._answers[session_key]
         except KeyError:
             pass
-        future = self._in_flight.get(session_key)
-        if future is None:
-            future = asyncio.ensure_future(self._ask(session_key, cookie_header))
-            self._in_flight[session_key] = future
-            future.add_done_callback(lambda _: self._in_flight.pop(session_key, None))
-        return await asyncio.shield(future)
+        task = self._in_flight.run(session_key, lambda: self._ask(session_key, cookie_header))
+        # Shielded: one request going away must not cancel the answer the others wait for.
+        return await asyncio.shield(task)
 
     async def _ask(self, session_key: str, cookie_header: str) -> str | None:
         try:

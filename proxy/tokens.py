@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import functools
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Hashable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any, Generic, NamedTuple, Protocol, TypeVar
+from typing import Any, NamedTuple, Protocol, TypeVar
 
 import jwt
 from cachetools import LRUCache
@@ -42,10 +41,10 @@ from proxy.errors import (
     UserConflict,
 )
 from proxy.metrics import Metrics
+from proxy.singleflight import SingleFlight
 
 log = logging.getLogger("proxy.tokens")
 
-K = TypeVar("K", bound=Hashable)
 V = TypeVar("V")
 
 
@@ -118,42 +117,6 @@ _NO_TOKEN = _Known(None, -math.inf)
 _UserKey = tuple[int | None, int, str]  # tenant, storefront, user id
 
 
-class _SingleFlight(Generic[K, V]):
-    """At most one task per key; callers that arrive while it runs get the same task."""
-
-    def __init__(self) -> None:
-        self._tasks: dict[K, asyncio.Task[V]] = {}
-
-    def run(self, key: K, start: Callable[[], Coroutine[Any, Any, V]]) -> asyncio.Task[V]:
-        """The task in flight for ``key``, or a new one made from ``start()``."""
-        task = self._tasks.get(key)
-        # A finished task may still be listed until its done callback runs: never join it, so
-        # a failure reaches only the callers that were waiting for it.
-        if task is None or task.done():
-            task = asyncio.create_task(start())
-            self._tasks[key] = task
-            task.add_done_callback(functools.partial(self._finished, key))
-        return task
-
-    def _finished(self, key: K, task: asyncio.Task[V]) -> None:
-        if self._tasks.get(key) is task:
-            del self._tasks[key]
-        if not task.cancelled():
-            # Every waiter has the outcome already; mark it retrieved so asyncio does not report
-            # an exception nobody awaited (all waiters may have timed out).
-            task.exception()
-
-    def __len__(self) -> int:
-        return len(self._tasks)
-
-    async def aclose(self) -> None:
-        """Cancel everything in flight and wait until it has stopped."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-
-
 class TokenService:
     """Hands out customer tokens and merges guests into customers at login."""
 
@@ -177,10 +140,10 @@ class TokenService:
         self._timeout_s = timeout_s
         self._clock = clock
         self._known: LRUCache[_UserKey, _Known] = LRUCache(maxsize=cache_size)
-        self._token_flights: _SingleFlight[_UserKey, CustomerToken] = _SingleFlight()
-        self._lookup_flights: _SingleFlight[_UserKey, bool] = _SingleFlight()
-        self._ensure_flights: _SingleFlight[_UserKey, None] = _SingleFlight()
-        self._merge_flights: _SingleFlight[_UserKey, MergeOutcome] = _SingleFlight()
+        self._token_flights: SingleFlight[_UserKey, CustomerToken] = SingleFlight()
+        self._lookup_flights: SingleFlight[_UserKey, bool] = SingleFlight()
+        self._ensure_flights: SingleFlight[_UserKey, None] = SingleFlight()
+        self._merge_flights: SingleFlight[_UserKey, MergeOutcome] = SingleFlight()
 
     # -- public -------------------------------------------------------------------------------
 
