@@ -48,6 +48,7 @@ from proxy.injection import (
     is_html,
     render_element,
 )
+from proxy.log import storefront_var
 from proxy.metrics import Metrics
 from proxy.routing import PathMatcher, Router, is_sidecar_path, normalise_path
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
@@ -177,6 +178,8 @@ class ShopHandler:
         if storefront is None:
             return web.Response(status=421, text="no storefront is configured for this host\n")
         request[STOREFRONT_NAME] = storefront.name
+        # Every log line written for this request from here on names its storefront.
+        storefront_var.set(storefront.name)
         trusted = storefront.trusted.contains(request.remote)
         secure = _is_https(request, trusted)
         if is_sidecar_path(request.path):
