@@ -35,7 +35,6 @@ from proxy.identity import (
     GuestRecogniser,
     ResponseHeaderMemory,
     SessionChecker,
-    TrustedNetworks,
     header_key,
     header_value,
     valid_customer_id,
@@ -50,7 +49,7 @@ from proxy.injection import (
 )
 from proxy.log import storefront_var
 from proxy.metrics import Metrics
-from proxy.routing import PathMatcher, Router, is_sidecar_path, normalise_path
+from proxy.routing import PathMatcher, Router, TrustedNetworks, is_sidecar_path, normalise_path
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, Upstream, is_websocket_upgrade, response_headers
 
@@ -62,6 +61,13 @@ USER_TOKEN_HEADER = "X-CC-User-Token"  # noqa: S105 -- a header name
 STATUS_HEADER = "X-CC-Sidecar"
 NO_SHARED_CACHE = "private, no-store"
 # Response headers that describe the shop's bytes; wrong once the body is changed.
+_SHARED_CACHE_HEADERS = (
+    hdrs.EXPIRES,
+    "Surrogate-Control",
+    "Surrogate-Key",
+    "CDN-Cache-Control",
+    "Cloudflare-CDN-Cache-Control",
+)
 _BODY_DESCRIPTORS = (
     hdrs.CONTENT_LENGTH,
     hdrs.CONTENT_ENCODING,
@@ -174,7 +180,7 @@ class ShopHandler:
 
     async def __call__(self, request: web.Request) -> web.StreamResponse:
         """Handle one shop request end to end."""
-        storefront = self._router.resolve(request.host, request.headers)
+        storefront = self._router.resolve(request.host, request.headers, request.remote)
         if storefront is None:
             return web.Response(status=421, text="no storefront is configured for this host\n")
         request[STOREFRONT_NAME] = storefront.name
@@ -182,9 +188,10 @@ class ShopHandler:
         storefront_var.set(storefront.name)
         trusted = storefront.trusted.contains(request.remote)
         secure = _is_https(request, trusted)
+        # Before anything forwards a Cookie header (the shop, the session check).
+        request = _without_token_cookie(request)
         if is_sidecar_path(request.path):
             return await self._sidecar_path(request, storefront, trusted, secure)
-        request = _without_token_cookie(request)
 
         editor = (
             request.method == "GET"
@@ -210,10 +217,12 @@ class ShopHandler:
                 ready = self._cached_attachment(request, storefront, logged_in)
                 if ready is None:
                     work = asyncio.create_task(
-                        self._attachment(request, storefront, logged_in, want_token=True)
+                        self._attachment(request, storefront, logged_in, secure, want_token=True)
                     )
             elif GUEST_COOKIE in request.cookies and (logged_in or storefront.session_check):
-                work = asyncio.create_task(self._attachment(request, storefront, logged_in, want_token=False))
+                work = asyncio.create_task(
+                    self._attachment(request, storefront, logged_in, secure, want_token=False)
+                )
 
         try:
             started = time.perf_counter()
@@ -226,11 +235,11 @@ class ShopHandler:
 
         headers = response_headers(shop)
         if storefront.response_header is not None:
-            named = self._response_identity(request, storefront, headers, editor)
+            named = self._response_identity(request, storefront, headers, shop.status)
             logged_in = logged_in or named
             if editor or (GUEST_COOKIE in request.cookies and (logged_in or storefront.session_check)):
                 work = asyncio.create_task(
-                    self._attachment(request, storefront, logged_in, want_token=editor)
+                    self._attachment(request, storefront, logged_in, secure, want_token=editor)
                 )
 
         if work is not None:
@@ -279,9 +288,13 @@ class ShopHandler:
         return self._valid_or_none(raw, storefront, "header")
 
     def _response_identity(
-        self, request: web.Request, storefront: Storefront, headers: CIMultiDict[str], editor: bool
+        self, request: web.Request, storefront: Storefront, headers: CIMultiDict[str], status: int
     ) -> str | None:
-        """The id the shop named on its response (the header is removed before the client sees it)."""
+        """The id the shop named on its response (the header is removed before the client sees it).
+
+        A page the shop served without naming anyone ends what was remembered for the session
+        (a logout), so the token endpoint stops answering for that customer.
+        """
         assert storefront.response_header is not None
         values = headers.popall(storefront.response_header, ())
         named = self._valid_or_none(values[0], storefront, "response_header") if len(values) == 1 else None
@@ -290,7 +303,7 @@ class ShopHandler:
         if memory is not None and session_key is not None:
             if named is not None:
                 memory.remember(session_key, named)
-            elif editor:
+            elif 200 <= status < 300 and is_html(headers.get(hdrs.CONTENT_TYPE)):
                 memory.forget(session_key)
         return named
 
@@ -307,6 +320,7 @@ class ShopHandler:
         request: web.Request,
         storefront: Storefront,
         logged_in: str | None,
+        secure: bool,
         *,
         want_token: bool,
         remembered: str | None = None,
@@ -315,7 +329,9 @@ class ShopHandler:
         attachment = Attachment()
         try:
             async with asyncio.timeout(self._api_timeout_s):
-                await self._resolve(request, storefront, logged_in or remembered, attachment, want_token)
+                await self._resolve(
+                    request, storefront, logged_in or remembered, secure, attachment, want_token
+                )
         except TimeoutError:
             log.warning("token work timed out", extra={"timeout_s": self._api_timeout_s})
         except Exception:
@@ -328,6 +344,7 @@ class ShopHandler:
         request: web.Request,
         storefront: Storefront,
         logged_in: str | None,
+        secure: bool,
         attachment: Attachment,
         want_token: bool,
     ) -> None:
@@ -339,21 +356,24 @@ class ShopHandler:
                 logged_in = await storefront.session_check.customer_id(
                     session_key, request.headers.get(hdrs.COOKIE, "")
                 )
-        secure = _is_https(request, storefront.trusted.contains(request.remote))
+        guest_id: str | None = None
         if logged_in is not None:
             customer = Customer(storefront.storefront_id, logged_in, is_anonymous=False)
-            guest_id = guests.cookie_guest(cookies)
-            if guest_id is not None:
-                outcome = await self._tokens.merge_guest(storefront.storefront_id, guest_id, logged_in)
+            cookie_guest = guests.cookie_guest(cookies)
+            if cookie_guest is not None:
+                outcome = await self._tokens.merge_guest(storefront.storefront_id, cookie_guest, logged_in)
                 if outcome is not MergeOutcome.FAILED:
                     attachment.set_cookies.append(
                         delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure)
                     )
-            new_guest = None
+            elif GUEST_COOKIE in cookies:
+                # A guest cookie that fails its signature names nobody: drop it.
+                attachment.set_cookies.append(
+                    delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure)
+                )
         else:
-            guest = guests.guest(cookies)
-            customer = Customer(storefront.storefront_id, guest.user_id, is_anonymous=True)
-            new_guest = None if guest.from_cookie else guest.user_id
+            guest_id = guests.guest(cookies).user_id
+            customer = Customer(storefront.storefront_id, guest_id, is_anonymous=True)
         attachment.customer = customer
         if not want_token:
             return
@@ -362,12 +382,13 @@ class ShopHandler:
         except StorefrontApiError as exc:
             log.warning("no customer token: %s", exc, extra={"error": type(exc).__name__})
             return
-        if new_guest is not None:
-            # Set only on a response that carries the token (contract), so it names a real user.
+        if guest_id is not None:
+            # Set (or renewed, once per token fetched) only on a response that carries the
+            # token (contract), so it names a user that exists.
             attachment.set_cookies.append(
                 set_cookie_value(
                     GUEST_COOKIE,
-                    guests.signed(new_guest),
+                    guests.signed(guest_id),
                     http_only=True,
                     secure=secure,
                     max_age=GUEST_COOKIE_MAX_AGE_S,
@@ -383,7 +404,9 @@ class ShopHandler:
     ) -> BodyFilter | None:
         """Put the token on an editor page's response; returns the HTML body filter, if any."""
         headers[hdrs.CACHE_CONTROL] = NO_SHARED_CACHE
-        headers.popall(hdrs.EXPIRES, None)
+        # CDNs obey these ahead of Cache-Control; any of them could share one customer's page.
+        for name in _SHARED_CACHE_HEADERS:
+            headers.popall(name, None)
         token = attachment.token
         if token is None:
             headers[STATUS_HEADER] = "token-unavailable"
@@ -433,7 +456,7 @@ class ShopHandler:
             session_key = storefront.guests.session_key(request.cookies)
             remembered = storefront.response_memory.recall(session_key) if session_key else None
         attachment = await self._attachment(
-            request, storefront, logged_in, want_token=True, remembered=remembered
+            request, storefront, logged_in, secure, want_token=True, remembered=remembered
         )
         headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store"})
         for cookie in attachment.set_cookies:

@@ -19,14 +19,12 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import ipaddress
 import json
 import logging
 import secrets
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from functools import lru_cache
 
 import aiohttp
 from cachetools import LRUCache, TTLCache
@@ -86,25 +84,6 @@ def valid_customer_id(raw: str) -> str:
     return value
 
 
-class TrustedNetworks:
-    """The peers whose identity header and X-Forwarded-* are believed."""
-
-    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
-        self._networks = tuple(networks)
-        self.contains = lru_cache(maxsize=4096)(self._contains)
-
-    def _contains(self, peer: str | None) -> bool:
-        if not peer or not self._networks:
-            return False
-        try:
-            address = ipaddress.ip_address(peer)
-        except ValueError:
-            return False
-        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-            address = address.ipv4_mapped
-        return any(address in network for network in self._networks)
-
-
 class GuestKeys:
     """Signs guest cookies and derives guest ids; both keyed by ``secret``, with separate keys."""
 
@@ -151,10 +130,8 @@ class Guest:
     """A guest's id and where it came from."""
 
     user_id: str
-    # The request carried a valid guest cookie with this id (no need to set it again).
+    # The request carried a valid guest cookie with this id.
     from_cookie: bool
-    # The request carried a guest cookie that failed verification (ignored; overwritten).
-    tampered_cookie: bool = False
 
 
 class GuestRecogniser:
@@ -173,17 +150,15 @@ class GuestRecogniser:
     def guest(self, cookies: Mapping[str, str]) -> Guest:
         """The guest this request belongs to."""
         value = cookies.get(GUEST_COOKIE)
-        tampered = False
         if value:
             guest_id = self._keys.verify(self._storefront_id, value)
             if guest_id is not None:
                 return Guest(guest_id, from_cookie=True)
-            tampered = True
             log.warning("ignored a guest cookie with a bad signature")
         session = self.session_value(cookies)
         if session:
-            return Guest(self._keys.guest_id_for_session(self._storefront_id, session), False, tampered)
-        return Guest(self._keys.mint_guest_id(), False, tampered)
+            return Guest(self._keys.guest_id_for_session(self._storefront_id, session), from_cookie=False)
+        return Guest(self._keys.mint_guest_id(), from_cookie=False)
 
     def session_value(self, cookies: Mapping[str, str]) -> str | None:
         """The shop's session id from its cookie (never logged, never sent to the API)."""

@@ -6,8 +6,10 @@ dictionary look-up and at most one precompiled regex.
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
+from functools import lru_cache
 from typing import Generic, TypeVar
 
 from proxy.config import StorefrontSettings
@@ -69,25 +71,50 @@ def is_sidecar_path(path: str) -> bool:
     return normalised.startswith(SIDECAR_PATH_PREFIX) or normalised == SIDECAR_PATH_PREFIX[:-1]
 
 
+class TrustedNetworks:
+    """The peers whose identity header and X-Forwarded-* are believed."""
+
+    def __init__(self, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> None:
+        self._networks = tuple(networks)
+        self.contains = lru_cache(maxsize=4096)(self._contains)
+
+    def _contains(self, peer: str | None) -> bool:
+        if not peer or not self._networks:
+            return False
+        try:
+            address = ipaddress.ip_address(peer)
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self._networks)
+
+
 class Router(Generic[T]):
-    """Finds the storefront of a request: by ``select_header`` first, then by Host."""
+    """Finds the storefront of a request: by ``select_header`` first, then by Host.
+
+    The select header is believed only from the chosen storefront's trusted_networks (the
+    ingress sets it); from anyone else it is ignored and the Host decides.
+    """
 
     def __init__(self, storefronts: Sequence[tuple[StorefrontSettings, T]]) -> None:
         self._by_host: dict[str, T] = {}
-        self._by_header: list[tuple[str, str, T]] = []
+        self._by_header: list[tuple[str, str, TrustedNetworks, T]] = []
         for settings, target in storefronts:
             for host in settings.hosts:
                 self._by_host[host] = target
             if settings.select_header is not None:
-                self._by_header.append((settings.select_header.name, settings.select_header.value, target))
+                selector = settings.select_header
+                trusted = TrustedNetworks(settings.trusted_networks)
+                self._by_header.append((selector.name, selector.value, trusted, target))
         only = storefronts[0] if len(storefronts) == 1 else None
         # The contract: a single storefront that lists no hosts takes every request.
         self._fallback = only[1] if only and not only[0].hosts and not only[0].select_header else None
 
-    def resolve(self, host: str | None, headers: Mapping[str, str]) -> T | None:
-        """Return the storefront for this Host and headers, or None (the caller answers 421)."""
-        for name, value, target in self._by_header:
-            if headers.get(name) == value:
+    def resolve(self, host: str | None, headers: Mapping[str, str], peer: str | None = None) -> T | None:
+        """Return the storefront for this Host, headers and peer, or None (the caller answers 421)."""
+        for name, value, trusted, target in self._by_header:
+            if headers.get(name) == value and trusted.contains(peer):
                 return target
         if host:
             found = self._by_host.get(_host_name(host))

@@ -35,6 +35,10 @@ def cross_check(settings: Settings) -> list[str]:
                     f"{where}.select_header: same header and value as storefronts[{selectors[key]}]"
                 )
             selectors.setdefault(key, index)
+        if storefront.select_header is not None and not storefront.trusted_networks:
+            problems.append(
+                f"{where}.select_header: needs trusted_networks (the header is believed from nobody else)"
+            )
         if many and not storefront.hosts and storefront.select_header is None:
             problems.append(f"{where}.hosts: with several storefronts each needs hosts or select_header")
         user = storefront.user

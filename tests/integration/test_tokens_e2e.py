@@ -402,3 +402,104 @@ async def test_gzip_page_decodes_after_injection(
     sidecar = await make_sidecar(config(shop, emulator))
     _, body = await get(sidecar, "/editor/mug?encoding=gzip")
     assert ELEMENT.sub(b"", body) == shop.state.editor_html.encode()
+
+
+async def test_token_cookie_never_reaches_the_session_check(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """On /.cc-sidecar/token the browser's cc_user_token is removed before the session check's GET."""
+    shop.state.logins["s1"] = "kim@example.com"
+    sidecar = await make_sidecar(
+        config(
+            shop,
+            emulator,
+            user={"session_check": {"url": "/account/whoami", "id_field": "customer.id"}},
+            inject=["cookie"],
+        )
+    )
+    response, body = await get(
+        sidecar, "/.cc-sidecar/token", headers={"Cookie": "PHPSESSID=s1; cc_user_token=SECRET-TOKEN"}
+    )
+    assert response.status == 200
+    assert json.loads(body)["userId"] == "kim@example.com"
+    [check] = [r for r in shop.state.requests if r.path_qs == "/account/whoami"]
+    assert check.headers["Cookie"] == ["PHPSESSID=s1"]
+
+
+async def test_cdn_cache_headers_are_removed_from_token_pages(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """Surrogate-Control and CDN-Cache-Control can't let an edge cache keep a page with a token."""
+    shop.state.extra_response_headers = {
+        "Surrogate-Control": "max-age=600",
+        "CDN-Cache-Control": "max-age=600",
+        "Cloudflare-CDN-Cache-Control": "max-age=600",
+        "Surrogate-Key": "editor",
+        "Expires": "Thu, 01 Dec 2039 16:00:00 GMT",
+    }
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get(sidecar, "/editor/mug", headers={USER_HEADER: "cdn@example.com"})
+    element_of(body)
+    assert response.headers["Cache-Control"] == "private, no-store"
+    for name in shop.state.extra_response_headers:
+        assert name not in response.headers
+
+
+async def test_guest_cookie_is_renewed_with_each_token_fetched(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A returning guest whose token is fetched again gets the guest cookie set again (Max-Age renewed)."""
+    clock = Clock()
+    emulator.state.clock = clock
+    sidecar = await make_sidecar(config(shop, emulator), clock=clock)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        client.cookie_jar.update_cookies({"PHPSESSID": "s"})
+        async with client.get(sidecar.make_url("/editor/mug")) as response:
+            first = element_of(await response.read())
+        clock.now = first["expiresAt"]  # the token is due: the next page fetches a new one
+        async with client.get(sidecar.make_url("/editor/mug")) as response:
+            again = element_of(await response.read())
+            renewed = [
+                c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE + "=")
+            ]
+    assert again["userId"] == first["userId"]
+    assert len(renewed) == 1
+    assert "Max-Age=2592000" in renewed[0]
+
+
+async def test_invalid_guest_cookie_of_a_logged_in_customer_is_cleared(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A forged guest cookie next to a logged-in id is deleted, and no merge is attempted."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get(
+        sidecar,
+        "/editor/mug",
+        headers={USER_HEADER: "lee@example.com", "Cookie": f"{GUEST_COOKIE}=anon-x.forged"},
+    )
+    assert element_of(body)["userId"] == "lee@example.com"
+    [cleared] = [c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE + "=")]
+    assert "Max-Age=0" in cleared
+    assert emulator.state.count("StorefrontUsers_MergeAnonymous") == 0
+
+
+async def test_response_header_memory_ends_on_a_page_naming_nobody(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """After a logout page without the shop's header, the token endpoint answers for the guest."""
+    sidecar = await make_sidecar(
+        config(shop, emulator, trusted_networks=[], user={"response_header": "X-Shop-Customer"})
+    )
+    cookies = {"Cookie": "PHPSESSID=sess"}
+    shop.state.extra_response_headers = {"X-Shop-Customer": "max@example.com"}
+    response, _ = await get(sidecar, "/plain", headers=cookies)
+    assert "X-Shop-Customer" not in response.headers
+    _, body = await get(sidecar, "/.cc-sidecar/token", headers=cookies)
+    assert json.loads(body)["userId"] == "max@example.com"
+    shop.state.extra_response_headers = {}
+    await get(sidecar, "/notfound/logout", headers=cookies)  # a 404 page: memory kept
+    _, body = await get(sidecar, "/.cc-sidecar/token", headers=cookies)
+    assert json.loads(body)["userId"] == "max@example.com"
+    await get(sidecar, "/page/logout", headers=cookies)  # a 200 HTML page (not an editor page) naming nobody
+    _, body = await get(sidecar, "/.cc-sidecar/token", headers=cookies)
+    assert json.loads(body)["isAnonymous"] is True

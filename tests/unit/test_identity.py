@@ -12,10 +12,10 @@ from proxy.identity import (
     GUEST_COOKIE,
     GuestKeys,
     GuestRecogniser,
-    TrustedNetworks,
     header_key,
     valid_customer_id,
 )
+from proxy.routing import TrustedNetworks
 
 SECRET = "test-secret-0123456789abcdef"
 

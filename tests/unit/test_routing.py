@@ -61,16 +61,34 @@ def test_host_match_ignores_port_and_case() -> None:
     assert router.resolve(None, {}) is None
 
 
-def test_select_header_wins_over_host() -> None:
-    """A storefront chosen by the ingress's header is picked whatever the Host."""
-    router = Router(
+def select_router() -> Router[str]:
+    return Router(
         [
             (storefront("a", hosts=["shop.example.com"]), "A"),
-            (storefront("b", select_header={"name": "X-CC-Storefront", "value": "b"}), "B"),
+            (
+                storefront(
+                    "b",
+                    select_header={"name": "X-CC-Storefront", "value": "b"},
+                    trusted_networks=["10.0.0.0/8"],
+                ),
+                "B",
+            ),
         ]
     )
-    assert router.resolve("shop.example.com", {"X-CC-Storefront": "b"}) == "B"
-    assert router.resolve("shop.example.com", {"X-CC-Storefront": "zzz"}) == "A"
+
+
+def test_select_header_from_a_trusted_peer_wins_over_host() -> None:
+    """The ingress (a trusted peer) picks the storefront by header whatever the Host."""
+    router = select_router()
+    assert router.resolve("shop.example.com", {"X-CC-Storefront": "b"}, "10.1.2.3") == "B"
+    assert router.resolve("shop.example.com", {"X-CC-Storefront": "zzz"}, "10.1.2.3") == "A"
+
+
+def test_select_header_from_anyone_else_is_ignored() -> None:
+    """A client outside trusted_networks can't choose a storefront by header: the Host decides."""
+    router = select_router()
+    assert router.resolve("shop.example.com", {"X-CC-Storefront": "b"}, "203.0.113.9") == "A"
+    assert router.resolve("other.example", {"X-CC-Storefront": "b"}, None) is None
 
 
 def test_single_storefront_without_hosts_takes_everything() -> None:

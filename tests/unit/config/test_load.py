@@ -136,6 +136,13 @@ def test_identity_header_needs_trusted_networks() -> None:
     ]
 
 
+def test_select_header_needs_trusted_networks() -> None:
+    """A select_header without trusted_networks would be believed from nobody: flagged."""
+    assert problems(
+        with_change("storefronts.0.select_header", {"name": "X-CC-Storefront", "value": "a"})
+    ) == ["storefronts[0].select_header: needs trusted_networks (the header is believed from nobody else)"]
+
+
 def test_short_secret_is_rejected() -> None:
     """The signing secret must be at least 16 characters."""
     assert problems(with_change("secret", "short")) == ["secret: must be at least 16 characters"]
