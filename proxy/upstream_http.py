@@ -37,6 +37,8 @@ IDLE_TIMEOUT_S = 30.0
 _NO_BODY_STATUSES = frozenset((204, 304))
 # Methods that carry no body when the client sent none (others get Content-Length: 0).
 BODYLESS_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
+# Safe to send again (no side effects) on a fresh connection when a kept-alive one died before any answer.
+IDEMPOTENT_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 
 
 class HttpClientError(Exception):
@@ -505,11 +507,15 @@ class HttpPool:
             try:
                 await response.wait_headers()
                 return response
+            except TimeoutError:
+                # The shop is slow, not gone (TimeoutError is an OSError): never send it twice.
+                response.release()
+                raise
             except (ConnectionBroken, OSError):
                 # A kept-alive connection the shop closed as we used it: retry once on a new one,
-                # if nothing came back and there was no body that might be half-consumed now.
+                # if nothing came back, the method is safe to repeat, and no body was consumed.
                 response.release()
-                if response.received or body is not None:
+                if response.received or body is not None or method not in IDEMPOTENT_METHODS:
                     raise
         conn = await self._connect()
         response = self._send(conn, method, head, body, content_length)

@@ -338,6 +338,57 @@ async def test_no_headers_within_the_timeout(shop: TestServer, make_pool: Callab
     assert READ_TIMEOUT_S * 0.9 <= loop.time() - started < READ_TIMEOUT_S + 1
 
 
+async def test_a_slow_answer_on_a_reused_connection_is_not_sent_again(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
+) -> None:
+    """A header timeout on a kept-alive connection raises once; the request reached the shop once."""
+    seen: list[bytes] = []
+
+    async def keep_then_stall(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_head(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        seen.append(await read_head(reader))
+        await asyncio.sleep(READ_TIMEOUT_S * 4)
+
+    pool = make_pool(await raw_server(keep_then_stall))
+    assert await read_all(await pool.request("GET", head("GET", "/"), None, None)) == b"ok"
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    with pytest.raises(TimeoutError):
+        await pool.request("POST", head("POST", "/cart/clear", "shop", "Content-Length: 0"), None, None)
+    assert loop.time() - started < READ_TIMEOUT_S * 1.9
+    assert [line.split(b" ", 2)[:2] for line in seen] == [[b"GET", b"/"], [b"POST", b"/cart/clear"]]
+
+
+@pytest.mark.parametrize(("method", "retried"), [("GET", True), ("POST", False)])
+async def test_only_safe_methods_are_retried_when_a_reused_connection_dies(
+    raw_server: Callable[[Script], Awaitable[int]],
+    make_pool: Callable[..., HttpPool],
+    method: str,
+    retried: bool,
+) -> None:
+    """A kept-alive connection closed on the second request: GET goes again on a new one, POST fails."""
+    seen: list[bytes] = []
+
+    async def answer_once_then_drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append(await read_head(reader))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await writer.drain()
+        seen.append(await read_head(reader))  # then close without answering
+
+    pool = make_pool(await raw_server(answer_once_then_drop))
+    assert await read_all(await pool.request("GET", head("GET", "/"), None, None)) == b"ok"
+    second = head(method, "/again", "shop", "Content-Length: 0")
+    if retried:
+        assert await read_all(await pool.request(method, second, None, None)) == b"ok"
+        assert [h.split(b" ", 1)[0] for h in seen] == [b"GET", b"GET", b"GET"]
+    else:
+        with pytest.raises((ConnectionBroken, OSError)):
+            await pool.request(method, second, None, None)
+        assert [h.split(b" ", 1)[0] for h in seen] == [b"GET", b"POST"]
+
+
 async def test_stalled_body_times_out(
     raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
 ) -> None:
