@@ -447,6 +447,20 @@ def _codings(content_encoding: str) -> list[str]:
     return [name for name in names if name and name != "identity"]
 
 
+def decodable_accept_encoding(accept_encoding: str) -> str:
+    """An Accept-Encoding that lets the shop use only codings :class:`ContentDecoder` undoes.
+
+    Sent upstream on editor pages, so a browser's ``zstd`` (or ``*``) never gets the page
+    encoded in a way the token cannot be injected into; q-values are kept as given.
+    """
+    kept = [
+        item.strip()
+        for item in accept_encoding.split(",")
+        if (coding := item.split(";", 1)[0].strip().lower()) in _STAGES or coding == "identity"
+    ]
+    return ", ".join(kept) or "identity"
+
+
 class ContentDecoder:
     """Streaming decoder for a Content-Encoding value.
 

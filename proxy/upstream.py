@@ -22,6 +22,7 @@ from yarl import URL
 
 from proxy.config import StorefrontSettings
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.injection import decodable_accept_encoding
 from proxy.upstream_http import BODYLESS_METHODS, HttpClientError, HttpPool
 
 log = logging.getLogger("proxy.upstream")
@@ -217,6 +218,8 @@ class Upstream:
         """Headers to send upstream: hop-by-hop and ``drop`` removed, X-Forwarded-* set.
 
         ``drop`` holds lower-case names with ``_`` spelled ``-``; every spelling of them goes.
+        ``drop_conditional`` (editor pages): no conditional headers, and only codings the
+        injector can decode, so the shop answers with a full page the token can go into.
         """
         incoming = request.headers
         listed = connection_listed(incoming)
@@ -242,6 +245,8 @@ class Upstream:
                     has_forwarded_host = True
             elif drop_conditional and lowered in CONDITIONAL_HEADERS:
                 continue
+            elif drop_conditional and lowered == "accept-encoding":
+                value = decodable_accept_encoding(value)
             elif lowered == "host":
                 has_host = True
             elif lowered == "content-length":

@@ -503,3 +503,15 @@ async def test_response_header_memory_ends_on_a_page_naming_nobody(
     await get(sidecar, "/page/logout", headers=cookies)  # a 200 HTML page (not an editor page) naming nobody
     _, body = await get(sidecar, "/.cc-sidecar/token", headers=cookies)
     assert json.loads(body)["isAnonymous"] is True
+
+
+async def test_editor_gets_ask_the_shop_only_for_decodable_encodings(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A browser's zstd is not passed on for editor pages (the token couldn't go in); elsewhere it is."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    accept = {"Accept-Encoding": "gzip, deflate, br, zstd"}
+    await get(sidecar, "/editor/mug", headers={**accept, USER_HEADER: "enc@example.com"})
+    assert shop.state.header("Accept-Encoding") == ["gzip, deflate, br"]
+    await get(sidecar, "/plain", headers=accept)
+    assert shop.state.header("Accept-Encoding") == ["gzip, deflate, br, zstd"]

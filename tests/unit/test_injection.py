@@ -20,6 +20,7 @@ from proxy.injection import (
     ContentDecoder,
     HtmlInjector,
     TokenPayload,
+    decodable_accept_encoding,
     inject_html,
     is_html,
     render_element,
@@ -605,3 +606,18 @@ class TestIsHtml:
     def test_not_html(self, value: str | None) -> None:
         """Other media types, and none, do not."""
         assert is_html(value) is False
+
+
+@pytest.mark.parametrize(
+    ("accept", "sent"),
+    [
+        ("gzip, deflate, br, zstd", "gzip, deflate, br"),
+        ("zstd;q=1.0, br;q=0.9, *;q=0.1", "br;q=0.9"),
+        ("zstd", "identity"),
+        ("GZIP;q=0.5, identity", "GZIP;q=0.5, identity"),
+        ("", "identity"),
+    ],
+)
+def test_accept_encoding_for_editor_pages_names_only_decodable_codings(accept: str, sent: str) -> None:
+    """Codings the decoder can't undo (zstd, *) are left out; nothing left means identity."""
+    assert decodable_accept_encoding(accept) == sent
