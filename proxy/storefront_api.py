@@ -13,8 +13,9 @@ One :class:`StorefrontApiClient` per sidecar, on one pooled :class:`aiohttp.Clie
    (nothing was sent);
 4. the answer is mapped onto the exception tree of :mod:`proxy.errors` and parsed leniently;
 5. the outcome is counted in ``cc_sidecar_api_calls_total{operation,outcome}`` and reported to
-   the breaker (NotFound, UserConflict, Unauthorized and BadResponse are the service answering,
-   so they count as successes there).
+   the breaker (NotFound, UserConflict and BadResponse are the service answering, so they count as
+   successes there; Unauthorized counts as a failure: wrong credentials won't heal by retrying,
+   and an open circuit spares every page a token-endpoint round trip until they are fixed).
 
 Each public call is bounded by ``timeout_s`` as a whole (access token, attempts and backoff); a
 timed-out attempt is retried only while time is left (a connect timeout takes half at most).
@@ -402,7 +403,7 @@ class StorefrontApiClient:
             raise
         except StorefrontApiError as exc:
             self._count(operation, _outcome(exc))
-            if isinstance(exc, StorefrontUnavailable):
+            if isinstance(exc, StorefrontUnavailable | Unauthorized):
                 self.breaker.failed(probe)
             else:
                 self.breaker.succeeded(probe)

@@ -620,6 +620,21 @@ async def test_breaker_opens_after_consecutive_failures_and_holds_calls_back(
     assert counted(metrics, GET, "circuit_open") == 1
 
 
+async def test_refused_credentials_open_the_breaker(emulator: RunningEmulator, metrics: Metrics) -> None:
+    """Wrong client credentials count as failures: after three, calls are held back without a request."""
+    settings = settings_for(emulator.url, client_secret="wrong-secret-value")
+    async with create_api_session(settings) as session:
+        client = StorefrontApiClient(settings, session, metrics)
+        for _ in range(3):
+            with pytest.raises(Unauthorized):
+                await client.get_user(1, "u")
+        assert emulator.state.count("token") == 3
+        with pytest.raises(CircuitOpen):
+            await client.get_user(1, "u")
+    assert emulator.state.count("token") == 3
+    assert breaker_gauge(metrics) == 1
+
+
 async def test_probe_after_open_s_closes_the_breaker(
     client: StorefrontApiClient,
     emulator: RunningEmulator,
