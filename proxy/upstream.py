@@ -388,10 +388,14 @@ class Upstream:
             await client_ws.prepare(request)
             to_shop = asyncio.create_task(_pump(client_ws, shop_ws))
             to_client = asyncio.create_task(_pump(shop_ws, client_ws))
-            _, pending = await asyncio.wait((to_shop, to_client), return_when=asyncio.FIRST_COMPLETED)
+            done, pending = await asyncio.wait((to_shop, to_client), return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
+            for task in done:
+                # A side that went away mid-message ends the session; that is not an error.
+                if not task.cancelled() and (error := task.exception()) is not None:
+                    log.debug("WebSocket ended by %s", type(error).__name__, extra={"path": request.path})
         finally:
             await shop_ws.close()
         return client_ws
