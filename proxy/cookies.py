@@ -1,8 +1,47 @@
-"""Set-Cookie values of the sidecar's own cookies (the guest cookie, the token cookie)."""
+"""Cookies: the request's Cookie header read by name, and the sidecar's own Set-Cookie values."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from http.cookies import SimpleCookie
+
+
+class RequestCookies(Mapping[str, str]):
+    """The Cookie header as a read-only mapping, each value found by name without parsing the rest.
+
+    A shop's Cookie header often carries dozens of pairs (analytics, consent); parsing them all
+    costs tens of microseconds per request, while the sidecar needs at most two (the session and
+    the guest cookie). The first pair with a name wins; a value in double quotes loses them.
+    """
+
+    __slots__ = ("_header",)
+
+    def __init__(self, header: str) -> None:
+        self._header = header
+
+    def __getitem__(self, name: str) -> str:
+        if name not in self._header:  # the common case: not there at all
+            raise KeyError(name)
+        for pair in self._header.split(";"):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip() == name:
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                return value
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        seen: set[str] = set()
+        for pair in self._header.split(";"):
+            key, sep, _ = pair.partition("=")
+            key = key.strip()
+            if sep and key and key not in seen:
+                seen.add(key)
+                yield key
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
 
 
 def set_cookie_value(

@@ -26,7 +26,7 @@ from multidict import CIMultiDict
 from prometheus_client import Histogram
 
 from proxy.config import StorefrontSettings
-from proxy.cookies import delete_cookie_value, set_cookie_value
+from proxy.cookies import RequestCookies, delete_cookie_value, set_cookie_value
 from proxy.errors import InvalidIdentity, StorefrontApiError
 from proxy.identity import (
     GUEST_COOKIE,
@@ -219,7 +219,7 @@ class ShopHandler:
                     work = asyncio.create_task(
                         self._attachment(request, storefront, logged_in, secure, want_token=True)
                     )
-            elif GUEST_COOKIE in request.cookies and (logged_in or storefront.session_check):
+            elif GUEST_COOKIE in _cookies(request) and (logged_in or storefront.session_check):
                 work = asyncio.create_task(
                     self._attachment(request, storefront, logged_in, secure, want_token=False)
                 )
@@ -237,7 +237,7 @@ class ShopHandler:
         if storefront.response_header is not None:
             named = self._response_identity(request, storefront, headers, shop.status)
             logged_in = logged_in or named
-            if editor or (GUEST_COOKIE in request.cookies and (logged_in or storefront.session_check)):
+            if editor or (GUEST_COOKIE in _cookies(request) and (logged_in or storefront.session_check)):
                 work = asyncio.create_task(
                     self._attachment(request, storefront, logged_in, secure, want_token=editor)
                 )
@@ -263,7 +263,7 @@ class ShopHandler:
         None whenever the slow path has something to do: a session check, a merge at login,
         a guest cookie to set, or a token to fetch.
         """
-        cookies = request.cookies
+        cookies = _cookies(request)
         if logged_in is not None:
             if GUEST_COOKIE in cookies:
                 return None
@@ -299,7 +299,7 @@ class ShopHandler:
         values = headers.popall(storefront.response_header, ())
         named = self._valid_or_none(values[0], storefront, "response_header") if len(values) == 1 else None
         memory = storefront.response_memory
-        session_key = storefront.guests.session_key(request.cookies) if memory is not None else None
+        session_key = storefront.guests.session_key(_cookies(request)) if memory is not None else None
         if memory is not None and session_key is not None:
             if named is not None:
                 memory.remember(session_key, named)
@@ -348,7 +348,7 @@ class ShopHandler:
         attachment: Attachment,
         want_token: bool,
     ) -> None:
-        cookies = request.cookies
+        cookies = _cookies(request)
         guests = storefront.guests
         if logged_in is None and storefront.session_check is not None:
             session_key = guests.session_key(cookies)
@@ -453,7 +453,7 @@ class ShopHandler:
         logged_in = self._header_identity(request, storefront, trusted)
         remembered = None
         if logged_in is None and storefront.response_memory is not None:
-            session_key = storefront.guests.session_key(request.cookies)
+            session_key = storefront.guests.session_key(_cookies(request))
             remembered = storefront.response_memory.recall(session_key) if session_key else None
         attachment = await self._attachment(
             request, storefront, logged_in, secure, want_token=True, remembered=remembered
@@ -514,6 +514,11 @@ def _without_token_cookie(request: web.Request) -> web.Request:
         if kept:
             headers.add(hdrs.COOKIE, kept)
     return request.clone(headers=headers)
+
+
+def _cookies(request: web.Request) -> RequestCookies:
+    """The request's cookies, each read by name on demand (aiohttp's ``request.cookies`` parses all)."""
+    return RequestCookies(request.headers.get(hdrs.COOKIE, ""))
 
 
 def _is_https(request: web.Request, trusted: bool) -> bool:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from proxy.cookies import delete_cookie_value, set_cookie_value
+from proxy.cookies import RequestCookies, delete_cookie_value, set_cookie_value
 
 
 def test_http_only_secure_cookie_with_max_age() -> None:
@@ -25,3 +25,30 @@ def test_delete_cookie_expires_it_at_once() -> None:
     assert delete_cookie_value("cc_sidecar_guest", http_only=True, secure=False) == (
         'cc_sidecar_guest=""; HttpOnly; Max-Age=0; Path=/; SameSite=Lax'
     )
+
+
+HEADER = '_ga=GA1.1.1; PHPSESSID=abc123;  cc_sidecar_guest="anon-1.sig" ; flag; PHPSESSID=second; e='
+
+
+def test_request_cookies_finds_a_value_by_name() -> None:
+    """Values are found by exact name, trimmed, double quotes removed, the first pair winning."""
+    cookies = RequestCookies(HEADER)
+    assert cookies["PHPSESSID"] == "abc123"
+    assert cookies["cc_sidecar_guest"] == "anon-1.sig"
+    assert cookies["e"] == ""
+    assert cookies.get("_ga") == "GA1.1.1"
+
+
+def test_request_cookies_misses_are_misses() -> None:
+    """Absent names, prefixes of names and valueless words are not cookies."""
+    cookies = RequestCookies(HEADER)
+    assert "SESSID" not in cookies
+    assert "flag" not in cookies
+    assert cookies.get("missing") is None
+    assert "x" not in RequestCookies("")
+
+
+def test_request_cookies_iterates_each_name_once() -> None:
+    """Iteration lists the names in order, duplicates once."""
+    assert list(RequestCookies(HEADER)) == ["_ga", "PHPSESSID", "cc_sidecar_guest", "e"]
+    assert len(RequestCookies(HEADER)) == 4
