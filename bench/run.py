@@ -65,6 +65,16 @@ REQUESTS_PER_CUSTOMER = 10
 DEADLINE_S = 600
 
 USER_HEADER = "X-Shop-User"
+# What a browser sends a shop: a session and a handful of analytics and consent cookies (~0.4 KB).
+BROWSER_COOKIES = "; ".join(
+    [
+        "PHPSESSID=2d1f0c6a9b8e4f7a3c5d1e0f9a8b7c6d",
+        *(f"_ga_{n}=GS1.1.17000000{n}.4.1.1700001234.0.0.0" for n in range(5)),
+        "_gid=GA1.2.123456789.1700000000",
+        "cookie_consent=%7B%22necessary%22%3Atrue%2C%22analytics%22%3Atrue%7D",
+        "cart_id=8f7e6d5c-4b3a-2918-0706-050403020100",
+    ]
+)
 BENCH_USER = "bench-user"
 GET_TOKEN = "StorefrontUsers_GetToken"
 INJECTED_MARK = b'id="cc-storefront-user"'
@@ -482,11 +492,13 @@ def run(workdir: Path) -> dict[str, Any]:
 
         token_length = asyncio.run(check_targets(upstream, (nginx, bare), sidecar))
         user = {USER_HEADER: BENCH_USER}
+        cookies = {"Cookie": BROWSER_COOKIES}
         targets = [
             Target("upstream", "upstream /product (direct)", upstream, "/product"),
             Target("nginx", "nginx /product", nginx, "/product"),
             Target("bare", "bare aiohttp proxy /product (reference)", bare, "/product"),
             Target("sidecar", "cc-sidecar /product (pass-through)", sidecar, "/product"),
+            Target("sidecar_cookies", "cc-sidecar /product, browser cookies", sidecar, "/product", cookies),
             Target("editor", "cc-sidecar /editor/mug (cached token)", sidecar, "/editor/mug", user),
             Target("editor_gz", "cc-sidecar /editor-gz/mug (gzip, cached)", sidecar, "/editor-gz/mug", user),
         ]  # fmt: skip
