@@ -321,9 +321,23 @@ class Upstream:
         """Stream the shop's body to the client, through ``body_filter`` when given."""
         response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
         try:
+            if body_filter is not None:
+                # A page to rewrite is a document, not a stream: when it is all here at the first
+                # read it goes out rewritten with a Content-Length, not chunked, in one write.
+                first = await upstream.read()
+                if upstream.at_eof():
+                    body = body_filter.feed(first) + body_filter.finish()
+                    response.content_length = len(body)
+                    await response.prepare(request)
+                    await response.write_eof(body)
+                    return response
+                await response.prepare(request)
+                if rewritten := body_filter.feed(first):
+                    await response.write(rewritten)
+            else:
+                await response.prepare(request)
             # aiohttp holds the headers back until the first write; a body that is all here
             # goes out with them and the end of the message in one write (one syscall).
-            await response.prepare(request)
             while chunk := await upstream.read():
                 if body_filter is not None:
                     chunk = body_filter.feed(chunk)
@@ -339,11 +353,14 @@ class Upstream:
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
             log.debug("client went away mid-response", extra={"path": request.path})
         except (TimeoutError, HttpClientError, aiohttp.ClientError, ValueError) as exc:
-            # Headers are out: the only honest signal left is to cut the connection short.
             log.warning(
                 "shop response broke off mid-body",
                 extra={"path": request.path, "error": type(exc).__name__},
             )
+            if not response.prepared:
+                # Nothing was sent yet: the client can still be told properly.
+                return web.Response(status=502, text="bad gateway: the shop's answer broke off\n")
+            # Headers are out: the only honest signal left is to cut the connection short.
             if request.transport is not None:
                 request.transport.close()
         finally:

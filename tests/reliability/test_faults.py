@@ -333,17 +333,21 @@ async def test_shop_breaking_off_mid_body_cuts_the_client_cleanly(
 
 
 @pytest.mark.parametrize("fault", ["truncated-gzip", "corrupt-gzip"])
-async def test_broken_gzip_editor_page_is_cut_not_served_as_whole(
+async def test_broken_gzip_editor_page_is_a_502_not_served_as_whole(
     emulator: RunningEmulator,
     make_sidecar: SidecarFactory,
     misbehaving: tuple[Misbehaving, TestServer],
     fault: str,
 ) -> None:
-    """A gzip editor page that cannot be decoded to its end: the client sees the body cut short."""
+    """A gzip editor page that cannot be decoded (found before anything was sent): a clean 502."""
     _, server = misbehaving
     sidecar = await make_sidecar(config(str(server.make_url("")).rstrip("/"), emulator.url))
     answer = await fetch(sidecar, f"/editor/{fault}", headers=as_customer("gz"))
-    assert (answer.status, answer.cut) == (200, True)
+    assert (answer.status, answer.cut, answer.body) == (
+        502,
+        False,
+        b"bad gateway: the shop's answer broke off\n",
+    )
     assert answer.elapsed_s < SLACK_S
     assert (await fetch(sidecar, "/plain")).body == b"fine"
 
