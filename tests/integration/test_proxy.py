@@ -55,7 +55,7 @@ async def test_percent_encoded_path_reaches_shop_unchanged(proxy: Any, shop: Sho
         client.get(proxy.make_url("/a%2Fb/c%20d?q=%26")) as response,
     ):
         assert response.status == 200
-    assert shop.state.last().path_qs == "/a%2Fb/c d?q=&" or shop.state.last().path_qs.startswith("/a%2Fb/")
+    assert shop.state.last().path_qs == "/a%2Fb/c%20d?q=%26"
 
 
 @pytest.mark.slow
@@ -282,5 +282,5 @@ async def test_sidecar_paths_are_never_forwarded(proxy: Any, shop: Shop) -> None
         ):
             raw = URL(str(proxy.make_url("")).rstrip("/") + path, encoded=True)
             async with client.get(raw) as response:
-                assert response.status in (404, 503), path
+                assert response.status == 404, path
     assert shop.state.requests == []
