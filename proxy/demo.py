@@ -10,18 +10,21 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import html
 import secrets
 import signal
 import socket
+from collections.abc import AsyncIterator
 from importlib import resources
 
 from aiohttp import web
 
-from proxy.app import create_app
+from proxy.app import shop_services
 from proxy.config import parse_settings
 from proxy.emulator import EMULATOR_STATE, EmulatorOptions, create_emulator_app
 from proxy.log import setup_logging
+from proxy.metrics import Metrics
 
 SESSION_COOKIE = "PHPSESSID"
 PRODUCTS = {"mug": "Personalised mug", "tshirt": "Custom T-shirt", "card": "Greeting card"}
@@ -182,49 +185,51 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def start_demo(
+@contextlib.asynccontextmanager
+async def running_demo(
     port: int, *, token_lifetime_s: int = 3600
-) -> tuple[list[web.AppRunner], str, web.Application]:
-    """Start emulator, shop and sidecar; return their runners, the URL to open and the emulator app."""
-    runners: list[web.AppRunner] = []
+) -> AsyncIterator[tuple[str, web.Application]]:
+    """Emulator, shop and sidecar, serving until the block ends; yields the URL and the emulator app."""
+    async with contextlib.AsyncExitStack() as stack:
 
-    async def serve(app: web.Application, listen_port: int) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", listen_port)
-        await site.start()
-        runners.append(runner)
-        return int(runner.addresses[0][1])
+        async def listen(runner: web.BaseRunner, listen_port: int) -> int:
+            await runner.setup()
+            stack.push_async_callback(runner.cleanup)
+            await web.TCPSite(runner, "127.0.0.1", listen_port).start()
+            return int(runner.addresses[0][1])
 
-    emulator_app = create_emulator_app(EmulatorOptions(token_lifetime_s=token_lifetime_s))
-    api_port = await serve(emulator_app, 0)
-    shop_port = await serve(create_demo_shop_app(), 0)
-    settings = parse_settings(
-        demo_config(f"http://127.0.0.1:{shop_port}", f"http://127.0.0.1:{api_port}", port), {}
-    )
-    sidecar_port = await serve(create_app(settings), port)
-    return runners, f"http://127.0.0.1:{sidecar_port}/", emulator_app
+        def app_runner(app: web.Application) -> web.AppRunner:
+            return web.AppRunner(app, access_log=None, handle_signals=False)
+
+        emulator_app = create_emulator_app(EmulatorOptions(token_lifetime_s=token_lifetime_s))
+        api_port = await listen(app_runner(emulator_app), 0)
+        shop_port = await listen(app_runner(create_demo_shop_app()), 0)
+        settings = parse_settings(
+            demo_config(f"http://127.0.0.1:{shop_port}", f"http://127.0.0.1:{api_port}", port), {}
+        )
+        services = await stack.enter_async_context(shop_services(settings, metrics=Metrics()))
+        sidecar = web.ServerRunner(web.Server(services.handler, access_log=None), handle_signals=False)
+        sidecar_port = await listen(sidecar, port)
+        yield f"http://127.0.0.1:{sidecar_port}/", emulator_app
 
 
 async def _run(port: int) -> int:
-    runners, url, emulator_app = await start_demo(port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    print(
-        f"cc-sidecar demo is running.\n\n  Open {url}\n\n"
-        "  1. Open a product: as a guest you get an anonymous StorefrontUser and its token.\n"
-        "  2. Log in: the shop rotates its session; the sidecar merges your guest storage\n"
-        "     into your customer (MergeAnonymous) and hands you your own token.\n\n"
-        "Ctrl-C stops it.",
-        flush=True,
-    )
-    await stop.wait()
-    state = emulator_app[EMULATOR_STATE]
-    print(f"\nStorefront API calls made: {len(state.calls)}", flush=True)
-    for runner in reversed(runners):
-        await runner.cleanup()
+    async with running_demo(port) as (url, emulator_app):
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        print(
+            f"cc-sidecar demo is running.\n\n  Open {url}\n\n"
+            "  1. Open a product: as a guest you get an anonymous StorefrontUser and its token.\n"
+            "  2. Log in: the shop rotates its session; the sidecar merges your guest storage\n"
+            "     into your customer (MergeAnonymous) and hands you your own token.\n\n"
+            "Ctrl-C stops it.",
+            flush=True,
+        )
+        await stop.wait()
+        state = emulator_app[EMULATOR_STATE]
+        print(f"\nStorefront API calls made: {len(state.calls)}", flush=True)
     return 0
 
 

@@ -23,11 +23,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
-from prometheus_client import Histogram
 
 from proxy.config import StorefrontSettings
 from proxy.cookies import RequestCookies, delete_cookie_value, set_cookie_value
-from proxy.errors import InvalidIdentity, StorefrontApiError
+from proxy.errors import InvalidIdentity, SidecarError, StorefrontApiError, UpstreamError
 from proxy.identity import (
     GUEST_COOKIE,
     GUEST_COOKIE_MAX_AGE_S,
@@ -47,18 +46,20 @@ from proxy.injection import (
     is_html,
     render_element,
 )
-from proxy.log import storefront_var
-from proxy.metrics import Metrics
+from proxy.log import RequestContext, request_context
+from proxy.metrics import LatencyHistogram, Metrics
 from proxy.routing import PathMatcher, Router, TrustedNetworks, is_sidecar_path, normalise_path
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, Upstream, is_websocket_upgrade, response_headers
 
 log = logging.getLogger("proxy.handler")
+access_log = logging.getLogger("proxy.access")
 
 TOKEN_COOKIE = "cc_user_token"  # noqa: S105 -- a cookie name, not a secret
 USER_ID_HEADER = "X-CC-User-Id"
 USER_TOKEN_HEADER = "X-CC-User-Token"  # noqa: S105 -- a header name
 STATUS_HEADER = "X-CC-Sidecar"
+REQUEST_ID_HEADER = "X-Request-Id"
 NO_SHARED_CACHE = "private, no-store"
 # Response headers that describe the shop's bytes; wrong once the body is changed.
 _SHARED_CACHE_HEADERS = (
@@ -88,7 +89,7 @@ class Storefront:
     editor_paths: PathMatcher
     session_check: SessionChecker | None
     response_memory: ResponseHeaderMemory | None
-    upstream_seconds: Histogram
+    upstream_latency: LatencyHistogram
     counters: StorefrontCounters
     name: str = field(init=False)
     storefront_id: int = field(init=False)
@@ -98,6 +99,7 @@ class Storefront:
     html: bool = field(init=False)
     header: bool = field(init=False)
     cookie: bool = field(init=False)
+    injects: bool = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -109,6 +111,7 @@ class Storefront:
         self.html = "html" in settings.inject
         self.header = "header" in settings.inject
         self.cookie = "cookie" in settings.inject
+        self.injects = self.html or self.header or self.cookie
 
 
 class StorefrontCounters:
@@ -140,13 +143,9 @@ def build_storefront(
             else None
         ),
         response_memory=ResponseHeaderMemory() if settings.user.response_header else None,
-        upstream_seconds=metrics.upstream_seconds.labels(settings.name),
+        upstream_latency=metrics.per_request.upstream_latency(settings.name),
         counters=StorefrontCounters(metrics, settings.name),
     )
-
-
-# The storefront a request was routed to, for the access log and the request metrics.
-STOREFRONT_NAME = web.RequestKey("storefront_name", str)
 
 
 @dataclass(slots=True)
@@ -170,41 +169,79 @@ class ShopHandler:
         api_timeout_s: float,
         retry_after_s: int,
         clock: Callable[[], float] = time.time,
+        access_log: bool = False,
     ) -> None:
         self._router = router
+        self._count_request = metrics.per_request.count_request
+        self._access_log = access_log
         self._tokens = tokens
         self._metrics = metrics
         self._api_timeout_s = api_timeout_s
         self._retry_after = str(retry_after_s)
         self._clock = clock
 
-    async def __call__(self, request: web.Request) -> web.StreamResponse:
-        """Handle one shop request end to end."""
+    async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
+        """Serve one shop request: the one place errors become HTTP responses, counted and logged."""
+        context = RequestContext(request.headers.get(REQUEST_ID_HEADER))
+        # Every log line written for this request carries its id (and storefront, once routed).
+        request_context.set(context)
+        started = time.perf_counter()
+        try:
+            response = await self._serve(request, context)
+        except UpstreamError as exc:
+            log.warning("shop request failed: %s", exc, extra={"status": exc.status})
+            response = web.Response(status=exc.status, text=_UPSTREAM_TEXT[exc.status])
+        except web.HTTPException as exc:
+            # aiohttp answers these itself once re-raised.
+            self._record(request, context, exc.status, started)
+            raise
+        except SidecarError as exc:
+            log.error("request failed: %s", exc)
+            response = web.Response(status=500, text="internal error\n")
+        except Exception:
+            log.exception("unexpected error")
+            response = web.Response(status=500, text="internal error\n")
+        self._record(request, context, response.status, started)
+        return response
+
+    def _record(self, request: web.BaseRequest, context: RequestContext, status: int, started: float) -> None:
+        """Count the request and write its access log line."""
+        self._count_request(context.storefront or "-", status)
+        if self._access_log and access_log.isEnabledFor(logging.INFO):
+            access_log.info(
+                "request",
+                extra={
+                    "method": request.method,
+                    "path": request.path,
+                    "status": status,
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
+                    "peer": request.remote,
+                },
+            )
+
+    async def _serve(self, request: web.BaseRequest, context: RequestContext) -> web.StreamResponse:
+        """Route, identify, forward and attach: one request end to end."""
         storefront = self._router.resolve(request.host, request.headers, request.remote)
         if storefront is None:
             return web.Response(status=421, text="no storefront is configured for this host\n")
-        request[STOREFRONT_NAME] = storefront.name
-        # Every log line written for this request from here on names its storefront.
-        storefront_var.set(storefront.name)
+        context.storefront = storefront.name
         trusted = storefront.trusted.contains(request.remote)
-        secure = _is_https(request, trusted)
         # Before anything forwards a Cookie header (the shop, the session check).
         request = _without_token_cookie(request)
         if is_sidecar_path(request.path):
-            return await self._sidecar_path(request, storefront, trusted, secure)
+            return await self._sidecar_path(request, storefront, trusted)
 
         editor = (
-            request.method == "GET"
+            storefront.injects
+            and request.method == "GET"
             # Matched as the shop will route it, so "/editor/.." never gets the token of "/".
             and storefront.editor_paths.matches(normalise_path(request.path))
-            and (storefront.html or storefront.header or storefront.cookie)
         )
         upstream_headers = storefront.upstream.request_headers(
             request,
             trusted=trusted,
             drop=() if trusted else storefront.strip_keys,
             drop_conditional=editor,
-            scheme="https" if secure else "http",
         )
         if is_websocket_upgrade(request):
             return await storefront.upstream.websocket(request, upstream_headers)
@@ -217,17 +254,21 @@ class ShopHandler:
                 ready = self._cached_attachment(request, storefront, logged_in)
                 if ready is None:
                     work = asyncio.create_task(
-                        self._attachment(request, storefront, logged_in, secure, want_token=True)
+                        self._attachment(
+                            request, storefront, logged_in, _is_https(request, trusted), want_token=True
+                        )
                     )
-            elif GUEST_COOKIE in _cookies(request) and (logged_in or storefront.session_check):
+            elif (logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request):
                 work = asyncio.create_task(
-                    self._attachment(request, storefront, logged_in, secure, want_token=False)
+                    self._attachment(
+                        request, storefront, logged_in, _is_https(request, trusted), want_token=False
+                    )
                 )
 
         try:
             started = time.perf_counter()
             shop = await storefront.upstream.open(request, upstream_headers)
-            storefront.upstream_seconds.observe(time.perf_counter() - started)
+            storefront.upstream_latency.observe(time.perf_counter() - started)
         except BaseException:
             if work is not None:
                 work.cancel()
@@ -237,9 +278,11 @@ class ShopHandler:
         if storefront.response_header is not None:
             named = self._response_identity(request, storefront, headers, shop.status)
             logged_in = logged_in or named
-            if editor or (GUEST_COOKIE in _cookies(request) and (logged_in or storefront.session_check)):
+            if editor or ((logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)):
                 work = asyncio.create_task(
-                    self._attachment(request, storefront, logged_in, secure, want_token=editor)
+                    self._attachment(
+                        request, storefront, logged_in, _is_https(request, trusted), want_token=editor
+                    )
                 )
 
         if work is not None:
@@ -252,11 +295,11 @@ class ShopHandler:
             for cookie in ready.set_cookies:
                 headers.add(hdrs.SET_COOKIE, cookie)
             if editor:
-                body_filter = self._attach(storefront, headers, ready, secure)
+                body_filter = self._attach(storefront, headers, ready, _is_https(request, trusted))
         return await storefront.upstream.relay(request, shop, headers, body_filter)
 
     def _cached_attachment(
-        self, request: web.Request, storefront: Storefront, logged_in: str | None
+        self, request: web.BaseRequest, storefront: Storefront, logged_in: str | None
     ) -> Attachment | None:
         """The attachment of a known customer whose token is cached: no task, no I/O.
 
@@ -278,7 +321,7 @@ class ShopHandler:
         token = self._tokens.cached_hit(customer)
         return None if token is None else Attachment(customer, token)
 
-    def _header_identity(self, request: web.Request, storefront: Storefront, trusted: bool) -> str | None:
+    def _header_identity(self, request: web.BaseRequest, storefront: Storefront, trusted: bool) -> str | None:
         """The logged-in id from the identity header, believed only from a trusted peer."""
         if storefront.identity_header is None or not trusted:
             return None
@@ -288,7 +331,7 @@ class ShopHandler:
         return self._valid_or_none(raw, storefront, "header")
 
     def _response_identity(
-        self, request: web.Request, storefront: Storefront, headers: CIMultiDict[str], status: int
+        self, request: web.BaseRequest, storefront: Storefront, headers: CIMultiDict[str], status: int
     ) -> str | None:
         """The id the shop named on its response (the header is removed before the client sees it).
 
@@ -317,7 +360,7 @@ class ShopHandler:
 
     async def _attachment(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         storefront: Storefront,
         logged_in: str | None,
         secure: bool,
@@ -341,7 +384,7 @@ class ShopHandler:
 
     async def _resolve(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         storefront: Storefront,
         logged_in: str | None,
         secure: bool,
@@ -443,7 +486,7 @@ class ShopHandler:
         return body_filter
 
     async def _sidecar_path(
-        self, request: web.Request, storefront: Storefront, trusted: bool, secure: bool
+        self, request: web.BaseRequest, storefront: Storefront, trusted: bool
     ) -> web.StreamResponse:
         """Paths under ``/.cc-sidecar/``: only the token endpoint exists; nothing goes upstream."""
         if request.path != TOKEN_PATH:
@@ -456,7 +499,12 @@ class ShopHandler:
             session_key = storefront.guests.session_key(_cookies(request))
             remembered = storefront.response_memory.recall(session_key) if session_key else None
         attachment = await self._attachment(
-            request, storefront, logged_in, secure, want_token=True, remembered=remembered
+            request,
+            storefront,
+            logged_in,
+            _is_https(request, trusted),
+            want_token=True,
+            remembered=remembered,
         )
         headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store"})
         for cookie in attachment.set_cookies:
@@ -485,6 +533,12 @@ class _DecodeThenInject:
         return self._injector.feed(self._decoder.finish()) + self._injector.finish()
 
 
+_UPSTREAM_TEXT = {
+    502: "bad gateway: the shop did not answer\n",
+    504: "gateway timeout: the shop was too slow\n",
+}
+
+
 @functools.lru_cache(maxsize=4096)
 def _element(token: CustomerToken) -> bytes:
     """The rendered element of a token; cached, as one customer's token serves many pages."""
@@ -501,7 +555,7 @@ def _payload(token: CustomerToken) -> TokenPayload:
     )
 
 
-def _without_token_cookie(request: web.Request) -> web.Request:
+def _without_token_cookie(request: web.BaseRequest) -> web.BaseRequest:
     """The request less the browser's copy of the token cookie, so the token never goes upstream."""
     values = request.headers.getall(hdrs.COOKIE, ())
     if not any(TOKEN_COOKIE in value for value in values):
@@ -516,12 +570,12 @@ def _without_token_cookie(request: web.Request) -> web.Request:
     return request.clone(headers=headers)
 
 
-def _cookies(request: web.Request) -> RequestCookies:
+def _cookies(request: web.BaseRequest) -> RequestCookies:
     """The request's cookies, each read by name on demand (aiohttp's ``request.cookies`` parses all)."""
     return RequestCookies(request.headers.get(hdrs.COOKIE, ""))
 
 
-def _is_https(request: web.Request, trusted: bool) -> bool:
+def _is_https(request: web.BaseRequest, trusted: bool) -> bool:
     """Whether the browser's connection is https, per a trusted proxy's X-Forwarded-Proto.
 
     The shop listener itself never terminates TLS (the ingress does), so the header of a

@@ -1,22 +1,58 @@
 """Structured logging: one JSON object per line on stderr, warnings of libraries included.
 
-Request-scoped fields (request id, storefront) travel in context variables so every line
+Request-scoped fields (request id, storefront) travel in one context variable, so every line
 written while serving a request carries them without passing a logger around.
 """
 
 from __future__ import annotations
 
 import contextvars
+import itertools
 import json
 import logging
+import secrets
 import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
 
-request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
-storefront_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("storefront", default=None)
+# A client's X-Request-Id is kept when it looks like one; anything else gets a fresh id.
+MAX_REQUEST_ID = 128
+
+
+class RequestContext:
+    """What each log line written while serving one request says about it.
+
+    The request id is settled only when a line is written (most requests write none): the
+    client's X-Request-Id if it looks like one, else a fresh id, the same for every line.
+    """
+
+    __slots__ = ("_id", "storefront")
+
+    def __init__(self, given_id: str | None = None, storefront: str | None = None) -> None:
+        self._id = given_id
+        self.storefront = storefront
+
+    @property
+    def request_id(self) -> str:
+        given = self._id
+        if not given or len(given) > MAX_REQUEST_ID or not given.isascii():
+            self._id = given = next(_fresh_ids)
+        return given
+
+
+def _request_ids() -> Iterator[str]:
+    """Unique, not secret: a random per-process prefix and a counter (cheaper than random bytes)."""
+    prefix = secrets.token_hex(4)
+    return (f"{prefix}-{n:x}" for n in itertools.count(1))
+
+
+_fresh_ids = _request_ids()
+request_context: contextvars.ContextVar[RequestContext | None] = contextvars.ContextVar(
+    "request_context", default=None
+)
 
 # Attributes every LogRecord has; anything else passed via ``extra=`` is emitted as a field.
 _RECORD_ATTRIBUTES = frozenset(
@@ -68,12 +104,11 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": record.getMessage(),
         }
-        request_id = request_id_var.get()
-        if request_id is not None:
-            entry["request_id"] = request_id
-        storefront = storefront_var.get()
-        if storefront is not None:
-            entry["storefront"] = storefront
+        context = request_context.get()
+        if context is not None:
+            entry["request_id"] = context.request_id
+            if context.storefront is not None:
+                entry["storefront"] = context.storefront
         for key, value in record.__dict__.items():
             if key not in _RECORD_ATTRIBUTES and not key.startswith("_"):
                 entry[key] = value

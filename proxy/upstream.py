@@ -81,7 +81,7 @@ def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> froz
     return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
 
 
-def is_websocket_upgrade(request: web.Request) -> bool:
+def is_websocket_upgrade(request: web.BaseRequest) -> bool:
     """Tell whether the client asks to switch this request to a WebSocket."""
     upgrade = request.headers.get(hdrs.UPGRADE, "")
     return upgrade.lower() == "websocket" and "upgrade" in connection_listed(request.headers)
@@ -208,12 +208,11 @@ class Upstream:
 
     def request_headers(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         *,
         trusted: bool,
         drop: Collection[str] = (),
         drop_conditional: bool = False,
-        scheme: str,
     ) -> OutgoingHeaders:
         """Headers to send upstream: hop-by-hop and ``drop`` removed, X-Forwarded-* set.
 
@@ -255,14 +254,15 @@ class Upstream:
         peer = request.remote or ""
         out.append((hdrs.X_FORWARDED_FOR, ", ".join((*prior_for, peer)) if prior_for else peer))
         if not has_proto:
-            out.append((hdrs.X_FORWARDED_PROTO, scheme))
+            # The shop listener speaks plain HTTP: TLS, if any, ended at a hop before it.
+            out.append((hdrs.X_FORWARDED_PROTO, "http"))
         if not has_forwarded_host:
             host = request.host
             if host:
                 out.append((hdrs.X_FORWARDED_HOST, host))
         return OutgoingHeaders(out, has_host, content_length)
 
-    async def open(self, request: web.Request, headers: OutgoingHeaders) -> ShopResponse:
+    async def open(self, request: web.BaseRequest, headers: OutgoingHeaders) -> ShopResponse:
         """Send the request with its body streamed; return once the shop's headers arrived."""
         if self._pool is None:
             return await self._open_aiohttp(request, headers)
@@ -294,7 +294,7 @@ class Upstream:
         except (OSError, HttpClientError) as exc:
             raise UpstreamUnreachable(f"{self.name}: {type(exc).__name__}") from exc
 
-    async def _open_aiohttp(self, request: web.Request, headers: OutgoingHeaders) -> ShopResponse:
+    async def _open_aiohttp(self, request: web.BaseRequest, headers: OutgoingHeaders) -> ShopResponse:
         body = request.content if request.body_exists else None
         try:
             response = await self.session.request(
@@ -313,31 +313,30 @@ class Upstream:
 
     async def relay(
         self,
-        request: web.Request,
+        request: web.BaseRequest,
         upstream: ShopResponse,
         headers: CIMultiDict[str],
         body_filter: BodyFilter | None = None,
     ) -> web.StreamResponse:
-        """Stream the shop's body to the client, through ``body_filter`` when given."""
-        response = web.StreamResponse(status=upstream.status, reason=upstream.reason, headers=headers)
+        """Stream the shop's body to the client, through ``body_filter`` when given.
+
+        Most pages are all here at the first read: those go out as one ``web.Response``, status
+        line, headers and body in one write (a rewritten page with its new Content-Length).
+        Anything longer streams, chunk by chunk as the shop sends it.
+        """
+        status, reason = upstream.status, upstream.reason
+        response: web.StreamResponse | None = None
         try:
-            if body_filter is not None:
-                # A page to rewrite is a document, not a stream: when it is all here at the first
-                # read it goes out rewritten with a Content-Length, not chunked, in one write.
-                first = await upstream.read()
-                if upstream.at_eof():
-                    body = body_filter.feed(first) + body_filter.finish()
-                    response.content_length = len(body)
-                    await response.prepare(request)
-                    await response.write_eof(body)
-                    return response
-                await response.prepare(request)
-                if rewritten := body_filter.feed(first):
-                    await response.write(rewritten)
-            else:
-                await response.prepare(request)
-            # aiohttp holds the headers back until the first write; a body that is all here
-            # goes out with them and the end of the message in one write (one syscall).
+            first = await upstream.read()
+            if upstream.at_eof():
+                if body_filter is not None:
+                    first = body_filter.feed(first) + body_filter.finish()
+                return web.Response(status=status, reason=reason, headers=headers, body=first)
+            response = web.StreamResponse(status=status, reason=reason, headers=headers)
+            await response.prepare(request)
+            chunk = first if body_filter is None else body_filter.feed(first)
+            if chunk:
+                await response.write(chunk)
             while chunk := await upstream.read():
                 if body_filter is not None:
                     chunk = body_filter.feed(chunk)
@@ -351,15 +350,17 @@ class Upstream:
                 chunk += body_filter.finish()
             await response.write_eof(chunk)
         except (ConnectionResetError, aiohttp.ClientConnectionResetError):
+            if response is None:
+                return _broken_off()  # the shop's connection, not the client's, was reset
             log.debug("client went away mid-response", extra={"path": request.path})
         except (TimeoutError, HttpClientError, aiohttp.ClientError, ValueError) as exc:
             log.warning(
                 "shop response broke off mid-body",
                 extra={"path": request.path, "error": type(exc).__name__},
             )
-            if not response.prepared:
+            if response is None or not response.prepared:
                 # Nothing was sent yet: the client can still be told properly.
-                return web.Response(status=502, text="bad gateway: the shop's answer broke off\n")
+                return _broken_off()
             # Headers are out: the only honest signal left is to cut the connection short.
             if request.transport is not None:
                 request.transport.close()
@@ -367,7 +368,7 @@ class Upstream:
             upstream.release()
         return response
 
-    async def websocket(self, request: web.Request, outgoing: OutgoingHeaders) -> web.StreamResponse:
+    async def websocket(self, request: web.BaseRequest, outgoing: OutgoingHeaders) -> web.StreamResponse:
         """Connect to the shop's WebSocket first, then upgrade the client and pump both ways."""
         protocols = _split_tokens(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
         headers = outgoing.multidict()
@@ -416,6 +417,10 @@ class Upstream:
         finally:
             await shop_ws.close()
         return client_ws
+
+
+def _broken_off() -> web.Response:
+    return web.Response(status=502, text="bad gateway: the shop's answer broke off\n")
 
 
 WebSocketLike = web.WebSocketResponse | aiohttp.ClientWebSocketResponse

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from proxy.demo import start_demo
+from proxy.demo import running_demo
 from proxy.emulator import EMULATOR_STATE
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
@@ -121,9 +121,8 @@ async def test_demo_editor_page_gets_and_renews_a_token_then_login_merges(
 ) -> None:
     """In Chromium the editor script finds the guest's token, renews it, and after login gets the customer's."""
     devtools, session = browser
-    runners, url, emulator_app = await start_demo(0)
-    state = emulator_app[EMULATOR_STATE]
-    try:
+    async with running_demo(0) as (url, emulator_app):
+        state = emulator_app[EMULATOR_STATE]
         await devtools.call("Page.navigate", session, url=url + "editor/mug#renew-now")
         await devtools.wait_for(session, "document.getElementById('status').dataset.state", "renewed")
         guest = await devtools.evaluate(session, "JSON.stringify(window.ccUser)")
@@ -150,6 +149,3 @@ async def test_demo_editor_page_gets_and_renews_a_token_then_login_merges(
             "anonymousStorefrontUserId": guest_user["userId"],
             "regularStorefrontUserId": "jane@example.com",
         }
-    finally:
-        for runner in reversed(runners):
-            await runner.cleanup()

@@ -12,7 +12,7 @@ from typing import Any
 
 import jwt
 import pytest
-from aiohttp.test_utils import TestServer
+from aiohttp.test_utils import BaseTestServer
 
 from proxy.identity import GUEST_COOKIE, GuestKeys
 from tests.fixtures.emulator import RunningEmulator
@@ -34,11 +34,11 @@ def two_storefronts(shop: Shop, emulator: RunningEmulator, **both: Any) -> dict[
 
 
 @pytest.fixture
-async def sidecar(shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory) -> TestServer:
+async def sidecar(shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory) -> BaseTestServer:
     return await make_sidecar(two_storefronts(shop, emulator))
 
 
-async def on(sidecar: TestServer, host: str, path: str = "/editor/mug", **headers: str) -> Answer:
+async def on(sidecar: BaseTestServer, host: str, path: str = "/editor/mug", **headers: str) -> Answer:
     return await fetch(sidecar, path, headers={"Host": host, **headers})
 
 
@@ -58,7 +58,7 @@ def storefront_claim(payload: dict[str, Any]) -> int:
 
 
 async def test_same_session_cookie_gives_each_storefront_its_own_guest(
-    sidecar: TestServer, emulator: RunningEmulator
+    sidecar: BaseTestServer, emulator: RunningEmulator
 ) -> None:
     """One PHPSESSID in both storefronts: two guest ids, each derived for its storefront, each token for its own."""
     a = element_of((await on(sidecar, "a.example", Cookie="PHPSESSID=shared")).body)
@@ -71,7 +71,7 @@ async def test_same_session_cookie_gives_each_storefront_its_own_guest(
     assert {(sid, uid) for (sid, uid) in emulator.state.users} == {(1, a["userId"]), (2, b["userId"])}
 
 
-async def test_guest_cookie_of_one_storefront_is_not_valid_in_the_other(sidecar: TestServer) -> None:
+async def test_guest_cookie_of_one_storefront_is_not_valid_in_the_other(sidecar: BaseTestServer) -> None:
     """A's signed guest cookie, brought to B: ignored there (B derives its own guest), and B signs anew."""
     first = await on(sidecar, "a.example", Cookie="PHPSESSID=s-a")
     a_cookie = guest_cookie(first)
@@ -90,7 +90,7 @@ async def test_guest_cookie_of_one_storefront_is_not_valid_in_the_other(sidecar:
 
 
 async def test_login_at_one_storefront_never_merges_the_other_storefronts_guest(
-    sidecar: TestServer, emulator: RunningEmulator
+    sidecar: BaseTestServer, emulator: RunningEmulator
 ) -> None:
     """A's guest cookie on a login at B: no MergeAnonymous (the cookie is not B's); at A it merges once."""
     a_cookie = guest_cookie(await on(sidecar, "a.example", Cookie="PHPSESSID=before"))
@@ -103,7 +103,7 @@ async def test_login_at_one_storefront_never_merges_the_other_storefronts_guest(
 
 
 async def test_one_customer_id_in_two_storefronts_has_two_tokens_cached_apart(
-    sidecar: TestServer, emulator: RunningEmulator
+    sidecar: BaseTestServer, emulator: RunningEmulator
 ) -> None:
     """The same customer id at A and B: two GetTokens (one per storefront, tenant 1), then both cached."""
     a = element_of((await on(sidecar, "a.example", **{USER_HEADER: "john"})).body)
@@ -122,7 +122,7 @@ async def test_one_customer_id_in_two_storefronts_has_two_tokens_cached_apart(
     assert emulator.state.count(GET_TOKEN) == 2
 
 
-async def test_unknown_host_reaches_neither_storefront(sidecar: TestServer, shop: Shop) -> None:
+async def test_unknown_host_reaches_neither_storefront(sidecar: BaseTestServer, shop: Shop) -> None:
     """With two storefronts a Host that names neither gets 421, not the first storefront."""
     answer = await on(sidecar, "c.example", **{USER_HEADER: "john"})
     assert answer.status == 421
