@@ -94,7 +94,7 @@ class Storefront:
     name: str = field(init=False)
     storefront_id: int = field(init=False)
     identity_header: str | None = field(init=False)
-    strip_keys: frozenset[str] = field(init=False)
+    strip_keys: frozenset[bytes] = field(init=False)
     response_header: str | None = field(init=False)
     html: bool = field(init=False)
     header: bool = field(init=False)
@@ -106,7 +106,9 @@ class Storefront:
         self.name = settings.name
         self.storefront_id = settings.storefront_id
         self.identity_header = settings.user.header
-        self.strip_keys = frozenset({header_key(settings.user.header)} if settings.user.header else ())
+        self.strip_keys = frozenset(
+            {header_key(settings.user.header).encode()} if settings.user.header else ()
+        )
         self.response_header = settings.user.response_header
         self.html = "html" in settings.inject
         self.header = "header" in settings.inject

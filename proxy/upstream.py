@@ -61,6 +61,10 @@ _WEBSOCKET_HANDSHAKE = frozenset(
     )
 )
 _NEVER_FORWARDED = HOP_BY_HOP | _PER_HOP | _WEBSOCKET_HANDSHAKE
+# The same sets as raw (bytes) names, for the request's raw header lines.
+_NEVER_FORWARDED_RAW = frozenset(name.encode() for name in _NEVER_FORWARDED)
+_FORWARDED_RAW = frozenset(name.encode() for name in FORWARDED_HEADERS)
+_CONDITIONAL_RAW = frozenset(name.encode() for name in CONDITIONAL_HEADERS)
 # Read at most this much per chunk from the shop; keeps memory per request bounded.
 READ_CHUNK = 64 * 1024
 
@@ -79,6 +83,13 @@ def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> froz
     if not values:
         return frozenset()
     return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
+
+
+def _connection_listed_raw(headers: CIMultiDictProxy[str]) -> frozenset[bytes]:
+    """:func:`connection_listed` as raw (bytes) names."""
+    if hdrs.CONNECTION not in headers:
+        return frozenset()
+    return frozenset(name.encode("utf-8", "surrogateescape") for name in connection_listed(headers))
 
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
@@ -139,17 +150,26 @@ def create_upstream_session(settings: StorefrontSettings) -> UpstreamSession:
 
 
 class OutgoingHeaders:
-    """The request headers for the shop, in order, with what the request line needs to know."""
+    """The request headers for the shop as they go on the wire, with what the request line needs.
 
-    __slots__ = ("content_length", "has_host", "items")
+    ``parts`` is the header block in pieces, four per header (name, ``": "``, value, CRLF), all
+    bytes as the client sent them: joined once into the request head, never decoded on the way.
+    """
 
-    def __init__(self, items: list[tuple[str, str]], has_host: bool, content_length: str | None) -> None:
-        self.items = items
+    __slots__ = ("content_length", "has_host", "parts")
+
+    def __init__(self, parts: list[bytes], has_host: bool, content_length: bytes | None) -> None:
+        self.parts = parts
         self.has_host = has_host
         self.content_length = content_length
 
     def multidict(self) -> CIMultiDict[str]:
-        return CIMultiDict(self.items)
+        """The same headers for aiohttp's client (https shops, WebSockets)."""
+        parts = self.parts
+        return CIMultiDict(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            for name, value in zip(parts[0::4], parts[2::4], strict=True)
+        )
 
 
 class ShopResponse(Protocol):
@@ -199,8 +219,8 @@ class Upstream:
         self._base = settings.upstream.rstrip("/")
         url = URL(self._base)
         # What a plain-http request line starts its target with, and Host when the client sent none.
-        self._prefix = url.raw_path.rstrip("/")
-        self._host_line = f"Host: {url.raw_authority}\r\n"
+        self._prefix = url.raw_path.rstrip("/").encode("ascii")
+        self._host_line = f"Host: {url.raw_authority}\r\n".encode("ascii")
 
     def url_for(self, path_qs: str) -> URL:
         """The shop URL of a raw (still percent-encoded) path and query."""
@@ -211,56 +231,59 @@ class Upstream:
         request: web.BaseRequest,
         *,
         trusted: bool,
-        drop: Collection[str] = (),
+        drop: Collection[bytes] = (),
         drop_conditional: bool = False,
     ) -> OutgoingHeaders:
         """Headers to send upstream: hop-by-hop and ``drop`` removed, X-Forwarded-* set.
 
-        ``drop`` holds lower-case names with ``_`` spelled ``-``; every spelling of them goes.
-        ``drop_conditional`` (editor pages): no conditional headers, and only codings the
-        injector can decode, so the shop answers with a full page the token can go into.
+        Read from the request's raw header lines (bytes as the client sent them: aiohttp's parser
+        has refused any with a CR or LF in them). ``drop`` holds lower-case names with ``_``
+        spelled ``-``; every spelling of them goes. ``drop_conditional`` (editor pages): no
+        conditional headers, and only codings the injector can decode, so the shop answers with a
+        full page the token can go into.
         """
-        incoming = request.headers
-        listed = connection_listed(incoming)
-        out: list[tuple[str, str]] = []
-        prior_for: list[str] = []
+        listed = _connection_listed_raw(request.headers)
+        parts: list[bytes] = []
+        prior_for: list[bytes] = []
         has_proto = has_forwarded_host = has_host = False
-        content_length: str | None = None
-        for name, value in incoming.items():
+        content_length: bytes | None = None
+        for name, value in request.raw_headers:
             lowered = name.lower()
-            if lowered in _NEVER_FORWARDED or lowered in listed:
+            if lowered in _NEVER_FORWARDED_RAW or (listed and lowered in listed):
                 continue
-            if drop and lowered.replace("_", "-") in drop:
+            if drop and lowered.replace(b"_", b"-") in drop:
                 continue
-            if lowered in FORWARDED_HEADERS:
+            if lowered in _FORWARDED_RAW:
                 if not trusted:
                     continue
-                if lowered == "x-forwarded-for":
+                if lowered == b"x-forwarded-for":
                     prior_for.append(value)
                     continue
-                if lowered == "x-forwarded-proto":
+                if lowered == b"x-forwarded-proto":
                     has_proto = True
-                elif lowered == "x-forwarded-host":
+                elif lowered == b"x-forwarded-host":
                     has_forwarded_host = True
-            elif drop_conditional and lowered in CONDITIONAL_HEADERS:
-                continue
-            elif drop_conditional and lowered == "accept-encoding":
-                value = decodable_accept_encoding(value)
-            elif lowered == "host":
+            elif lowered == b"host":
                 has_host = True
-            elif lowered == "content-length":
+            elif lowered == b"content-length":
                 content_length = value
-            out.append((name, value))
-        peer = request.remote or ""
-        out.append((hdrs.X_FORWARDED_FOR, ", ".join((*prior_for, peer)) if prior_for else peer))
+            elif drop_conditional:
+                if lowered in _CONDITIONAL_RAW:
+                    continue
+                if lowered == b"accept-encoding":
+                    value = decodable_accept_encoding(value.decode("latin-1")).encode("latin-1")
+            parts += (name, b": ", value, b"\r\n")
+        peer = (request.remote or "").encode()
+        forwarded_for = b", ".join((*prior_for, peer)) if prior_for else peer
+        parts += (b"X-Forwarded-For", b": ", forwarded_for, b"\r\n")
         if not has_proto:
             # The shop listener speaks plain HTTP: TLS, if any, ended at a hop before it.
-            out.append((hdrs.X_FORWARDED_PROTO, "http"))
+            parts += (b"X-Forwarded-Proto", b": ", b"http", b"\r\n")
         if not has_forwarded_host:
             host = request.host
             if host:
-                out.append((hdrs.X_FORWARDED_HOST, host))
-        return OutgoingHeaders(out, has_host, content_length)
+                parts += (b"X-Forwarded-Host", b": ", host.encode("utf-8", "surrogateescape"), b"\r\n")
+        return OutgoingHeaders(parts, has_host, content_length)
 
     async def open(self, request: web.BaseRequest, headers: OutgoingHeaders) -> ShopResponse:
         """Send the request with its body streamed; return once the shop's headers arrived."""
@@ -268,27 +291,28 @@ class Upstream:
             return await self._open_aiohttp(request, headers)
         method = request.method
         body = request.content if request.body_exists else None
-        parts = [method, " ", self._prefix, request.raw_path, " HTTP/1.1\r\n"]
+        target = request.raw_path.encode("utf-8", "surrogateescape")
+        parts = [method.encode("ascii"), b" ", self._prefix, target, b" HTTP/1.1\r\n"]
         if not headers.has_host:
             parts.append(self._host_line)
-        for name, value in headers.items:
-            parts += (name, ": ", value, "\r\n")
+        parts += headers.parts
         content_length: int | None = None
         if body is not None:
             if headers.content_length is None:
-                parts.append("Transfer-Encoding: chunked\r\n")
+                parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
                 content_length = int(headers.content_length)
         elif headers.content_length is None and method not in BODYLESS_METHODS:
-            parts.append("Content-Length: 0\r\n")
-        parts.append("\r\n")
-        text = "".join(parts)
-        if text.count("\n") != text.count("\r\n") or text.count("\r") != text.count("\r\n"):
-            raise ValueError("newline or carriage return in a request header")
+            parts.append(b"Content-Length: 0\r\n")
+        parts.append(b"\r\n")
+        head = b"".join(parts)
+        # Every line ends in CRLF and nothing else breaks one (aiohttp's parser refused CR and LF
+        # inside the client's lines already; this guards the target and the sidecar's additions).
+        lines = head.count(b"\r\n")
+        if head.count(b"\n") != lines or head.count(b"\r") != lines:
+            raise ValueError("newline or carriage return in the request head")
         try:
-            return await self._pool.request(
-                method, text.encode("utf-8", "surrogateescape"), body, content_length
-            )
+            return await self._pool.request(method, head, body, content_length)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{self.name}: no response within the timeout") from exc
         except (OSError, HttpClientError) as exc:
