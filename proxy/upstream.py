@@ -42,6 +42,7 @@ HOP_BY_HOP = frozenset(
         "Upgrade",
     )
 )
+_HOP_BY_HOP_NAMES = tuple(sorted(HOP_BY_HOP))
 # Re-set by the sidecar on every request; a client's copy survives only from trusted_networks.
 FORWARDED_HEADERS = frozenset(
     name.lower() for name in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
@@ -479,17 +480,11 @@ def _split_tokens(values: Iterable[str]) -> tuple[str, ...]:
 
 def response_headers(upstream: ShopResponse) -> CIMultiDict[str]:
     """The shop's response headers less hop-by-hop ones (those it named in Connection too)."""
-    raw = upstream.raw_headers
-    listed: set[str] = set()
-    for name, value in raw:
-        if name.lower() == "connection":
-            listed.update(token.strip().lower() for token in value.split(",") if token.strip())
-    if listed:
-        return CIMultiDict(
-            [
-                (name, value)
-                for name, value in raw
-                if (lowered := name.lower()) not in HOP_BY_HOP and lowered not in listed
-            ]
-        )
-    return CIMultiDict([(name, value) for name, value in raw if name.lower() not in HOP_BY_HOP])
+    headers = CIMultiDict(upstream.raw_headers)
+    if hdrs.CONNECTION in headers:
+        for name in connection_listed(headers):
+            headers.popall(name, None)
+    for name in _HOP_BY_HOP_NAMES:
+        if name in headers:
+            del headers[name]
+    return headers

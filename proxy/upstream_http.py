@@ -144,7 +144,6 @@ class HttpResponse:
         "_buffered",
         "_conn",
         "_error",
-        "_framed",
         "_head",
         "_headers_done",
         "_interim",
@@ -177,7 +176,6 @@ class HttpResponse:
         self._headers_done = False
         self._interim = False
         self._keep_alive = False
-        self._framed = False
         self._released = False
         self._body_task: asyncio.Task[bool] | None = None
         self._progress = 0.0
@@ -208,16 +206,6 @@ class HttpResponse:
             return
         self.status = status
         self._keep_alive = parser.should_keep_alive()
-        framed = status in _NO_BODY_STATUSES
-        if not framed:
-            for name, value in self.raw_headers:
-                lowered = name.lower()
-                if lowered == "content-length" or (
-                    lowered == "transfer-encoding" and "chunked" in value.lower()
-                ):
-                    framed = True
-                    break
-        self._framed = framed
         self._headers_done = True
         if self._head:
             self._message_complete()
@@ -260,11 +248,21 @@ class HttpResponse:
                 conn.close()  # even if it went back to the pool a moment ago
 
     def eof(self) -> None:
-        if self._headers_done and not self._framed and not self.complete:
+        if self._headers_done and not self.complete and not self._framed():
             # Close-delimited body: the shop's close is its end.
             self._keep_alive = False
             self._message_complete()
             self._wake()
+
+    def _framed(self) -> bool:
+        """Whether the body has a length of its own (else the shop's close ends it)."""
+        if self.status in _NO_BODY_STATUSES:
+            return True
+        for name, value in self.raw_headers:
+            lowered = name.lower()
+            if lowered == "content-length" or (lowered == "transfer-encoding" and "chunked" in value.lower()):
+                return True
+        return False
 
     def lost(self, exc: Exception | None) -> None:
         if not self.complete:
