@@ -230,15 +230,12 @@ class ShopHandler:
         trusted = storefront.trusted.contains(request.remote)
         # Before anything forwards a Cookie header (the shop, the session check).
         request = _without_token_cookie(request)
-        if is_sidecar_path(request.path):
+        # Judged as the shop will route it, so "/editor/.." never gets the token of "/".
+        path = normalise_path(request.path)
+        if is_sidecar_path(path):
             return await self._sidecar_path(request, storefront, trusted)
 
-        editor = (
-            storefront.injects
-            and request.method == "GET"
-            # Matched as the shop will route it, so "/editor/.." never gets the token of "/".
-            and storefront.editor_paths.matches(normalise_path(request.path))
-        )
+        editor = storefront.injects and request.method == "GET" and storefront.editor_paths.matches(path)
         upstream_headers = storefront.upstream.request_headers(
             request,
             trusted=trusted,
@@ -560,7 +557,7 @@ def _payload(token: CustomerToken) -> TokenPayload:
 def _without_token_cookie(request: web.BaseRequest) -> web.BaseRequest:
     """The request less the browser's copy of the token cookie, so the token never goes upstream."""
     values = request.headers.getall(hdrs.COOKIE, ())
-    if not any(TOKEN_COOKIE in value for value in values):
+    if not values or not any(TOKEN_COOKIE in value for value in values):
         return request
     headers = CIMultiDict(request.headers)
     headers.popall(hdrs.COOKIE)

@@ -107,6 +107,8 @@ class Router(Generic[T]):
                 selector = settings.select_header
                 trusted = TrustedNetworks(settings.trusted_networks)
                 self._by_header.append((selector.name, selector.value, trusted, target))
+        # Host header values seen and the storefront each names: most requests skip parsing it.
+        self._by_raw_host: dict[str, T] = {}
         only = storefronts[0] if len(storefronts) == 1 else None
         # The contract: a single storefront that lists no hosts takes every request.
         self._fallback = only[1] if only and not only[0].hosts and not only[0].select_header else None
@@ -117,10 +119,21 @@ class Router(Generic[T]):
             if headers.get(name) == value and trusted.contains(peer):
                 return target
         if host:
-            found = self._by_host.get(_host_name(host))
+            found = self._by_raw_host.get(host)
             if found is not None:
                 return found
+            found = self._by_host.get(_host_name(host))
+            if found is not None:
+                # Only hosts that name a storefront are kept, so junk Hosts can't fill this up.
+                if len(self._by_raw_host) >= _MAX_RAW_HOSTS:
+                    self._by_raw_host.clear()
+                self._by_raw_host[host] = found
+                return found
         return self._fallback
+
+
+# Spellings of configured hosts remembered (case and port vary); cleared when full.
+_MAX_RAW_HOSTS = 1024
 
 
 def _host_name(host: str) -> str:
