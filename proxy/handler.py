@@ -43,6 +43,7 @@ from proxy.injection import (
     ContentDecoder,
     HtmlInjector,
     TokenPayload,
+    inject_html,
     is_html,
     render_element,
 )
@@ -460,11 +461,8 @@ class ShopHandler:
             if encoding is None or ContentDecoder.supports(encoding):
                 for name in _BODY_DESCRIPTORS:
                     headers.popall(name, None)
-                injector = HtmlInjector(_element(token))
-                # Most shops send editor pages unencoded: then there is nothing to decode.
-                body_filter = (
-                    injector if encoding is None else _DecodeThenInject(ContentDecoder(encoding), injector)
-                )
+                decoder = None if encoding is None else ContentDecoder(encoding)
+                body_filter = _TokenElementFilter(_element(token), decoder)
                 storefront.counters.html.inc()
             else:
                 log.warning(
@@ -516,19 +514,37 @@ class ShopHandler:
         return web.Response(body=_payload(attachment.token).to_json().encode(), headers=headers)
 
 
-class _DecodeThenInject:
-    """Decode the shop's Content-Encoding, then insert the element into the HTML."""
+class _TokenElementFilter:
+    """Puts the token element into an editor page, undoing the shop's Content-Encoding first.
 
-    __slots__ = ("_decoder", "_injector")
+    Most shops send editor pages unencoded, and most pages are all here at the first read:
+    then there is nothing to decode and no streaming injector to set up (:meth:`whole`).
+    """
 
-    def __init__(self, decoder: ContentDecoder, injector: HtmlInjector) -> None:
+    __slots__ = ("_decoder", "_element", "_injector")
+
+    def __init__(self, element: bytes, decoder: ContentDecoder | None) -> None:
+        self._element = element
         self._decoder = decoder
-        self._injector = injector
+        self._injector: HtmlInjector | None = None
+
+    def whole(self, body: bytes) -> bytes:
+        if self._decoder is not None:
+            body = self._decoder.feed(body) + self._decoder.finish()
+        return inject_html(body, self._element)
 
     def feed(self, chunk: bytes) -> bytes:
-        return self._injector.feed(self._decoder.feed(chunk))
+        if self._injector is None:
+            self._injector = HtmlInjector(self._element)
+        if self._decoder is not None:
+            chunk = self._decoder.feed(chunk)
+        return self._injector.feed(chunk)
 
     def finish(self) -> bytes:
+        if self._injector is None:
+            self._injector = HtmlInjector(self._element)
+        if self._decoder is None:
+            return self._injector.finish()
         return self._injector.feed(self._decoder.finish()) + self._injector.finish()
 
 

@@ -41,6 +41,8 @@ _WS = rb"[ \t\n\f\r]"
 # after it, so a long run of whitespace arriving in pieces is read once, not once per chunk.
 _HEAD_NAME = re.compile(rb"</head", re.IGNORECASE)
 _WS_RUN = re.compile(_WS + rb"*+")
+# A whole "</head>" (whitespace allowed before the ">"), for a body that is all in memory.
+_HEAD_END = re.compile(rb"</head" + _WS + rb"*+>", re.IGNORECASE)
 # The start of an opening body tag: "<body" followed by whitespace, "/" or ">" so that
 # "<bodyx" is not one ("<tbody" never contains "<body").
 _BODY_START = re.compile(rb"<body(?=[ \t\n\f\r/>])", re.IGNORECASE)
@@ -298,6 +300,11 @@ def _prefix_start(buf: bytearray, scanned: int, prefix: re.Pattern[bytes]) -> in
 
 def inject_html(body: bytes, element: bytes) -> bytes:
     """Insert ``element`` into a whole HTML body by the rule of :class:`HtmlInjector`."""
+    # The common page: one search for "</head>", one copy of the page around the element.
+    head = _HEAD_END.search(body)
+    if head is not None:
+        page = memoryview(body)
+        return b"".join((page[: head.start()], element, page[head.start() :]))
     # The whole body is in memory already, so holding it is free: no max_hold deviation.
     injector = HtmlInjector(element, max_hold=len(body))
     return injector.feed(body) + injector.finish()

@@ -67,7 +67,10 @@ def normalise_path(path: str) -> str:
 
 def is_sidecar_path(path: str) -> bool:
     """Tell whether a (decoded) path is the sidecar's own, in any spelling that reaches it."""
-    normalised = normalise_path(path).lower()
+    normalised = normalise_path(path)
+    if "/." not in normalised:  # most paths: no segment starts with a dot
+        return False
+    normalised = normalised.lower()
     return normalised.startswith(SIDECAR_PATH_PREFIX) or normalised == SIDECAR_PATH_PREFIX[:-1]
 
 

@@ -71,7 +71,11 @@ READ_CHUNK = 64 * 1024
 
 
 class BodyFilter(Protocol):
-    """Transforms a response body as it streams (used to inject into HTML)."""
+    """Transforms a response body, all at once or as it streams (used to inject into HTML)."""
+
+    def whole(self, body: bytes) -> bytes:
+        """The transformed body of one that is all here (instead of feed and finish)."""
+        ...
 
     def feed(self, chunk: bytes) -> bytes: ...
 
@@ -355,7 +359,7 @@ class Upstream:
             first = await upstream.read()
             if upstream.at_eof():
                 if body_filter is not None:
-                    first = body_filter.feed(first) + body_filter.finish()
+                    first = body_filter.whole(first)
                 return web.Response(status=status, reason=reason, headers=headers, body=first)
             response = web.StreamResponse(status=status, reason=reason, headers=headers)
             await response.prepare(request)
