@@ -146,7 +146,7 @@ def build_storefront(
             else None
         ),
         response_memory=ResponseHeaderMemory() if settings.user.response_header else None,
-        upstream_latency=metrics.per_request.upstream_latency(settings.name),
+        upstream_latency=metrics.upstream_seconds.labels(settings.name),
         counters=StorefrontCounters(metrics, settings.name),
     )
 
@@ -175,7 +175,7 @@ class ShopHandler:
         access_log: bool = False,
     ) -> None:
         self._router = router
-        self._count_request = metrics.per_request.count_request
+        self._requests = metrics.requests
         self._access_log = access_log
         self._tokens = tokens
         self._metrics = metrics
@@ -209,7 +209,7 @@ class ShopHandler:
 
     def _record(self, request: web.BaseRequest, context: RequestContext, status: int, started: float) -> None:
         """Count the request and write its access log line."""
-        self._count_request(context.storefront or "-", status)
+        self._requests.labels(context.storefront or "-", status).inc()
         if self._access_log and access_log.isEnabledFor(logging.INFO):
             access_log.info(
                 "request",

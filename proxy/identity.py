@@ -69,7 +69,8 @@ def valid_customer_id(raw: str) -> str:
         raise InvalidIdentity("empty customer id")
     if len(value) > MAX_ID_LENGTH:
         raise InvalidIdentity(f"customer id longer than {MAX_ID_LENGTH} characters")
-    if not all("!" <= c <= "~" for c in value):
+    # Printable ASCII without the space: "!" to "~".
+    if not (value.isascii() and value.isprintable()) or " " in value:
         raise InvalidIdentity("customer id has characters outside printable ASCII")
     if value.startswith(GUEST_PREFIX):
         # A shop id that looks like a guest id could take over a guest's storage.

@@ -1,12 +1,17 @@
 """Prometheus metrics of one sidecar, in a registry of its own (no global state, so tests and
-several apps in one process never collide). Labels never carry a token, a user id or a session."""
+several apps in one process never collide). Labels never carry a token, a user id or a session.
+
+Metrics touched by every request (requests, upstream latency, token cache hits, injections) are
+plain numbers, turned into metric families only when /metrics is scraped: prometheus_client's
+own children take a lock on each call, and the event loop is the only writer here. The rest
+(API calls, merges, breaker state) are prometheus_client's own.
+"""
 
 from __future__ import annotations
 
 import bisect
-import collections
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Hashable, Iterator
 from typing import cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -16,6 +21,55 @@ from prometheus_client.utils import floatToGoString
 
 # Upstream latency buckets, seconds: fine below 100 ms where a proxy's cost shows.
 _UPSTREAM_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# How Prometheus spells a bucket bound ("1.0", "0.005"); prometheus_client's helper has no types.
+_go_float = cast(Callable[[float], str], floatToGoString)
+
+
+class PlainCounterChild:
+    """One labelled counter: a number."""
+
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0.0
+
+    def inc(self, amount: float = 1) -> None:
+        self.value += amount
+
+
+class PlainCounter:
+    """A counter family of plain numbers, with prometheus_client's ``labels().inc()`` shape.
+
+    Label values may be any hashable (a status code as an int); they are spelled with ``str``
+    when scraped.
+    """
+
+    def __init__(self, name: str, documentation: str, labelnames: tuple[str, ...] = ()) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelnames = labelnames
+        self._children: dict[tuple[Hashable, ...], PlainCounterChild] = {}
+
+    def labels(self, *values: Hashable) -> PlainCounterChild:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self._labelnames):
+                raise ValueError(f"{self._name} takes labels {self._labelnames}, got {values!r}")
+            child = self._children[values] = PlainCounterChild()
+        return child
+
+    def inc(self, amount: float = 1) -> None:
+        """For a family without labels."""
+        self.labels().inc(amount)
+
+    def family(self) -> CounterMetricFamily:
+        family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
+        if not self._labelnames:
+            family.add_metric((), self.labels().value)
+            return family
+        for values, child in sorted(self._children.items(), key=lambda item: [str(v) for v in item[0]]):
+            family.add_metric([str(value) for value in values], child.value)
+        return family
 
 
 class LatencyHistogram:
@@ -34,50 +88,40 @@ class LatencyHistogram:
         self.sum += seconds
 
 
-class PerRequestMetrics(Collector):
-    """``cc_sidecar_requests_total`` and ``cc_sidecar_upstream_seconds``, touched by every request.
+class PlainHistogram:
+    """A histogram family of plain numbers, one :class:`LatencyHistogram` per label value."""
 
-    prometheus_client's own children take a lock and walk their buckets on each call; on the
-    request path these two are plain integer additions instead, turned into metric families only
-    when /metrics is scraped (the event loop is the only writer, so nothing needs a lock).
-    """
+    def __init__(self, name: str, documentation: str, labelname: str, buckets: tuple[float, ...]) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelname = labelname
+        self._bounds = tuple(float(bound) for bound in buckets)
+        self._bucket_labels = (*(_go_float(bound) for bound in self._bounds), "+Inf")
+        self._children: dict[str, LatencyHistogram] = {}
 
-    def __init__(self, buckets: tuple[float, ...] = _UPSTREAM_BUCKETS) -> None:
-        self._buckets = tuple(float(bound) for bound in buckets)
-        self._bucket_labels = (*(_go_float(bound) for bound in self._buckets), "+Inf")
-        self._requests: collections.Counter[tuple[str, int]] = collections.Counter()
-        self._latencies: dict[str, LatencyHistogram] = {}
+    def labels(self, value: str) -> LatencyHistogram:
+        return self._children.setdefault(value, LatencyHistogram(self._bounds))
 
-    def count_request(self, storefront: str, status: int) -> None:
-        self._requests[storefront, status] += 1
+    def family(self) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(self._name, self._documentation, labels=(self._labelname,))
+        for value, child in sorted(self._children.items()):
+            cumulative = itertools.accumulate(child.counts)
+            family.add_metric((value,), list(zip(self._bucket_labels, cumulative, strict=True)), child.sum)
+        return family
 
-    def upstream_latency(self, storefront: str) -> LatencyHistogram:
-        """The histogram of one storefront (made on first use; the caller keeps it)."""
-        return self._latencies.setdefault(storefront, LatencyHistogram(self._buckets))
+
+class _PlainCollector(Collector):
+    """Exports the plain families when /metrics is scraped."""
+
+    def __init__(self, families: list[PlainCounter | PlainHistogram]) -> None:
+        self._families = families
 
     def describe(self) -> Iterator[Metric]:
-        yield CounterMetricFamily("cc_sidecar_requests", _REQUESTS_HELP, labels=("storefront", "status"))
-        yield HistogramMetricFamily("cc_sidecar_upstream_seconds", _UPSTREAM_HELP, labels=("storefront",))
+        return self.collect()
 
     def collect(self) -> Iterator[Metric]:
-        requests = CounterMetricFamily("cc_sidecar_requests", _REQUESTS_HELP, labels=("storefront", "status"))
-        for (storefront, status), count in sorted(self._requests.items()):
-            requests.add_metric((storefront, str(status)), count)
-        yield requests
-        upstream = HistogramMetricFamily(
-            "cc_sidecar_upstream_seconds", _UPSTREAM_HELP, labels=("storefront",)
-        )
-        for storefront, histogram in sorted(self._latencies.items()):
-            cumulative = itertools.accumulate(histogram.counts)
-            buckets = list(zip(self._bucket_labels, cumulative, strict=True))
-            upstream.add_metric((storefront,), buckets, histogram.sum)
-        yield upstream
-
-
-# How Prometheus spells a bucket bound ("1.0", "0.005"); prometheus_client's helper has no types.
-_go_float = cast(Callable[[float], str], floatToGoString)
-_REQUESTS_HELP = "Shop requests served, by storefront and status."
-_UPSTREAM_HELP = "Time until the shop's response headers arrived."
+        for family in self._families:
+            yield family.family()
 
 
 class Metrics:
@@ -86,17 +130,42 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.per_request = PerRequestMetrics()
-        r.register(self.per_request)
-        self.token_cache_hits = Counter(
-            "cc_sidecar_token_cache_hits",
-            "Customer tokens served from the cache.",
-            registry=r,
+        self.requests = PlainCounter(
+            "cc_sidecar_requests", "Shop requests served, by storefront and status.", ("storefront", "status")
         )
-        self.token_cache_misses = Counter(
-            "cc_sidecar_token_cache_misses",
-            "Customer tokens that had to be fetched.",
-            registry=r,
+        self.upstream_seconds = PlainHistogram(
+            "cc_sidecar_upstream_seconds",
+            "Time until the shop's response headers arrived.",
+            "storefront",
+            _UPSTREAM_BUCKETS,
+        )
+        self.token_cache_hits = PlainCounter(
+            "cc_sidecar_token_cache_hits", "Customer tokens served from the cache."
+        )
+        self.token_cache_misses = PlainCounter(
+            "cc_sidecar_token_cache_misses", "Customer tokens that had to be fetched."
+        )
+        self.injections = PlainCounter(
+            "cc_sidecar_injections",
+            "Responses a token was attached to, by storefront and mode.",
+            ("storefront", "mode"),
+        )
+        self.token_unavailable = PlainCounter(
+            "cc_sidecar_token_unavailable",
+            "Editor pages served without a token (API down or slow).",
+            ("storefront",),
+        )
+        r.register(
+            _PlainCollector(
+                [
+                    self.requests,
+                    self.upstream_seconds,
+                    self.token_cache_hits,
+                    self.token_cache_misses,
+                    self.injections,
+                    self.token_unavailable,
+                ]
+            )
         )
         self.token_cache_entries = Gauge(
             "cc_sidecar_token_cache_entries",
@@ -107,18 +176,6 @@ class Metrics:
             "cc_sidecar_api_calls",
             "Storefront API calls, by operation and outcome.",
             ["operation", "outcome"],
-            registry=r,
-        )
-        self.injections = Counter(
-            "cc_sidecar_injections",
-            "Responses a token was attached to, by storefront and mode.",
-            ["storefront", "mode"],
-            registry=r,
-        )
-        self.token_unavailable = Counter(
-            "cc_sidecar_token_unavailable",
-            "Editor pages served without a token (API down or slow).",
-            ["storefront"],
             registry=r,
         )
         self.merges = Counter(

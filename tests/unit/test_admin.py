@@ -30,10 +30,10 @@ async def test_readyz_follows_readiness(aiohttp_client: Any) -> None:
 async def test_metrics_exposes_the_contract_names(aiohttp_client: Any) -> None:
     """/metrics is Prometheus text with every metric the contract names."""
     metrics = Metrics()
-    metrics.per_request.count_request("main", 200)
+    metrics.requests.labels("main", 200).inc()
     metrics.api_calls.labels("StorefrontUsers_GetToken", "ok").inc()
     metrics.injections.labels("main", "html").inc()
-    metrics.per_request.upstream_latency("main").observe(0.01)
+    metrics.upstream_seconds.labels("main").observe(0.01)
     client = await aiohttp_client(create_admin_app(Readiness(), metrics))
     response = await client.get("/metrics")
     assert response.status == 200
