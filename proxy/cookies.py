@@ -19,9 +19,9 @@ class RequestCookies(Mapping[str, str]):
     def __init__(self, header: str) -> None:
         self._header = header
 
-    def __getitem__(self, name: str) -> str:
+    def _find(self, name: str) -> str | None:
         if name not in self._header:  # the common case: not there at all
-            raise KeyError(name)
+            return None
         for pair in self._header.split(";"):
             key, sep, value = pair.partition("=")
             if sep and key.strip() == name:
@@ -29,7 +29,21 @@ class RequestCookies(Mapping[str, str]):
                 if len(value) >= 2 and value[0] == value[-1] == '"':
                     value = value[1:-1]
                 return value
-        raise KeyError(name)
+        return None
+
+    def __getitem__(self, name: str) -> str:
+        value = self._find(name)
+        if value is None:
+            raise KeyError(name)
+        return value
+
+    # Mapping's own would go through __getitem__ and a KeyError: costly for a cookie not there.
+    def __contains__(self, name: object) -> bool:
+        return isinstance(name, str) and self._find(name) is not None
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        value = self._find(name)
+        return default if value is None else value
 
     def __iter__(self) -> Iterator[str]:
         seen: set[str] = set()

@@ -48,9 +48,8 @@ log = logging.getLogger("proxy.tokens")
 V = TypeVar("V")
 
 
-@dataclass(frozen=True, slots=True)
-class Customer:
-    """Who a token is for: a StorefrontUser of one storefront."""
+class Customer(NamedTuple):
+    """Who a token is for: a StorefrontUser of one storefront (a tuple: made on every editor page)."""
 
     storefront_id: int
     user_id: str
