@@ -155,7 +155,6 @@ def build_storefront(
 class Attachment:
     """What the token work of one request produced for its response."""
 
-    customer: Customer | None = None
     token: CustomerToken | None = None
     set_cookies: list[str] = field(default_factory=list)
 
@@ -319,7 +318,7 @@ class ShopHandler:
         else:
             return None
         token = self._tokens.cached_hit(customer)
-        return None if token is None else Attachment(customer, token)
+        return None if token is None else Attachment(token)
 
     def _header_identity(self, request: web.BaseRequest, storefront: Storefront, trusted: bool) -> str | None:
         """The logged-in id from the identity header, believed only from a trusted peer."""
@@ -417,7 +416,6 @@ class ShopHandler:
         else:
             guest_id = guests.guest(cookies).user_id
             customer = Customer(storefront.storefront_id, guest_id, is_anonymous=True)
-        attachment.customer = customer
         if not want_token:
             return
         try:
@@ -554,10 +552,24 @@ _UPSTREAM_TEXT = {
 }
 
 
-@functools.lru_cache(maxsize=4096)
 def _element(token: CustomerToken) -> bytes:
     """The rendered element of a token; cached, as one customer's token serves many pages."""
-    return render_element(_payload(token))
+    # Keyed by the fields themselves: lru_cache hashes and compares those in C, where a
+    # dataclass key would run its Python __hash__ and __eq__ on every page.
+    return _rendered(token.storefront_id, token.user_id, token.is_anonymous, token.token, token.expires_at)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rendered(storefront_id: int, user_id: str, is_anonymous: bool, token: str, expires_at: int) -> bytes:
+    return render_element(
+        TokenPayload(
+            storefront_id=storefront_id,
+            user_id=user_id,
+            is_anonymous=is_anonymous,
+            token=token,
+            expires_at=expires_at,
+        )
+    )
 
 
 def _payload(token: CustomerToken) -> TokenPayload:

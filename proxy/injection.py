@@ -17,6 +17,7 @@ goes"):
 
 from __future__ import annotations
 
+import functools
 import json
 import re
 import zlib
@@ -310,6 +311,7 @@ def inject_html(body: bytes, element: bytes) -> bytes:
     return injector.feed(body) + injector.finish()
 
 
+@functools.lru_cache(maxsize=256)
 def is_html(content_type: str | None) -> bool:
     """Whether a Content-Type names an HTML page (``text/html`` or XHTML), parameters ignored."""
     if not content_type:
