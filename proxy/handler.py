@@ -61,6 +61,8 @@ USER_ID_HEADER = "X-CC-User-Id"
 USER_TOKEN_HEADER = "X-CC-User-Token"  # noqa: S105 -- a header name
 STATUS_HEADER = "X-CC-Sidecar"
 REQUEST_ID_HEADER = "X-Request-Id"
+# Raw customer ids whose checks passed, kept so a returning customer's id is not checked again.
+_REMEMBERED_IDS = 4096
 NO_SHARED_CACHE = "private, no-store"
 # Response headers that describe the shop's bytes; wrong once the body is changed.
 _SHARED_CACHE_HEADERS = (
@@ -175,6 +177,7 @@ class ShopHandler:
     ) -> None:
         self._router = router
         self._requests = metrics.requests
+        self._valid_ids: dict[str, str] = {}
         self._access_log = access_log
         self._tokens = tokens
         self._metrics = metrics
@@ -294,7 +297,7 @@ class ShopHandler:
             for cookie in ready.set_cookies:
                 headers.add(hdrs.SET_COOKIE, cookie)
             if editor:
-                body_filter = self._attach(storefront, headers, ready, _is_https(request, trusted))
+                body_filter = self._attach(request, trusted, storefront, headers, ready)
         return await storefront.upstream.relay(request, shop, headers, body_filter)
 
     def _cached_attachment(
@@ -350,12 +353,20 @@ class ShopHandler:
         return named
 
     def _valid_or_none(self, raw: str, storefront: Storefront, source: str) -> str | None:
+        valid = self._valid_ids.get(raw)
+        if valid is not None:
+            return valid
         try:
-            return valid_customer_id(raw)
+            valid = valid_customer_id(raw)
         except InvalidIdentity as exc:
             self._metrics.invalid_identities.labels(storefront.name, source).inc()
             log.warning("ignored an invalid customer id: %s", exc, extra={"source": source})
             return None
+        # The same customers come back page after page; an invalid id is judged (and logged) anew.
+        if len(self._valid_ids) >= _REMEMBERED_IDS:
+            self._valid_ids.clear()
+        self._valid_ids[raw] = valid
+        return valid
 
     async def _attachment(
         self,
@@ -438,10 +449,11 @@ class ShopHandler:
 
     def _attach(
         self,
+        request: web.BaseRequest,
+        trusted: bool,
         storefront: Storefront,
         headers: CIMultiDict[str],
         attachment: Attachment,
-        secure: bool,
     ) -> BodyFilter | None:
         """Put the token on an editor page's response; returns the HTML body filter, if any."""
         headers[hdrs.CACHE_CONTROL] = NO_SHARED_CACHE
@@ -475,7 +487,13 @@ class ShopHandler:
             max_age = max(0, token.expires_at - int(self._clock()))
             headers.add(
                 hdrs.SET_COOKIE,
-                set_cookie_value(TOKEN_COOKIE, token.token, http_only=False, secure=secure, max_age=max_age),
+                set_cookie_value(
+                    TOKEN_COOKIE,
+                    token.token,
+                    http_only=False,
+                    secure=_is_https(request, trusted),
+                    max_age=max_age,
+                ),
             )
             storefront.counters.cookie.inc()
         return body_filter
