@@ -55,3 +55,24 @@ async def test_a_warning_during_a_request_names_its_request_and_storefront(
         "main",
         "header",
     )
+
+
+async def test_an_invalid_id_is_logged_on_every_request_that_brings_it(
+    shop: Shop, make_sidecar: SidecarFactory, handler_log: io.StringIO
+) -> None:
+    """Valid ids are remembered between requests; an invalid one is judged, and logged, each time."""
+    sidecar = await make_sidecar(
+        sidecar_config(
+            shop.url, "http://127.0.0.1:9", trusted_networks=["127.0.0.1/32"], user={"header": "X-Shop-User"}
+        )
+    )
+    async with aiohttp.ClientSession() as client:
+        for request_id in ("first", "second"):
+            headers = {"X-Shop-User": "anon-taken", "X-Request-Id": request_id}
+            async with client.get(sidecar.make_url("/plain"), headers=headers) as response:
+                assert response.status == 200
+    entries = [json.loads(line) for line in handler_log.getvalue().splitlines()]
+    assert [(entry["request_id"], entry["message"]) for entry in entries] == [
+        (request_id, "ignored an invalid customer id: customer id starts with the reserved prefix 'anon-'")
+        for request_id in ("first", "second")
+    ]
