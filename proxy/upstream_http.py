@@ -61,13 +61,16 @@ class _Connection(asyncio.Protocol):
         "_paused_writing",
         "closed",
         "idle_since",
+        "loop",
         "pool",
         "response",
         "transport",
     )
 
-    def __init__(self, pool: HttpPool) -> None:
+    def __init__(self, pool: HttpPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
+        # Kept, not looked up per request: on Python 3.11 get_running_loop() costs a getpid().
+        self.loop = loop
         self.transport: asyncio.Transport | None = None
         self.response: HttpResponse | None = None
         self.closed = False
@@ -121,7 +124,7 @@ class _Connection(asyncio.Protocol):
             raise ConnectionBroken("connection closed while sending")
         if not self._paused_writing:
             return
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self.loop.create_future()
         self._drain_waiter = waiter
         try:
             await waiter
@@ -164,7 +167,7 @@ class HttpResponse:
 
     def __init__(self, conn: _Connection, head: bool, read_timeout: float) -> None:
         self._conn: _Connection | None = conn
-        self._loop = asyncio.get_running_loop()
+        self._loop = conn.loop
         self._parser = httptools.HttpResponseParser(self)
         self._head = head
         self._read_timeout = read_timeout
@@ -444,7 +447,7 @@ class HttpPool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        conn = _Connection(self)
+        conn = _Connection(self, loop)
         async with asyncio.timeout(self._connect_timeout):
             addresses = await self._resolve()
             error: OSError | None = None
@@ -548,7 +551,7 @@ async def _send_body(
     """Stream the client's body to the shop; True once it all went out."""
     transport = conn.transport
     assert transport is not None
-    loop = asyncio.get_running_loop()
+    loop = conn.loop
     sent = 0
     try:
         while True:
