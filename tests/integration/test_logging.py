@@ -9,6 +9,7 @@ from collections.abc import Iterator
 
 import aiohttp
 import pytest
+from aiohttp.test_utils import BaseTestServer
 
 from proxy.log import JsonFormatter
 from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
@@ -28,15 +29,20 @@ def handler_log() -> Iterator[io.StringIO]:
         logger.removeHandler(handler)
 
 
-async def test_a_warning_during_a_request_names_its_request_and_storefront(
-    shop: Shop, make_sidecar: SidecarFactory, handler_log: io.StringIO
-) -> None:
-    """An invalid identity header is logged with the client's X-Request-Id and the storefront."""
-    sidecar = await make_sidecar(
+@pytest.fixture
+async def sidecar(shop: Shop, make_sidecar: SidecarFactory) -> BaseTestServer:
+    """A sidecar that believes X-Shop-User from loopback; its API is unreachable (never asked here)."""
+    return await make_sidecar(
         sidecar_config(
             shop.url, "http://127.0.0.1:9", trusted_networks=["127.0.0.1/32"], user={"header": "X-Shop-User"}
         )
     )
+
+
+async def test_a_warning_during_a_request_names_its_request_and_storefront(
+    sidecar: BaseTestServer, handler_log: io.StringIO
+) -> None:
+    """An invalid identity header is logged with the client's X-Request-Id and the storefront."""
     headers = {"X-Shop-User": "has space", "X-Request-Id": "req-123"}
     async with (
         aiohttp.ClientSession() as client,
@@ -58,14 +64,9 @@ async def test_a_warning_during_a_request_names_its_request_and_storefront(
 
 
 async def test_an_invalid_id_is_logged_on_every_request_that_brings_it(
-    shop: Shop, make_sidecar: SidecarFactory, handler_log: io.StringIO
+    sidecar: BaseTestServer, handler_log: io.StringIO
 ) -> None:
     """Valid ids are remembered between requests; an invalid one is judged, and logged, each time."""
-    sidecar = await make_sidecar(
-        sidecar_config(
-            shop.url, "http://127.0.0.1:9", trusted_networks=["127.0.0.1/32"], user={"header": "X-Shop-User"}
-        )
-    )
     async with aiohttp.ClientSession() as client:
         for request_id in ("first", "second"):
             headers = {"X-Shop-User": "anon-taken", "X-Request-Id": request_id}
