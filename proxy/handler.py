@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiohttp import hdrs, web
+from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 
 from proxy.config import StorefrontSettings
@@ -230,6 +230,10 @@ class ShopHandler:
         if storefront is None:
             return web.Response(status=421, text="no storefront is configured for this host\n")
         context.storefront = storefront.name
+        if hdrs.EXPECT in request.headers:
+            refused = await _answer_expect(request)
+            if refused is not None:
+                return refused
         trusted = storefront.trusted.contains(request.remote)
         # Before anything forwards a Cookie header (the shop, the session check).
         request = _without_token_cookie(request)
@@ -613,6 +617,23 @@ def _without_token_cookie(request: web.BaseRequest) -> web.BaseRequest:
         if kept:
             headers.add(hdrs.COOKIE, kept)
     return request.clone(headers=headers)
+
+
+async def _answer_expect(request: web.BaseRequest) -> web.Response | None:
+    """Answer ``Expect: 100-continue`` (the client then sends its body); 417 for any other Expect.
+
+    The header is per hop and never forwarded, so the shop cannot answer it: the sidecar does,
+    as an aiohttp Application would. Over HTTP/1.0 it means nothing and is ignored.
+    """
+    if request.version != HttpVersion11:
+        return None
+    expect = request.headers.get(hdrs.EXPECT, "")
+    if expect.lower() != "100-continue":
+        return web.Response(status=417, text="unknown Expect\n")
+    await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+    # The interim answer is not part of the response's own bytes.
+    request.writer.output_size = 0
+    return None
 
 
 def _cookies(request: web.BaseRequest) -> RequestCookies:

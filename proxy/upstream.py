@@ -190,6 +190,10 @@ class ShopResponse(Protocol):
         """Whether every body byte has been read already (no wait to learn the body ended)."""
         ...
 
+    def body_complete(self) -> bool:
+        """Whether the whole body has arrived (read or not): nothing more to wait for."""
+        ...
+
     def release(self) -> None: ...
 
 
@@ -209,6 +213,9 @@ class _AiohttpShopResponse:
 
     def at_eof(self) -> bool:
         return self.response.content.at_eof()
+
+    def body_complete(self) -> bool:
+        return self.response.content.is_eof()
 
     def release(self) -> None:
         self.response.release()
@@ -349,20 +356,28 @@ class Upstream:
     ) -> web.StreamResponse:
         """Stream the shop's body to the client, through ``body_filter`` when given.
 
-        Most pages are all here at the first read: those go out as one ``web.Response``, status
-        line, headers and body in one write (a rewritten page with its new Content-Length).
-        Anything longer streams, chunk by chunk as the shop sends it.
+        Most pages have all arrived with their headers: those go out as one ``web.Response``, status
+        line, headers and body in one write (a rewritten page with its new Content-Length). Any
+        other response streams, its headers at once and its body chunk by chunk as the shop sends it.
         """
         status, reason = upstream.status, upstream.reason
         response: web.StreamResponse | None = None
         try:
-            first = await upstream.read()
-            if upstream.at_eof():
-                if body_filter is not None:
-                    first = body_filter.whole(first)
-                return web.Response(status=status, reason=reason, headers=headers, body=first)
-            response = web.StreamResponse(status=status, reason=reason, headers=headers)
-            await response.prepare(request)
+            if body_filter is None and not upstream.body_complete():
+                # More is coming (a stream, a long poll, a slow page): the status and headers go
+                # out now, not when the first body bytes do.
+                response = web.StreamResponse(status=status, reason=reason, headers=headers)
+                await response.prepare(request)
+                first = await upstream.read()
+            else:
+                # A page to rewrite waits for its body anyway; a whole one goes out in one write.
+                first = await upstream.read()
+                if upstream.at_eof():
+                    if body_filter is not None:
+                        first = body_filter.whole(first)
+                    return web.Response(status=status, reason=reason, headers=headers, body=first)
+                response = web.StreamResponse(status=status, reason=reason, headers=headers)
+                await response.prepare(request)
             chunk = first if body_filter is None else body_filter.feed(first)
             if chunk:
                 await response.write(chunk)

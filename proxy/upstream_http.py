@@ -377,6 +377,10 @@ class HttpResponse:
         """Whether every body byte has been read already."""
         return self.complete and not self._buffer
 
+    def body_complete(self) -> bool:
+        """Whether the whole body has arrived (read or not)."""
+        return self.complete
+
     def release(self) -> None:
         """Done with the response: its connection is reused if it was read to the end, else closed."""
         if self._released:

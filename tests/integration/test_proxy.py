@@ -123,18 +123,22 @@ async def test_websocket_echo_and_close_code_pass_through(proxy: Any) -> None:
         assert message.extra == "shop says bye"
 
 
-async def test_sse_events_arrive_before_the_next_is_produced(proxy: Any, shop: Shop) -> None:
-    """Each server-sent event reaches the client while the shop waits to produce the next."""
+async def test_sse_headers_and_each_event_arrive_before_the_next_is_produced(proxy: Any, shop: Shop) -> None:
+    """The stream's headers, then each server-sent event, reach the client while the shop waits."""
     received = []
-    async with aiohttp.ClientSession() as client, client.get(proxy.make_url("/sse")) as response:
-        assert response.headers["Content-Type"] == "text/event-stream"
-        buffer = b""
-        while len(received) < 3:
-            buffer += await asyncio.wait_for(response.content.readany(), timeout=3)
-            while b"\n\n" in buffer:
-                event, buffer = buffer.split(b"\n\n", 1)
-                received.append(event.decode())
-                shop.state.sse_ack.put_nowait(None)
+    async with aiohttp.ClientSession() as client:
+        # The shop writes its first event only once the test, holding the headers, says so.
+        response = await asyncio.wait_for(client.get(proxy.make_url("/sse")), timeout=3)
+        async with response:
+            assert response.headers["Content-Type"] == "text/event-stream"
+            shop.state.sse_ack.put_nowait(None)
+            buffer = b""
+            while len(received) < 3:
+                buffer += await asyncio.wait_for(response.content.readany(), timeout=3)
+                while b"\n\n" in buffer:
+                    event, buffer = buffer.split(b"\n\n", 1)
+                    received.append(event.decode())
+                    shop.state.sse_ack.put_nowait(None)
     assert received == [f"id: {n}\ndata: event {n}" for n in range(3)]
 
 
@@ -283,4 +287,44 @@ async def test_sidecar_paths_are_never_forwarded(proxy: Any, shop: Shop) -> None
             raw = URL(str(proxy.make_url("")).rstrip("/") + path, encoded=True)
             async with client.get(raw) as response:
                 assert response.status == 404, path
+    assert shop.state.requests == []
+
+
+async def raw_exchange(url: URL, head: bytes) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """Open a plain connection to the sidecar and send ``head`` (request line and headers)."""
+    assert url.host is not None
+    assert url.port is not None
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(head)
+    await writer.drain()
+    return reader, writer
+
+
+async def test_expect_100_continue_is_answered_before_the_body_is_sent(proxy: Any, shop: Shop) -> None:
+    """A client that waits for 100 Continue gets it, then sends its body, which reaches the shop."""
+    head = (
+        b"POST /upload-sha HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+    )
+    reader, writer = await raw_exchange(proxy.make_url("/"), head)
+    try:
+        interim = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=3)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        writer.write(b"hello")
+        status_line = await asyncio.wait_for(reader.readline(), timeout=3)
+        assert status_line == b"HTTP/1.1 200 OK\r\n"
+    finally:
+        writer.close()
+    assert shop.state.last().body_length == 5
+    assert "Expect" not in shop.state.last().headers
+
+
+async def test_an_unknown_expectation_is_refused_with_417(proxy: Any, shop: Shop) -> None:
+    """Any Expect other than 100-continue is 417, and nothing reaches the shop."""
+    head = b"POST /upload-sha HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nExpect: teapot\r\n\r\n"
+    reader, writer = await raw_exchange(proxy.make_url("/"), head)
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), timeout=3)
+    finally:
+        writer.close()
+    assert status_line == b"HTTP/1.1 417 Expectation Failed\r\n"
     assert shop.state.requests == []
