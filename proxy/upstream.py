@@ -304,7 +304,9 @@ class Upstream:
         method = request.method
         body = request.content if request.body_exists else None
         target = request.raw_path.encode("utf-8", "surrogateescape")
-        parts = [method.encode("ascii"), b" ", self._prefix, target, b" HTTP/1.1\r\n"]
+        # "OPTIONS *" asks about the server itself: the asterisk goes as it is, without the prefix.
+        prefix = self._prefix if target != b"*" else b""
+        parts = [method.encode("ascii"), b" ", prefix, target, b" HTTP/1.1\r\n"]
         if not headers.has_host:
             parts.append(self._host_line)
         parts += headers.parts

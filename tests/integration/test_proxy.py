@@ -328,3 +328,17 @@ async def test_an_unknown_expectation_is_refused_with_417(proxy: Any, shop: Shop
         writer.close()
     assert status_line == b"HTTP/1.1 417 Expectation Failed\r\n"
     assert shop.state.requests == []
+
+
+async def test_options_asterisk_reaches_a_prefixed_shop_as_an_asterisk(
+    shop: Shop, make_sidecar: SidecarFactory
+) -> None:
+    """``OPTIONS *`` asks about the server: the shop gets ``*``, not the upstream's path prefix and a star."""
+    sidecar = await make_sidecar(sidecar_config(shop.url + "/base", DEAD_API))
+    head = b"OPTIONS * HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 0\r\n\r\n"
+    reader, writer = await raw_exchange(sidecar.make_url("/"), head)
+    try:
+        await asyncio.wait_for(reader.readline(), timeout=3)
+    finally:
+        writer.close()
+    assert shop.state.last().path_qs == "*"
