@@ -44,11 +44,10 @@ Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 @dataclass(frozen=True, slots=True)
 class ShopServices:
-    """What the shop listener serves with: its handler, and the services behind it."""
+    """What the shop listener serves with: its handler, and the API client (for the start-up check)."""
 
     handler: Handler
     api_client: StorefrontApiClient
-    tokens: TokenService
 
 
 @contextlib.asynccontextmanager
@@ -85,7 +84,7 @@ async def shop_services(
             clock=clock,
             access_log=settings.access_log,
         )
-        yield ShopServices(handler, client, tokens)
+        yield ShopServices(handler, client)
         await tokens.aclose()
     finally:
         for upstream_session in upstream_sessions:
