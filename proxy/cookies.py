@@ -58,6 +58,14 @@ class RequestCookies(Mapping[str, str]):
         return sum(1 for _ in self)
 
 
+def cookie_header_without(header: str, name: str) -> str:
+    """A Cookie header value less every pair named ``name`` ("" when nothing is left)."""
+    if name not in header:
+        return header
+    kept = [pair for pair in header.split(";") if pair.partition("=")[0].strip() != name]
+    return ";".join(kept).strip()
+
+
 def set_cookie_value(
     name: str,
     value: str,

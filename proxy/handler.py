@@ -25,7 +25,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 
 from proxy.config import StorefrontSettings
-from proxy.cookies import RequestCookies, delete_cookie_value, set_cookie_value
+from proxy.cookies import RequestCookies, cookie_header_without, delete_cookie_value, set_cookie_value
 from proxy.errors import InvalidIdentity, SidecarError, StorefrontApiError, UpstreamError
 from proxy.identity import (
     GUEST_COOKIE,
@@ -235,8 +235,6 @@ class ShopHandler:
             if refused is not None:
                 return refused
         trusted = storefront.trusted.contains(request.remote)
-        # Before anything forwards a Cookie header (the shop, the session check).
-        request = _without_token_cookie(request)
         # Judged as the shop will route it, so "/editor/.." never gets the token of "/".
         path = normalise_path(request.path)
         if is_sidecar_path(path):
@@ -248,6 +246,8 @@ class ShopHandler:
             trusted=trusted,
             drop=() if trusted else storefront.strip_keys,
             drop_conditional=editor,
+            # The browser's copy of the token never goes upstream.
+            drop_cookie=TOKEN_COOKIE,
         )
         if is_websocket_upgrade(request):
             return await storefront.upstream.websocket(request, upstream_headers)
@@ -411,7 +411,7 @@ class ShopHandler:
             session_key = guests.session_key(cookies)
             if session_key is not None:
                 logged_in = await storefront.session_check.customer_id(
-                    session_key, request.headers.get(hdrs.COOKIE, "")
+                    session_key, cookie_header_without(request.headers.get(hdrs.COOKIE, ""), TOKEN_COOKIE)
                 )
         guest_id: str | None = None
         if logged_in is not None:
@@ -602,21 +602,6 @@ def _payload(token: CustomerToken) -> TokenPayload:
         token=token.token,
         expires_at=token.expires_at,
     )
-
-
-def _without_token_cookie(request: web.BaseRequest) -> web.BaseRequest:
-    """The request less the browser's copy of the token cookie, so the token never goes upstream."""
-    values = request.headers.getall(hdrs.COOKIE, ())
-    if not values or not any(TOKEN_COOKIE in value for value in values):
-        return request
-    headers = CIMultiDict(request.headers)
-    headers.popall(hdrs.COOKIE)
-    for value in values:
-        pairs = value.split(";")
-        kept = ";".join(pair for pair in pairs if pair.partition("=")[0].strip() != TOKEN_COOKIE).strip()
-        if kept:
-            headers.add(hdrs.COOKIE, kept)
-    return request.clone(headers=headers)
 
 
 async def _answer_expect(request: web.BaseRequest) -> web.Response | None:

@@ -21,6 +21,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from proxy.config import StorefrontSettings
+from proxy.cookies import cookie_header_without
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
 from proxy.injection import decodable_accept_encoding
 from proxy.upstream_http import BODYLESS_METHODS, HttpClientError, HttpPool
@@ -245,6 +246,7 @@ class Upstream:
         trusted: bool,
         drop: Collection[bytes] = (),
         drop_conditional: bool = False,
+        drop_cookie: str | None = None,
     ) -> OutgoingHeaders:
         """Headers to send upstream: hop-by-hop and ``drop`` removed, X-Forwarded-* set.
 
@@ -252,7 +254,8 @@ class Upstream:
         has refused any with a CR or LF in them). ``drop`` holds lower-case names with ``_``
         spelled ``-``; every spelling of them goes. ``drop_conditional`` (editor pages): no
         conditional headers, and only codings the injector can decode, so the shop answers with a
-        full page the token can go into.
+        full page the token can go into. ``drop_cookie`` names a cookie taken out of every Cookie
+        header (a header left empty goes).
         """
         listed = _connection_listed_raw(request.headers)
         parts: list[bytes] = []
@@ -279,6 +282,11 @@ class Upstream:
                 has_host = True
             elif lowered == b"content-length":
                 content_length = value
+            elif lowered == b"cookie" and drop_cookie is not None:
+                # Latin-1 maps every byte to one character and back: nothing the client sent is lost.
+                value = cookie_header_without(value.decode("latin-1"), drop_cookie).encode("latin-1")
+                if not value:
+                    continue
             elif drop_conditional:
                 if lowered in _CONDITIONAL_RAW:
                     continue

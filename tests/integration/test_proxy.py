@@ -342,3 +342,21 @@ async def test_options_asterisk_reaches_a_prefixed_shop_as_an_asterisk(
     finally:
         writer.close()
     assert shop.state.last().path_qs == "*"
+
+
+async def test_a_non_utf8_header_beside_the_token_cookie_is_forwarded_without_the_cookie(
+    proxy: Any, shop: Shop
+) -> None:
+    """A Latin-1 byte in a header never makes a 500: the request goes on, less the token cookie."""
+    head = (
+        b"GET /plain HTTP/1.1\r\nHost: shop.test\r\nX-Odd: caf\xe9\r\n"
+        b"Cookie: a=1; cc_user_token=secret; b=2\r\nConnection: close\r\n\r\n"
+    )
+    reader, writer = await raw_exchange(proxy.make_url("/"), head)
+    try:
+        status_line = await asyncio.wait_for(reader.readline(), timeout=3)
+    finally:
+        writer.close()
+    assert status_line == b"HTTP/1.1 200 OK\r\n"
+    assert shop.state.header("Cookie") == ["a=1; b=2"]
+    assert shop.state.header("X-Odd") == ["caf\udce9"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from proxy.cookies import RequestCookies, delete_cookie_value, set_cookie_value
+import pytest
+
+from proxy.cookies import RequestCookies, cookie_header_without, delete_cookie_value, set_cookie_value
 
 
 def test_http_only_secure_cookie_with_max_age() -> None:
@@ -52,3 +54,19 @@ def test_request_cookies_iterates_each_name_once() -> None:
     """Iteration lists the names in order, duplicates once."""
     assert list(RequestCookies(HEADER)) == ["_ga", "PHPSESSID", "cc_sidecar_guest", "e"]
     assert len(RequestCookies(HEADER)) == 4
+
+
+@pytest.mark.parametrize(
+    ("header", "expected"),
+    [
+        ("a=1; cc_user_token=t; b=2", "a=1; b=2"),
+        ("cc_user_token=t", ""),
+        ("cc_user_token=t; cc_user_token=u", ""),
+        ("cc_user_token2=x; xcc_user_token=y", "cc_user_token2=x; xcc_user_token=y"),
+        ("a=cc_user_token", "a=cc_user_token"),
+        ("", ""),
+    ],
+)
+def test_cookie_header_without_drops_exactly_the_named_pairs(header: str, expected: str) -> None:
+    """Every pair with that exact name goes; look-alike names and values stay."""
+    assert cookie_header_without(header, "cc_user_token") == expected
