@@ -300,6 +300,15 @@ async def raw_exchange(url: URL, head: bytes) -> tuple[asyncio.StreamReader, asy
     return reader, writer
 
 
+async def status_line_of(url: URL, head: bytes) -> bytes:
+    """Send ``head`` on a plain connection to the sidecar; return the first line of its answer."""
+    reader, writer = await raw_exchange(url, head)
+    try:
+        return await asyncio.wait_for(reader.readline(), timeout=3)
+    finally:
+        writer.close()
+
+
 async def test_expect_100_continue_is_answered_before_the_body_is_sent(proxy: Any, shop: Shop) -> None:
     """A client that waits for 100 Continue gets it, then sends its body, which reaches the shop."""
     head = (
@@ -321,11 +330,7 @@ async def test_expect_100_continue_is_answered_before_the_body_is_sent(proxy: An
 async def test_an_unknown_expectation_is_refused_with_417(proxy: Any, shop: Shop) -> None:
     """Any Expect other than 100-continue is 417, and nothing reaches the shop."""
     head = b"POST /upload-sha HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 5\r\nExpect: teapot\r\n\r\n"
-    reader, writer = await raw_exchange(proxy.make_url("/"), head)
-    try:
-        status_line = await asyncio.wait_for(reader.readline(), timeout=3)
-    finally:
-        writer.close()
+    status_line = await status_line_of(proxy.make_url("/"), head)
     assert status_line == b"HTTP/1.1 417 Expectation Failed\r\n"
     assert shop.state.requests == []
 
@@ -336,11 +341,7 @@ async def test_options_asterisk_reaches_a_prefixed_shop_as_an_asterisk(
     """``OPTIONS *`` asks about the server: the shop gets ``*``, not the upstream's path prefix and a star."""
     sidecar = await make_sidecar(sidecar_config(shop.url + "/base", DEAD_API))
     head = b"OPTIONS * HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 0\r\n\r\n"
-    reader, writer = await raw_exchange(sidecar.make_url("/"), head)
-    try:
-        await asyncio.wait_for(reader.readline(), timeout=3)
-    finally:
-        writer.close()
+    await status_line_of(sidecar.make_url("/"), head)
     assert shop.state.last().path_qs == "*"
 
 
@@ -352,11 +353,7 @@ async def test_a_non_utf8_header_beside_the_token_cookie_is_forwarded_without_th
         b"GET /plain HTTP/1.1\r\nHost: shop.test\r\nX-Odd: caf\xe9\r\n"
         b"Cookie: a=1; cc_user_token=secret; b=2\r\nConnection: close\r\n\r\n"
     )
-    reader, writer = await raw_exchange(proxy.make_url("/"), head)
-    try:
-        status_line = await asyncio.wait_for(reader.readline(), timeout=3)
-    finally:
-        writer.close()
+    status_line = await status_line_of(proxy.make_url("/"), head)
     assert status_line == b"HTTP/1.1 200 OK\r\n"
     assert shop.state.header("Cookie") == ["a=1; b=2"]
     assert shop.state.header("X-Odd") == ["caf\udce9"]
