@@ -1,7 +1,8 @@
 """The shop listener's request handler: route, identify, forward, attach the token.
 
-One request, in order:
-1. Route to a storefront (421 if none).
+:meth:`ShopHandler.__call__` is the one place errors become HTTP responses, and where each
+request is counted and access-logged. One request, in order:
+1. Route to a storefront (421 if none); answer ``Expect: 100-continue`` (the header is per hop).
 2. Strip the identity header in every spelling unless the peer is trusted (before anything
    reads it), and the client's X-Forwarded-* likewise.
 3. ``/.cc-sidecar/*`` is answered here and never forwarded.
