@@ -555,18 +555,21 @@ class _TokenElementFilter:
         return inject_html(body, self._element)
 
     def feed(self, chunk: bytes) -> bytes:
-        if self._injector is None:
-            self._injector = HtmlInjector(self._element)
         if self._decoder is not None:
             chunk = self._decoder.feed(chunk)
-        return self._injector.feed(chunk)
+        return self._streaming().feed(chunk)
 
     def finish(self) -> bytes:
+        injector = self._streaming()
+        if self._decoder is None:
+            return injector.finish()
+        return injector.feed(self._decoder.finish()) + injector.finish()
+
+    def _streaming(self) -> HtmlInjector:
+        """The streaming injector, made on first use (a page that is all here never needs one)."""
         if self._injector is None:
             self._injector = HtmlInjector(self._element)
-        if self._decoder is None:
-            return self._injector.finish()
-        return self._injector.feed(self._decoder.finish()) + self._injector.finish()
+        return self._injector
 
 
 _UPSTREAM_TEXT = {
@@ -584,15 +587,7 @@ def _element(token: CustomerToken) -> bytes:
 
 @functools.lru_cache(maxsize=4096)
 def _rendered(storefront_id: int, user_id: str, is_anonymous: bool, token: str, expires_at: int) -> bytes:
-    return render_element(
-        TokenPayload(
-            storefront_id=storefront_id,
-            user_id=user_id,
-            is_anonymous=is_anonymous,
-            token=token,
-            expires_at=expires_at,
-        )
-    )
+    return render_element(TokenPayload(storefront_id, user_id, is_anonymous, token, expires_at))
 
 
 def _payload(token: CustomerToken) -> TokenPayload:
