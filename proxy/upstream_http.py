@@ -20,7 +20,6 @@ import collections
 import logging
 import socket
 import time
-from collections.abc import Callable
 from typing import cast
 
 import httptools
@@ -155,9 +154,11 @@ class HttpResponse:
         "_parser",
         "_paused",
         "_progress",
-        "_read_timeout",
         "_released",
+        "_timer",
         "_waiter",
+        "_waiting_since",
+        "_waits_for",
         "complete",
         "raw_headers",
         "reason",
@@ -165,16 +166,18 @@ class HttpResponse:
         "status",
     )
 
-    def __init__(self, conn: _Connection, head: bool, read_timeout: float) -> None:
+    def __init__(self, conn: _Connection, head: bool, timer: ReadTimer) -> None:
         self._conn: _Connection | None = conn
         self._loop = conn.loop
         self._parser = httptools.HttpResponseParser(self)
         self._head = head
-        self._read_timeout = read_timeout
+        self._timer = timer
         self._buffer: collections.deque[bytes] = collections.deque()
         self._buffered = 0
         self._paused = False
         self._waiter: asyncio.Future[None] | None = None
+        self._waiting_since = 0.0
+        self._waits_for = ""
         self._error: BaseException | None = None
         self._headers_done = False
         self._interim = False
@@ -313,33 +316,29 @@ class HttpResponse:
             conn.response = None
             conn.close()
 
-    async def _wait(self, describe: str, progress: Callable[[], float] | None = None) -> None:
-        """Wait for the next event; TimeoutError after the read timeout without progress."""
-        loop = self._loop
-        waiter = loop.create_future()
+    async def _wait(self, waits_for: str) -> None:
+        """Wait for the next event; the pool's :class:`ReadTimer` ends a wait that sees no progress."""
+        waiter = self._loop.create_future()
         self._waiter = waiter
-        timeout = self._read_timeout
-        started = loop.time()
-        handle: asyncio.TimerHandle | None = None
-
-        def expire() -> None:
-            nonlocal handle
-            if waiter.done():
-                return
-            last = max(started, progress()) if progress is not None else started
-            remaining = last + timeout - loop.time()
-            if remaining > 0:
-                handle = loop.call_later(remaining, expire)
-                return
-            waiter.set_exception(TimeoutError(describe))
-
-        handle = loop.call_later(timeout, expire)
+        self._waits_for = waits_for
+        self._waiting_since = self._loop.time()
+        self._timer.watch(self)
         try:
             await waiter
         finally:
-            if handle is not None:
-                handle.cancel()
             self._waiter = None
+            self._timer.forget(self)
+
+    def _last_progress(self) -> float:
+        """When this wait last saw progress: its start, or (waiting for headers) a body chunk sent."""
+        if self._headers_done:
+            return self._waiting_since
+        return max(self._waiting_since, self._progress)
+
+    def _expire(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(TimeoutError(f"no {self._waits_for} within the timeout"))
 
     # -- for the caller --------------------------------------------------------------------------
 
@@ -347,10 +346,7 @@ class HttpResponse:
         while not self._headers_done:
             if self._error is not None:
                 raise self._error
-            await self._wait("no response headers within the timeout", self._body_progress)
-
-    def _body_progress(self) -> float:
-        return self._progress
+            await self._wait("response headers")
 
     async def read(self) -> bytes:
         """The next body bytes; ``b""`` at the end. Raises if the body broke off or stalled."""
@@ -371,7 +367,7 @@ class HttpResponse:
                 return b""
             if self._error is not None:
                 raise self._error
-            await self._wait("no body bytes within the timeout")
+            await self._wait("body bytes")
 
     def at_eof(self) -> bool:
         """Whether every body byte has been read already."""
@@ -402,6 +398,47 @@ class HttpResponse:
             conn.close()
 
 
+class ReadTimer:
+    """Ends the waits of one pool's responses that see no progress within the read timeout.
+
+    One timer per pool checks the waits in flight every tick (a tenth of the timeout, at most
+    a second), so a wait ends at most one tick late, and no timer runs while nothing waits.
+    A timer per wait, set and cancelled on every read, cost about 5 % of a proxied request's CPU.
+    """
+
+    __slots__ = ("_handle", "_tick", "_waiting", "timeout")
+
+    def __init__(self, timeout: float) -> None:
+        self.timeout = timeout
+        self._tick = max(0.01, min(1.0, timeout / 10))
+        self._waiting: set[HttpResponse] = set()
+        self._handle: asyncio.TimerHandle | None = None
+
+    def watch(self, response: HttpResponse) -> None:
+        self._waiting.add(response)
+        if self._handle is None:
+            self._handle = response._loop.call_later(self._tick, self._check, response._loop)
+
+    def forget(self, response: HttpResponse) -> None:
+        self._waiting.discard(response)
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+
+    def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._handle = None
+        if not self._waiting:
+            return
+        now = loop.time()
+        expired = [response for response in self._waiting if now - response._last_progress() >= self.timeout]
+        for response in expired:
+            self._waiting.discard(response)
+            response._expire()
+        self._handle = loop.call_later(self._tick, self._check, loop)
+
+
 class HttpPool:
     """Keep-alive connections to one shop (host and port), reused last-in first-out."""
 
@@ -418,7 +455,7 @@ class HttpPool:
         self.host = host
         self.port = port
         self._connect_timeout = connect_timeout
-        self._read_timeout = read_timeout
+        self._read_timer = ReadTimer(read_timeout)
         self._max_idle = max_idle
         self._idle_timeout = idle_timeout
         self._idle: list[_Connection] = []
@@ -489,6 +526,7 @@ class HttpPool:
 
     async def close(self) -> None:
         self._closed = True
+        self._read_timer.close()
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
@@ -539,7 +577,7 @@ class HttpPool:
         body: StreamReader | None,
         content_length: int | None,
     ) -> HttpResponse:
-        response = HttpResponse(conn, method == "HEAD", self._read_timeout)
+        response = HttpResponse(conn, method == "HEAD", self._read_timer)
         conn.response = response
         transport = conn.transport
         assert transport is not None

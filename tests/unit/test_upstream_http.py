@@ -36,17 +36,23 @@ async def read_all(response: HttpResponse) -> bytes:
     return b"".join(parts)
 
 
-def body_of(data: bytes) -> StreamReader:
-    """A request body as aiohttp's server hands it over, fed in small pieces."""
+def open_body() -> StreamReader:
+    """A request body as aiohttp's server hands it over, before anything arrived."""
 
     class _Protocol:
         _reading_paused = False
+        connected = True
 
         def pause_reading(self, **_: Any) -> None: ...
 
         def resume_reading(self, **_: Any) -> None: ...
 
-    reader = StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+    return StreamReader(_Protocol(), 2**16, loop=asyncio.get_running_loop())  # type: ignore[arg-type]
+
+
+def body_of(data: bytes) -> StreamReader:
+    """A request body as aiohttp's server hands it over, fed in small pieces."""
+    reader = open_body()
     for start in range(0, len(data), 10_000):
         reader.feed_data(data[start : start + 10_000])
     reader.feed_eof()
@@ -405,6 +411,53 @@ async def test_stalled_body_times_out(
         await response.read()
     response.release()
     assert pool._idle == []
+
+
+async def test_a_slow_upload_keeps_the_wait_for_headers_alive(
+    shop: TestServer, make_pool: Callable[..., HttpPool]
+) -> None:
+    """Body chunks going out count as progress: an upload longer than the timeout still gets its answer."""
+    body = open_body()
+    chunks = [b"a" * 1000] * 5
+
+    async def trickle() -> None:
+        for chunk in chunks:
+            await asyncio.sleep(READ_TIMEOUT_S * 0.3)
+            body.feed_data(chunk)
+        body.feed_eof()
+
+    pool = make_pool(shop.port)
+    feeding = asyncio.create_task(trickle())
+    request = head("POST", "/echo", "shop", "Transfer-Encoding: chunked")
+    response = await pool.request("POST", request, body, None)
+    await feeding
+    assert await read_all(response) == b"".join(chunks)
+
+
+async def test_a_body_that_keeps_coming_is_not_cut_off(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
+) -> None:
+    """The timeout is per wait without progress, not for the whole body."""
+
+    async def trickle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n")
+        for byte in b"hello":
+            await asyncio.sleep(READ_TIMEOUT_S * 0.4)
+            writer.write(bytes([byte]))
+            await writer.drain()
+
+    pool = make_pool(await raw_server(trickle))
+    response = await pool.request("GET", head("GET", "/"), None, None)
+    assert await read_all(response) == b"hello"
+
+
+async def test_an_idle_pool_keeps_no_timer(shop: TestServer, make_pool: Callable[..., HttpPool]) -> None:
+    """The read timer runs only while something waits: an idle sidecar is never woken by it."""
+    pool = make_pool(shop.port)
+    assert await read_all(await pool.request("GET", head("GET", "/echo"), None, None)) == b"hello"
+    await asyncio.sleep(READ_TIMEOUT_S / 10 * 2.5)
+    assert pool._read_timer._handle is None
 
 
 @pytest.mark.parametrize("how", ["reset", "close"])
