@@ -39,6 +39,8 @@ from proxy.upstream import Upstream, create_upstream_session
 log = logging.getLogger("proxy.app")
 
 Clock = Callable[[], float]
+# Allocations between young-generation collections while serving (CPython's default is 700).
+_GC_YOUNG_THRESHOLD = 50_000
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
 
 
@@ -144,6 +146,12 @@ async def _listen(settings: Settings, services: ShopServices, metrics: Metrics) 
     # Everything built at start-up lives as long as the process: out of the cyclic collector's
     # sight, its full collections stop walking it (about 5 % of a request's CPU, by make bench).
     gc.freeze()
+    # A proxied request leaves no reference cycles (reference counting frees it; a test holds
+    # the shop client to that), yet its allocations set off a young collection every few
+    # requests, each walking the objects of every request in flight: ~3 % of the CPU for
+    # nothing. Collected every 50,000 allocations instead, rarer cyclic garbage (an error's
+    # traceback) still goes within moments.
+    gc.set_threshold(_GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
     readiness.ready = True
     log.info(
         "cc-sidecar listening",

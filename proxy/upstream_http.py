@@ -169,7 +169,9 @@ class HttpResponse:
     def __init__(self, conn: _Connection, head: bool, timer: ReadTimer) -> None:
         self._conn: _Connection | None = conn
         self._loop = conn.loop
-        self._parser = httptools.HttpResponseParser(self)
+        # Holds our callbacks, so the two form a cycle: release() breaks it, leaving the
+        # cyclic garbage collector nothing to find per request.
+        self._parser: httptools.HttpResponseParser | None = httptools.HttpResponseParser(self)
         self._head = head
         self._timer = timer
         self._buffer: collections.deque[bytes] = collections.deque()
@@ -203,6 +205,7 @@ class HttpResponse:
 
     def on_headers_complete(self) -> None:
         parser = self._parser
+        assert parser is not None  # called back by it
         status = parser.get_status_code()
         if 100 <= status < 200:
             # An interim answer (103 Early Hints and the like): the real one follows.
@@ -242,10 +245,13 @@ class HttpResponse:
     # -- from the connection -------------------------------------------------------------------
 
     def feed(self, data: bytes) -> None:
+        parser = self._parser
+        if parser is None:
+            return  # released: nothing more is read for it
         self.received = True
         conn = self._conn
         try:
-            self._parser.feed_data(data)
+            parser.feed_data(data)
         except httptools.HttpParserError as exc:
             if not self.complete:
                 self._fail(ResponseMalformed(f"unparseable response: {exc}"))
@@ -382,6 +388,7 @@ class HttpResponse:
         if self._released:
             return
         self._released = True
+        self._parser = None
         task = self._body_task
         if task is not None and not task.done():
             task.cancel()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -450,6 +451,26 @@ async def test_a_body_that_keeps_coming_is_not_cut_off(
     pool = make_pool(await raw_server(trickle))
     response = await pool.request("GET", head("GET", "/"), None, None)
     assert await read_all(response) == b"hello"
+
+
+async def test_a_released_response_leaves_no_cycle(
+    shop: TestServer, make_pool: Callable[..., HttpPool]
+) -> None:
+    """Responses are freed by reference counting: the cyclic collector finds none of them."""
+    pool = make_pool(shop.port)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(3):
+            assert await read_all(await pool.request("GET", head("GET", "/echo"), None, None)) == b"hello"
+        gc.collect()
+        left = [obj for obj in gc.garbage if isinstance(obj, HttpResponse)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert left == []
 
 
 async def test_an_idle_pool_keeps_no_timer(shop: TestServer, make_pool: Callable[..., HttpPool]) -> None:
