@@ -121,7 +121,7 @@ class Router(Generic[T]):
         for name, value, trusted, target in self._by_header:
             if headers.get(name) == value and trusted.contains(peer):
                 return target
-        if host:
+        if host and self._by_host:
             found = self._by_raw_host.get(host)
             if found is not None:
                 return found
