@@ -388,7 +388,10 @@ class HttpResponse:
         if self._released:
             return
         self._released = True
+        # Both refer back to this response (the parser by its callbacks, an error by its
+        # traceback's frames): let go, so reference counting frees it.
         self._parser = None
+        self._error = None
         task = self._body_task
         if task is not None and not task.done():
             task.cancel()
@@ -413,28 +416,29 @@ class ReadTimer:
     A timer per wait, set and cancelled on every read, cost about 5 % of a proxied request's CPU.
     """
 
-    __slots__ = ("_handle", "_tick", "_waiting", "timeout")
+    __slots__ = ("_handle", "_loop", "_tick", "_waiting", "timeout")
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._tick = max(0.01, min(1.0, timeout / 10))
         self._waiting: set[HttpResponse] = set()
         self._handle: asyncio.TimerHandle | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def watch(self, response: HttpResponse) -> None:
+        loop = response._loop
+        # Armed on the waiting response's loop (a pool outliving its loop, as in tests, re-arms).
+        if self._handle is None or loop is not self._loop:
+            self._handle = loop.call_later(self._tick, self._check, loop)
+            self._loop = loop
         self._waiting.add(response)
-        if self._handle is None:
-            self._handle = response._loop.call_later(self._tick, self._check, response._loop)
 
     def forget(self, response: HttpResponse) -> None:
         self._waiting.discard(response)
 
-    def close(self) -> None:
-        if self._handle is not None:
-            self._handle.cancel()
-            self._handle = None
-
     def _check(self, loop: asyncio.AbstractEventLoop) -> None:
+        if loop is not self._loop:
+            return  # superseded by a timer on the loop now in use
         self._handle = None
         if not self._waiting:
             return
@@ -532,8 +536,8 @@ class HttpPool:
         return None
 
     async def close(self) -> None:
+        # The read timer runs on while requests in flight wait, and stops by itself after.
         self._closed = True
-        self._read_timer.close()
         idle, self._idle = self._idle, []
         for conn in idle:
             conn.close()
