@@ -65,7 +65,7 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # Raw customer ids whose checks passed, kept so a returning customer's id is not checked again.
 _REMEMBERED_IDS = 4096
 NO_SHARED_CACHE = "private, no-store"
-# Response headers that describe the shop's bytes; wrong once the body is changed.
+# Removed from every page that carries a token: an edge cache obeys these ahead of Cache-Control.
 _SHARED_CACHE_HEADERS = (
     hdrs.EXPIRES,
     "Surrogate-Control",
@@ -73,6 +73,7 @@ _SHARED_CACHE_HEADERS = (
     "CDN-Cache-Control",
     "Cloudflare-CDN-Cache-Control",
 )
+# Response headers that describe the shop's bytes; wrong once the body is changed.
 _BODY_DESCRIPTORS = (
     hdrs.CONTENT_LENGTH,
     hdrs.CONTENT_ENCODING,
@@ -255,11 +256,11 @@ class ShopHandler:
 
         logged_in = self._header_identity(request, storefront, trusted)
         work: asyncio.Task[Attachment] | None = None
-        ready: Attachment | None = None
+        token: CustomerToken | None = None
         if storefront.response_header is None:
             if editor:
-                ready = self._cached_attachment(request, storefront, logged_in)
-                if ready is None:
+                token = self._cached_token(request, storefront, logged_in)
+                if token is None:
                     work = asyncio.create_task(
                         self._attachment(
                             request, storefront, logged_in, _is_https(request, trusted), want_token=True
@@ -296,19 +297,20 @@ class ShopHandler:
             if editor and shop.status != 200:
                 work.cancel()
             else:
-                ready = await work
+                attachment = await work
+                token = attachment.token
+                for cookie in attachment.set_cookies:
+                    headers.add(hdrs.SET_COOKIE, cookie)
+        # An editor page's token came from the cache or from the work just awaited (None: unavailable).
         body_filter: BodyFilter | None = None
-        if ready is not None and (shop.status == 200 or not editor):
-            for cookie in ready.set_cookies:
-                headers.add(hdrs.SET_COOKIE, cookie)
-            if editor:
-                body_filter = self._attach(request, trusted, storefront, headers, ready)
+        if editor and shop.status == 200:
+            body_filter = self._attach(request, trusted, storefront, headers, token)
         return await storefront.upstream.relay(request, shop, headers, body_filter)
 
-    def _cached_attachment(
+    def _cached_token(
         self, request: web.BaseRequest, storefront: Storefront, logged_in: str | None
-    ) -> Attachment | None:
-        """The attachment of a known customer whose token is cached: no task, no I/O.
+    ) -> CustomerToken | None:
+        """The cached token of a known customer, counted as a hit: no task, no I/O.
 
         None whenever the slow path has something to do: a session check, a merge at login,
         a guest cookie to set, or a token to fetch.
@@ -317,16 +319,12 @@ class ShopHandler:
         if logged_in is not None:
             if GUEST_COOKIE in cookies:
                 return None
-            customer = Customer(storefront.storefront_id, logged_in, is_anonymous=False)
-        elif storefront.session_check is None:
+            return self._tokens.cached_hit(storefront.storefront_id, logged_in, is_anonymous=False)
+        if storefront.session_check is None:
             guest_id = storefront.guests.cookie_guest(cookies)
-            if guest_id is None:
-                return None
-            customer = Customer(storefront.storefront_id, guest_id, is_anonymous=True)
-        else:
-            return None
-        token = self._tokens.cached_hit(customer)
-        return None if token is None else Attachment(token)
+            if guest_id is not None:
+                return self._tokens.cached_hit(storefront.storefront_id, guest_id, is_anonymous=True)
+        return None
 
     def _header_identity(self, request: web.BaseRequest, storefront: Storefront, trusted: bool) -> str | None:
         """The logged-in id from the identity header, believed only from a trusted peer."""
@@ -458,14 +456,12 @@ class ShopHandler:
         trusted: bool,
         storefront: Storefront,
         headers: CIMultiDict[str],
-        attachment: Attachment,
+        token: CustomerToken | None,
     ) -> BodyFilter | None:
         """Put the token on an editor page's response; returns the HTML body filter, if any."""
         headers[hdrs.CACHE_CONTROL] = NO_SHARED_CACHE
-        # CDNs obey these ahead of Cache-Control; any of them could share one customer's page.
         for name in _SHARED_CACHE_HEADERS:
             headers.popall(name, None)
-        token = attachment.token
         if token is None:
             headers[STATUS_HEADER] = "token-unavailable"
             storefront.counters.token_unavailable.inc()

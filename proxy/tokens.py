@@ -148,11 +148,16 @@ class TokenService:
 
     def cached(self, customer: Customer) -> CustomerToken | None:
         """The cached, not yet due token for ``customer``, if any; no I/O, counts nothing."""
-        return self._fresh(self._user_key(customer.storefront_id, customer.user_id), customer)
+        key = self._user_key(customer.storefront_id, customer.user_id)
+        return self._fresh(key, customer.is_anonymous)
 
-    def cached_hit(self, customer: Customer) -> CustomerToken | None:
-        """The cached token counted as a cache hit, or None (uncounted: call token_for)."""
-        token = self._fresh(self._user_key(customer.storefront_id, customer.user_id), customer)
+    def cached_hit(self, storefront_id: int, user_id: str, *, is_anonymous: bool) -> CustomerToken | None:
+        """The cached token counted as a cache hit, or None (uncounted: call token_for).
+
+        Every editor page of a returning customer asks this: it takes the customer's fields
+        rather than a :class:`Customer` made for the purpose.
+        """
+        token = self._fresh((self._tenant_id, storefront_id, user_id), is_anonymous)
         if token is not None:
             self._metrics.token_cache_hits.inc()
         return token
@@ -166,7 +171,7 @@ class TokenService:
         a fetch already in flight).
         """
         key = self._user_key(customer.storefront_id, customer.user_id)
-        token = self._fresh(key, customer)
+        token = self._fresh(key, customer.is_anonymous)
         if token is not None:
             self._metrics.token_cache_hits.inc()
             return token
@@ -213,14 +218,14 @@ class TokenService:
 
     # -- tokens -------------------------------------------------------------------------------
 
-    def _fresh(self, key: _UserKey, customer: Customer) -> CustomerToken | None:
+    def _fresh(self, key: _UserKey, is_anonymous: bool) -> CustomerToken | None:
         """The customer's token while it is before its renewal time (a read counts as a use)."""
         entry = self._known.get(key)
         if entry is None or entry.token is None or entry.renew_at <= self._clock():
             return None
         # One id is one StorefrontUser; a token fetched under the other guest flag would carry
         # the wrong isAnonymous, so it is fetched again (identity rules make this impossible).
-        return entry.token if entry.token.is_anonymous == customer.is_anonymous else None
+        return entry.token if entry.token.is_anonymous == is_anonymous else None
 
     def _remember(self, key: _UserKey, entry: _Known) -> None:
         self._known[key] = entry

@@ -493,14 +493,24 @@ async def test_cached_hit_counts_a_hit_only_when_cached(
     service: TokenService, api: FakeUsersApi, metrics: Metrics
 ) -> None:
     """cached_hit() returns the cached token as a counted hit, and None uncounted on a miss."""
-    assert service.cached_hit(ALICE) is None
+    assert service.cached_hit(1, ALICE.user_id, is_anonymous=False) is None
     assert (misses(metrics), hits(metrics)) == (0, 0)
     token = await service.token_for(ALICE)
     calls = len(api.calls)
 
-    assert service.cached_hit(ALICE) is token
+    assert service.cached_hit(1, ALICE.user_id, is_anonymous=False) is token
     assert len(api.calls) == calls
     assert (misses(metrics), hits(metrics)) == (1, 1)
+
+
+async def test_cached_hit_is_none_for_the_other_guest_flag(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics
+) -> None:
+    """A token fetched for a regular user is no hit for the same id asked as a guest."""
+    await service.token_for(ALICE)
+
+    assert service.cached_hit(1, ALICE.user_id, is_anonymous=True) is None
+    assert hits(metrics) == 0
 
 
 # -- users -------------------------------------------------------------------------------------
