@@ -516,3 +516,52 @@ async def test_editor_gets_ask_the_shop_only_for_decodable_encodings(
     assert shop.state.header("Accept-Encoding") == ["gzip, deflate, br"]
     await get(sidecar, "/plain", headers=accept)
     assert shop.state.header("Accept-Encoding") == ["gzip, deflate, br, zstd"]
+
+
+async def test_response_header_mode_editor_page_gets_the_named_customers_token(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """With only response_header, the token work starts once the shop has named the customer."""
+    sidecar = await make_sidecar(
+        config(shop, emulator, trusted_networks=[], user={"response_header": "X-Shop-Customer"})
+    )
+    shop.state.extra_response_headers = {"X-Shop-Customer": "rita@example.com"}
+    response, body = await get(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=sess"})
+    assert "X-Shop-Customer" not in response.headers
+    payload = element_of(body)
+    assert (payload["userId"], payload["isAnonymous"]) == ("rita@example.com", False)
+    assert response.headers["Cache-Control"] == "private, no-store"
+
+
+async def test_editor_404_of_a_new_guest_sets_no_guest_cookie(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """The token work an editor path started goes unused when the shop answers 404: no Set-Cookie."""
+    sidecar = await make_sidecar(config(shop, emulator, editor_paths=["/notfound/*"]))
+    response, _ = await get(sidecar, "/notfound/page", headers={"Cookie": "PHPSESSID=fresh"})
+    assert response.status == 404
+    assert response.headers.getall("Set-Cookie", []) == []
+
+
+async def test_login_redirect_clears_the_guest_cookie_after_the_merge(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A merge at login happens on any response, the shop's 302 after the login form included."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as client:
+        client.cookie_jar.update_cookies({"PHPSESSID": "s"})
+        async with client.get(sidecar.make_url("/editor/mug")) as response:
+            guest_id = element_of(await response.read())["userId"]
+        async with client.get(
+            sidecar.make_url("/redirect"), headers={USER_HEADER: "lee@example.com"}, allow_redirects=False
+        ) as response:
+            assert response.status == 302
+            cleared = [
+                c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE + "=")
+            ]
+    assert len(cleared) == 1
+    assert "Max-Age=0" in cleared[0]
+    merges = [call for call in emulator.state.calls if call.operation == "StorefrontUsers_MergeAnonymous"]
+    assert [call.json for call in merges] == [
+        {"anonymousStorefrontUserId": guest_id, "regularStorefrontUserId": "lee@example.com"}
+    ]
