@@ -41,6 +41,11 @@ def claims(token: str) -> dict[str, Any]:
     return decoded
 
 
+def guest_cookie_lines(response: aiohttp.ClientResponse) -> list[str]:
+    """The response's Set-Cookie lines for the sidecar's guest cookie."""
+    return [c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE + "=")]
+
+
 def config(shop: Shop, emulator: Any, **storefront: Any) -> dict[str, Any]:
     storefront.setdefault("trusted_networks", ["127.0.0.1/32"])
     storefront.setdefault("user", {"header": USER_HEADER})
@@ -74,9 +79,7 @@ async def test_guest_gets_the_element_with_a_token_issued_for_them(
     assert "ETag" not in response.headers
     assert "Last-Modified" not in response.headers
     assert response.headers.get("Content-Length", str(len(body))) == str(len(body))
-    assert any(
-        c.startswith(GUEST_COOKIE + "=") and "HttpOnly" in c for c in response.headers.getall("Set-Cookie")
-    )
+    assert any("HttpOnly" in c for c in guest_cookie_lines(response))
     assert emulator.state.count("StorefrontUsers_GetToken") == 1
 
 
@@ -90,7 +93,7 @@ async def test_logged_in_customer_gets_their_own_token(
     assert (payload["userId"], payload["isAnonymous"]) == ("john@wood.com", False)
     assert claims(payload["token"])["sub"] == "john@wood.com"
     assert shop.state.header(USER_HEADER) == ["john@wood.com"]
-    assert not any(c.startswith(GUEST_COOKIE + "=") for c in response.headers.getall("Set-Cookie", []))
+    assert guest_cookie_lines(response) == []
 
 
 @pytest.mark.parametrize(
@@ -250,11 +253,8 @@ async def test_guest_keeps_id_across_session_rotation_and_merges_once_at_login(
             sidecar.make_url("/plain"), headers={USER_HEADER: "jane@example.com"}
         ) as response:
             assert response.status == 200
-            cleared = [
-                c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE + "=")
-            ]
-            assert len(cleared) == 1
-            assert "Max-Age=0" in cleared[0]
+            [cleared] = guest_cookie_lines(response)
+            assert "Max-Age=0" in cleared
         async with client.get(
             sidecar.make_url("/editor/mug"), headers={USER_HEADER: "jane@example.com"}
         ) as response:
@@ -281,16 +281,11 @@ async def test_failing_merge_keeps_the_page_and_is_retried(
             sidecar.make_url("/plain"), headers={USER_HEADER: "kim@example.com"}
         ) as response:
             assert response.status == 200
-            assert not any(
-                c.startswith(GUEST_COOKIE + "=") for c in response.headers.getall("Set-Cookie", [])
-            )
+            assert guest_cookie_lines(response) == []
         async with client.get(
             sidecar.make_url("/plain"), headers={USER_HEADER: "kim@example.com"}
         ) as response:
-            assert any(
-                c.startswith(GUEST_COOKIE + "=") and "Max-Age=0" in c
-                for c in response.headers.getall("Set-Cookie", [])
-            )
+            assert any("Max-Age=0" in c for c in guest_cookie_lines(response))
     assert emulator.state.count("StorefrontUsers_MergeAnonymous") == 2
 
 
@@ -460,9 +455,7 @@ async def test_guest_cookie_is_renewed_with_each_token_fetched(
         clock.now = first["expiresAt"]  # the token is due: the next page fetches a new one
         async with client.get(sidecar.make_url("/editor/mug")) as response:
             again = element_of(await response.read())
-            renewed = [
-                c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE + "=")
-            ]
+            renewed = guest_cookie_lines(response)
     assert again["userId"] == first["userId"]
     assert len(renewed) == 1
     assert "Max-Age=2592000" in renewed[0]
@@ -479,7 +472,7 @@ async def test_invalid_guest_cookie_of_a_logged_in_customer_is_cleared(
         headers={USER_HEADER: "lee@example.com", "Cookie": f"{GUEST_COOKIE}=anon-x.forged"},
     )
     assert element_of(body)["userId"] == "lee@example.com"
-    [cleared] = [c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE + "=")]
+    [cleared] = guest_cookie_lines(response)
     assert "Max-Age=0" in cleared
     assert emulator.state.count("StorefrontUsers_MergeAnonymous") == 0
 
@@ -556,11 +549,8 @@ async def test_login_redirect_clears_the_guest_cookie_after_the_merge(
             sidecar.make_url("/redirect"), headers={USER_HEADER: "lee@example.com"}, allow_redirects=False
         ) as response:
             assert response.status == 302
-            cleared = [
-                c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE + "=")
-            ]
-    assert len(cleared) == 1
-    assert "Max-Age=0" in cleared[0]
+            [cleared] = guest_cookie_lines(response)
+    assert "Max-Age=0" in cleared
     merges = [call for call in emulator.state.calls if call.operation == "StorefrontUsers_MergeAnonymous"]
     assert [call.json for call in merges] == [
         {"anonymousStorefrontUserId": guest_id, "regularStorefrontUserId": "lee@example.com"}
