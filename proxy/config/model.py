@@ -205,7 +205,11 @@ class StorefrontSettings(_Frozen):
     select_header: SelectHeader | None = None
     upstream: HttpUrl = Field(description="The shop's base URL.")
     upstream_timeout_s: PositiveSeconds = Field(
-        DEFAULT_UPSTREAM_TIMEOUT_S, description="No response headers from the shop within this: 504."
+        DEFAULT_UPSTREAM_TIMEOUT_S,
+        description=(
+            "No response headers from the shop within this: 504 (noticed at most a tenth of it,"
+            " and at most a second, late)."
+        ),
     )
     upstream_connect_timeout_s: PositiveSeconds = Field(
         DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S, description="No TCP connection to the shop within this: 502."
