@@ -157,7 +157,7 @@ class TokenService:
         Every editor page of a returning customer asks this: it takes the customer's fields
         rather than a :class:`Customer` made for the purpose.
         """
-        token = self._fresh((self._tenant_id, storefront_id, user_id), is_anonymous)
+        token = self._fresh(self._user_key(storefront_id, user_id), is_anonymous)
         if token is not None:
             self._metrics.token_cache_hits.inc()
         return token
