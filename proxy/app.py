@@ -20,15 +20,17 @@ import logging
 import os
 import signal
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 from aiohttp import web
 
 from proxy.admin import Readiness, create_admin_app
 from proxy.config import Settings
 from proxy.config.model import split_listen
-from proxy.handler import ShopHandler, build_storefront
+from proxy.handler import ShopHandler, build_storefront, shop_request
 from proxy.identity import GuestKeys
 from proxy.metrics import Metrics
 from proxy.routing import Router
@@ -39,6 +41,16 @@ from proxy.upstream import Upstream, create_upstream_session
 log = logging.getLogger("proxy.app")
 
 Clock = Callable[[], float]
+# aiohttp low-level server options of the shop listener; the demo and the tests serve with these.
+# - auto_decompress off: a request body is relayed byte for byte. aiohttp decodes gzip and
+#   deflate bodies by default, and the decoded bytes would go upstream under the client's
+#   Content-Length (the compressed size): everything past it, a second request of the
+#   client's making (with any identity header), on the shop's connection.
+# - shop_request: a request in another HTTP version than 1.x is answered 505 in HTTP/1.1.
+# - aiohttp's own access log stays off: ours (proxy.access) names the storefront and request.
+SHOP_SERVER_OPTIONS: Mapping[str, Any] = MappingProxyType(
+    {"auto_decompress": False, "request_factory": shop_request, "access_log": None}
+)
 # Allocations between young-generation collections while serving (CPython's default is 700).
 _GC_YOUNG_THRESHOLD = 50_000
 Handler = Callable[[web.BaseRequest], Awaitable[web.StreamResponse]]
@@ -115,8 +127,7 @@ async def _serve(settings: Settings) -> int:
 async def _listen(settings: Settings, services: ShopServices, metrics: Metrics) -> int:
     readiness = Readiness()
     shop_runner = web.ServerRunner(
-        # aiohttp's own access log stays off: ours (proxy.access) names the storefront and request.
-        web.Server(services.handler, access_log=None),
+        web.Server(services.handler, **SHOP_SERVER_OPTIONS),
         shutdown_timeout=settings.shutdown_grace_s,
         handle_signals=False,
     )

@@ -20,7 +20,7 @@ from importlib import resources
 
 from aiohttp import web
 
-from proxy.app import shop_services
+from proxy.app import SHOP_SERVER_OPTIONS, shop_services
 from proxy.config import parse_settings
 from proxy.emulator import EMULATOR_STATE, EmulatorOptions, create_emulator_app
 from proxy.log import setup_logging
@@ -208,7 +208,7 @@ async def running_demo(
             demo_config(f"http://127.0.0.1:{shop_port}", f"http://127.0.0.1:{api_port}", port), {}
         )
         services = await stack.enter_async_context(shop_services(settings, metrics=Metrics()))
-        sidecar = web.ServerRunner(web.Server(services.handler, access_log=None), handle_signals=False)
+        sidecar = web.ServerRunner(web.Server(services.handler, **SHOP_SERVER_OPTIONS), handle_signals=False)
         sidecar_port = await listen(sidecar, port)
         yield f"http://127.0.0.1:{sidecar_port}/", emulator_app
 

@@ -22,7 +22,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiohttp import HttpVersion11, hdrs, web
+from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http_parser import RawRequestMessage
+from aiohttp.streams import StreamReader
+from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from proxy.config import StorefrontSettings
@@ -50,7 +54,16 @@ from proxy.injection import (
 )
 from proxy.log import RequestContext, request_context
 from proxy.metrics import LatencyHistogram, Metrics
-from proxy.routing import PathMatcher, Router, TrustedNetworks, is_sidecar_path, normalise_path
+from proxy.routing import (
+    PathMatcher,
+    Router,
+    TrustedNetworks,
+    is_ambiguous_path,
+    is_sidecar_path,
+    normalise_path,
+    origin_form,
+    parse_host,
+)
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, Upstream, is_websocket_upgrade, response_headers
 
@@ -98,6 +111,7 @@ class Storefront:
     counters: StorefrontCounters
     name: str = field(init=False)
     storefront_id: int = field(init=False)
+    underscores_in_headers: bool = field(init=False)
     identity_header: str | None = field(init=False)
     strip_keys: frozenset[bytes] = field(init=False)
     response_header: str | None = field(init=False)
@@ -110,6 +124,7 @@ class Storefront:
         settings = self.settings
         self.name = settings.name
         self.storefront_id = settings.storefront_id
+        self.underscores_in_headers = settings.underscores_in_headers
         self.identity_header = settings.user.header
         self.strip_keys = frozenset(
             {header_key(settings.user.header).encode()} if settings.user.header else ()
@@ -228,7 +243,32 @@ class ShopHandler:
 
     async def _serve(self, request: web.BaseRequest, context: RequestContext) -> web.StreamResponse:
         """Route, identify, forward and attach: one request end to end."""
-        storefront = self._router.resolve(request.host, request.headers, request.remote)
+        if type(request) is UnsupportedVersionRequest:
+            return _refused(505, "only HTTP/1.0 and HTTP/1.1 are served here\n")
+        method = request.method
+        if method == hdrs.METH_CONNECT:
+            # A tunnel through the sidecar would carry bytes it never frames or checks.
+            return _refused(405, "CONNECT is not served here\n")
+        # What the request names, judged strictly: the shop gets the host that was matched and
+        # the target in origin form, never a spelling it could read differently.
+        target = request.raw_path
+        authority = request.headers.get(hdrs.HOST)
+        if not target.startswith("/"):
+            origin = origin_form(target)
+            if origin is None or (origin.target == "*" and method != hdrs.METH_OPTIONS):
+                return _refused(400, "bad request target\n")
+            target = origin.target
+            if origin.authority is not None:
+                # RFC 9112 3.2.2: an absolute-form target's host wins over the Host header.
+                authority = origin.authority
+        host = None
+        if authority is not None:
+            host = parse_host(authority)
+            if host is None:
+                return _refused(400, "bad Host header\n")
+        storefront = self._router.resolve(
+            host.name if host is not None else None, request.headers, request.remote
+        )
         if storefront is None:
             return web.Response(status=421, text="no storefront is configured for this host\n")
         context.storefront = storefront.name
@@ -237,21 +277,37 @@ class ShopHandler:
             if refused is not None:
                 return refused
         trusted = storefront.trusted.contains(request.remote)
-        # Judged as the shop will route it, so "/editor/.." never gets the token of "/".
+        if "\x00" in request.path:
+            # Servers disagree on a NUL (some end the path there): no shop path has one.
+            return _refused(400, "bad path\n")
+        # Judged as the most lenient shop will route it, so "/editor/.." never gets the token of
+        # "/" and no spelling of /.cc-sidecar/ is forwarded.
         path = normalise_path(request.path)
         if is_sidecar_path(path):
             return await self._sidecar_path(request, storefront, trusted)
 
-        editor = storefront.injects and request.method == "GET" and storefront.editor_paths.matches(path)
+        editor = (
+            storefront.injects
+            and method == hdrs.METH_GET
+            and storefront.editor_paths.matches(path)
+            and not is_ambiguous_path(target, request.path)
+        )
         upstream_headers = storefront.upstream.request_headers(
             request,
             trusted=trusted,
+            host=host.authority if host is not None else None,
+            target=target,
             drop=() if trusted else storefront.strip_keys,
             drop_conditional=editor,
             # The browser's copy of the token never goes upstream.
             drop_cookie=TOKEN_COOKIE,
+            underscores=storefront.underscores_in_headers,
         )
         if is_websocket_upgrade(request):
+            if hdrs.CONTENT_LENGTH in request.headers or hdrs.TRANSFER_ENCODING in request.headers:
+                # A handshake has no body: one announced would be read by the shop as framing
+                # the sidecar never relays.
+                return _refused(400, "a WebSocket handshake has no body\n")
             return await storefront.upstream.websocket(request, upstream_headers)
 
         logged_in = self._header_identity(request, storefront, trusted)
@@ -594,6 +650,39 @@ def _payload(token: CustomerToken) -> TokenPayload:
         token=token.token,
         expires_at=token.expires_at,
     )
+
+
+def _refused(status: int, text: str) -> web.Response:
+    """A request the sidecar will not forward; the connection closes, as its framing is suspect."""
+    response = web.Response(status=status, text=text)
+    response.force_close()
+    return response
+
+
+_HTTP_1X = frozenset((HttpVersion10, HttpVersion11))
+
+
+class UnsupportedVersionRequest(web.BaseRequest):
+    """A request in an HTTP version other than 1.0 and 1.1 (aiohttp takes 0.9 and 2.0): answered 505."""
+
+
+def shop_request(
+    message: RawRequestMessage,
+    payload: StreamReader,
+    protocol: RequestHandler,
+    writer: AbstractStreamWriter,
+    task: asyncio.Task[None],
+) -> web.BaseRequest:
+    """The shop listener's request factory (aiohttp's own, but for the HTTP version).
+
+    aiohttp answers in the request's version: a 505 to ``HTTP/2.0`` would start ``HTTP/2.0 505``,
+    which no HTTP/1.x client reads. Such a request is made an HTTP/1.1 one that closes, and
+    marked by its type for the handler to refuse.
+    """
+    if message.version in _HTTP_1X:
+        return web.BaseRequest(message, payload, protocol, writer, task, task.get_loop())
+    message = message._replace(version=HttpVersion11, should_close=True)
+    return UnsupportedVersionRequest(message, payload, protocol, writer, task, task.get_loop())
 
 
 async def _answer_expect(request: web.BaseRequest) -> web.Response | None:

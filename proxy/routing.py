@@ -1,7 +1,18 @@
-"""Which storefront a request belongs to (Host or ``select_header``), and path classification.
+r"""Which storefront a request belongs to (Host or ``select_header``), and path classification.
 
 Everything here is compiled from the configuration once at start-up; matching a request is a
 dictionary look-up and at most one precompiled regex.
+
+What a request names is judged strictly and as the shop's server will read it (docs/security.md,
+"Request smuggling"):
+- Host is ``uri-host [":" port]`` (RFC 9110 7.2) of a host name or IP literal, nothing else;
+  the shop receives the normalised host that was matched, never the client's spelling.
+- An absolute-form target (``GET http://shop/a``) names its own host, which wins over the Host
+  header (RFC 9112 3.2.2); it goes upstream in origin form (``/a``) with that host.
+- A path is classified after undoing what lenient servers undo (``\`` as ``/``, ``;`` parameters,
+  trailing dots, a second percent-decoding, dot segments), so no spelling of ``/.cc-sidecar/``
+  reaches the shop; a path whose segments hide an encoded ``/`` or ``\`` is never an editor page,
+  since servers disagree on where its segments end.
 """
 
 from __future__ import annotations
@@ -10,7 +21,8 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
+from urllib.parse import unquote
 
 from proxy.config import StorefrontSettings
 
@@ -48,12 +60,31 @@ class PathMatcher:
         return self._regex is not None and self._regex.fullmatch(path) is not None
 
 
+# A decoded path that any lenient server would read differently from its letters: a backslash,
+# a ";" parameter, a percent sign left after decoding, a dot or space ending a segment, a dot
+# segment or an empty one. Most paths have none of these and are their own normal form.
+_NEEDS_NORMALISING = re.compile(r"[\\;%]|/\.|[. ](?:/|$)|//")
+# An encoded "/" or "\\" inside a segment: servers disagree on whether it splits the segment.
+_ENCODED_SEPARATOR = re.compile(r"%(?:2f|5c)", re.IGNORECASE)
+
+
 def normalise_path(path: str) -> str:
-    """Collapse ``//``, ``.`` and ``..`` the way a shop's router would, so path checks can't be dodged."""
-    if "//" not in path and "/." not in path:
+    """The (decoded) path as the most lenient shop server routes it, so path checks can't be dodged.
+
+    ``\\`` is a separator (IIS), ``;`` parameters are dropped (Tomcat), trailing dots and spaces
+    of a segment are dropped (Windows), a percent-escape left after decoding is decoded again
+    (servers that decode twice), and ``//``, ``.`` and ``..`` collapse.
+    """
+    if _NEEDS_NORMALISING.search(path) is None:
         return path
+    if "%" in path:
+        path = unquote(path, errors="surrogateescape")
     segments: list[str] = []
-    for segment in path.split("/"):
+    segment = ""
+    for segment in path.replace("\\", "/").split("/"):
+        segment = segment.partition(";")[0]
+        if segment not in (".", ".."):
+            segment = segment.rstrip(". ")
         if segment in ("", "."):
             continue
         if segment == "..":
@@ -61,17 +92,94 @@ def normalise_path(path: str) -> str:
                 segments.pop()
             continue
         segments.append(segment)
-    trailing = "/" if path.endswith(("/", "/.", "/..")) and segments else ""
+    # "/a/", "/a/." and "/a/b/.." name a directory: the slash stays.
+    trailing = "/" if segments and segment in ("", ".", "..") else ""
     return "/" + "/".join(segments) + trailing
 
 
+def is_ambiguous_path(raw_path: str, path: str) -> bool:
+    """Whether servers disagree on this path's segments: an encoded ``/`` or ``\\``, or a backslash.
+
+    ``raw_path`` is the target as sent (query included), ``path`` its decoded path.
+    """
+    if "\\" in path:
+        return True
+    if "%" in raw_path and _ENCODED_SEPARATOR.search(raw_path.partition("?")[0]) is not None:
+        return True
+    return "%" in path and _ENCODED_SEPARATOR.search(path) is not None
+
+
 def is_sidecar_path(path: str) -> bool:
-    """Tell whether a (decoded) path is the sidecar's own, in any spelling that reaches it."""
-    normalised = normalise_path(path)
-    if "/." not in normalised:  # most paths: no segment starts with a dot
+    """Tell whether a path normalised by :func:`normalise_path` is the sidecar's own."""
+    if "/." not in path:  # most paths: no segment starts with a dot
         return False
-    normalised = normalised.lower()
-    return normalised.startswith(SIDECAR_PATH_PREFIX) or normalised == SIDECAR_PATH_PREFIX[:-1]
+    lowered = path.lower()
+    return lowered.startswith(SIDECAR_PATH_PREFIX) or lowered == SIDECAR_PATH_PREFIX[:-1]
+
+
+class HostName(NamedTuple):
+    """A valid Host: ``name`` to match storefronts by, ``authority`` to send the shop."""
+
+    name: str
+    authority: str
+
+
+# uri-host [":" port]: a host name (letters, digits, "-", "_", "." ; the common DNS spelling) or
+# an IPv6 literal in brackets. Anything else (userinfo, a second host, a path, a list) is not one.
+_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*))(?::([0-9]{0,5}))?")
+
+
+@lru_cache(maxsize=1024)
+def parse_host(value: str) -> HostName | None:
+    """The Host header (or absolute-form authority) ``value`` parsed strictly; None if it is not one.
+
+    The name is lower-cased and loses one trailing dot (``Shop.Example.`` is ``shop.example``); an
+    empty port is dropped (RFC 3986 3.2.3). Cached: the same few spellings arrive all day.
+    """
+    match = _HOST.fullmatch(value)
+    if match is None:
+        return None
+    name, port = match.group(1).lower(), match.group(2)
+    if name.startswith("["):
+        try:
+            ipaddress.IPv6Address(name[1:-1])
+        except ValueError:
+            return None
+    else:
+        if name.endswith("."):
+            name = name[:-1]
+        if not name or ".." in name or name.startswith(".") or name.endswith("-"):
+            return None
+    if port:
+        if int(port) > 65535:
+            return None
+        return HostName(name, f"{name}:{int(port)}")
+    return HostName(name, name)
+
+
+class OriginForm(NamedTuple):
+    """A request target in origin form, and the authority an absolute-form target named."""
+
+    authority: str | None
+    target: str
+
+
+_ABSOLUTE_FORM = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([/?][^#]*)?")
+
+
+def origin_form(target: str) -> OriginForm | None:
+    """The target as it goes to the shop; None for one the sidecar refuses (400).
+
+    Origin form (``/a?b``) and ``*`` stay as they are; absolute form (``http://host/a?b``) becomes
+    ``/a?b`` and names its host. Other schemes and authority form (CONNECT's) are refused.
+    """
+    if target.startswith("/") or target == "*":
+        return OriginForm(None, target)
+    match = _ABSOLUTE_FORM.fullmatch(target)
+    if match is None or match.group(1).lower() not in ("http", "https"):
+        return None
+    rest = match.group(3) or "/"
+    return OriginForm(match.group(2), rest if rest.startswith("/") else "/" + rest)
 
 
 class TrustedNetworks:
@@ -105,45 +213,26 @@ class Router(Generic[T]):
         self._by_header: list[tuple[str, str, TrustedNetworks, T]] = []
         for settings, target in storefronts:
             for host in settings.hosts:
-                self._by_host[host] = target
+                # Matched against parse_host()'s names, which have lost a trailing dot.
+                self._by_host[host.rstrip(".")] = target
             if settings.select_header is not None:
                 selector = settings.select_header
                 trusted = TrustedNetworks(settings.trusted_networks)
                 self._by_header.append((selector.name, selector.value, trusted, target))
-        # Host header values seen and the storefront each names: most requests skip parsing it.
-        self._by_raw_host: dict[str, T] = {}
         only = storefronts[0] if len(storefronts) == 1 else None
         # The contract: a single storefront that lists no hosts takes every request.
         self._fallback = only[1] if only and not only[0].hosts and not only[0].select_header else None
 
     def resolve(self, host: str | None, headers: Mapping[str, str], peer: str | None = None) -> T | None:
-        """Return the storefront for this Host, headers and peer, or None (the caller answers 421)."""
+        """Return the storefront for this host name, headers and peer, or None (the caller answers 421).
+
+        ``host`` is a name from :func:`parse_host` (lower case, no port), or None without one.
+        """
         for name, value, trusted, target in self._by_header:
             if headers.get(name) == value and trusted.contains(peer):
                 return target
-        if host and self._by_host:
-            found = self._by_raw_host.get(host)
+        if host is not None and self._by_host:
+            found = self._by_host.get(host)
             if found is not None:
-                return found
-            found = self._by_host.get(_host_name(host))
-            if found is not None:
-                # Only hosts that name a storefront are kept, so junk Hosts can't fill this up.
-                if len(self._by_raw_host) >= _MAX_RAW_HOSTS:
-                    self._by_raw_host.clear()
-                self._by_raw_host[host] = found
                 return found
         return self._fallback
-
-
-# Spellings of configured hosts remembered (case and port vary); cleared when full.
-_MAX_RAW_HOSTS = 1024
-
-
-def _host_name(host: str) -> str:
-    """Strip the port (and IPv6 brackets' port) and lower-case a Host header value."""
-    host = host.strip().lower()
-    if host.startswith("["):
-        end = host.find("]")
-        return host[: end + 1] if end != -1 else host
-    name, _, _ = host.partition(":")
-    return name

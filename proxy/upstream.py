@@ -48,6 +48,10 @@ _HOP_BY_HOP_NAMES = tuple(sorted(HOP_BY_HOP))
 FORWARDED_HEADERS = frozenset(
     name.lower() for name in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
 )
+# Claims about the client that frameworks believe from a proxy (Symfony and Laravel read
+# X-Forwarded-Port and -Prefix, nginx's realip X-Real-IP): kept only from trusted_networks.
+_CLIENT_CLAIM_PREFIX = b"x-forwarded-"
+_CLIENT_CLAIMS = frozenset((b"forwarded", b"x-real-ip"))
 # Headers that aiohttp's server or client handle themselves for each hop.
 _PER_HOP = frozenset(("expect",))
 # On editor GETs the shop must send a full page to inject into, not a 304.
@@ -162,12 +166,14 @@ class OutgoingHeaders:
     bytes as the client sent them: joined once into the request head, never decoded on the way.
     """
 
-    __slots__ = ("content_length", "has_host", "parts")
+    __slots__ = ("content_length", "has_host", "parts", "target")
 
-    def __init__(self, parts: list[bytes], has_host: bool, content_length: bytes | None) -> None:
+    def __init__(self, parts: list[bytes], has_host: bool, content_length: bytes | None, target: str) -> None:
         self.parts = parts
         self.has_host = has_host
         self.content_length = content_length
+        # The request target in origin form (or "*"), still percent-encoded as the client sent it.
+        self.target = target
 
     def multidict(self) -> CIMultiDict[str]:
         """The same headers for aiohttp's client (https shops, WebSockets)."""
@@ -244,29 +250,46 @@ class Upstream:
         request: web.BaseRequest,
         *,
         trusted: bool,
+        host: str | None,
+        target: str,
         drop: Collection[bytes] = (),
         drop_conditional: bool = False,
         drop_cookie: str | None = None,
+        underscores: bool = False,
     ) -> OutgoingHeaders:
-        """Headers to send upstream: hop-by-hop and ``drop`` removed, X-Forwarded-* set.
+        """Headers to send upstream: hop-by-hop and ``drop`` removed, Host and X-Forwarded-* set.
 
         Read from the request's raw header lines (bytes as the client sent them: aiohttp's parser
-        has refused any with a CR or LF in them). ``drop`` holds lower-case names with ``_``
-        spelled ``-``; every spelling of them goes. ``drop_conditional`` (editor pages): no
-        conditional headers, and only codings the injector can decode, so the shop answers with a
-        full page the token can go into. ``drop_cookie`` names a cookie taken out of every Cookie
-        header (a header left empty goes).
+        has refused any with a CR or LF in them). ``host`` is the normalised host the request was
+        routed by (sent as Host instead of the client's spelling; None: the request had none) and
+        ``target`` the origin-form target. ``drop`` holds lower-case names with ``_`` spelled
+        ``-``; every spelling of them goes. From an untrusted peer a header name with ``_`` goes
+        unless ``underscores`` (CGI-style servers read ``X_Forwarded_For`` as X-Forwarded-For),
+        and X-Forwarded-*, Forwarded and X-Real-IP go in every spelling. ``drop_conditional``
+        (editor pages): no conditional headers, and only codings the injector can decode, so the
+        shop answers with a full page the token can go into. ``drop_cookie`` names a cookie taken
+        out of every Cookie header (a header left empty goes).
         """
         listed = _connection_listed_raw(request.headers)
         parts: list[bytes] = []
+        host_value = host.encode("ascii") if host is not None else None
+        if host_value is not None:
+            parts += (b"Host", b": ", host_value, b"\r\n")
         prior_for: list[bytes] = []
-        has_proto = has_forwarded_host = has_host = False
+        has_proto = has_forwarded_host = False
         content_length: bytes | None = None
         for name, value in request.raw_headers:
             lowered = name.lower()
+            if b"_" in lowered:
+                if not trusted and not underscores:
+                    continue
+                # Judged as a CGI-style server will read it; only the real Content-Length frames.
+                lowered = lowered.replace(b"_", b"-")
+                if lowered == b"content-length":
+                    continue
             if lowered in _NEVER_FORWARDED_RAW or (listed and lowered in listed):
                 continue
-            if drop and lowered.replace(b"_", b"-") in drop:
+            if drop and lowered in drop:
                 continue
             if lowered in _FORWARDED_RAW:
                 if not trusted:
@@ -278,8 +301,11 @@ class Upstream:
                     has_proto = True
                 elif lowered == b"x-forwarded-host":
                     has_forwarded_host = True
+            elif lowered.startswith(_CLIENT_CLAIM_PREFIX) or lowered in _CLIENT_CLAIMS:
+                if not trusted:
+                    continue
             elif lowered == b"host":
-                has_host = True
+                continue  # sent above, as matched
             elif lowered == b"content-length":
                 content_length = value
             elif lowered == b"cookie" and drop_cookie is not None:
@@ -299,11 +325,9 @@ class Upstream:
         if not has_proto:
             # The shop listener speaks plain HTTP: TLS, if any, ended at a hop before it.
             parts += (b"X-Forwarded-Proto", b": ", b"http", b"\r\n")
-        if not has_forwarded_host:
-            host = request.host
-            if host:
-                parts += (b"X-Forwarded-Host", b": ", host.encode("utf-8", "surrogateescape"), b"\r\n")
-        return OutgoingHeaders(parts, has_host, content_length)
+        if not has_forwarded_host and host_value is not None:
+            parts += (b"X-Forwarded-Host", b": ", host_value, b"\r\n")
+        return OutgoingHeaders(parts, host_value is not None, content_length, target)
 
     async def open(self, request: web.BaseRequest, headers: OutgoingHeaders) -> ShopResponse:
         """Send the request with its body streamed; return once the shop's headers arrived."""
@@ -311,7 +335,7 @@ class Upstream:
             return await self._open_aiohttp(request, headers)
         method = request.method
         body = request.content if request.body_exists else None
-        target = request.raw_path.encode("utf-8", "surrogateescape")
+        target = headers.target.encode("utf-8", "surrogateescape")
         # "OPTIONS *" asks about the server itself: the asterisk goes as it is, without the prefix.
         prefix = self._prefix if target != b"*" else b""
         parts = [method.encode("ascii"), b" ", prefix, target, b" HTTP/1.1\r\n"]
@@ -345,7 +369,7 @@ class Upstream:
         try:
             response = await self.session.request(
                 request.method,
-                self.url_for(request.raw_path),
+                self.url_for(headers.target),
                 headers=headers.multidict(),
                 data=body,
                 allow_redirects=False,
@@ -433,7 +457,7 @@ class Upstream:
             return web.Response(status=400, text="bad WebSocket handshake\n")
         try:
             shop_ws = await self.session.ws_connect(
-                self.url_for(request.raw_path),
+                self.url_for(outgoing.target),
                 headers=headers,
                 protocols=protocols,
                 autoclose=False,

@@ -613,6 +613,9 @@ async def _send_body(
                 break
             if content_length is None:
                 transport.writelines((b"%x\r\n" % len(chunk), chunk, b"\r\n"))
+            elif sent + len(chunk) > content_length:
+                # Bytes past the announced length would be the shop's next request: never sent.
+                raise ConnectionBroken("the client's body is longer than its Content-Length")
             else:
                 transport.write(chunk)
             sent += len(chunk)

@@ -223,6 +223,15 @@ class StorefrontSettings(_Frozen):
     inject: tuple[InjectMode, ...] = Field(
         DEFAULT_INJECT, description="Where the token goes on editor pages: any of html, header, cookie."
     )
+    underscores_in_headers: bool = Field(
+        False,
+        description=(
+            "Forward request headers whose names contain _ from peers outside trusted_networks"
+            " (as nginx's option of that name). Off: they are dropped, since CGI-style servers"
+            " (PHP-FPM, gunicorn) read X_Forwarded_For as X-Forwarded-For. Either way the identity"
+            " header, X-Forwarded-*, Forwarded and X-Real-IP are dropped from such peers in every spelling."
+        ),
+    )
 
     @field_validator("hosts")
     @classmethod

@@ -7,7 +7,17 @@ from typing import Any
 import pytest
 
 from proxy.config import StorefrontSettings
-from proxy.routing import PathMatcher, Router, is_sidecar_path, normalise_path
+from proxy.routing import (
+    HostName,
+    OriginForm,
+    PathMatcher,
+    Router,
+    is_ambiguous_path,
+    is_sidecar_path,
+    normalise_path,
+    origin_form,
+    parse_host,
+)
 
 
 def storefront(name: str, **kwargs: Any) -> StorefrontSettings:
@@ -47,15 +57,17 @@ def test_no_globs_match_nothing() -> None:
     assert not PathMatcher([]).matches("/")
 
 
-def test_host_match_ignores_port_and_case() -> None:
-    """Host is matched without its port and case-insensitively."""
+def test_host_match_is_by_the_parsed_name() -> None:
+    """The router matches parse_host()'s name (lower case, no port) against the configured hosts."""
     router = Router(
         [
-            (storefront("a", hosts=["shop.example.com"]), "A"),
+            (storefront("a", hosts=["Shop.Example.com."]), "A"),
             (storefront("b", hosts=["b.example"]), "B"),
         ]
     )
-    assert router.resolve("SHOP.Example.com:8443", {}) == "A"
+    host = parse_host("SHOP.Example.com:8443")
+    assert host is not None
+    assert router.resolve(host.name, {}) == "A"
     assert router.resolve("b.example", {}) == "B"
     assert router.resolve("c.example", {}) is None
     assert router.resolve(None, {}) is None
@@ -94,7 +106,7 @@ def test_select_header_from_anyone_else_is_ignored() -> None:
 def test_single_storefront_without_hosts_takes_everything() -> None:
     """One storefront listing no hosts gets every request."""
     router = Router([(storefront("only"), "ONLY")])
-    assert router.resolve("anything:1", {}) == "ONLY"
+    assert router.resolve("anything", {}) == "ONLY"
     assert router.resolve(None, {}) == "ONLY"
 
 
@@ -133,10 +145,113 @@ def test_normalise_path(raw: str, normal: str) -> None:
 )
 def test_sidecar_path_in_any_spelling(path: str) -> None:
     """Every spelling that reaches /.cc-sidecar/ is the sidecar's own."""
-    assert is_sidecar_path(path)
+    assert is_sidecar_path(normalise_path(path))
 
 
 @pytest.mark.parametrize("path", ["/", "/.cc-sidecarx/token", "/cc-sidecar/token", "/a/.cc-sidecar/token"])
 def test_other_paths_are_not_the_sidecars(path: str) -> None:
     """Look-alikes are shop paths."""
-    assert not is_sidecar_path(path)
+    assert not is_sidecar_path(normalise_path(path))
+
+
+@pytest.mark.parametrize(
+    ("path", "normal"),
+    [
+        ("/.cc-sidecar;x/token", "/.cc-sidecar/token"),
+        ("/.cc-sidecar./token", "/.cc-sidecar/token"),
+        ("/.cc-sidecar /token", "/.cc-sidecar/token"),
+        ("/x\\..\\.cc-sidecar/token", "/.cc-sidecar/token"),
+        ("/%2ecc-sidecar/token", "/.cc-sidecar/token"),
+        ("/editor/..;/account", "/account"),
+        ("/editor/mug;jsessionid=1", "/editor/mug"),
+        ("/editor/;v=1", "/editor/"),
+        ("/a/b/..", "/a/"),
+        ("/editor/mug.", "/editor/mug"),
+    ],
+)
+def test_normalise_path_undoes_what_lenient_servers_undo(path: str, normal: str) -> None:
+    """Backslashes, ``;`` parameters, trailing dots and spaces, and a second decoding go as a lenient server's do."""
+    assert normalise_path(path) == normal
+
+
+@pytest.mark.parametrize(
+    ("raw", "decoded", "ambiguous"),
+    [
+        ("/editor/..%5cprofile", "/editor/..\\profile", True),
+        ("/editor/a%2Fb", "/editor/a/b", True),
+        ("/editor/a%252fb", "/editor/a%2fb", True),
+        ("/editor/a\\b", "/editor/a\\b", True),
+        ("/editor/mug?next=%2Fcart", "/editor/mug", False),
+        ("/editor/caf%C3%A9", "/editor/caf\u00e9", False),
+    ],
+)
+def test_encoded_separators_make_a_path_ambiguous(raw: str, decoded: str, ambiguous: bool) -> None:
+    """An encoded / or \\ in the path (not the query), or a backslash, leaves its segments in doubt."""
+    assert is_ambiguous_path(raw, decoded) is ambiguous
+
+
+@pytest.mark.parametrize(
+    ("value", "parsed"),
+    [
+        ("shop.example.com", HostName("shop.example.com", "shop.example.com")),
+        ("Shop.Example.COM:8080", HostName("shop.example.com", "shop.example.com:8080")),
+        ("shop.example.com.", HostName("shop.example.com", "shop.example.com")),
+        ("shop.example.com:", HostName("shop.example.com", "shop.example.com")),
+        ("shop.example.com:080", HostName("shop.example.com", "shop.example.com:80")),
+        ("127.0.0.1:8000", HostName("127.0.0.1", "127.0.0.1:8000")),
+        ("[::1]:8000", HostName("[::1]", "[::1]:8000")),
+        ("internal_host", HostName("internal_host", "internal_host")),
+    ],
+)
+def test_valid_hosts_are_normalised(value: str, parsed: HostName) -> None:
+    """A host name or IP literal with an optional port: lower case, one trailing dot and an empty port dropped."""
+    assert parse_host(value) == parsed
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "g.test:@evil.example",
+        "g.test:80 evil.example",
+        "g.test:/evil.example",
+        "g.test:1,evil.example",
+        "user@g.test",
+        "g.test:x",
+        "g.test:65536",
+        "g.test:123456",
+        "",
+        " g.test",
+        "g..test",
+        ".g.test",
+        "[::1",
+        "[zz::1]",
+        "g.test/",
+        "g.test\\x",
+        "g%2etest",
+    ],
+)
+def test_anything_else_is_not_a_host(value: str) -> None:
+    """Every other spelling (userinfo, a second host, a path, a list, a bad port) is refused."""
+    assert parse_host(value) is None
+
+
+@pytest.mark.parametrize(
+    ("target", "form"),
+    [
+        ("/a?b", OriginForm(None, "/a?b")),
+        ("*", OriginForm(None, "*")),
+        ("http://g.test/a?b", OriginForm("g.test", "/a?b")),
+        ("HTTP://g.test:81", OriginForm("g.test:81", "/")),
+        ("https://g.test?x=1", OriginForm("g.test", "/?x=1")),
+        ("http://u@evil/a", OriginForm("u@evil", "/a")),
+    ],
+)
+def test_targets_become_origin_form(target: str, form: OriginForm) -> None:
+    """Absolute-form targets lose scheme and authority (which they name); origin form stays as sent."""
+    assert origin_form(target) == form
+
+
+@pytest.mark.parametrize("target", ["g.test:443", "ftp://g.test/a", "javascript:alert(1)", "a/b"])
+def test_other_target_forms_are_refused(target: str) -> None:
+    """Authority form and other schemes are not forwarded."""
+    assert origin_form(target) is None
