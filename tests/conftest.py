@@ -2,5 +2,6 @@
 
 pytest_plugins = [
     "tests.fixtures.emulator",
+    "tests.fixtures.raw_shop",
     "tests.fixtures.shop",
 ]
