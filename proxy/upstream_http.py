@@ -16,7 +16,9 @@ A response ends where its framing ends, and the shop may say nothing more until 
   and the excess reaches no one (without this, llhttp parsed it as a second message into the
   same response: ``200 OKOK`` with two Content-Lengths);
 - a byte on an idle pooled connection closes it, so the next request can never take the
-  shop's late or surplus answer for its own (nginx serves it to the next client);
+  shop's late or surplus answer for its own (nginx serves it to the next client): seen by the
+  loop, or by a peek at the socket before the connection is reused, for bytes a busy loop has
+  not read yet;
 - a ``101`` is refused: this client never asks to upgrade (WebSockets go through aiohttp), so
   the request fails with :class:`ResponseMalformed` and the connection is closed;
 - anything httptools refuses (``HttpParserUpgrade`` included) is :class:`ResponseMalformed` if it
@@ -70,6 +72,9 @@ class ResponseMalformed(HttpClientError):
     """The shop's bytes are not HTTP/1.x, or not an answer this client can take (a 101)."""
 
 
+_IDLE_BYTES_WARNING = "shop sent bytes on an idle connection: closed it"
+
+
 class _StopParsing(Exception):
     """Raised in a parser callback to stop llhttp there (it would parse on into the next message)."""
 
@@ -96,11 +101,14 @@ class _Connection(asyncio.Protocol):
         "loop",
         "pool",
         "response",
+        "sock",
         "transport",
     )
 
     def __init__(self, pool: HttpPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
+        # The socket the transport reads, kept to look at it before a reuse (spoke_while_idle).
+        self.sock: socket.socket | None = None
         # Kept, not looked up per request: on Python 3.11 get_running_loop() costs a getpid().
         self.loop = loop
         self.transport: asyncio.Transport | None = None
@@ -121,7 +129,7 @@ class _Connection(asyncio.Protocol):
         if response is None:
             # Nothing was asked: a late or surplus answer, which the next request on this
             # connection would otherwise read as its own.
-            _warn_about_shop(f"shop sent {len(data)} bytes on an idle connection: closed it", self)
+            _warn_about_shop(_IDLE_BYTES_WARNING, self)
             self.close()
             return
         response.feed(data)
@@ -169,6 +177,26 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def spoke_while_idle(self) -> bool:
+        """Whether the shop sent bytes or closed since its last answer; if so, closes the connection.
+
+        Asked of the socket itself (a peek, about 1 µs): a busy loop reads such bytes only after
+        the next request went out, and that request would take them for its answer.
+        """
+        sock = self.sock
+        if sock is None:
+            return False
+        try:
+            waiting = sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False  # nothing waiting: the usual case
+        except OSError:
+            waiting = b""
+        if waiting:
+            _warn_about_shop(_IDLE_BYTES_WARNING, self)
+        self.close()  # bytes, or the shop's end of file (it let the connection go), or an error
+        return True
 
 
 class HttpResponse:
@@ -579,6 +607,7 @@ class HttpPool:
                         continue
                     raise
                 await loop.create_connection(lambda: conn, sock=sock)
+                conn.sock = sock
                 return conn
             raise error or OSError(f"cannot resolve {self.host}")
 
@@ -590,6 +619,8 @@ class HttpPool:
                 continue
             if time.monotonic() - conn.idle_since > self._idle_timeout:
                 conn.close()
+                continue
+            if conn.spoke_while_idle():
                 continue
             return conn
         return None

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -780,8 +782,57 @@ async def test_bytes_on_an_idle_connection_never_reach_the_next_request(
         [b"GET /next HTTP/1.1"],
     ]
     assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "proxy.upstream"] == [
-        ("WARNING", f"shop sent {len(SURPLUS)} bytes on an idle connection: closed it")
+        ("WARNING", "shop sent bytes on an idle connection: closed it")
     ]
+
+
+def test_bytes_the_loop_has_not_read_yet_never_reach_the_next_request() -> None:
+    """A late response still in the socket's buffer when the connection is reused: seen, and the connection dropped.
+
+    The loop is kept busy (blocked) while the shop's late bytes arrive, as on a loaded sidecar,
+    so only a look at the socket itself can see them; nginx serves them to the next client.
+    The shop runs in a thread here, to send while the loop is blocked.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received: list[bytes] = []
+
+    def serve() -> None:
+        for number in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                received.append(conn.recv(65536))
+                if number == 0:
+                    conn.sendall(OK_2)
+                    threading.Event().wait(0.05)
+                    conn.sendall(SURPLUS)
+                    conn.settimeout(2)
+                    # Until the client closes; with the late bytes unread, its close is a reset.
+                    with contextlib.suppress(ConnectionResetError):
+                        while more := conn.recv(65536):
+                            received[0] += more
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def two_requests() -> list[bytes]:
+        pool = HttpPool("127.0.0.1", port, connect_timeout=1.0, read_timeout=READ_TIMEOUT_S)
+        try:
+            first = await read_all(await pool.request("GET", head("GET", "/"), None, None))
+            time.sleep(0.3)  # the loop is busy: the late bytes land unread
+            second = await read_all(await pool.request("GET", head("GET", "/next"), None, None))
+            return [first, second]
+        finally:
+            await pool.close()
+
+    try:
+        assert asyncio.run(two_requests()) == [b"ok", b"fresh"]
+        thread.join(timeout=3)
+        assert [data.split(b"\r\n", 1)[0] for data in received] == [b"GET / HTTP/1.1", b"GET /next HTTP/1.1"]
+    finally:
+        listener.close()
 
 
 @pytest.mark.parametrize(
