@@ -24,9 +24,10 @@ A response ends where its framing ends, and the shop may say nothing more until 
 - anything httptools refuses (``HttpParserUpgrade`` included) is :class:`ResponseMalformed` if it
   broke the response, the excess above if the response was complete; never an exception out of
   ``data_received`` (which asyncio would log as "Fatal error on transport").
-Each of these is logged as one WARNING. What llhttp consumes without telling: CR and LF between
-messages (RFC 9112 2.2 lets a recipient skip them) and, after a chunked answer to HEAD, a chunk-size
-line cut off at the end of a packet; both go with the response's parser and reach no one.
+Each of these is logged as one WARNING. Unseen is only what llhttp consumes without a callback in
+the packet that ends a response: CR and LF (RFC 9112 2.2 lets a recipient skip empty lines between
+messages) and, after a chunked answer to HEAD, the start of a chunk-size line. Those bytes go with
+the response's parser and reach no one; the connection stays pooled.
 
 Failures: ``TimeoutError`` (connect, headers or an idle body), ``OSError`` (refused, reset) and
 :class:`HttpClientError` (the shop broke the protocol or the connection mid-message).
