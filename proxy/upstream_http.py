@@ -9,6 +9,26 @@ Framing: Content-Length, chunked, or until the shop closes; HEAD, 1xx, 204 and 3
 A connection goes back to its pool only once its response was read to the end, the whole request
 body went out, and both sides keep it alive; anything else closes it.
 
+A response ends where its framing ends, and the shop may say nothing more until it is asked again:
+- a byte past the end (more than Content-Length, after the last chunk, a body on an answer to
+  HEAD or on a 204 or 304) closes the connection; the response before it, complete and clean,
+  is still delivered (as nginx does), so the outcome never depends on how TCP split the bytes,
+  and the excess reaches no one (without this, llhttp parsed it as a second message into the
+  same response: ``200 OKOK`` with two Content-Lengths);
+- a byte on an idle pooled connection closes it, so the next request can never take the
+  shop's late or surplus answer for its own (nginx serves it to the next client): seen by the
+  loop, or by a peek at the socket before the connection is reused, for bytes a busy loop has
+  not read yet;
+- a ``101`` is refused: this client never asks to upgrade (WebSockets go through aiohttp), so
+  the request fails with :class:`ResponseMalformed` and the connection is closed;
+- anything httptools refuses (``HttpParserUpgrade`` included) is :class:`ResponseMalformed` if it
+  broke the response, the excess above if the response was complete; never an exception out of
+  ``data_received`` (which asyncio would log as "Fatal error on transport").
+Each of these is logged as one WARNING. Unseen is only what llhttp consumes without a callback in
+the packet that ends a response: CR and LF (RFC 9112 2.2 lets a recipient skip empty lines between
+messages) and, after a chunked answer to HEAD, the start of a chunk-size line. Those bytes go with
+the response's parser and reach no one; the connection stays pooled.
+
 Failures: ``TimeoutError`` (connect, headers or an idle body), ``OSError`` (refused, reset) and
 :class:`HttpClientError` (the shop broke the protocol or the connection mid-message).
 """
@@ -17,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextvars
 import logging
 import socket
 import time
@@ -49,7 +70,25 @@ class ConnectionBroken(HttpClientError):
 
 
 class ResponseMalformed(HttpClientError):
-    """The shop's bytes are not HTTP/1.x."""
+    """The shop's bytes are not HTTP/1.x, or not an answer this client can take (a 101)."""
+
+
+_IDLE_BYTES_WARNING = "shop sent bytes on an idle connection: closed it"
+
+
+class _StopParsing(Exception):
+    """Raised in a parser callback to stop llhttp there (it would parse on into the next message)."""
+
+
+def _warn_about_shop(message: str, conn: _Connection | None) -> None:
+    """Log a shop's protocol breach at WARNING, tied to no request.
+
+    Protocol callbacks run in the context of the request that opened the connection (asyncio
+    and uvloop copy it when the transport is made), so a line logged there would carry that
+    request's id, often the wrong one on a reused connection: it is logged in an empty context.
+    """
+    shop = f"{conn.pool.host}:{conn.pool.port}" if conn is not None else ""
+    contextvars.Context().run(log.warning, message, extra={"shop": shop})
 
 
 class _Connection(asyncio.Protocol):
@@ -63,11 +102,14 @@ class _Connection(asyncio.Protocol):
         "loop",
         "pool",
         "response",
+        "sock",
         "transport",
     )
 
     def __init__(self, pool: HttpPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
+        # The socket the transport reads, kept to look at it before a reuse (spoke_while_idle).
+        self.sock: socket.socket | None = None
         # Kept, not looked up per request: on Python 3.11 get_running_loop() costs a getpid().
         self.loop = loop
         self.transport: asyncio.Transport | None = None
@@ -86,7 +128,9 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         response = self.response
         if response is None:
-            # Nothing was asked: a shop talking out of turn on an idle connection.
+            # Nothing was asked: a late or surplus answer, which the next request on this
+            # connection would otherwise read as its own.
+            _warn_about_shop(_IDLE_BYTES_WARNING, self)
             self.close()
             return
         response.feed(data)
@@ -134,6 +178,26 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         if self.transport is not None:
             self.transport.close()
+
+    def spoke_while_idle(self) -> bool:
+        """Whether the shop sent bytes or closed since its last answer; if so, closes the connection.
+
+        Asked of the socket itself (a peek, about 1 µs): a busy loop reads such bytes only after
+        the next request went out, and that request would take them for its answer.
+        """
+        sock = self.sock
+        if sock is None:
+            return False
+        try:
+            waiting = sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False  # nothing waiting: the usual case
+        except OSError:
+            waiting = b""
+        if waiting:
+            _warn_about_shop(_IDLE_BYTES_WARNING, self)
+        self.close()  # bytes, or the shop's end of file (it let the connection go), or an error
+        return True
 
 
 class HttpResponse:
@@ -195,6 +259,12 @@ class HttpResponse:
 
     # -- parser callbacks ------------------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self.complete:
+            # llhttp starts a second message on the bytes after this one's framing: they are
+            # not this response's, and the parser must go no further (it would merge them in).
+            raise _StopParsing
+
     def on_status(self, reason: bytes) -> None:
         self.reason += reason.decode("utf-8", "surrogateescape")
 
@@ -207,6 +277,11 @@ class HttpResponse:
         parser = self._parser
         assert parser is not None  # called back by it
         status = parser.get_status_code()
+        if status == 101:
+            # Never asked for (no request from this client carries Upgrade): whatever follows
+            # would be another protocol on a connection the pool thinks is HTTP.
+            self._fail(ResponseMalformed("101 Switching Protocols to a request that did not ask to upgrade"))
+            raise _StopParsing
         if 100 <= status < 200:
             # An interim answer (103 Early Hints and the like): the real one follows.
             self._interim = True
@@ -222,9 +297,8 @@ class HttpResponse:
 
     def on_body(self, body: bytes) -> None:
         if self.complete:
-            # Body bytes after a HEAD answer: the connection's framing cannot be trusted.
-            self._keep_alive = False
-            return
+            # Body bytes after the head of an answer to HEAD, which has none.
+            raise _StopParsing
         self._buffer.append(body)
         self._buffered += len(body)
         if self._buffered >= _HIGH_WATER and not self._paused and self._conn is not None:
@@ -238,9 +312,15 @@ class HttpResponse:
         if self._interim:
             self._interim = False
             return
-        if not self.complete:
-            self._message_complete()
-            self._wake()
+        if self.complete:
+            # Only an answer to HEAD gets here (complete at its head, the parser reads the body
+            # its headers announce): at once for Content-Length: 0, 204 or 304, but after a
+            # chunked head only once the shop sent a last chunk, a body HEAD must not have.
+            if self.status not in _NO_BODY_STATUSES and self._chunked():
+                raise _StopParsing
+            return
+        self._message_complete()
+        self._wake()
 
     # -- from the connection -------------------------------------------------------------------
 
@@ -252,9 +332,14 @@ class HttpResponse:
         conn = self._conn
         try:
             parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            if not self.complete:
-                self._fail(ResponseMalformed(f"unparseable response: {exc}"))
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # HttpParserCallbackError (one of ours raised _StopParsing) is an HttpParserError;
+            # HttpParserUpgrade is not, and would escape data_received as a fatal transport error.
+            if self.complete:
+                _warn_about_shop("shop sent bytes past the end of its response: closed the connection", conn)
+            else:
+                self._fail(ResponseMalformed(f"unparseable response: {type(exc).__name__}: {exc}"))
+                _warn_about_shop(f"shop broke the protocol: {self._error}", conn)
             self._close_connection()
             if conn is not None:
                 conn.close()  # even if it went back to the pool a moment ago
@@ -268,11 +353,14 @@ class HttpResponse:
 
     def _framed(self) -> bool:
         """Whether the body has a length of its own (else the shop's close ends it)."""
-        if self.status in _NO_BODY_STATUSES:
+        if self.status in _NO_BODY_STATUSES or self._chunked():
             return True
+        return any(name.lower() == "content-length" for name, _ in self.raw_headers)
+
+    def _chunked(self) -> bool:
+        """Whether the headers announce a chunked body."""
         for name, value in self.raw_headers:
-            lowered = name.lower()
-            if lowered == "content-length" or (lowered == "transfer-encoding" and "chunked" in value.lower()):
+            if name.lower() == "transfer-encoding" and "chunked" in value.lower():
                 return True
         return False
 
@@ -520,6 +608,7 @@ class HttpPool:
                         continue
                     raise
                 await loop.create_connection(lambda: conn, sock=sock)
+                conn.sock = sock
                 return conn
             raise error or OSError(f"cannot resolve {self.host}")
 
@@ -531,6 +620,8 @@ class HttpPool:
                 continue
             if time.monotonic() - conn.idle_since > self._idle_timeout:
                 conn.close()
+                continue
+            if conn.spoke_while_idle():
                 continue
             return conn
         return None
@@ -571,6 +662,9 @@ class HttpPool:
                 response.release()
                 if response.received or body is not None or method not in IDEMPOTENT_METHODS:
                     raise
+            except BaseException:
+                response.release()  # a malformed answer or a cancellation: never retried
+                raise
         conn = await self._connect()
         response = self._send(conn, method, head, body, content_length)
         try:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import logging
 import socket
 import struct
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -21,6 +24,8 @@ from proxy.upstream_http import (
     HttpResponse,
     ResponseMalformed,
 )
+from tests.fixtures.raw_shop import RawConnection, RecordingShop, StartRecordingShop
+from tests.fixtures.raw_shop import Script as ConnectionScript
 
 READ_TIMEOUT_S = 0.5
 
@@ -614,3 +619,248 @@ async def test_garbage_is_malformed(
     pool = make_pool(await raw_server(garbage))
     with pytest.raises(ResponseMalformed):
         await pool.request("GET", head("GET", "/"), None, None)
+
+
+# -- a response ends where its framing ends --------------------------------------------------------
+#
+# nginx (proxy_pass, the baseline) returns the first response cleanly and drops the connection when
+# the shop sends more than its framing allows; this client does the same, and also drops a connection
+# the shop talks on while it is idle (nginx serves those bytes to the next client).
+
+OK_2 = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+SURPLUS = b"HTTP/1.1 200 OK\r\nContent-Length: 8\r\n\r\nsurplus!"
+
+
+def answer_then(first: bytes, surplus: bytes, *, split: bool = False) -> ConnectionScript:
+    """Answer the first request with ``first`` and ``surplus`` (one write, or two 50 ms apart); the rest with OK_2."""
+
+    async def script(conn: RawConnection) -> None:
+        await conn.request()
+        if conn.number > 0:
+            await conn.send(OK_2)
+            return
+        if split:
+            await conn.send(first)
+            await asyncio.sleep(0.05)
+            await conn.send(surplus)
+        else:
+            await conn.send(first + surplus)
+
+    return script
+
+
+async def assert_next_request_gets_a_fresh_connection(pool: HttpPool, shop: RecordingShop) -> None:
+    """The connection with the surplus was closed, not pooled: the next request opens another."""
+    await asyncio.wait_for(shop.connections[0].closed_by_peer.wait(), timeout=1)
+    assert pool._idle == []
+    assert await read_all(await pool.request("GET", head("GET", "/next"), None, None)) == b"ok"
+    assert [conn.request_lines() for conn in shop.connections] == [
+        [shop.connections[0].request_lines()[0]],
+        [b"GET /next HTTP/1.1"],
+    ]
+
+
+@pytest.mark.parametrize("split", [False, True], ids=["same-packet", "next-packet"])
+async def test_bytes_past_content_length_close_the_connection(
+    recording_shop: StartRecordingShop, make_pool: Callable[..., HttpPool], split: bool
+) -> None:
+    """Content-Length: 2 then another response: the client gets the first alone, the connection is closed."""
+    shop = await recording_shop(answer_then(OK_2, SURPLUS, split=split))
+    pool = make_pool(shop.port)
+    response = await pool.request("GET", head("GET", "/"), None, None)
+    assert (response.status, response.reason, response.raw_headers) == (200, "OK", [("Content-Length", "2")])
+    assert await read_all(response) == b"ok"
+    await assert_next_request_gets_a_fresh_connection(pool, shop)
+
+
+async def test_bytes_past_the_last_chunk_close_the_connection(
+    recording_shop: StartRecordingShop, make_pool: Callable[..., HttpPool]
+) -> None:
+    """A chunked body's last chunk ends the response; a response after it in the same packet is dropped."""
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+    shop = await recording_shop(answer_then(chunked, SURPLUS))
+    pool = make_pool(shop.port)
+    response = await pool.request("GET", head("GET", "/"), None, None)
+    assert (response.reason, response.raw_headers) == ("OK", [("Transfer-Encoding", "chunked")])
+    assert await read_all(response) == b"ok"
+    await assert_next_request_gets_a_fresh_connection(pool, shop)
+
+
+@pytest.mark.parametrize(
+    ("status_line", "status"), [(b"204 No Content", 204), (b"304 Not Modified", 304)], ids=["204", "304"]
+)
+async def test_a_body_after_a_status_without_one_closes_the_connection(
+    recording_shop: StartRecordingShop, make_pool: Callable[..., HttpPool], status_line: bytes, status: int
+) -> None:
+    """A 204 or 304 ends at its head: bytes after it are not its body; the connection is closed."""
+    shop = await recording_shop(answer_then(b"HTTP/1.1 " + status_line + b"\r\n\r\n", SURPLUS))
+    pool = make_pool(shop.port)
+    response = await pool.request("GET", head("GET", "/"), None, None)
+    assert (response.status, response.reason, response.raw_headers) == (
+        status,
+        status_line.split(b" ", 1)[1].decode(),
+        [],
+    )
+    assert await read_all(response) == b""
+    await assert_next_request_gets_a_fresh_connection(pool, shop)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n" + SURPLUS,
+    ],
+    ids=["content-length", "chunked", "empty-chunked", "next-response"],
+)
+async def test_a_body_after_a_head_answer_closes_the_connection(
+    recording_shop: StartRecordingShop, make_pool: Callable[..., HttpPool], answer: bytes
+) -> None:
+    """An answer to HEAD ends at its head: any body bytes after it (even an empty chunked body) close the connection."""
+    shop = await recording_shop(answer_then(answer, b""))
+    pool = make_pool(shop.port)
+    response = await pool.request("HEAD", head("HEAD", "/"), None, None)
+    assert (response.status, response.reason) == (200, "OK")
+    assert await read_all(response) == b""
+    await assert_next_request_gets_a_fresh_connection(pool, shop)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+        b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+    ],
+    ids=["content-length", "chunked", "304-chunked"],
+)
+async def test_a_bodyless_head_answer_keeps_its_connection(
+    recording_shop: StartRecordingShop, make_pool: Callable[..., HttpPool], answer: bytes
+) -> None:
+    """The control for the test above: an answer to HEAD that stops at its head leaves the connection pooled."""
+
+    async def script(conn: RawConnection) -> None:
+        await conn.request()
+        await conn.send(answer)
+        await conn.request()
+        await conn.send(OK_2)
+
+    shop = await recording_shop(script)
+    pool = make_pool(shop.port)
+    assert await read_all(await pool.request("HEAD", head("HEAD", "/"), None, None)) == b""
+    assert await read_all(await pool.request("GET", head("GET", "/next"), None, None)) == b"ok"
+    assert [conn.request_lines() for conn in shop.connections] == [
+        [b"HEAD / HTTP/1.1", b"GET /next HTTP/1.1"]
+    ]
+
+
+async def test_bytes_on_an_idle_connection_never_reach_the_next_request(
+    recording_shop: StartRecordingShop, make_pool: Callable[..., HttpPool], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A response the shop sends on an idle pooled connection closes it; the next request gets its own answer."""
+    first_answered = asyncio.Event()
+
+    async def script(conn: RawConnection) -> None:
+        await conn.request()
+        await conn.send(OK_2 if conn.number == 0 else b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+        if conn.number == 0:
+            await first_answered.wait()
+            await conn.send(SURPLUS)
+
+    shop = await recording_shop(script)
+    pool = make_pool(shop.port)
+    assert await read_all(await pool.request("GET", head("GET", "/"), None, None)) == b"ok"
+    assert len(pool._idle) == 1
+    first_answered.set()
+    await asyncio.wait_for(shop.connections[0].closed_by_peer.wait(), timeout=1)
+    assert pool._idle == []
+    assert await read_all(await pool.request("GET", head("GET", "/next"), None, None)) == b"fresh"
+    assert [conn.request_lines() for conn in shop.connections] == [
+        [b"GET / HTTP/1.1"],
+        [b"GET /next HTTP/1.1"],
+    ]
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.name == "proxy.upstream"] == [
+        ("WARNING", "shop sent bytes on an idle connection: closed it")
+    ]
+
+
+def test_bytes_the_loop_has_not_read_yet_never_reach_the_next_request() -> None:
+    """A late response still in the socket's buffer when the connection is reused: seen, and the connection dropped.
+
+    The loop is kept busy (blocked) while the shop's late bytes arrive, as on a loaded sidecar,
+    so only a look at the socket itself can see them; nginx serves them to the next client.
+    The shop runs in a thread here, to send while the loop is blocked.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    received: list[bytes] = []
+
+    def serve() -> None:
+        for number in range(2):
+            conn, _ = listener.accept()
+            with conn:
+                received.append(conn.recv(65536))
+                if number == 0:
+                    conn.sendall(OK_2)
+                    threading.Event().wait(0.05)
+                    conn.sendall(SURPLUS)
+                    conn.settimeout(2)
+                    # Until the client closes; with the late bytes unread, its close is a reset.
+                    with contextlib.suppress(ConnectionResetError):
+                        while more := conn.recv(65536):
+                            received[0] += more
+                else:
+                    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nfresh")
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def two_requests() -> list[bytes]:
+        pool = HttpPool("127.0.0.1", port, connect_timeout=1.0, read_timeout=READ_TIMEOUT_S)
+        try:
+            first = await read_all(await pool.request("GET", head("GET", "/"), None, None))
+            time.sleep(0.3)  # the loop is busy: the late bytes land unread
+            second = await read_all(await pool.request("GET", head("GET", "/next"), None, None))
+            return [first, second]
+        finally:
+            await pool.close()
+
+    try:
+        assert asyncio.run(two_requests()) == [b"ok", b"fresh"]
+        thread.join(timeout=3)
+        assert [data.split(b"\r\n", 1)[0] for data in received] == [b"GET / HTTP/1.1", b"GET /next HTTP/1.1"]
+    finally:
+        listener.close()
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n\x81\x02hi",
+        b"HTTP/1.1 101 Switching Protocols\r\n\r\n\x81\x02hi",
+    ],
+    ids=["with-upgrade-headers", "bare"],
+)
+async def test_a_101_to_a_request_that_did_not_ask_to_upgrade_is_malformed(
+    recording_shop: StartRecordingShop,
+    make_pool: Callable[..., HttpPool],
+    caplog: pytest.LogCaptureFixture,
+    answer: bytes,
+) -> None:
+    """A 101 the client never asked for fails the request with one WARNING, no traceback; the connection is closed."""
+    shop = await recording_shop(answer_then(answer, b""))
+    pool = make_pool(shop.port)
+    with pytest.raises(ResponseMalformed, match=r"^101 Switching Protocols to a request that did not ask"):
+        await pool.request("GET", head("GET", "/"), None, None)
+    await assert_next_request_gets_a_fresh_connection(pool, shop)
+    records = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert [(r.name, r.levelname, r.getMessage(), r.exc_info) for r in records] == [
+        (
+            "proxy.upstream",
+            "WARNING",
+            "shop broke the protocol: 101 Switching Protocols to a request that did not ask to upgrade",
+            None,
+        )
+    ]
