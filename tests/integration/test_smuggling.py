@@ -93,7 +93,7 @@ async def test_compressed_body_reaches_the_shop_as_sent_and_smuggles_nothing(
     assert received.body == body
     assert received.header("Content-Encoding") == [encoding.encode()]
     assert received.header("Content-Length") == [str(len(body)).encode()]
-    assert VICTIM not in recording_upstream.raw
+    assert received.header("X-Shop-User") == []
 
 
 async def test_chunked_compressed_body_reaches_the_shop_as_sent(
@@ -184,7 +184,8 @@ async def test_the_shop_executes_exactly_the_clients_requests_with_their_bodies(
     assert [request.target for request in received] == [f"/upload/{i}".encode() for i in range(len(requests))]
     assert [request.body for request in received] == bodies
     assert all(connection.parse_error is None for connection in recording_upstream.connections)
-    assert VICTIM not in recording_upstream.raw
+    # (The bytes themselves may hold "victim-42": brotli keeps short inputs literally.)
+    assert [request.header("X-Shop-User") for request in received] == [[] for _ in requests]
 
 
 # -- Host and the request target -------------------------------------------------------------
