@@ -58,7 +58,7 @@ from proxy.routing import (
     PathMatcher,
     Router,
     TrustedNetworks,
-    is_ambiguous_path,
+    has_encoded_separator,
     is_sidecar_path,
     normalise_path,
     origin_form,
@@ -246,13 +246,22 @@ class ShopHandler:
         if type(request) is UnsupportedVersionRequest:
             return _refused(505, "only HTTP/1.0 and HTTP/1.1 are served here\n")
         method = request.method
-        if method == hdrs.METH_CONNECT:
-            # A tunnel through the sidecar would carry bytes it never frames or checks.
-            return _refused(405, "CONNECT is not served here\n")
+        if method in _REFUSED_METHODS:
+            # CONNECT: a tunnel would carry bytes the sidecar never frames or checks. TRACE: the
+            # shop would echo the request's headers (cookies included) to the page (nginx: 405).
+            return _refused(405, f"{method} is not served here\n")
+        transfer_encoding = request.headers.get(hdrs.TRANSFER_ENCODING)
+        if transfer_encoding is not None and transfer_encoding.strip().lower() != "chunked":
+            # aiohttp takes "gzip, chunked" and removes only the chunking: the shop would get a
+            # gzip body labelled as nothing (nginx: 501).
+            return _refused(501, "only the chunked transfer coding is served here\n")
         # What the request names, judged strictly: the shop gets the host that was matched and
         # the target in origin form, never a spelling it could read differently.
         target = request.raw_path
         authority = request.headers.get(hdrs.HOST)
+        if "#" in target:
+            # A fragment never belongs in a request (RFC 9112 3.2); servers disagree on it.
+            return _refused(400, "bad request target\n")
         if not target.startswith("/"):
             origin = origin_form(target)
             if origin is None or (origin.target == "*" and method != hdrs.METH_OPTIONS):
@@ -280,17 +289,20 @@ class ShopHandler:
         if "\x00" in request.path:
             # Servers disagree on a NUL (some end the path there): no shop path has one.
             return _refused(400, "bad path\n")
-        # Judged as the most lenient shop will route it, so "/editor/.." never gets the token of
-        # "/" and no spelling of /.cc-sidecar/ is forwarded.
-        path = normalise_path(request.path)
-        if is_sidecar_path(path):
+        # No spelling of /.cc-sidecar/ that any server could route there is forwarded.
+        path = request.path
+        lenient = normalise_path(path)
+        if is_sidecar_path(lenient):
             return await self._sidecar_path(request, storefront, trusted)
 
+        # An editor page is a path every server reads alike (servers disagree on "/a/..",
+        # "/a;b", "/a." or "%2f"), so a token never goes with a page the shop routes elsewhere.
         editor = (
             storefront.injects
             and method == hdrs.METH_GET
+            and lenient == path
             and storefront.editor_paths.matches(path)
-            and not is_ambiguous_path(target, request.path)
+            and not has_encoded_separator(target)
         )
         upstream_headers = storefront.upstream.request_headers(
             request,
@@ -304,10 +316,14 @@ class ShopHandler:
             underscores=storefront.underscores_in_headers,
         )
         if is_websocket_upgrade(request):
-            if hdrs.CONTENT_LENGTH in request.headers or hdrs.TRANSFER_ENCODING in request.headers:
-                # A handshake has no body: one announced would be read by the shop as framing
-                # the sidecar never relays.
-                return _refused(400, "a WebSocket handshake has no body\n")
+            if (
+                method != hdrs.METH_GET
+                or hdrs.CONTENT_LENGTH in request.headers
+                or hdrs.TRANSFER_ENCODING in request.headers
+            ):
+                # A handshake is a GET without a body (RFC 6455 4.1): a body announced would
+                # be framing the sidecar never relays, and the shop's handshake is made as a GET.
+                return _refused(400, "a WebSocket handshake is a GET without a body\n")
             return await storefront.upstream.websocket(request, upstream_headers)
 
         logged_in = self._header_identity(request, storefront, trusted)
@@ -660,6 +676,7 @@ def _refused(status: int, text: str) -> web.Response:
 
 
 _HTTP_1X = frozenset((HttpVersion10, HttpVersion11))
+_REFUSED_METHODS = frozenset((hdrs.METH_CONNECT, hdrs.METH_TRACE))
 
 
 class UnsupportedVersionRequest(web.BaseRequest):

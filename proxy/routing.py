@@ -9,10 +9,10 @@ What a request names is judged strictly and as the shop's server will read it (d
   the shop receives the normalised host that was matched, never the client's spelling.
 - An absolute-form target (``GET http://shop/a``) names its own host, which wins over the Host
   header (RFC 9112 3.2.2); it goes upstream in origin form (``/a``) with that host.
-- A path is classified after undoing what lenient servers undo (``\`` as ``/``, ``;`` parameters,
-  trailing dots, a second percent-decoding, dot segments), so no spelling of ``/.cc-sidecar/``
-  reaches the shop; a path whose segments hide an encoded ``/`` or ``\`` is never an editor page,
-  since servers disagree on where its segments end.
+- No spelling of ``/.cc-sidecar/`` reaches the shop: a path is checked after undoing what the most
+  lenient servers undo (``\`` as ``/``, ``;`` parameters, trailing dots, further decodings, dot
+  segments). An editor page, which gets a token, is a path every server reads alike: one that needs
+  none of that undoing and hides no encoded ``/`` or ``\``.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Generic, NamedTuple, TypeVar
-from urllib.parse import unquote
+from urllib.parse import unquote_to_bytes
 
 from proxy.config import StorefrontSettings
 
@@ -60,31 +60,53 @@ class PathMatcher:
         return self._regex is not None and self._regex.fullmatch(path) is not None
 
 
-# A decoded path that any lenient server would read differently from its letters: a backslash,
-# a ";" parameter, a percent sign left after decoding, a dot or space ending a segment, a dot
-# segment or an empty one. Most paths have none of these and are their own normal form.
-_NEEDS_NORMALISING = re.compile(r"[\\;%]|/\.|[. ](?:/|$)|//")
-# An encoded "/" or "\\" inside a segment: servers disagree on whether it splits the segment.
+# A decoded path that some server would read differently from its letters: a backslash, a ";"
+# parameter, a ":" (NTFS streams), a percent sign left after decoding, a dot or whitespace ending
+# a segment, a dot segment or an empty one. Most paths have none of these: their own normal form.
+_NEEDS_NORMALISING = re.compile(r"[\\;:%]|/\.|[.\s](?:/|$)|//")
+# An encoded "/" or "\" in the target's path: servers disagree on whether it splits a segment.
 _ENCODED_SEPARATOR = re.compile(r"%(?:2f|5c)", re.IGNORECASE)
+# IIS's %uXXXX escapes, and overlong UTF-8 spellings of ".", "/" and "\" that old decoders took.
+_PERCENT_U = re.compile(r"%u([0-9A-Fa-f]{4})")
+_OVERLONG = (
+    (b"\xc0\xae", b"."),
+    (b"\xe0\x80\xae", b"."),
+    (b"\xc0\xaf", b"/"),
+    (b"\xe0\x80\xaf", b"/"),
+    (b"\xc1\x9c", b"\\"),
+    (b"\xe0\x81\x9c", b"\\"),
+)
+# Decodings a server (or a chain of them) may apply on top of the one every server does.
+_MAX_EXTRA_DECODINGS = 3
 
 
 def normalise_path(path: str) -> str:
-    """The (decoded) path as the most lenient shop server routes it, so path checks can't be dodged.
+    r"""The (decoded) path as the most lenient shop server could route it, so no spelling dodges a check.
 
-    ``\\`` is a separator (IIS), ``;`` parameters are dropped (Tomcat), trailing dots and spaces
-    of a segment are dropped (Windows), a percent-escape left after decoding is decoded again
-    (servers that decode twice), and ``//``, ``.`` and ``..`` collapse.
+    Meant for recognising ``/.cc-sidecar/`` in any spelling, not for routing: ``\`` is a separator
+    (IIS), ``;`` parameters and ``:`` streams are dropped (Tomcat, NTFS), trailing dots and
+    whitespace of a segment are dropped (Windows), percent-escapes left after decoding are decoded
+    again (``%uXXXX`` and overlong UTF-8 too), and ``//``, ``.`` and ``..`` collapse. A path that
+    needs none of this is returned as it is (the same object).
     """
     if _NEEDS_NORMALISING.search(path) is None:
         return path
-    if "%" in path:
-        path = unquote(path, errors="surrogateescape")
+    for _ in range(_MAX_EXTRA_DECODINGS):
+        if "%" not in path:
+            break
+        raw = unquote_to_bytes(_PERCENT_U.sub(lambda match: chr(int(match.group(1), 16)), path))
+        for overlong, plain in _OVERLONG:
+            raw = raw.replace(overlong, plain)
+        decoded = raw.decode("utf-8", "surrogateescape")
+        if decoded == path:
+            break
+        path = decoded
     segments: list[str] = []
     segment = ""
     for segment in path.replace("\\", "/").split("/"):
-        segment = segment.partition(";")[0]
+        segment = segment.partition(";")[0].partition(":")[0]
         if segment not in (".", ".."):
-            segment = segment.rstrip(". ")
+            segment = segment.rstrip(". \t\n\v\f\r")
         if segment in ("", "."):
             continue
         if segment == "..":
@@ -97,16 +119,9 @@ def normalise_path(path: str) -> str:
     return "/" + "/".join(segments) + trailing
 
 
-def is_ambiguous_path(raw_path: str, path: str) -> bool:
-    """Whether servers disagree on this path's segments: an encoded ``/`` or ``\\``, or a backslash.
-
-    ``raw_path`` is the target as sent (query included), ``path`` its decoded path.
-    """
-    if "\\" in path:
-        return True
-    if "%" in raw_path and _ENCODED_SEPARATOR.search(raw_path.partition("?")[0]) is not None:
-        return True
-    return "%" in path and _ENCODED_SEPARATOR.search(path) is not None
+def has_encoded_separator(target: str) -> bool:
+    r"""Whether the target's path (query aside) hides an encoded ``/`` or ``\`` inside a segment."""
+    return "%" in target and _ENCODED_SEPARATOR.search(target.partition("?")[0]) is not None
 
 
 def is_sidecar_path(path: str) -> bool:

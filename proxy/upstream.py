@@ -48,10 +48,27 @@ _HOP_BY_HOP_NAMES = tuple(sorted(HOP_BY_HOP))
 FORWARDED_HEADERS = frozenset(
     name.lower() for name in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
 )
-# Claims about the client that frameworks believe from a proxy (Symfony and Laravel read
-# X-Forwarded-Port and -Prefix, nginx's realip X-Real-IP): kept only from trusted_networks.
+# Claims about the client or the URL that frameworks believe from a proxy: X-Forwarded-* (Symfony
+# and Laravel read -Port and -Prefix too), nginx's realip X-Real-IP, the client-address headers
+# of CDNs and load balancers that PHP code reads, and the rewritten-URL headers of IIS that
+# Symfony and Zend route by. Kept only from trusted_networks.
 _CLIENT_CLAIM_PREFIX = b"x-forwarded-"
-_CLIENT_CLAIMS = frozenset((b"forwarded", b"x-real-ip"))
+_CLIENT_CLAIMS = frozenset(
+    name.lower().encode()
+    for name in (
+        "Forwarded",
+        "X-Real-IP",
+        "X-Client-IP",
+        "Client-IP",
+        "True-Client-IP",
+        "CF-Connecting-IP",
+        "Fastly-Client-IP",
+        "X-Cluster-Client-IP",
+        "X-Original-Forwarded-For",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+    )
+)
 # Headers that aiohttp's server or client handle themselves for each hop.
 _PER_HOP = frozenset(("expect",))
 # On editor GETs the shop must send a full page to inject into, not a 304.

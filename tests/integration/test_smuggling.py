@@ -364,12 +364,17 @@ async def test_a_trusted_peer_keeps_its_client_address_headers(
         b"/x\\..\\.cc-sidecar/token",
         b"/x%5c..%5c.cc-sidecar/token",
         b"/%252ecc-sidecar/token",
+        b"/.cc-sidecar%09/token",
+        b"/%c0%ae%63c-sidecar/token",
+        b"/%u002ecc-sidecar/token",
+        b"/%25252ecc-sidecar/token",
+        b"/.cc-sidecar::$DATA/token",
     ],
 )
 async def test_no_spelling_of_the_sidecars_paths_is_forwarded(
     sidecar: BaseTestServer, recording_upstream: RecordingUpstream, path: bytes
 ) -> None:
-    """Paths a lenient server (Tomcat, IIS, a double decoder) reads as /.cc-sidecar/ are answered here, never forwarded."""
+    """Paths a lenient server (Tomcat, IIS, NTFS, an overlong-UTF-8 or repeated decoder) reads as /.cc-sidecar/ are answered here, never forwarded."""
     answer = await exchange(
         sidecar, b"GET " + path + b" HTTP/1.1\r\nHost: g.test\r\nConnection: close\r\n\r\n"
     )
@@ -390,16 +395,27 @@ async def test_a_nul_in_the_path_is_refused(
     ("path", "editor"),
     [
         (b"/editor/mug", True),
-        (b"/editor/mug;jsessionid=1", True),
+        (b"/editor/caf%C3%A9", True),
+        (b"/editor/mug;jsessionid=1", False),
         (b"/editor/..%5cprofile", False),
         (b"/editor/a%2fb", False),
         (b"/editor/..;/account", False),
+        (b"/blog/%252e%252e/editor/a", False),
+        (b"/blog/..;/editor/a", False),
+        (b"/editor/a.", False),
+        (b"/editor/a%20", False),
+        (b"/editor/a/..", False),
+        (b"/a/../editor/mug", False),
     ],
 )
 async def test_editor_pages_are_judged_on_the_path_the_shop_routes(
     sidecar: BaseTestServer, recording_upstream: RecordingUpstream, path: bytes, editor: bool
 ) -> None:
-    """An editor GET loses its If-None-Match (the shop must send a page to inject into); an ambiguous path is never one."""
+    """An editor GET loses its If-None-Match (the shop must send a page to inject into); a path servers read differently is never one.
+
+    gunicorn routes ``/blog/%252e%252e/editor/a`` and ``/blog/..;/editor/a`` as /blog pages, nginx
+    collapses ``/a/../editor/mug``, Tomcat drops ``;jsessionid``: no token goes where they disagree.
+    """
     answer = await exchange(
         sidecar,
         b"GET " + path + b' HTTP/1.1\r\nHost: g.test\r\nIf-None-Match: "v1"\r\nConnection: close\r\n\r\n',
@@ -408,3 +424,72 @@ async def test_editor_pages_are_judged_on_the_path_the_shop_routes(
     [received] = recording_upstream.requests
     assert received.target == path
     assert received.header("If-None-Match") == ([] if editor else [b'"v1"'])
+
+
+async def test_a_fragment_in_the_target_is_refused(
+    sidecar: BaseTestServer, recording_upstream: RecordingUpstream
+) -> None:
+    """``/a#/../../.cc-sidecar/token``: a request target has no fragment (RFC 9112 3.2); 400, never forwarded."""
+    answer = await exchange(sidecar, b"GET /a#/../../.cc-sidecar/token HTTP/1.1\r\nHost: g.test\r\n\r\n")
+    assert status_line(answer) == b"HTTP/1.1 400 Bad Request"
+    assert recording_upstream.raw == b""
+
+
+async def test_trace_is_refused(sidecar: BaseTestServer, recording_upstream: RecordingUpstream) -> None:
+    """TRACE would have the shop echo the request's cookies into a page: 405, never forwarded (nginx: 405)."""
+    answer = await exchange(sidecar, b"TRACE /a HTTP/1.1\r\nHost: g.test\r\nContent-Length: 0\r\n\r\n")
+    assert status_line(answer) == b"HTTP/1.1 405 Method Not Allowed"
+    assert recording_upstream.raw == b""
+
+
+@pytest.mark.parametrize("coding", [b"gzip, chunked", b"deflate, chunked", b"identity, chunked"])
+async def test_a_transfer_coding_besides_chunked_is_refused(
+    sidecar: BaseTestServer, recording_upstream: RecordingUpstream, coding: bytes
+) -> None:
+    """aiohttp would remove only the chunking and the shop get a gzip body labelled as nothing: 501 (nginx: 501)."""
+    body = gzip.compress(b"hello")
+    answer = await exchange(
+        sidecar,
+        b"POST /u HTTP/1.1\r\nHost: g.test\r\nTransfer-Encoding: "
+        + coding
+        + b"\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body),
+    )
+    assert status_line(answer) == b"HTTP/1.1 501 Not Implemented"
+    assert recording_upstream.raw == b""
+
+
+@pytest.mark.parametrize("method", [b"DELETE", b"POST", b"HEAD"])
+async def test_a_websocket_handshake_is_a_get(
+    sidecar: BaseTestServer, recording_upstream: RecordingUpstream, method: bytes
+) -> None:
+    """``DELETE /account`` with Upgrade: websocket is 400: it would reach the shop as a GET handshake (RFC 6455 4.1)."""
+    answer = await exchange(
+        sidecar,
+        method + b" /account HTTP/1.1\r\nHost: g.test\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    assert status_line(answer) == b"HTTP/1.1 400 Bad Request"
+    assert recording_upstream.raw == b""
+
+
+async def test_client_address_and_rewritten_url_headers_from_outside_never_reach_the_shop(
+    sidecar: BaseTestServer, recording_upstream: RecordingUpstream
+) -> None:
+    """CDN client-address headers and IIS's X-Original-URL / X-Rewrite-URL (Symfony routes by them) go from untrusted peers."""
+    claims = [
+        b"X-Client-IP",
+        b"Client-IP",
+        b"True-Client-IP",
+        b"CF-Connecting-IP",
+        b"Fastly-Client-IP",
+        b"X-Cluster-Client-IP",
+        b"X-Original-Forwarded-For",
+        b"X-Original-URL",
+        b"X-Rewrite-URL",
+    ]
+    head = b"".join(name + b": 6.6.6.6\r\n" for name in claims)
+    answer = await exchange(
+        sidecar, b"GET /a HTTP/1.1\r\nHost: g.test\r\n" + head + b"Connection: close\r\n\r\n"
+    )
+    assert status_line(answer) == b"HTTP/1.1 200 OK"
+    assert b"6.6.6.6" not in recording_upstream.raw
