@@ -74,32 +74,32 @@ def reference_rows(model: type[BaseModel] = Settings, prefix: str = "") -> Itera
     """Every key of ``model`` and, depth first, of the models nested in it."""
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
-        nested, is_list = _nested_model(field.annotation)
-        yield Row(path, _field_type(field), _default(field), _description(path, field, nested))
+        nested, is_list = nested_model(field.annotation)
+        yield Row(path, field_type(field), _default(field), _description(path, field, nested))
         if nested is not None:
             yield from reference_rows(nested, f"{path}[]." if is_list else f"{path}.")
 
 
-def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+def nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """The model a field holds (itself, optional, or a tuple of them) and whether it is a list."""
     origin = get_origin(annotation)
     if origin is Annotated:
-        return _nested_model(get_args(annotation)[0])
+        return nested_model(get_args(annotation)[0])
     if origin in (Union, types.UnionType):
         for arg in get_args(annotation):
-            model, is_list = _nested_model(arg)
+            model, is_list = nested_model(arg)
             if model is not None:
                 return model, is_list
         return None, False
     if origin is tuple:
-        model, _ = _nested_model(get_args(annotation)[0])
+        model, _ = nested_model(get_args(annotation)[0])
         return model, model is not None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, False
     return None, False
 
 
-def _field_type(field: FieldInfo) -> str:
+def field_type(field: FieldInfo) -> str:
     for item in field.metadata:
         name = getattr(getattr(item, "func", None), "__name__", "")
         if name in _VALIDATED_TYPES:
