@@ -174,8 +174,14 @@ def _run(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_CONFIG
     setup_logging(settings.log_level)
-    from proxy.app import serve
+    from proxy.app import event_loop_factory, serve
 
+    try:
+        event_loop_factory()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            logging.getLogger("proxy.config").error(problem)
+        return EXIT_CONFIG
     return serve(settings)
 
 
