@@ -204,6 +204,8 @@ class EmulatorState:
         # Unix seconds for token claims and access token expiry; tests may replace it.
         self.clock = clock
         self.calls: list[RecordedCall] = []
+        # Called with each call once it has been answered (the demo narrates the flow with it).
+        self.on_answered: list[Callable[[RecordedCall], None]] = []
         self.faults = Faults()
         self.storefronts: dict[int, dict[str, Any]] = {}
         self.users: dict[tuple[int, str], EmulatedUser] = {}
@@ -666,6 +668,8 @@ async def _emulate(request: web.Request, handler: Handler) -> web.StreamResponse
     transport = request.transport
     # A dropped connection had no answer at all.
     call.status = None if transport is None or transport.is_closing() else response.status
+    for listener in state.on_answered:
+        listener(call)
     return response
 
 
