@@ -387,7 +387,8 @@ class StorefrontApiClient:
                     storefront_id,
                     len(known),
                     "" if self._settings.tenant_id is None else f" (tenant {self._settings.tenant_id})",
-                    extra={"storefront_id": storefront_id},
+                    # Once per storefront at start-up, each a different fact: never sampled.
+                    extra={"storefront_id": storefront_id, "_every_time": True},
                 )
 
     # -- one call -----------------------------------------------------------------------------

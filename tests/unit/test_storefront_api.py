@@ -22,6 +22,7 @@ from proxy.errors import (
     Unauthorized,
     UserConflict,
 )
+from proxy.log import RepeatedWarningFilter
 from proxy.metrics import Metrics
 from proxy.storefront_api import (
     CircuitBreaker,
@@ -330,6 +331,16 @@ async def test_warn_missing_storefronts_names_each_missing_id(
     assert len(warnings) == 2
     assert warnings[0].startswith("storefront 7 is not among the 2 storefronts")
     assert warnings[1].startswith("storefront 9 is not among the 2 storefronts")
+
+
+async def test_each_missing_storefront_warning_is_written_even_when_warnings_are_sampled(
+    client: StorefrontApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start-up warnings of two missing storefronts share a message but both pass the sampling filter."""
+    repeats = RepeatedWarningFilter()
+    with caplog.at_level(logging.WARNING, logger="proxy.storefront_api"):
+        await client.warn_missing_storefronts([7, 9])
+    assert [repeats.filter(r) for r in caplog.records if r.levelno == logging.WARNING] == [True, True]
 
 
 async def test_warn_missing_storefronts_survives_the_api_being_down(
