@@ -22,7 +22,7 @@ COPY proxy ./proxy
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/cc-sidecar \
  && wheel="$(ls /wheels/cc_sidecar-*.whl)" \
- && /opt/cc-sidecar/bin/pip install "${wheel}[speed]" \
+ && /opt/cc-sidecar/bin/pip install "${wheel}" \
  && /opt/cc-sidecar/bin/pip uninstall --yes pip \
  && /opt/cc-sidecar/bin/cc-sidecar --help >/dev/null
 

@@ -5,8 +5,9 @@ What runs (all on 127.0.0.1, free ports, one temporary directory):
     wrk (core 0) ──> upstream                      direct: the ceiling
                  ──> nginx ──> upstream            the reverse proxy to compare with
                  ──> bare aiohttp proxy ──> ...    reference: Python + aiohttp's own floor
-                 ──> cc-sidecar ──> upstream       /product (pass-through), /editor/mug and
-                          └──> emulator            /editor-gz/mug (token injected)
+                 ──> cc-sidecar ──> upstream       /product (pass-through, 20 KB), /product-small
+                          └──> emulator            (1 KB), /editor/mug and /editor-gz/mug (token
+                                                   injected)
 
 The servers share the other core (``taskset``), so the load generator never takes their CPU.
 Targets are measured in interleaved rounds (A B C ... A B C ...) and the medians are reported, so
@@ -276,11 +277,12 @@ async def check_targets(upstream: Service, proxies: Sequence[Service], sidecar: 
     """Every target answers what it should; warms the bench user's token; returns its length."""
     user = {USER_HEADER: BENCH_USER}
     async with aiohttp.ClientSession() as session:
-        _, product, _ = await fetch(session, upstream.url + "/product")
-        for via in (*proxies, sidecar):
-            status, body, _ = await fetch(session, via.url + "/product")
-            if status != 200 or body != product:
-                raise BenchError(f"{via.name} /product: {status}, {len(body)} bytes, not the page")
+        for path in ("/product", "/product-small"):
+            _, product, _ = await fetch(session, upstream.url + path)
+            for via in (*proxies, sidecar):
+                status, body, _ = await fetch(session, via.url + path)
+                if status != 200 or body != product:
+                    raise BenchError(f"{via.name} {path}: {status}, {len(body)} bytes, not the page")
         for path in ("/editor/mug", "/editor-gz/mug"):
             status, body, headers = await fetch(session, sidecar.url + path, user)
             if status != 200 or body.count(INJECTED_MARK) != 1:
@@ -499,6 +501,8 @@ def run(workdir: Path) -> dict[str, Any]:
             Target("bare", "bare aiohttp proxy /product (reference)", bare, "/product"),
             Target("sidecar", "cc-sidecar /product (pass-through)", sidecar, "/product"),
             Target("sidecar_cookies", "cc-sidecar /product, browser cookies", sidecar, "/product", cookies),
+            Target("nginx_small", "nginx /product-small (1 KB)", nginx, "/product-small"),
+            Target("sidecar_small", "cc-sidecar /product-small (1 KB)", sidecar, "/product-small"),
             Target("editor", "cc-sidecar /editor/mug (cached token)", sidecar, "/editor/mug", user),
             Target("editor_gz", "cc-sidecar /editor-gz/mug (gzip, cached)", sidecar, "/editor-gz/mug", user),
         ]  # fmt: skip
@@ -516,7 +520,7 @@ def run(workdir: Path) -> dict[str, Any]:
             bursts.append(asyncio.run(first_requests(sidecar, emulator, round_no)))
         profiles = {}
         if PROFILE:
-            for target in (t for t in targets if t.key in ("sidecar", "editor")):
+            for target in (t for t in targets if t.key in ("sidecar", "sidecar_small", "editor")):
                 progress(f"profiling cc-sidecar under load: {target.label}, {SECONDS} s")
                 profiles[target.key] = profile_under_load(target, SECONDS, load_cpu)
         for service in (upstream, nginx, bare, sidecar):
@@ -581,6 +585,12 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
             "value": round(ratio("sidecar", "nginx"), 3),
             "target": f">= {MIN_SIDECAR_VS_NGINX}",
             "pass": ratio("sidecar", "nginx") >= MIN_SIDECAR_VS_NGINX,
+        },
+        {
+            "name": "sidecar pass-through rps / nginx rps, 1 KB page",
+            "value": round(ratio("sidecar_small", "nginx_small"), 3),
+            "target": f">= {MIN_SIDECAR_VS_NGINX}",
+            "pass": ratio("sidecar_small", "nginx_small") >= MIN_SIDECAR_VS_NGINX,
         },
         {
             "name": "editor (cached token) rps / sidecar pass-through rps",

@@ -1,6 +1,7 @@
 """The fixed shop behind every benchmark target: three pages, built once, served from memory.
 
 - ``/product``: a 20 KB HTML product page (never an editor page: pure pass-through).
+- ``/product-small``: a 1 KB HTML product page (pass-through where per-request overhead dominates).
 - ``/editor/mug``: a 20 KB HTML editor page with a ``</head>`` near the top (the sidecar injects).
 - ``/editor-gz/mug``: the same editor page, gzip-encoded once at start-up and always sent with
   ``Content-Encoding: gzip`` (the sidecar decodes, injects and re-frames it).
@@ -20,6 +21,7 @@ import random
 from aiohttp import web
 
 PAGE_SIZE = 20 * 1024
+SMALL_PAGE_SIZE = 1024
 _WORDS = (
     *("mug", "ceramic", "white", "personalize", "photo", "text", "gift", "coffee", "tea"),
     *("handle", "glossy", "matte", "print", "design", "upload", "colour", "size", "order"),
@@ -39,29 +41,33 @@ def _filler(rng: random.Random, size: int) -> str:
     return "".join(parts)[:size]
 
 
-def _page(title: str, seed: int) -> bytes:
-    """A ``PAGE_SIZE``-byte HTML page; its ``</head>`` comes within the first few hundred bytes."""
+def _page(title: str, seed: int, size: int = PAGE_SIZE) -> bytes:
+    """A ``size``-byte HTML page; its ``</head>`` comes within the first few hundred bytes."""
     head = (
         '<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
         f'<title>{title}</title><link rel="stylesheet" href="/static/shop.css"></head>\n'
         "<body><main>\n"
     )
     tail = "</main></body></html>\n"
-    body = _filler(random.Random(seed), PAGE_SIZE - len(head) - len(tail))
+    body = _filler(random.Random(seed), size - len(head) - len(tail))
     page = (head + body + tail).encode()
-    assert len(page) == PAGE_SIZE
+    assert len(page) == size
     return page
 
 
 def create_upstream_app() -> web.Application:
     """The shop application; every body is built here, once."""
     product = _page("Mug - product", seed=1)
+    product_small = _page("Mug - product", seed=3, size=SMALL_PAGE_SIZE)
     editor = _page("Mug - personalize", seed=2)
     editor_gz = gzip.compress(editor, compresslevel=6, mtime=0)
     html = "text/html; charset=utf-8"
 
     async def product_page(request: web.Request) -> web.Response:
         return web.Response(body=product, headers={"Content-Type": html})
+
+    async def product_small_page(request: web.Request) -> web.Response:
+        return web.Response(body=product_small, headers={"Content-Type": html})
 
     async def editor_page(request: web.Request) -> web.Response:
         return web.Response(body=editor, headers={"Content-Type": html})
@@ -72,6 +78,7 @@ def create_upstream_app() -> web.Application:
 
     app = web.Application()
     app.router.add_get("/product", product_page)
+    app.router.add_get("/product-small", product_small_page)
     app.router.add_get("/editor/{name}", editor_page)
     app.router.add_get("/editor-gz/{name}", editor_page_gz)
     return app

@@ -30,6 +30,7 @@ from aiohttp import web
 from proxy.admin import Readiness, create_admin_app
 from proxy.config import Settings
 from proxy.config.model import split_listen
+from proxy.errors import ConfigError
 from proxy.handler import ShopHandler, build_storefront, shop_request
 from proxy.identity import GuestKeys
 from proxy.metrics import Metrics
@@ -106,25 +107,41 @@ async def shop_services(
         await api_session.close()
 
 
-def serve(settings: Settings) -> int:
-    """Run the shop and admin listeners until SIGTERM/SIGINT, then drain; return the exit code."""
+# Names the event loop `run` serves on: "uvloop" (the default; a dependency wherever it builds)
+# or "asyncio" (the standard library's, e.g. to rule uvloop out while chasing a problem).
+EVENT_LOOP_ENV = "CC_SIDECAR_EVENT_LOOP"
+LoopFactory = Callable[[], asyncio.AbstractEventLoop]
+
+
+def event_loop_factory(environ: Mapping[str, str] = os.environ) -> tuple[str, LoopFactory | None]:
+    """The event loop to serve on, by name, and its factory (None: asyncio's default)."""
+    choice = environ.get(EVENT_LOOP_ENV, "uvloop").strip().lower() or "uvloop"
+    if choice == "asyncio":
+        return "asyncio", None
+    if choice != "uvloop":
+        raise ConfigError([f"{EVENT_LOOP_ENV}: must be uvloop or asyncio, not {choice!r}"])
     try:
         import uvloop
-
-        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
     except ImportError:
-        runner = asyncio.Runner()
-    with runner:
-        return runner.run(_serve(settings))
+        # A platform uvloop does not build on (Windows): the dependency is skipped there.
+        return "asyncio", None
+    return "uvloop", uvloop.new_event_loop
 
 
-async def _serve(settings: Settings) -> int:
+def serve(settings: Settings) -> int:
+    """Run the shop and admin listeners until SIGTERM/SIGINT, then drain; return the exit code."""
+    loop_name, loop_factory = event_loop_factory()
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(_serve(settings, loop_name))
+
+
+async def _serve(settings: Settings, loop_name: str) -> int:
     metrics = Metrics()
     async with shop_services(settings, metrics=metrics) as services:
-        return await _listen(settings, services, metrics)
+        return await _listen(settings, services, metrics, loop_name)
 
 
-async def _listen(settings: Settings, services: ShopServices, metrics: Metrics) -> int:
+async def _listen(settings: Settings, services: ShopServices, metrics: Metrics, loop_name: str) -> int:
     readiness = Readiness()
     shop_runner = web.ServerRunner(
         web.Server(services.handler, **SHOP_SERVER_OPTIONS),
@@ -170,6 +187,7 @@ async def _listen(settings: Settings, services: ShopServices, metrics: Metrics) 
             "listen": settings.listen,
             "admin_listen": settings.admin_listen,
             "pid": os.getpid(),
+            "event_loop": loop_name,
         },
     )
     await stop.wait()

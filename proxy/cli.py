@@ -47,15 +47,55 @@ def _parser() -> argparse.ArgumentParser:
     )
     reference.set_defaults(handler=_config_reference)
 
-    emulator = commands.add_parser("emulator", help="serve the Storefront API emulator")
-    emulator.add_argument("--host", default="127.0.0.1")
-    emulator.add_argument("--port", type=int, default=8081)
-    emulator.add_argument("--client-id", default="demo")
-    emulator.add_argument("--client-secret", default="demo-secret")
-    emulator.add_argument("--tenant-id", type=int, default=1)
-    emulator.add_argument("--storefront-id", type=int, action="append", dest="storefront_ids")
-    emulator.add_argument("--token-lifetime-s", type=int, default=3600)
-    emulator.add_argument("--seed", help="YAML file of storefronts and users to start with")
+    emulator = commands.add_parser(
+        "emulator",
+        help="serve the Storefront API emulator",
+        description=(
+            "The Customer's Canvas Storefront API emulator, for local development and tests. It prints"
+            " the address, the credentials it accepts and a customers_canvas: section for the config."
+        ),
+    )
+    from proxy.emulator import EmulatorOptions  # its defaults are the emulator's own
+
+    defaults = EmulatorOptions()
+    emulator.add_argument("--host", default="127.0.0.1", help="address to listen on (default: %(default)s)")
+    emulator.add_argument(
+        "--port", type=int, default=8081, help="port to listen on; 0 for any free one (default: %(default)s)"
+    )
+    emulator.add_argument(
+        "--client-id",
+        default=defaults.client_id,
+        help="the External App client id it accepts (default: %(default)s)",
+    )
+    emulator.add_argument(
+        "--client-secret",
+        default=defaults.client_secret,
+        help="the client secret it accepts (default: %(default)s)",
+    )
+    emulator.add_argument(
+        "--tenant-id",
+        type=int,
+        default=defaults.tenant_id,
+        help="the tenant its storefronts belong to (default: %(default)s)",
+    )
+    emulator.add_argument(
+        "--storefront-id",
+        type=int,
+        action="append",
+        dest="storefront_ids",
+        metavar="ID",
+        help=(
+            "a storefront (type Custom) that exists in the tenant; repeat for several"
+            f" (default: {', '.join(map(str, defaults.storefront_ids))})"
+        ),
+    )
+    emulator.add_argument(
+        "--token-lifetime-s",
+        type=int,
+        default=defaults.token_lifetime_s,
+        help="lifetime of the customer tokens it issues (their exp), in seconds (default: %(default)s)",
+    )
+    emulator.add_argument("--seed", help="YAML file of storefronts and users to start with (default: none)")
     emulator.add_argument(
         "--enable-control",
         action="store_true",
@@ -134,8 +174,14 @@ def _run(args: argparse.Namespace) -> int:
     if settings is None:
         return EXIT_CONFIG
     setup_logging(settings.log_level)
-    from proxy.app import serve
+    from proxy.app import event_loop_factory, serve
 
+    try:
+        event_loop_factory()
+    except ConfigError as exc:
+        for problem in exc.problems:
+            logging.getLogger("proxy.config").error(problem)
+        return EXIT_CONFIG
     return serve(settings)
 
 

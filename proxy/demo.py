@@ -12,29 +12,40 @@ import argparse
 import asyncio
 import contextlib
 import html
+import logging
 import secrets
 import signal
 import socket
-from collections.abc import AsyncIterator
+import sys
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
+from typing import NamedTuple
 
 from aiohttp import web
 
+from proxy.admin import Readiness, create_admin_app
 from proxy.app import SHOP_SERVER_OPTIONS, shop_services
 from proxy.config import parse_settings
-from proxy.emulator import EMULATOR_STATE, EmulatorOptions, create_emulator_app
+from proxy.emulator import EMULATOR_STATE, EmulatorOptions, EmulatorState, RecordedCall, create_emulator_app
 from proxy.log import setup_logging
 from proxy.metrics import Metrics
+
+log = logging.getLogger("proxy.demo")
 
 SESSION_COOKIE = "PHPSESSID"
 PRODUCTS = {"mug": "Personalised mug", "tshirt": "Custom T-shirt", "card": "Greeting card"}
 
 
 class DemoShop:
-    """Sessions of the demo shop: session id -> logged-in email (None for a guest)."""
+    """Sessions of the demo shop: session id -> logged-in email (None for a guest).
 
-    def __init__(self) -> None:
+    ``merged_into`` answers which guests were merged into a customer: a real shop would not know,
+    the demo asks its emulator so the editor page can show what happened at login.
+    """
+
+    def __init__(self, merged_into: Callable[[str], list[str]] | None = None) -> None:
         self.sessions: dict[str, str | None] = {}
+        self.merged_into = merged_into or (lambda user: [])
 
 
 DEMO_SHOP = web.AppKey("demo_shop", DemoShop)
@@ -82,7 +93,8 @@ async def editor(request: web.Request) -> web.Response:
         "<p id='status' data-state='loading'>loading…</p>"
         "<dl><dt>Customer</dt><dd id='user-id'></dd><dt>Kind</dt><dd id='user-kind'></dd>"
         "<dt>Storefront</dt><dd id='storefront-id'></dd><dt>Token expires</dt><dd id='expires'></dd>"
-        "<dt>Token</dt><dd><code id='token'></code></dd></dl>"
+        "<dt>Token</dt><dd><code id='token'></code></dd>"
+        "<dt>Guest storage</dt><dd id='merged'>n/a (a guest)</dd></dl>"
         "<button id='renew'>Renew token now</button>"
         "<script src='/static/editor.js'></script>"
     )
@@ -132,10 +144,17 @@ async def whoami(request: web.Request) -> web.Response:
     return web.json_response({"customer": {"id": user}})
 
 
-def create_demo_shop_app() -> web.Application:
+async def merges(request: web.Request) -> web.Response:
+    """Demo only: the guests merged into the logged-in customer (from the emulator)."""
+    shop = request.app[DEMO_SHOP]
+    user = shop.sessions.get(request.cookies.get(SESSION_COOKIE, ""))
+    return web.json_response({"customer": user, "merged": shop.merged_into(user) if user else []})
+
+
+def create_demo_shop_app(merged_into: Callable[[str], list[str]] | None = None) -> web.Application:
     """The demo shop: products, an editor page, login with session rotation, a whoami endpoint."""
     app = web.Application()
-    app[DEMO_SHOP] = DemoShop()
+    app[DEMO_SHOP] = DemoShop(merged_into)
     app.router.add_get("/", products)
     app.router.add_get("/editor/{product}", editor)
     app.router.add_get("/static/editor.js", editor_script)
@@ -143,6 +162,7 @@ def create_demo_shop_app() -> web.Application:
     app.router.add_post("/login", login)
     app.router.add_post("/logout", logout)
     app.router.add_get("/account/whoami", whoami)
+    app.router.add_get("/account/merges", merges)
     return app
 
 
@@ -159,6 +179,8 @@ def demo_config(shop_url: str, api_url: str, port: int) -> dict[str, object]:
             "timeout_s": 5,
         },
         "secret": secrets.token_urlsafe(24),
+        # The demo narrates the flow itself (narrate_call); a line per request would drown it.
+        "access_log": False,
         "storefronts": [
             {
                 "name": "demo",
@@ -185,11 +207,46 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class RunningDemo(NamedTuple):
+    """What ``running_demo`` serves: the URL to open, the admin listener's, and the emulator."""
+
+    url: str
+    admin_url: str
+    emulator_app: web.Application
+
+
+def narrate_call(call: RecordedCall) -> None:
+    """One INFO line per Storefront API call of the flow, so a newcomer sees what happened."""
+    body = call.json if isinstance(call.json, dict) else {}
+    answered = call.status is not None and call.status < 300
+    if call.operation == "StorefrontUsers_Create" and answered:
+        kind = "guest" if body.get("isAnonymous") else "customer"
+        log.info("%s created: StorefrontUser %s (CreateUser)", kind, body.get("storefrontUserId"))
+    elif call.operation == "StorefrontUsers_GetToken" and answered:
+        log.info(
+            "token cached for %s (GetToken): its editor pages get it without an API call until renewal",
+            call.query.get("storefrontUserId"),
+        )
+    elif call.operation == "StorefrontUsers_MergeAnonymous" and answered:
+        log.info(
+            "login merged: guest %s into customer %s (MergeAnonymous)",
+            body.get("anonymousStorefrontUserId"),
+            body.get("regularStorefrontUserId"),
+        )
+    elif call.status is None or call.status >= 500:
+        log.info("Storefront API %s failed (%s)", call.operation, call.status or "no answer")
+
+
+def _merged_into(state: EmulatorState) -> Callable[[str], list[str]]:
+    def merged(user: str) -> list[str]:
+        return sorted(guest for (_, guest), regular in state.merged.items() if regular == user)
+
+    return merged
+
+
 @contextlib.asynccontextmanager
-async def running_demo(
-    port: int, *, token_lifetime_s: int = 3600
-) -> AsyncIterator[tuple[str, web.Application]]:
-    """Emulator, shop and sidecar, serving until the block ends; yields the URL and the emulator app."""
+async def running_demo(port: int, *, token_lifetime_s: int = 3600) -> AsyncIterator[RunningDemo]:
+    """Emulator, shop and sidecar (with its admin listener), serving until the block ends."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def listen(runner: web.BaseRunner, listen_port: int) -> int:
@@ -202,40 +259,59 @@ async def running_demo(
             return web.AppRunner(app, access_log=None, handle_signals=False)
 
         emulator_app = create_emulator_app(EmulatorOptions(token_lifetime_s=token_lifetime_s))
+        state = emulator_app[EMULATOR_STATE]
+        state.on_answered.append(narrate_call)
         api_port = await listen(app_runner(emulator_app), 0)
-        shop_port = await listen(app_runner(create_demo_shop_app()), 0)
+        shop_port = await listen(app_runner(create_demo_shop_app(_merged_into(state))), 0)
         settings = parse_settings(
             demo_config(f"http://127.0.0.1:{shop_port}", f"http://127.0.0.1:{api_port}", port), {}
         )
-        services = await stack.enter_async_context(shop_services(settings, metrics=Metrics()))
+        metrics = Metrics()
+        services = await stack.enter_async_context(shop_services(settings, metrics=metrics))
         sidecar = web.ServerRunner(web.Server(services.handler, **SHOP_SERVER_OPTIONS), handle_signals=False)
         sidecar_port = await listen(sidecar, port)
-        yield f"http://127.0.0.1:{sidecar_port}/", emulator_app
+        readiness = Readiness()
+        admin_port = await listen(app_runner(create_admin_app(readiness, metrics)), 0)
+        readiness.ready = True
+        yield RunningDemo(
+            f"http://127.0.0.1:{sidecar_port}/", f"http://127.0.0.1:{admin_port}/", emulator_app
+        )
 
 
 async def _run(port: int) -> int:
-    async with running_demo(port) as (url, emulator_app):
+    async with running_demo(port) as demo:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         print(
-            f"cc-sidecar demo is running.\n\n  Open {url}\n\n"
+            f"cc-sidecar demo is running.\n\n  Open {demo.url}\n"
+            f"  Admin listener: {demo.admin_url}metrics (also /healthz, /readyz)\n\n"
             "  1. Open a product: as a guest you get an anonymous StorefrontUser and its token.\n"
             "  2. Log in: the shop rotates its session; the sidecar merges your guest storage\n"
             "     into your customer (MergeAnonymous) and hands you your own token.\n\n"
-            "Ctrl-C stops it.",
+            "What happens is logged below. Ctrl-C stops it.\n",
             flush=True,
         )
         await stop.wait()
-        state = emulator_app[EMULATOR_STATE]
+        state = demo.emulator_app[EMULATOR_STATE]
         print(f"\nStorefront API calls made: {len(state.calls)}", flush=True)
     return 0
+
+
+def _narration_to_stdout() -> None:
+    """The demo's own lines, plain and timed, on stdout under the URL (not JSON on stderr)."""
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(asctime)s  %(message)s", "%H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def run_demo(args: argparse.Namespace) -> int:
     """Entry point of ``cc-sidecar demo``."""
     setup_logging("WARNING")
+    _narration_to_stdout()
     port = int(args.port)
     if port and not _port_free(port):
         port = _free_port()

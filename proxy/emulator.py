@@ -204,6 +204,8 @@ class EmulatorState:
         # Unix seconds for token claims and access token expiry; tests may replace it.
         self.clock = clock
         self.calls: list[RecordedCall] = []
+        # Called with each call once it has been answered (the demo narrates the flow with it).
+        self.on_answered: list[Callable[[RecordedCall], None]] = []
         self.faults = Faults()
         self.storefronts: dict[int, dict[str, Any]] = {}
         self.users: dict[tuple[int, str], EmulatedUser] = {}
@@ -666,6 +668,8 @@ async def _emulate(request: web.Request, handler: Handler) -> web.StreamResponse
     transport = request.transport
     # A dropped connection had no answer at all.
     call.status = None if transport is None or transport.is_closing() else response.status
+    for listener in state.on_answered:
+        listener(call)
     return response
 
 
@@ -901,6 +905,29 @@ def options_from_args(args: argparse.Namespace) -> EmulatorOptions:
     return options
 
 
+# Addresses that listen everywhere; a client reaches them on loopback.
+_EVERY_INTERFACE = frozenset({"0.0.0.0", "::", ""})
+
+
+def start_up_notes(options: EmulatorOptions, host: str, port: int) -> str:
+    """What follows the listening line: the credentials accepted and a ready config section."""
+    reachable = "127.0.0.1" if host in _EVERY_INTERFACE else host
+    api_url = f"http://{f'[{reachable}]' if ':' in reachable else reachable}:{port}"
+    storefront_ids = sorted({*options.storefront_ids, *(seed.id for seed in options.storefronts)})
+    return "\n".join(
+        [
+            f"accepts client_id {options.client_id!r} with client_secret {options.client_secret!r}"
+            f" (tenant {options.tenant_id}); storefronts: {', '.join(map(str, storefront_ids))}",
+            "for the sidecar's config (storefront_id: one of the storefronts above):",
+            "customers_canvas:",
+            f"  api_url: {api_url}",
+            f"  client_id: {options.client_id}",
+            f"  client_secret: {options.client_secret}",
+            f"  tenant_id: {options.tenant_id}",
+        ]
+    )
+
+
 async def serve_emulator(options: EmulatorOptions, host: str, port: int) -> int:
     """Serve until SIGINT or SIGTERM; print the listening line once ready."""
     runner = web.AppRunner(create_emulator_app(options), handle_signals=False, access_log=None)
@@ -911,6 +938,7 @@ async def serve_emulator(options: EmulatorOptions, host: str, port: int) -> int:
         bound_port = int(runner.addresses[0][1])
         shown_host = f"[{host}]" if ":" in host else host
         print(f"emulator listening on http://{shown_host}:{bound_port}", flush=True)
+        print(start_up_notes(options, host, bound_port), flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):

@@ -31,7 +31,7 @@ from multidict import CIMultiDict
 
 from proxy.config import StorefrontSettings
 from proxy.cookies import RequestCookies, cookie_header_without, delete_cookie_value, set_cookie_value
-from proxy.errors import InvalidIdentity, SidecarError, StorefrontApiError, UpstreamError
+from proxy.errors import CircuitOpen, InvalidIdentity, SidecarError, StorefrontApiError, UpstreamError
 from proxy.identity import (
     GUEST_COOKIE,
     GUEST_COOKIE_MAX_AGE_S,
@@ -489,7 +489,12 @@ class ShopHandler:
             customer = Customer(storefront.storefront_id, logged_in, is_anonymous=False)
             cookie_guest = guests.cookie_guest(cookies)
             if cookie_guest is not None:
-                outcome = await self._tokens.merge_guest(storefront.storefront_id, cookie_guest, logged_in)
+                outcome = await self._tokens.merge_guest(
+                    storefront.storefront_id,
+                    cookie_guest,
+                    logged_in,
+                    storefront_name=storefront.settings.name,
+                )
                 if outcome is not MergeOutcome.FAILED:
                     attachment.set_cookies.append(
                         delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure)
@@ -506,6 +511,10 @@ class ShopHandler:
             return
         try:
             attachment.token = await self._tokens.token_for(customer)
+        except CircuitOpen:
+            # The breaker logged the outage when it began and logs it when it ends, with the
+            # count of pages like this one: a line per page would flood the log.
+            return
         except StorefrontApiError as exc:
             log.warning("no customer token: %s", exc, extra={"error": type(exc).__name__})
             return

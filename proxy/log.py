@@ -13,7 +13,7 @@ import logging
 import secrets
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from aiohttp.http_exceptions import HttpProcessingError
@@ -93,6 +93,54 @@ class MalformedRequestFilter(logging.Filter):
         return True
 
 
+# A warning of one cause is written at most once per this many seconds; the repeats in between
+# are counted and the count goes out with the next one written.
+REPEATED_WARNING_INTERVAL_S = 60.0
+# Causes remembered at once; a message formatted in advance (a cause per value) cannot grow
+# the table without bound.
+_MAX_WARNING_CAUSES = 1024
+
+
+class RepeatedWarningFilter(logging.Filter):
+    """Let a WARNING of one cause through at most once per ``interval_s``; count the others.
+
+    A cause is the logger and the message template (``record.msg`` before its arguments), so
+    "shop request failed: %s" while the shop is down is one cause however many requests see it.
+    The first warning of a cause is written at once; repeats within the interval are dropped and
+    counted; the first one after the interval is written with ``suppressed`` (the count) and a
+    note in its message. Records logged with ``extra={"_every_time": True}`` (the breaker's
+    outage began / ended, each once per outage) and every other level pass unchanged.
+    """
+
+    def __init__(
+        self, interval_s: float = REPEATED_WARNING_INTERVAL_S, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        super().__init__()
+        self._interval_s = interval_s
+        self._clock = clock
+        # cause -> (when its last line was written, repeats dropped since)
+        self._causes: dict[tuple[str, str], tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.WARNING or getattr(record, "_every_time", False):
+            return True
+        cause = (record.name, str(record.msg))
+        now = self._clock()
+        written_at, dropped = self._causes.get(cause, (None, 0))
+        if written_at is not None and now - written_at < self._interval_s:
+            self._causes[cause] = (written_at, dropped + 1)
+            return False
+        if len(self._causes) >= _MAX_WARNING_CAUSES and cause not in self._causes:
+            self._causes.clear()
+        self._causes[cause] = (now, 0)
+        if dropped and written_at is not None:
+            since_s = now - written_at
+            record.msg = f"{record.getMessage()} ({dropped} more like this in the {since_s:.0f} s before)"
+            record.args = None
+            record.suppressed = dropped
+        return True
+
+
 class JsonFormatter(logging.Formatter):
     """Format a record as one JSON object: time, level, logger, message, context and extras."""
 
@@ -122,6 +170,8 @@ def setup_logging(level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     handler.addFilter(MalformedRequestFilter())
+    # After the malformed-request filter, so a scanner's refused requests are one cause too.
+    handler.addFilter(RepeatedWarningFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -62,6 +62,10 @@ class PlainCounter:
         """For a family without labels."""
         self.labels().inc(amount)
 
+    def total(self) -> float:
+        """The sum over every label value."""
+        return sum(child.value for child in self._children.values())
+
     def family(self) -> CounterMetricFamily:
         family = CounterMetricFamily(self._name, self._documentation, labels=self._labelnames)
         if not self._labelnames:

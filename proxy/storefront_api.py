@@ -149,14 +149,20 @@ class CircuitBreaker:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_change: Callable[[bool], None] | None = None,
+        pages_without_token: Callable[[], float] | None = None,
     ) -> None:
         self._threshold = failures
         self._open_s = open_s
         self._clock = clock
         self._on_change = on_change
+        self._pages_without_token = pages_without_token
         self._failures = 0
         self._opened_at: float | None = None
         self._probing = False
+        # When the current outage began, and the pages served without a token by then: the
+        # outage is logged once when it begins and once when it ends, never per request.
+        self._outage_began: float | None = None
+        self._pages_before_outage = 0.0
 
     @property
     def is_open(self) -> bool:
@@ -180,7 +186,7 @@ class CircuitBreaker:
         if probe:
             self._probing = False
             self._set_open(None)
-            log.info("Storefront API answers again; circuit closed")
+            self._log_outage_ended()
         elif self._opened_at is None:
             self._failures = 0
         # A late success of a call let through before the circuit opened changes nothing: only
@@ -191,23 +197,43 @@ class CircuitBreaker:
         if probe:
             self._probing = False
             self._set_open(self._clock())
-            log.warning("Storefront API probe failed; circuit open for %.1f s", self._open_s)
+            # Still the same outage: its beginning was logged, its end will be.
+            log.debug("Storefront API probe failed; circuit open for %.1f s more", self._open_s)
         elif self._opened_at is None:
             self._failures += 1
             if self._failures >= self._threshold:
                 # _set_open resets the count, so take it first.
                 failures = self._failures
                 self._set_open(self._clock())
+                self._outage_began = self._opened_at
+                self._pages_before_outage = self._pages_served_without_token()
                 log.warning(
-                    "Storefront API failed %d times in a row; circuit open for %.1f s",
+                    "Storefront API failed %d times in a row;"
+                    " circuit open (a probe every %.1f s until it answers)",
                     failures,
                     self._open_s,
+                    extra={"_every_time": True},
                 )
 
     def abandoned(self, probe: bool) -> None:
         """The call was cancelled before it had an outcome: the next call may probe instead."""
         if probe:
             self._probing = False
+
+    def _log_outage_ended(self) -> None:
+        began = self._outage_began if self._outage_began is not None else self._clock()
+        pages = self._pages_served_without_token() - self._pages_before_outage
+        self._outage_began = None
+        log.warning(
+            "Storefront API answers again; circuit closed after %.1f s open,"
+            " %d editor pages served without a token meanwhile",
+            self._clock() - began,
+            pages,
+            extra={"_every_time": True, "pages_without_token": int(pages)},
+        )
+
+    def _pages_served_without_token(self) -> float:
+        return 0.0 if self._pages_without_token is None else self._pages_without_token()
 
     def _set_open(self, opened_at: float | None) -> None:
         was_open = self._opened_at is not None
@@ -248,6 +274,7 @@ class StorefrontApiClient:
             settings.breaker.open_s,
             clock=clock,
             on_change=lambda is_open: metrics.breaker_open.set(1 if is_open else 0),
+            pages_without_token=metrics.token_unavailable.total,
         )
         metrics.breaker_open.set(0)
 
@@ -360,7 +387,8 @@ class StorefrontApiClient:
                     storefront_id,
                     len(known),
                     "" if self._settings.tenant_id is None else f" (tenant {self._settings.tenant_id})",
-                    extra={"storefront_id": storefront_id},
+                    # Once per storefront at start-up, each a different fact: never sampled.
+                    extra={"storefront_id": storefront_id, "_every_time": True},
                 )
 
     # -- one call -----------------------------------------------------------------------------

@@ -191,14 +191,17 @@ class TokenService:
         except StorefrontApiError as exc:
             raise StorefrontUnavailable(exc.operation, exc.detail, exc.status) from exc
 
-    async def merge_guest(self, storefront_id: int, guest_user_id: str, regular_user_id: str) -> MergeOutcome:
+    async def merge_guest(
+        self, storefront_id: int, guest_user_id: str, regular_user_id: str, *, storefront_name: str
+    ) -> MergeOutcome:
         """Move a guest's data to the customer who just logged in; never raises an API error.
 
-        Concurrent calls for one guest share one merge.
+        Concurrent calls for one guest share one merge. ``storefront_name`` labels the metric,
+        like every other metric of a storefront.
         """
         key = (self._tenant_id, storefront_id, guest_user_id)
         task = self._merge_flights.run(
-            key, lambda: self._merge(storefront_id, guest_user_id, regular_user_id)
+            key, lambda: self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name)
         )
         try:
             return await self._wait(asyncio.shield(task), "merge_anonymous")
@@ -344,7 +347,9 @@ class TokenService:
 
     # -- merges -------------------------------------------------------------------------------
 
-    async def _merge(self, storefront_id: int, guest_user_id: str, regular_user_id: str) -> MergeOutcome:
+    async def _merge(
+        self, storefront_id: int, guest_user_id: str, regular_user_id: str, storefront_name: str
+    ) -> MergeOutcome:
         """The shared work of one merge; counts and logs its outcome once."""
         error: StorefrontApiError | None = None
         try:
@@ -365,7 +370,7 @@ class TokenService:
             error = StorefrontUnavailable("merge_anonymous", "unexpected error")
         if outcome in (MergeOutcome.MERGED, MergeOutcome.FINAL):
             self._forget(storefront_id, guest_user_id)
-        self._metrics.merges.labels(storefront=str(storefront_id), outcome=outcome.value).inc()
+        self._metrics.merges.labels(storefront=storefront_name, outcome=outcome.value).inc()
         extra: dict[str, object] = {"storefront_id": storefront_id, "outcome": outcome.value}
         if error is None:
             log.info("guest merge: %s", outcome.value, extra=extra)

@@ -44,10 +44,21 @@ for values in "$CHART"/ci/*-values.yaml; do
   "$HELM" lint --strict --quiet "$CHART" -f "$values"
   "$HELM" template ci "$CHART" -f "$values" >"$out/$scenario.yaml"
   validate "$out/$scenario.yaml"
-  containers=cc-sidecar
-  [ "$scenario" = sidecar ] && containers=shop,cc-sidecar
+  case "$scenario" in
+    sidecar) containers=shop,cc-sidecar ;;
+    php-fpm) containers=shop,php-fpm,cc-sidecar ;;
+    *) containers=cc-sidecar ;;
+  esac
   "$PY" tools/chart_assert.py check "$out/$scenario.yaml" --containers "$containers"
 done
+
+step "the shop's pod is the user's (php-fpm scenario)"
+"$PY" tools/chart_assert.py shop "$out/php-fpm.yaml" \
+  --security-context '{"allowPrivilegeEscalation": false}' --probes readinessProbe,livenessProbe
+"$PY" tools/chart_assert.py shop "$out/sidecar.yaml" --security-context hardened --probes ""
+
+step "values.schema.json is current (make chart-schema)"
+"$PY" tools/values_schema.py --check
 
 step "checksum/config follows the config"
 "$HELM" template ci "$CHART" -f "$CHART/ci/sidecar-values.yaml" \
@@ -62,11 +73,27 @@ refuse() {
     echo "FAIL: the chart rendered with $why" >&2
     exit 1
   fi
-  echo "refused $why: $(grep -o 'error calling [a-z]*: .*\|execution error.*' "$out/err" | head -1 | cut -c1-120)"
+  # A template's fail(), or a schema violation ("- ports.http: Invalid type. ...").
+  local message
+  message="$(grep -o 'error calling [a-z]*: .*\|execution error.*\|^- .*' "$out/err" | head -1 | cut -c1-120)"
+  if [ -z "$message" ]; then
+    echo "FAIL: $why was refused without a readable message:" >&2
+    cat "$out/err" >&2
+    exit 1
+  fi
+  echo "refused $why: $message"
 }
 refuse "an inline client_secret" --set config.customers_canvas.client_secret=inline
 refuse "terminationGracePeriodSeconds below the drain time" --set terminationGracePeriodSeconds=10
 refuse "no sidecar secret" --set secrets.sidecarSecret=
+
+step "values.schema.json refuses typos and wrong types, readably"
+refuse "a misspelt top-level key" --set shopp.port=9000
+refuse "a port that is not a number" --set-string ports.http=abc
+refuse "a storefront with a misspelt key" --set 'config.storefronts[0].name=main' \
+  --set 'config.storefronts[0].storefront_id=1' --set 'config.storefronts[0].edtor_paths[0]=/x'
+refuse "an inject mode that does not exist" --set 'config.storefronts[0].name=main' \
+  --set 'config.storefronts[0].storefront_id=1' --set 'config.storefronts[0].inject[0]=htm'
 
 step "example shop chart (named templates)"
 "$HELM" dependency build "$EXAMPLE" >/dev/null

@@ -9,6 +9,10 @@
         `cc-sidecar check-config` with the environment the container would have.
     chart_assert.py checksum-differs A.yaml B.yaml
         The pod's checksum/config annotation differs between two renderings.
+    chart_assert.py shop RENDERED.yaml --security-context JSON|hardened --probes NAMES
+        The shop container of a sidecar-mode pod: its securityContext is exactly the JSON given
+        (or cc-sidecar's hardened one), the pod forces no runAsNonRoot or runAsUser on it (unless
+        hardened), and it has exactly the probes named (comma-separated; empty: none).
 
 Exits 1 with one line per failed assertion.
 """
@@ -16,6 +20,7 @@ Exits 1 with one line per failed assertion.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import subprocess
 import sys
@@ -179,6 +184,32 @@ def checksum(path: str) -> str:
     return str(workload["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
 
 
+def check_shop(path: str, security_context: str, probes: list[str]) -> list[str]:
+    problems: list[str] = []
+    for workload in pods(load(path)):
+        name = f"{path}: {workload['kind']}/{workload['metadata']['name']}"
+        spec = workload["spec"]["template"]["spec"]
+        shop = next((c for c in spec["containers"] if c["name"] == "shop"), None)
+        if shop is None:
+            problems.append(f"{name}: no shop container")
+            continue
+        context = shop.get("securityContext")
+        if security_context == "hardened":
+            if any((context or {}).get(key) != want for key, want in HARDENED.items()):
+                problems.append(f"{name}: shop securityContext {context!r} is not the hardened one")
+        else:
+            if context != json.loads(security_context):
+                problems.append(f"{name}: shop securityContext {context!r}, want {security_context}")
+            pod_context = spec.get("securityContext") or {}
+            for key in ("runAsNonRoot", "runAsUser", "runAsGroup"):
+                if key in pod_context:
+                    problems.append(f"{name}: pod securityContext.{key} is forced on the shop")
+        found = [probe for probe in ("livenessProbe", "readinessProbe", "startupProbe") if probe in shop]
+        if sorted(found) != sorted(probes):
+            problems.append(f"{name}: shop probes {found}, want {probes}")
+    return problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -188,10 +219,16 @@ def main() -> int:
     differs = commands.add_parser("checksum-differs")
     differs.add_argument("a")
     differs.add_argument("b")
+    shop = commands.add_parser("shop")
+    shop.add_argument("rendered")
+    shop.add_argument("--security-context", required=True)
+    shop.add_argument("--probes", default="")
     args = parser.parse_args()
     if args.command == "check":
         containers = args.containers.split(",") if args.containers else None
         problems = check(args.rendered, containers)
+    elif args.command == "shop":
+        problems = check_shop(args.rendered, args.security_context, [p for p in args.probes.split(",") if p])
     else:
         before, after = checksum(args.a), checksum(args.b)
         problems = [] if before != after else [f"checksum/config unchanged ({before}) after a config change"]

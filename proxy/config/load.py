@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from proxy.config.messages import describe, key_path
 from proxy.config.model import Settings
 from proxy.config.validate import cross_check
 from proxy.errors import ConfigError
@@ -39,27 +40,21 @@ def parse_settings(raw: object, environ: Mapping[str, str]) -> Settings:
         raise ConfigError(["(top level): must be a mapping of keys"])
     problems: list[str] = []
     expanded = _expand(raw, environ, (), problems)
-    if problems:
-        raise ConfigError(problems)
     try:
         settings = Settings.model_validate(expanded)
     except ValidationError as exc:
-        raise ConfigError([_describe(error) for error in exc.errors()]) from None
+        # A key whose ${...} failed already has its problem; what its stand-in value would
+        # add ("must not be empty") is noise.
+        reported = {problem.partition(": ")[0] for problem in problems}
+        described = (describe(error) for error in exc.errors())
+        problems += [problem for problem in described if problem.partition(": ")[0] not in reported]
+        raise ConfigError(problems) from None
+    if problems:
+        raise ConfigError(problems)
     problems = cross_check(settings)
     if problems:
         raise ConfigError(problems)
     return settings
-
-
-def key_path(loc: tuple[str | int, ...]) -> str:
-    """Render a location such as ``("storefronts", 1, "upstream")`` as ``storefronts[1].upstream``."""
-    text = ""
-    for part in loc:
-        if isinstance(part, int):
-            text += f"[{part}]"
-        else:
-            text += f".{part}" if text else part
-    return text or "(top level)"
 
 
 def _expand(node: Any, environ: Mapping[str, str], loc: tuple[str | int, ...], problems: list[str]) -> Any:
@@ -84,17 +79,8 @@ def _expand_string(
         problems.append(f"{key_path(loc)}: environment variable {name} is not set")
         return ""
 
+    # What is left once every well-formed reference is taken out: a "${" there would otherwise
+    # end up in the value literally (a secret of "${CC_CLIENT_SECRET", say).
+    if "${" in _ENV_REFERENCE.sub("", value):
+        problems.append(f"{key_path(loc)}: unterminated ${{ (write ${{NAME}} or ${{NAME:-default}})")
     return _ENV_REFERENCE.sub(replace, value)
-
-
-def _describe(error: Any) -> str:
-    loc = tuple(part for part in error["loc"] if not (isinstance(part, str) and part.startswith("function-")))
-    message: str = error["msg"]
-    if error["type"] == "extra_forbidden":
-        message = "unknown key"
-    elif error["type"] == "missing":
-        message = "required key is missing"
-    message = message.removeprefix("Value error, ")
-    # Union members add their type name to the location (e.g. "IPv4Network"); drop them.
-    loc = tuple(part for part in loc if not (isinstance(part, str) and part[:1].isupper()))
-    return f"{key_path(loc)}: {message}"

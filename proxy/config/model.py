@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 from pydantic import (
     AfterValidator,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     SecretStr,
@@ -99,8 +100,33 @@ def _check_cookie_name(value: str) -> str:
 
 def _check_glob(value: str) -> str:
     if not value.startswith("/"):
-        raise ValueError("an editor path glob must start with /")
+        raise ValueError("must be a path starting with /")
     return value
+
+
+def _check_host(value: str) -> str:
+    name = value.strip().lower()
+    if not name or any(c in name for c in " /:@"):
+        raise ValueError(f"not a host name: {value!r}")
+    return name
+
+
+def _parse_network(value: object) -> object:
+    """One trusted network, strictly: host bits set is an error showing the network meant."""
+    if isinstance(value, ipaddress.IPv4Network | ipaddress.IPv6Network):
+        return value
+    text = str(value)
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError:
+        pass
+    try:
+        meant = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise ValueError(f"not a network in CIDR notation: {text!r}") from None
+    # A peer's address written with the prefix of its network: trusting the whole network
+    # silently would widen trust beyond what the operator typed, so ask instead.
+    raise ValueError(f"{text}: host bits set; did you mean {meant}?")
 
 
 HttpUrl = Annotated[str, AfterValidator(_check_http_url)]
@@ -108,7 +134,9 @@ ListenAddress = Annotated[str, AfterValidator(_check_listen)]
 HeaderName = Annotated[str, AfterValidator(_check_header_name)]
 CookieName = Annotated[str, AfterValidator(_check_cookie_name)]
 PathGlob = Annotated[str, AfterValidator(_check_glob)]
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+HostName = Annotated[str, AfterValidator(_check_host)]
+# Each item is parsed on its own, so every bad item of a list is reported with its index.
+Network = Annotated[ipaddress.IPv4Network | ipaddress.IPv6Network, BeforeValidator(_parse_network)]
 PositiveSeconds = Annotated[float, Field(gt=0)]
 
 
@@ -172,7 +200,10 @@ class SessionCheck(_Frozen):
     def _path_or_url(cls, value: str) -> str:
         if value.startswith("/"):
             return value
-        return _check_http_url(value)
+        try:
+            return _check_http_url(value)
+        except ValueError:
+            raise ValueError("must be a path starting with / or an http(s) URL") from None
 
 
 class UserSettings(_Frozen):
@@ -201,7 +232,7 @@ class StorefrontSettings(_Frozen):
         description="Names the storefront in logs and metric labels.",
     )
     storefront_id: int = Field(ge=1, description="The Customer's Canvas storefront id.")
-    hosts: tuple[str, ...] = Field((), description="Host names, port ignored, case-insensitive.")
+    hosts: tuple[HostName, ...] = Field((), description="Host names, port ignored, case-insensitive.")
     select_header: SelectHeader | None = None
     upstream: HttpUrl = Field(description="The shop's base URL.")
     upstream_timeout_s: PositiveSeconds = Field(
@@ -232,30 +263,6 @@ class StorefrontSettings(_Frozen):
             " header, X-Forwarded-*, Forwarded and X-Real-IP are dropped from such peers in every spelling."
         ),
     )
-
-    @field_validator("hosts")
-    @classmethod
-    def _normalise_hosts(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        hosts = []
-        for host in value:
-            name = host.strip().lower()
-            if not name or any(c in name for c in " /:@"):
-                raise ValueError(f"not a host name: {host!r}")
-            hosts.append(name)
-        return tuple(hosts)
-
-    @field_validator("trusted_networks", mode="before")
-    @classmethod
-    def _parse_networks(cls, value: object) -> object:
-        if not isinstance(value, list | tuple):
-            return value
-        networks = []
-        for item in value:
-            try:
-                networks.append(ipaddress.ip_network(str(item), strict=False))
-            except ValueError:
-                raise ValueError(f"not a network in CIDR notation: {item!r}") from None
-        return tuple(networks)
 
     @field_validator("inject")
     @classmethod

@@ -52,6 +52,59 @@ default). Unknown keys are errors. A key marked *required* has no default.
 """
 
 
+_TRY_IT = """
+## Try it against the emulator
+
+The Storefront API emulator stands in for Customer's Canvas on your machine, so a configuration can
+be tried before the real credentials are at hand. In one terminal:
+
+```console
+$ cc-sidecar emulator
+emulator listening on http://127.0.0.1:8081
+accepts client_id 'demo' with client_secret 'demo-secret' (tenant 1); storefronts: 1
+for the sidecar's config (storefront_id: one of the storefronts above):
+customers_canvas:
+  api_url: http://127.0.0.1:8081
+  client_id: demo
+  client_secret: demo-secret
+  tenant_id: 1
+```
+
+(`cc-sidecar emulator --help` lists its options: other credentials, tenant, storefront ids, token
+lifetime.) Put the printed `customers_canvas:` section into a file with your shop, say `local.yaml`:
+
+```yaml
+listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9090
+customers_canvas:
+  api_url: http://127.0.0.1:8081
+  client_id: demo
+  client_secret: demo-secret
+  tenant_id: 1
+secret: a-local-secret-of-16-characters-or-more
+storefronts:
+  - name: main
+    storefront_id: 1
+    upstream: http://127.0.0.1:8000   # your shop
+    session_cookie: PHPSESSID
+    editor_paths: ["/editor/*"]
+```
+
+In a second terminal, check it and serve:
+
+```console
+$ cc-sidecar check-config --config local.yaml
+storefront main (id 1): any host -> http://127.0.0.1:8000; user: guests only; editor paths: 1; inject: html
+$ cc-sidecar run --config local.yaml
+```
+
+Open an editor page through the sidecar (`http://127.0.0.1:8080/editor/...`): the page carries the
+`<script id="cc-storefront-user">` element with a guest's token from the emulator; the admin
+listener shows the calls at `http://127.0.0.1:9090/metrics`. For the whole flow with a demo shop
+included, `cc-sidecar demo` starts all three at once.
+"""
+
+
 class Row(NamedTuple):
     """One key of the reference."""
 
@@ -67,39 +120,39 @@ def markdown_reference() -> str:
         f"| `{row.path}` | {_cell(row.type)} | {_cell(row.default)} | {_cell(row.description)} |"
         for row in reference_rows()
     ]
-    return _HEADER + "\n".join(lines) + "\n"
+    return _HEADER + "\n".join(lines) + "\n" + _TRY_IT
 
 
 def reference_rows(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[Row]:
     """Every key of ``model`` and, depth first, of the models nested in it."""
     for name, field in model.model_fields.items():
         path = f"{prefix}{name}"
-        nested, is_list = _nested_model(field.annotation)
-        yield Row(path, _field_type(field), _default(field), _description(path, field, nested))
+        nested, is_list = nested_model(field.annotation)
+        yield Row(path, field_type(field), _default(field), _description(path, field, nested))
         if nested is not None:
             yield from reference_rows(nested, f"{path}[]." if is_list else f"{path}.")
 
 
-def _nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
+def nested_model(annotation: Any) -> tuple[type[BaseModel] | None, bool]:
     """The model a field holds (itself, optional, or a tuple of them) and whether it is a list."""
     origin = get_origin(annotation)
     if origin is Annotated:
-        return _nested_model(get_args(annotation)[0])
+        return nested_model(get_args(annotation)[0])
     if origin in (Union, types.UnionType):
         for arg in get_args(annotation):
-            model, is_list = _nested_model(arg)
+            model, is_list = nested_model(arg)
             if model is not None:
                 return model, is_list
         return None, False
     if origin is tuple:
-        model, _ = _nested_model(get_args(annotation)[0])
+        model, _ = nested_model(get_args(annotation)[0])
         return model, model is not None
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation, False
     return None, False
 
 
-def _field_type(field: FieldInfo) -> str:
+def field_type(field: FieldInfo) -> str:
     for item in field.metadata:
         name = getattr(getattr(item, "func", None), "__name__", "")
         if name in _VALIDATED_TYPES:

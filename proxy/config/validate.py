@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from proxy.config.model import Settings
+from proxy.config.model import Settings, split_listen
+
+# Addresses that take a port on every interface, so they overlap any other address on that port.
+_EVERY_INTERFACE = frozenset({"0.0.0.0", "::", "*"})
 
 
 def cross_check(settings: Settings) -> list[str]:
     """Return every problem that no single key's type can see (duplicates, unreachable storefronts)."""
     problems: list[str] = []
+    if _listeners_overlap(settings.listen, settings.admin_listen):
+        problems.append(
+            f"admin_listen: {settings.admin_listen} takes the port of listen {settings.listen};"
+            " the admin listener needs its own port"
+        )
     if not settings.storefronts:
         problems.append("storefronts: must list at least one storefront")
     names: dict[str, int] = {}
@@ -51,3 +59,12 @@ def cross_check(settings: Settings) -> list[str]:
                 f"{where}.user.session_check: needs session_cookie (answers are cached per session)"
             )
     return problems
+
+
+def _listeners_overlap(listen: str, admin_listen: str) -> bool:
+    """Whether the two listeners would bind one port on a shared address (port 0: the kernel picks)."""
+    host, port = split_listen(listen)
+    admin_host, admin_port = split_listen(admin_listen)
+    if port != admin_port or port == 0:
+        return False
+    return host.lower() == admin_host.lower() or bool({host, admin_host} & _EVERY_INTERFACE)

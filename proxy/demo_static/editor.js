@@ -4,6 +4,18 @@
   var status = document.getElementById("status");
   var renewals = 0;
 
+  function showMerges(user) {
+    // Demo only: a real shop never asks; the demo shop asks its emulator what MergeAnonymous moved.
+    if (user.isAnonymous) { return; }
+    fetch("/account/merges", {credentials: "same-origin", cache: "no-store"})
+      .then(function (response) { return response.json(); })
+      .then(function (answer) {
+        document.getElementById("merged").textContent = answer.merged.length
+          ? "guest " + answer.merged.join(", ") + " merged into this account at login (MergeAnonymous)"
+          : "nothing merged (no guest storage before login)";
+      });
+  }
+
   function show(user) {
     document.getElementById("user-id").textContent = user.userId;
     document.getElementById("user-kind").textContent = user.isAnonymous ? "guest" : "logged-in customer";
@@ -41,6 +53,7 @@
   }
   window.ccUser = JSON.parse(element.textContent);
   show(window.ccUser);
+  showMerges(window.ccUser);
   status.textContent = "token received";
   status.dataset.state = "token";
   document.getElementById("renew").addEventListener("click", renew);

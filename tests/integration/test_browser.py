@@ -121,8 +121,9 @@ async def test_demo_editor_page_gets_and_renews_a_token_then_login_merges(
 ) -> None:
     """In Chromium the editor script finds the guest's token, renews it, and after login gets the customer's."""
     devtools, session = browser
-    async with running_demo(0) as (url, emulator_app):
-        state = emulator_app[EMULATOR_STATE]
+    async with running_demo(0) as demo:
+        url = demo.url
+        state = demo.emulator_app[EMULATOR_STATE]
         await devtools.call("Page.navigate", session, url=url + "editor/mug#renew-now")
         await devtools.wait_for(session, "document.getElementById('status').dataset.state", "renewed")
         guest = await devtools.evaluate(session, "JSON.stringify(window.ccUser)")
@@ -149,3 +150,8 @@ async def test_demo_editor_page_gets_and_renews_a_token_then_login_merges(
             "anonymousStorefrontUserId": guest_user["userId"],
             "regularStorefrontUserId": "jane@example.com",
         }
+        await devtools.wait_for(
+            session,
+            "document.getElementById('merged').textContent",
+            f"guest {guest_user['userId']} merged into this account at login (MergeAnonymous)",
+        )

@@ -9,13 +9,16 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import yaml
 
 from tests.fixtures.process import free_port, start_sidecar, wait_ready
 from tests.fixtures.shop import Shop, sidecar_config
 
 
-async def _start(tmp_path: Path, shop: Shop, **overrides: Any) -> tuple[asyncio.subprocess.Process, int, int]:
+async def _start(
+    tmp_path: Path, shop: Shop, env: dict[str, str] | None = None, **overrides: Any
+) -> tuple[asyncio.subprocess.Process, int, int]:
     port, admin = free_port(), free_port()
     document = sidecar_config(shop.url, "http://127.0.0.1:9", upstream_timeout_s=10)
     document.update(
@@ -25,7 +28,7 @@ async def _start(tmp_path: Path, shop: Shop, **overrides: Any) -> tuple[asyncio.
         access_log=True,
     )
     document.update(overrides)
-    return await start_sidecar(tmp_path, document), port, admin
+    return await start_sidecar(tmp_path, document, env=env), port, admin
 
 
 async def test_request_in_flight_during_sigterm_completes_and_process_exits_0(
@@ -134,3 +137,37 @@ async def test_startup_warns_about_a_storefront_the_account_lacks(
     warnings = [e for e in entries if e["logger"] == "proxy.storefront_api" and e["level"] == "warning"]
     assert [e["storefront_id"] for e in warnings] == [99]
     assert emulator.state.count("Storefronts_GetAll") == 1
+
+
+@pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
+async def test_serves_on_the_event_loop_named_by_the_environment(
+    tmp_path: Path, shop: Shop, loop_name: str
+) -> None:
+    """CC_SIDECAR_EVENT_LOOP=asyncio serves on the standard loop (uvloop the default); both proxy a page."""
+    env = {"CC_SIDECAR_EVENT_LOOP": loop_name} if loop_name == "asyncio" else {}
+    process, port, admin = await _start(tmp_path, shop, env=env)
+    try:
+        async with aiohttp.ClientSession() as client:
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            async with client.get(f"http://127.0.0.1:{port}/plain") as response:
+                assert (response.status, await response.text()) == (200, "hello from the shop")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+        assert process.stderr is not None
+        lines = (await process.stderr.read()).decode().splitlines()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    [listening] = [e for e in map(json.loads, lines) if e["message"] == "cc-sidecar listening"]
+    assert listening["event_loop"] == loop_name
+
+
+async def test_an_unknown_event_loop_name_is_refused_before_serving(tmp_path: Path, shop: Shop) -> None:
+    """CC_SIDECAR_EVENT_LOOP=tokio: exit 2 with one error line naming the variable, nothing served."""
+    process, _, _ = await _start(tmp_path, shop, env={"CC_SIDECAR_EVENT_LOOP": "tokio"})
+    _, stderr = await asyncio.wait_for(process.communicate(), timeout=15)
+    assert process.returncode == 2
+    assert [json.loads(line)["message"] for line in stderr.decode().splitlines()] == [
+        "CC_SIDECAR_EVENT_LOOP: must be uvloop or asyncio, not 'tokio'"
+    ]

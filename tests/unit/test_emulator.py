@@ -15,9 +15,12 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
+import yaml
 from yarl import URL
 
-from proxy.emulator import EmulatorOptions, load_seed
+from proxy.cli import main
+from proxy.config import parse_settings
+from proxy.emulator import EmulatorOptions, load_seed, start_up_notes
 from tests.fixtures.emulator import RunningEmulator, start_emulator
 
 REPO = Path(__file__).resolve().parents[2]
@@ -588,6 +591,12 @@ async def test_emulator_command_prints_its_url_serves_and_stops_on_sigterm(tmp_p
         url = line.removeprefix("emulator listening on ").strip()
         port = int(url.rsplit(":", 1)[1])
         assert port > 0
+        notes = [(await asyncio.wait_for(process.stdout.readline(), 15)).decode() for _ in range(7)]
+        assert (
+            "".join(notes)
+            == start_up_notes(EmulatorOptions(client_secret="s3cret", storefront_ids=(3,)), "127.0.0.1", port)
+            + "\n"
+        )
         form = {"grant_type": "client_credentials", "client_id": "demo", "client_secret": "s3cret"}
         async with aiohttp.ClientSession() as session:
             async with session.post(f"{url}/connect/token", data=form) as response:
@@ -604,3 +613,42 @@ async def test_emulator_command_prints_its_url_serves_and_stops_on_sigterm(tmp_p
         if process.returncode is None:
             process.kill()
             await process.wait()
+
+
+def test_start_up_notes_give_the_credentials_and_a_customers_canvas_section_the_sidecar_accepts() -> None:
+    """The lines after the listening line name the credentials, and their YAML is a valid customers_canvas."""
+    options = EmulatorOptions(client_id="app", client_secret="pssst", tenant_id=4, storefront_ids=(2, 1))
+    notes = start_up_notes(options, "0.0.0.0", 8081)
+    lines = notes.splitlines()
+    assert lines[:2] == [
+        "accepts client_id 'app' with client_secret 'pssst' (tenant 4); storefronts: 1, 2",
+        "for the sidecar's config (storefront_id: one of the storefronts above):",
+    ]
+    section = yaml.safe_load("\n".join(lines[2:]))
+    document = {
+        **section,
+        "secret": "a-secret-of-enough-length",
+        "storefronts": [{"name": "main", "storefront_id": 1, "upstream": "http://127.0.0.1:8000"}],
+    }
+    settings = parse_settings(document, {})
+    assert settings.customers_canvas.api_url == "http://127.0.0.1:8081"
+    assert settings.customers_canvas.client_secret.get_secret_value() == "pssst"
+    assert settings.customers_canvas.tenant_id == 4
+
+
+def test_emulator_help_shows_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    """`cc-sidecar emulator --help` gives each option help text and its default."""
+    with pytest.raises(SystemExit):
+        main(["emulator", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option, default in [
+        ("--host HOST", "127.0.0.1"),
+        ("--port PORT", "8081"),
+        ("--client-id CLIENT_ID", "demo"),
+        ("--client-secret CLIENT_SECRET", "demo-secret"),
+        ("--tenant-id TENANT_ID", "1"),
+        ("--storefront-id ID", "1"),
+        ("--token-lifetime-s TOKEN_LIFETIME_S", "3600"),
+    ]:
+        described = text.split(f" {option} ", 1)[1]
+        assert f"(default: {default})" in described.split(" --", 1)[0], option

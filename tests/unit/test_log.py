@@ -1,4 +1,5 @@
-"""Logging: aiohttp's refusals of malformed requests become one short WARNING line each."""
+"""Logging: aiohttp's refusals of malformed requests become one short WARNING line each; a warning
+that repeats is written once per interval per cause, with the count of the ones left out."""
 
 from __future__ import annotations
 
@@ -14,7 +15,13 @@ import pytest
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
-from proxy.log import MalformedRequestFilter, setup_logging
+from proxy.log import (
+    REPEATED_WARNING_INTERVAL_S,
+    MalformedRequestFilter,
+    RepeatedWarningFilter,
+    setup_logging,
+)
+from tests.fixtures.emulator import ManualClock
 
 
 @pytest.fixture
@@ -91,3 +98,64 @@ def test_other_records_pass_unchanged(name: str, exc: BaseException) -> None:
     assert MalformedRequestFilter().filter(built) is True
     assert built.exc_info is not None
     assert (built.levelname, built.getMessage(), built.exc_info[1]) == ("ERROR", "Unhandled exception", exc)
+
+
+def warning(
+    name: str, msg: str, *args: object, level: int = logging.WARNING, **extra: object
+) -> logging.LogRecord:
+    built = logging.LogRecord(name, level, __file__, 1, msg, args, None)
+    built.__dict__.update(extra)
+    return built
+
+
+def test_a_repeated_warning_is_written_once_per_interval_with_the_count_left_out() -> None:
+    """30 warnings of one cause within a minute: the first is written; the next one after it says 29 more."""
+    clock = ManualClock()
+    repeats = RepeatedWarningFilter(clock=clock)
+    written = []
+    for number in range(30):
+        written.append(
+            repeats.filter(warning("proxy.handler", "shop request failed: %s", f"refused #{number}"))
+        )
+        clock.advance(1)
+    assert written == [True] + [False] * 29
+    clock.advance(REPEATED_WARNING_INTERVAL_S - 30)
+    later = warning("proxy.handler", "shop request failed: %s", "refused again")
+    assert repeats.filter(later) is True
+    assert (later.getMessage(), later.suppressed) == (
+        "shop request failed: refused again (29 more like this in the 60 s before)",
+        29,
+    )
+
+
+def test_causes_are_limited_separately() -> None:
+    """Another message template, or the same one of another logger, is another cause: written at once."""
+    repeats = RepeatedWarningFilter(clock=ManualClock())
+    assert repeats.filter(warning("proxy.handler", "shop request failed: %s", "a")) is True
+    assert repeats.filter(warning("proxy.handler", "no customer token: %s", "b")) is True
+    assert repeats.filter(warning("proxy.identity", "shop request failed: %s", "c")) is True
+    assert repeats.filter(warning("proxy.handler", "shop request failed: %s", "d")) is False
+
+
+@pytest.mark.parametrize(
+    "built",
+    [
+        warning("proxy.handler", "boom", level=logging.ERROR),
+        warning("proxy.handler", "hello", level=logging.INFO),
+        warning("proxy.storefront_api", "circuit open", _every_time=True),
+    ],
+    ids=["error", "info", "marked every time"],
+)
+def test_errors_other_levels_and_marked_warnings_are_never_held_back(built: logging.LogRecord) -> None:
+    """ERROR and INFO records, and warnings marked _every_time, pass however often they come."""
+    repeats = RepeatedWarningFilter(clock=ManualClock())
+    assert [repeats.filter(built) for _ in range(3)] == [True, True, True]
+
+
+def test_setup_logging_limits_repeated_warnings(json_log: io.StringIO) -> None:
+    """The stderr handler of setup_logging writes one line for three identical warnings in a row."""
+    logger = logging.getLogger("proxy.handler")
+    for _ in range(3):
+        logger.warning("shop request failed: %s", "connection refused")
+    lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
+    assert [line["message"] for line in lines] == ["shop request failed: connection refused"]

@@ -22,6 +22,7 @@ from proxy.errors import (
     Unauthorized,
     UserConflict,
 )
+from proxy.log import RepeatedWarningFilter
 from proxy.metrics import Metrics
 from proxy.storefront_api import (
     CircuitBreaker,
@@ -330,6 +331,16 @@ async def test_warn_missing_storefronts_names_each_missing_id(
     assert len(warnings) == 2
     assert warnings[0].startswith("storefront 7 is not among the 2 storefronts")
     assert warnings[1].startswith("storefront 9 is not among the 2 storefronts")
+
+
+async def test_each_missing_storefront_warning_is_written_even_when_warnings_are_sampled(
+    client: StorefrontApiClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The start-up warnings of two missing storefronts share a message but both pass the sampling filter."""
+    repeats = RepeatedWarningFilter()
+    with caplog.at_level(logging.WARNING, logger="proxy.storefront_api"):
+        await client.warn_missing_storefronts([7, 9])
+    assert [repeats.filter(r) for r in caplog.records if r.levelno == logging.WARNING] == [True, True]
 
 
 async def test_warn_missing_storefronts_survives_the_api_being_down(
@@ -657,6 +668,48 @@ async def test_probe_after_open_s_closes_the_breaker(
     assert (await client.get_user(1, "u")).user_id == "u"
 
 
+async def test_an_outage_is_logged_once_when_it_begins_and_once_when_it_ends(
+    client: StorefrontApiClient,
+    emulator: RunningEmulator,
+    metrics: Metrics,
+    manual_clock: ManualClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Open: one warning; held-back calls and a failed probe: none; closed: one with the pages served without a token."""
+    emulator.state.add_user(1, "u", is_anonymous=True)
+    emulator.state.fail_all(status=500)
+    with caplog.at_level(logging.DEBUG, logger="proxy.storefront_api"):
+        for _ in range(3):
+            with pytest.raises(StorefrontUnavailable):
+                await client.get_user(1, "u")
+        for _ in range(30):
+            with pytest.raises(CircuitOpen):
+                await client.get_user(1, "u")
+            metrics.token_unavailable.labels("main").inc()  # what the handler counts per such page
+        manual_clock.advance(0.5)
+        with pytest.raises(StorefrontUnavailable):
+            await client.get_user(1, "u")  # the probe fails: still the same outage
+        emulator.state.clear_faults()
+        manual_clock.advance(0.5)
+        await client.get_user(1, "u")
+    warnings = [
+        (record.getMessage(), getattr(record, "pages_without_token", None))
+        for record in caplog.records
+        if record.name == "proxy.storefront_api" and record.levelno == logging.WARNING
+    ]
+    assert warnings == [
+        (
+            "Storefront API failed 3 times in a row; circuit open (a probe every 0.5 s until it answers)",
+            None,
+        ),
+        (
+            "Storefront API answers again; circuit closed after 1.0 s open,"
+            " 30 editor pages served without a token meanwhile",
+            30,
+        ),
+    ]
+
+
 async def test_failed_probe_reopens_the_breaker(
     client: StorefrontApiClient,
     emulator: RunningEmulator,
@@ -758,7 +811,7 @@ def test_breaker_logs_the_number_of_failures_that_opened_it(caplog: pytest.LogCa
         for _ in range(3):
             breaker.failed(probe=False)
     assert [r.getMessage() for r in caplog.records] == [
-        "Storefront API failed 3 times in a row; circuit open for 10.0 s"
+        "Storefront API failed 3 times in a row; circuit open (a probe every 10.0 s until it answers)"
     ]
 
 

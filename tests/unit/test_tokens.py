@@ -164,7 +164,7 @@ def entries(metrics: Metrics) -> float:
     return sample(metrics, "cc_sidecar_token_cache_entries")
 
 
-def merges(metrics: Metrics, outcome: str, storefront: str = "1") -> float:
+def merges(metrics: Metrics, outcome: str, storefront: str = "main") -> float:
     return sample(metrics, "cc_sidecar_merges_total", storefront=storefront, outcome=outcome)
 
 
@@ -564,7 +564,7 @@ async def test_merge_moves_the_guest_into_a_created_regular_user(
     await service.token_for(GUEST)
     api.calls.clear()
 
-    outcome = await service.merge_guest(1, "anon-guest", "alice@example.com")
+    outcome = await service.merge_guest(1, "anon-guest", "alice@example.com", storefront_name="main")
 
     assert outcome is MergeOutcome.MERGED
     assert api.calls == [
@@ -582,6 +582,19 @@ async def test_merge_moves_the_guest_into_a_created_regular_user(
     assert api.calls[-1] == ("get_user", 1, "anon-guest")
 
 
+async def test_merges_are_counted_by_storefront_name(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics
+) -> None:
+    """cc_sidecar_merges_total labels the storefront by its name, like every other metric, not by id."""
+    api.users[1, "anon-guest"] = True
+    await service.merge_guest(1, "anon-guest", "alice@example.com", storefront_name="shop-eu")
+    assert merges(metrics, "merged", storefront="shop-eu") == 1
+    assert (
+        metrics.registry.get_sample_value("cc_sidecar_merges_total", {"storefront": "1", "outcome": "merged"})
+        is None
+    )
+
+
 @pytest.mark.parametrize(
     "failure",
     [NotFound("merge_anonymous", "gone", 404), UserConflict("merge_anonymous", "merged", 409)],
@@ -594,7 +607,10 @@ async def test_merge_answered_404_or_409_is_final(
     api.users[1, "anon-guest"] = True
     api.failures["merge_anonymous"] = failure
 
-    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.FINAL
+    assert (
+        await service.merge_guest(1, "anon-guest", "alice@example.com", storefront_name="main")
+        is MergeOutcome.FINAL
+    )
     assert api.count("merge_anonymous") == 1
     assert merges(metrics, "final") == 1
 
@@ -603,7 +619,7 @@ async def test_merge_of_a_guest_that_never_existed_is_no_guest(
     service: TokenService, api: FakeUsersApi, metrics: Metrics
 ) -> None:
     """NO_GUEST: a guest the Get does not find is not merged and nobody is created."""
-    outcome = await service.merge_guest(1, "anon-never", "alice@example.com")
+    outcome = await service.merge_guest(1, "anon-never", "alice@example.com", storefront_name="main")
 
     assert outcome is MergeOutcome.NO_GUEST
     assert api.calls == [("get_user", 1, "anon-never")]
@@ -617,7 +633,10 @@ async def test_merge_survives_an_unexpected_error(
     api.users[1, "anon-guest"] = True
     api.failures["merge_anonymous"] = RuntimeError("bug")
 
-    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.FAILED
+    assert (
+        await service.merge_guest(1, "anon-guest", "alice@example.com", storefront_name="main")
+        is MergeOutcome.FAILED
+    )
     assert merges(metrics, "failed") == 1
     assert "guest merge failed unexpectedly" in caplog.text
 
@@ -630,7 +649,10 @@ async def test_merge_fails_softly_when_the_api_is_down(
     api.users[1, "anon-guest"] = True
     api.failures[operation] = StorefrontUnavailable(operation, "server error", 503)
 
-    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.FAILED
+    assert (
+        await service.merge_guest(1, "anon-guest", "alice@example.com", storefront_name="main")
+        is MergeOutcome.FAILED
+    )
     assert merges(metrics, "failed") == 1
 
 
@@ -640,10 +662,16 @@ async def test_failed_merge_is_retried_by_the_next_call(
     """After FAILED, the next login request merges again and can succeed."""
     api.users[1, "anon-guest"] = True
     api.failures["merge_anonymous"] = StorefrontUnavailable("merge_anonymous", "down", 503)
-    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.FAILED
+    assert (
+        await service.merge_guest(1, "anon-guest", "alice@example.com", storefront_name="main")
+        is MergeOutcome.FAILED
+    )
     del api.failures["merge_anonymous"]
 
-    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.MERGED
+    assert (
+        await service.merge_guest(1, "anon-guest", "alice@example.com", storefront_name="main")
+        is MergeOutcome.MERGED
+    )
     assert api.count("merge_anonymous") == 2
     assert (merges(metrics, "failed"), merges(metrics, "merged")) == (1, 1)
 
@@ -655,7 +683,10 @@ async def test_merge_that_times_out_is_failed(api: FakeUsersApi, metrics: Metric
     api.gate = asyncio.Event()
     started = time.monotonic()
 
-    assert await service.merge_guest(1, "anon-guest", "alice@example.com") is MergeOutcome.FAILED
+    assert (
+        await service.merge_guest(1, "anon-guest", "alice@example.com", storefront_name="main")
+        is MergeOutcome.FAILED
+    )
     assert time.monotonic() - started < 0.5
     await service.aclose()
 
@@ -667,7 +698,8 @@ async def test_concurrent_logins_merge_once(
     api.users[1, "anon-guest"] = True
     api.gate = asyncio.Event()
     waiters = [
-        asyncio.create_task(service.merge_guest(1, "anon-guest", "alice@example.com")) for _ in range(10)
+        asyncio.create_task(service.merge_guest(1, "anon-guest", "alice@example.com", storefront_name="main"))
+        for _ in range(10)
     ]
     await settle()
     api.gate.set()
@@ -687,7 +719,9 @@ async def test_token_and_merge_for_one_customer_share_the_user_check(
     """A token request and a merge arriving together for one customer make one Get and Create."""
     api.users[1, "anon-guest"] = True
     api.gate = asyncio.Event()
-    merge = asyncio.create_task(service.merge_guest(1, "anon-guest", "alice@example.com"))
+    merge = asyncio.create_task(
+        service.merge_guest(1, "anon-guest", "alice@example.com", storefront_name="main")
+    )
     token = asyncio.create_task(service.token_for(ALICE))
     await settle()
     api.gate.set()

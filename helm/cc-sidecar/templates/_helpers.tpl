@@ -222,6 +222,14 @@ seccompProfile:
 {{- define "cc-sidecar.podSpecCommon" -}}
 automountServiceAccountToken: false
 terminationGracePeriodSeconds: {{ include "cc-sidecar.terminationGrace" . }}
+{{- if eq .Values.mode "sidecar" }}
+{{- /* The pod is the shop's too: nothing forced on its containers (cc-sidecar's own container
+carries its hardened securityContext); shop.podSecurityContext is the user's. */}}
+{{- with .Values.shop.podSecurityContext }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- else }}
 securityContext:
   runAsNonRoot: true
   runAsUser: {{ int .Values.runAsUser }}
@@ -229,6 +237,7 @@ securityContext:
   fsGroup: {{ int .Values.runAsUser }}
   seccompProfile:
     type: RuntimeDefault
+{{- end }}
 {{- with .Values.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}

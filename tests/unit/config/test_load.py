@@ -76,9 +76,9 @@ def test_bad_upstream_url_names_the_key() -> None:
 
 
 def test_unknown_key_is_an_error() -> None:
-    """A key the model doesn't know is rejected, with its path."""
+    """A key the model doesn't know is rejected, with its path and the nearest known key."""
     document = with_change("storefronts.0.edtor_paths", ["/x"])
-    assert problems(document) == ["storefronts[0].edtor_paths: unknown key"]
+    assert problems(document) == ["storefronts[0].edtor_paths: unknown key; did you mean editor_paths?"]
 
 
 def test_duplicate_storefront_name_is_an_error() -> None:
@@ -93,9 +93,9 @@ def test_duplicate_storefront_name_is_an_error() -> None:
 
 
 def test_bad_cidr_names_the_key() -> None:
-    """A trusted network that isn't CIDR names storefronts[0].trusted_networks."""
+    """A trusted network that isn't CIDR names its item, storefronts[0].trusted_networks[0]."""
     assert problems(with_change("storefronts.0.trusted_networks", ["10.0.0.0/33"])) == [
-        "storefronts[0].trusted_networks: not a network in CIDR notation: '10.0.0.0/33'"
+        "storefronts[0].trusted_networks[0]: not a network in CIDR notation: '10.0.0.0/33'"
     ]
 
 

@@ -1,0 +1,263 @@
+"""Write helm/cc-sidecar/values.schema.json: the chart's own values by hand, `config` from the model.
+
+    python tools/values_schema.py           write the file
+    python tools/values_schema.py --check   exit 1 if the committed file is not what would be written
+
+The `config` part is the JSON Schema `cc-sidecar config-schema` prints (``Settings``), adapted to
+what the chart's `config` holds: `listen`, `admin_listen`, `secret` and
+`customers_canvas.client_secret` are set by the chart and absent here (so giving one is refused as
+an unknown key); a storefront's `upstream` may be left out (the chart fills it in); `${VAR}`
+references are accepted wherever the sidecar accepts them (a number may be written as one);
+references are inlined (no ``$defs``), so every error names a plain path. The chart's own keys
+are closed (``additionalProperties: false``); Kubernetes objects passed through verbatim
+(resources, affinity, probes, securityContext...) are left to the API server's own validation.
+`make chart-schema` runs this; a test and `make chart-check` fail when the file is stale.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from proxy.config import Settings  # noqa: E402 - after the repository is on the path
+
+SCHEMA_PATH = ROOT / "helm" / "cc-sidecar" / "values.schema.json"
+# Keys of the sidecar's file that the chart renders itself.
+CHART_SET_KEYS = ("listen", "admin_listen", "secret")
+# A whole `${NAME}` / `${NAME:-default}` reference, where the file expects a number or a boolean.
+ENV_REFERENCE = {"type": "string", "pattern": r"^\$\{[A-Za-z_][A-Za-z0-9_]*(:-[^}]*)?\}$"}
+# pydantic annotations a values file has no use for.
+_DROPPED = ("title", "format", "writeOnly")
+
+
+def config_schema() -> dict[str, Any]:
+    """The schema of the chart's `config`, from the same model as `cc-sidecar config-schema`."""
+    model = Settings.model_json_schema()
+    definitions = model.pop("$defs", {})
+    schema: dict[str, Any] = _inline(model, definitions)
+    for key in CHART_SET_KEYS:
+        schema["properties"].pop(key)
+    schema["required"] = [key for key in schema["required"] if key not in CHART_SET_KEYS]
+    api = schema["properties"]["customers_canvas"]
+    api["properties"].pop("client_secret")
+    api["required"] = [key for key in api["required"] if key != "client_secret"]
+    storefront = schema["properties"]["storefronts"]["items"]
+    storefront["required"] = [key for key in storefront["required"] if key != "upstream"]
+    schema["description"] = (
+        "The sidecar's configuration file, key for key (cc-sidecar config-reference), minus listen,"
+        " admin_listen, secret and customers_canvas.client_secret, which the chart sets."
+    )
+    return schema
+
+
+def _inline(node: Any, definitions: dict[str, Any]) -> Any:
+    """Resolve every ``$ref``, drop pydantic's annotations, accept ${VAR} for numbers and booleans."""
+    if isinstance(node, list):
+        return [_inline(item, definitions) for item in node]
+    if not isinstance(node, dict):
+        return node
+    if "$ref" in node:
+        target = definitions[node["$ref"].rsplit("/", 1)[1]]
+        merged = {**copy.deepcopy(target), **{k: v for k, v in node.items() if k != "$ref"}}
+        return _inline(merged, definitions)
+    result = {
+        key: (value if key in ("default", "properties") else _inline(value, definitions))
+        for key, value in node.items()
+        if key not in _DROPPED
+    }
+    if "properties" in node:
+        result["properties"] = {
+            name: _inline(value, definitions) for name, value in node["properties"].items()
+        }
+    if result.get("type") in ("integer", "number", "boolean"):
+        own = {key: result.pop(key) for key in list(result) if key not in ("description", "default")}
+        result["anyOf"] = [own, ENV_REFERENCE]
+    return result
+
+
+def _closed(properties: dict[str, Any], description: str = "") -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "additionalProperties": False, "properties": properties}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _string(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "string", "description": description, **extra}
+
+
+def _integer(description: str, **extra: Any) -> dict[str, Any]:
+    return {"type": "integer", "description": description, **extra}
+
+
+def _boolean(description: str) -> dict[str, Any]:
+    return {"type": "boolean", "description": description}
+
+
+def _object(description: str) -> dict[str, Any]:
+    """A Kubernetes object passed through as given (the API server validates it)."""
+    return {"type": "object", "description": description}
+
+
+def _list(description: str) -> dict[str, Any]:
+    return {"type": "array", "description": description}
+
+
+def _port(description: str) -> dict[str, Any]:
+    return _integer(description, minimum=1, maximum=65535)
+
+
+def values_schema() -> dict[str, Any]:
+    """The whole values.schema.json."""
+    probe_timings = _object("Probe timings (periodSeconds, timeoutSeconds, failureThreshold, ...).")
+    root = _closed(
+        {
+            # Helm hands a subchart the parent's `global` values.
+            "global": _object("Helm's global values (from a parent chart)."),
+            "mode": {"enum": ["standalone", "sidecar"], "description": "standalone or sidecar."},
+            "nameOverride": _string("Overrides the chart name part of resource names."),
+            "fullnameOverride": _string("Overrides the full resource name prefix."),
+            "image": _closed(
+                {
+                    "repository": _string("Image repository of cc-sidecar.", minLength=1),
+                    "tag": _string("Image tag; empty means the chart's appVersion."),
+                    "digest": _string("Image digest (sha256:...)."),
+                    "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+                }
+            ),
+            "imagePullSecrets": _list("Secrets to pull the images with (list of {name: ...})."),
+            "replicaCount": _integer("Pods of the Deployment.", minimum=0),
+            "upstream": _string("Default upstream of storefronts that set none (standalone mode)."),
+            "ports": _closed(
+                {
+                    "http": _port("Container port of shop traffic."),
+                    "admin": _port("Container port of /healthz, /readyz and /metrics."),
+                }
+            ),
+            "config": config_schema(),
+            "secrets": _closed(
+                {
+                    "existingSecret": _string("Name of an existing Secret with the two keys."),
+                    "clientSecretKey": _string("Key of the client secret in the Secret.", minLength=1),
+                    "sidecarSecretKey": _string("Key of the sidecar secret in the Secret.", minLength=1),
+                    "clientSecret": _string("Client secret, when the chart makes the Secret."),
+                    "sidecarSecret": _string(
+                        "Sidecar secret (at least 16 characters), when the chart makes the Secret."
+                    ),
+                }
+            ),
+            "extraEnv": _list("Extra environment variables of the cc-sidecar container."),
+            "preStopSleepSeconds": _integer("Seconds of the preStop sleep; 0 disables it.", minimum=0),
+            "terminationGracePeriodSeconds": {
+                "type": ["integer", "null"],
+                "minimum": 1,
+                "description": "Pod terminationGracePeriodSeconds; null: derived.",
+            },
+            "resources": _object("Resources of the cc-sidecar container."),
+            "runAsUser": _integer("User and group id cc-sidecar runs as.", minimum=1),
+            "livenessProbe": probe_timings,
+            "readinessProbe": probe_timings,
+            "podAnnotations": _object("Extra annotations of the pods."),
+            "podLabels": _object("Extra labels of the pods."),
+            "nodeSelector": _object("Node selector of the pods."),
+            "tolerations": _list("Tolerations of the pods."),
+            "affinity": _object("Affinity of the pods."),
+            "topologySpreadConstraints": _list("Topology spread constraints of the pods."),
+            "priorityClassName": _string("Priority class of the pods."),
+            "service": _closed(
+                {
+                    "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
+                    "port": _port("Service port of shop traffic."),
+                    "annotations": _object("Extra annotations of the Service."),
+                }
+            ),
+            "metrics": _closed(
+                {
+                    "service": _closed({"enabled": _boolean("Make the metrics Service.")}),
+                    "serviceMonitor": _closed(
+                        {
+                            "enabled": _boolean("Make a ServiceMonitor."),
+                            "interval": _string("Scrape interval."),
+                            "scrapeTimeout": _string("Scrape timeout."),
+                            "labels": _object("Extra labels of the ServiceMonitor."),
+                        }
+                    ),
+                }
+            ),
+            "podDisruptionBudget": _closed(
+                {
+                    "enabled": _boolean("Make a PodDisruptionBudget."),
+                    "minAvailable": {"type": ["integer", "string"], "description": "Pods that must stay up."},
+                    "maxUnavailable": {
+                        "type": ["integer", "string", "null"],
+                        "description": "Pods that may be down at once.",
+                    },
+                }
+            ),
+            "autoscaling": _closed(
+                {
+                    "enabled": _boolean("Make a HorizontalPodAutoscaler."),
+                    "minReplicas": _integer("Fewest pods.", minimum=1),
+                    "maxReplicas": _integer("Most pods.", minimum=1),
+                    "targetCPUUtilizationPercentage": _integer("CPU utilisation to aim for.", minimum=1),
+                }
+            ),
+            "shop": _closed(
+                {
+                    "enabled": _boolean("Deploy the shop Deployment and Service (sidecar mode)."),
+                    "image": _closed(
+                        {
+                            "repository": _string("Shop image.", minLength=1),
+                            "tag": {"type": ["string", "number"], "description": "Shop image tag."},
+                            "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
+                        }
+                    ),
+                    "port": _port("Port the shop listens on, on 127.0.0.1."),
+                    "command": _list("Command of the shop container."),
+                    "args": _list("Args of the shop container."),
+                    "env": _list("Environment of the shop container."),
+                    "resources": _object("Resources of the shop container."),
+                    "volumeMounts": _list("Extra volume mounts of the shop container."),
+                    "volumes": _list("Extra volumes of the pod."),
+                    "securityContext": _object("securityContext of the shop container."),
+                    "livenessProbe": _object("Liveness probe of the shop container."),
+                    "readinessProbe": _object("Readiness probe of the shop container."),
+                    "startupProbe": _object("Startup probe of the shop container."),
+                    "extraContainers": _list("More containers of the shop (e.g. php-fpm beside nginx)."),
+                    "podSecurityContext": _object("Pod-level securityContext in sidecar mode."),
+                    "demoNginx": _boolean("Serve the small demo shop from nginx."),
+                }
+            ),
+        }
+    )
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "title": "cc-sidecar chart values",
+        "description": "Generated by tools/values_schema.py (make chart-schema); do not edit.",
+        **root,
+    }
+
+
+def rendered() -> str:
+    return json.dumps(values_schema(), indent=2) + "\n"
+
+
+def main(argv: list[str]) -> int:
+    text = rendered()
+    if argv == ["--check"]:
+        if SCHEMA_PATH.read_text(encoding="utf-8") != text:
+            print(f"{SCHEMA_PATH.relative_to(ROOT)} is stale: run make chart-schema", file=sys.stderr)
+            return 1
+        return 0
+    SCHEMA_PATH.write_text(text, encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
