@@ -20,7 +20,7 @@ from proxy.identity import GUEST_COOKIE
 from proxy.store.redis import RETRY_AFTER_S
 from tests.fixtures.emulator import RunningEmulator
 from tests.fixtures.process import free_port, start_sidecar, wait_ready
-from tests.fixtures.redis import RedisProcess
+from tests.fixtures.redis import RedisProcess, SentinelSet
 from tests.fixtures.shop import Shop, sidecar_config
 
 ELEMENT = re.compile(rb'<script id="cc-storefront-user" type="application/json">(.*?)</script>', re.S)
@@ -294,3 +294,57 @@ async def test_redis_holds_no_readable_token_or_id_and_every_key_expires(
                 time.time() + ttl_ms / 1000
                 <= jwt.decode(element["token"], options={"verify_signature": False})["exp"]
             )
+
+
+async def test_sidecars_follow_a_sentinel_failover(
+    shop: Shop, emulator: RunningEmulator, redis_sentinel: SentinelSet, start_replica: StartReplica
+) -> None:
+    """The master is killed and Sentinel promotes its replica: the sidecars use the new master,
+    which already knows the customers stored before the failover."""
+    store = {
+        "backend": "redis",
+        "redis": {
+            "url": "redis://mymaster/0",
+            "sentinel": {
+                "master_name": redis_sentinel.name,
+                "addresses": [sentinel.address for sentinel in redis_sentinel.sentinels],
+            },
+        },
+    }
+    first, second = await asyncio.gather(
+        start_replica(replica_config(shop, emulator, store)),
+        start_replica(replica_config(shop, emulator, store)),
+    )
+    async with aiohttp.ClientSession() as client:
+        await editor_page(client, first, "before-failover@example.com")
+        with redis_sentinel.master.client() as master:
+            assert master.execute_command("WAIT", 1, 2000) == 1  # the replica has it too
+        redis_sentinel.master.kill()
+        deadline = time.monotonic() + 15
+        while redis_sentinel.master_port() != redis_sentinel.replica.port:
+            assert time.monotonic() < deadline, "sentinel never promoted the replica"
+            await asyncio.sleep(0.1)
+        await asyncio.sleep(RETRY_AFTER_S + 0.5)
+        before = emulator.state.count(GET_TOKEN)
+        await editor_page(client, second, "before-failover@example.com")
+        await editor_page(client, first, "after-failover@example.com")
+        await editor_page(client, second, "after-failover@example.com")
+    assert emulator.state.count(GET_TOKEN) == before + 1
+    assert len(redis_sentinel.replica.client().keys("cc-sidecar:customer:*")) == 2
+
+
+async def test_replicas_share_customers_through_a_redis_cluster(
+    shop: Shop, emulator: RunningEmulator, redis_cluster: list[RedisProcess], start_replica: StartReplica
+) -> None:
+    """With cluster: true, 12 customers on all 3 replicas cost 12 GetToken, their keys on every master."""
+    store = {"backend": "redis", "redis": {"url": redis_cluster[0].url, "cluster": True}}
+    replicas = await three_replicas(start_replica, replica_config(shop, emulator, store))
+    customers = [f"cluster-{n}@example.com" for n in range(12)]
+    async with aiohttp.ClientSession() as client:
+        for customer in customers:
+            for replica in replicas:
+                await editor_page(client, replica, customer)
+    assert emulator.state.count(GET_TOKEN) == 12
+    held = [len(node.client().keys("cc-sidecar:customer:*")) for node in redis_cluster]
+    assert sum(held) == 12
+    assert all(count > 0 for count in held)
