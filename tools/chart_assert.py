@@ -140,6 +140,11 @@ def _check_config(
     if "${CC_CLIENT_SECRET}" not in text or "${CC_SIDECAR_SECRET}" not in text:
         return [f"{name}: the config does not take both secrets from the environment"]
     environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **SECRET_ENV}
+    # Any other variable from a Secret (the token store's passwords) gets a stand-in too.
+    environ.update(
+        {k: "chart-check-secret" for k, v in env.items() if "secretKeyRef" in (v.get("valueFrom") or {})}
+        | SECRET_ENV
+    )
     environ.update({k: str(v["value"]) for k, v in env.items() if "value" in v})
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         handle.write(text)

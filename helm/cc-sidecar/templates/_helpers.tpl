@@ -175,6 +175,15 @@ seccompProfile:
         secretKeyRef:
           name: {{ include "cc-sidecar.secretName" . }}
           key: {{ .Values.secrets.sidecarSecretKey }}
+    {{- range $env, $ref := dict "REDIS_PASSWORD" .Values.tokenStoreSecrets.redisPassword "REDIS_SENTINEL_PASSWORD" .Values.tokenStoreSecrets.sentinelPassword }}
+    {{- if $ref.secretName }}
+    - name: {{ $env }}
+      valueFrom:
+        secretKeyRef:
+          name: {{ $ref.secretName }}
+          key: {{ required (printf "tokenStoreSecrets: the key of %s is required" $env) $ref.key }}
+    {{- end }}
+    {{- end }}
     {{- with .Values.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
