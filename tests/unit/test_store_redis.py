@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
+import datetime
+import ipaddress
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 from prometheus_client import generate_latest
 
 from proxy.config.model import RedisSettings
@@ -15,7 +22,8 @@ from proxy.metrics import Metrics
 from proxy.store import StoreKey
 from proxy.store.redis import RETRY_AFTER_S, RedisStore, create_client
 from tests.fixtures.emulator import ManualClock
-from tests.fixtures.redis import RedisProcess
+from tests.fixtures.process import free_port
+from tests.fixtures.redis import RedisProcess, needs_redis
 
 SECRET = "test-secret-0123456789abcdef"
 ALICE = StoreKey("customer", "1\x001\x00alice")
@@ -154,3 +162,75 @@ async def test_breaker_probes_and_closes_when_redis_returns(
         assert "cc_sidecar_store_available 1.0" in generate_latest(metrics.registry).decode()
     finally:
         await store.aclose()
+
+
+def _certificates(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA, and a certificate it signed for 127.0.0.1 with its key: (ca, cert, key) PEM files."""
+    now = datetime.datetime.now(datetime.UTC)
+
+    def build(
+        subject: str,
+        issuer: str,
+        key: ec.EllipticCurvePrivateKey,
+        signer: ec.EllipticCurvePrivateKey,
+        ca: bool,
+    ) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer)]))
+            .public_key(key.public_key())
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if not ca:
+            builder = builder.add_extension(
+                x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+                critical=False,
+            )
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    ca = build("test CA", "test CA", ca_key, ca_key, ca=True)
+    server = build("127.0.0.1", "test CA", server_key, ca_key, ca=False)
+    paths = (directory / "ca.pem", directory / "server.pem", directory / "server.key")
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        server_key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
+    )
+    return paths
+
+
+async def test_rediss_with_ca_file_verifies_the_server(tmp_path: Path) -> None:
+    """rediss:// with ca_file talks TLS to a server that CA signed; without it the server is refused."""
+    needs_redis()
+    ca, cert, key = _certificates(tmp_path)
+    server = RedisProcess(
+        free_port(),
+        tmp_path / "redis",
+        extra=("--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca),
+               "--tls-auth-clients", "no"),
+        tls=True,
+    ).start()  # fmt: skip
+    url = f"rediss://127.0.0.1:{server.port}/0"
+    trusted = RedisStore.from_settings(
+        RedisSettings.model_validate({"url": url, "ca_file": str(ca)}), secret=SECRET, metrics=Metrics()
+    )
+    untrusted = RedisStore.from_settings(
+        RedisSettings.model_validate({"url": url}), secret=SECRET, metrics=Metrics()
+    )
+    try:
+        await trusted.put(ALICE, b"over TLS", 30)
+        assert await trusted.get(ALICE) == b"over TLS"
+        with pytest.raises(StoreUnavailable):
+            await untrusted.get(ALICE)
+    finally:
+        await trusted.aclose()
+        await untrusted.aclose()
+        server.kill()
