@@ -193,9 +193,11 @@ class RedisStore:
         self._metrics.store_operations.labels("release", "ok").inc()
 
     async def aclose(self) -> None:
-        close = getattr(self._client, "aclose", None)
-        if close is not None:
-            await close()
+        await self._client.aclose()
+        # A Sentinel master's pool has its own clients of the sentinels.
+        manager = getattr(getattr(self._client, "connection_pool", None), "sentinel_manager", None)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
 
     async def _call(self, operation: str, command: Callable[[], Awaitable[T]]) -> T:
         """Run one command within the timeout, through the breaker; failures raise StoreUnavailable."""
