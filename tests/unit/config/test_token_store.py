@@ -116,3 +116,17 @@ def test_check_config_exits_2_naming_the_url(tmp_path: Path, capsys: pytest.Capt
     path.write_text(yaml.safe_dump(document))
     assert main(["check-config", "--config", str(path)]) == 2
     assert "token_store.redis.url: must be a redis:// or rediss:// URL" in capsys.readouterr().err
+
+
+def test_check_config_names_the_redis_store_without_its_password(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """check-config's summary names the Redis store by host and port, never with the url's password."""
+    path = tmp_path / "sidecar.yaml"
+    document = with_store({"backend": "redis", "redis": {"url": "redis://:hunter2-password@redis:6380/1"}})
+    document["customers_canvas"]["client_secret"] = "s3cret"
+    path.write_text(yaml.safe_dump(document))
+    assert main(["check-config", "--config", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "token store: redis, redis://redis:6380; keys cc-sidecar:*; 0.25 s per call" in out.splitlines()
+    assert "hunter2" not in out
