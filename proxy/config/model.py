@@ -276,7 +276,10 @@ RedisUrl = Annotated[str, AfterValidator(_check_redis_url)]
 
 
 class SentinelSettings(_Frozen):
-    """Find the Redis master through Sentinel; the url then gives only password, database and TLS."""
+    """Find the Redis master through Sentinel; the url then gives only password, database and TLS.
+
+    With a rediss:// url the sentinels are reached over TLS too, trusting the same ca_file.
+    """
 
     master_name: str = Field(min_length=1, description="The name the sentinels monitor the master under.")
     addresses: tuple[ListenAddress, ...] = Field(

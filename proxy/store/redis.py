@@ -110,13 +110,14 @@ def create_client(settings: RedisSettings) -> Any:
             "username": unquote(parts.username) if parts.username else None,
             "password": unquote(parts.password) if parts.password else None,
         }
-        if parts.scheme == "rediss":
-            master_options.update(ssl=True, **tls)
+        # rediss:// means TLS to the sentinels as well as to the master (one CA for both).
+        encryption: dict[str, Any] = {"ssl": True, **tls} if parts.scheme == "rediss" else {}
         # redis-py's Sentinel class carries no annotations.
         watchers = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
             [split_listen(address) for address in sentinel.addresses],
-            sentinel_kwargs={**bounds, **sentinel_auth},
+            sentinel_kwargs={**bounds, **sentinel_auth, **encryption},
             **master_options,
+            **encryption,
         )
         return watchers.master_for(sentinel.master_name)
     return redis.asyncio.Redis.from_url(settings.url, **bounds, **tls, retry=Retry(NoBackoff(), 0))
