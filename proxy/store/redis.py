@@ -35,7 +35,6 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import RedisError
 
 from proxy.config.model import RedisSettings, split_listen
 from proxy.errors import StoreUnavailable
@@ -52,7 +51,6 @@ _KEY_NAME_HEX = 32  # 128 bits of HMAC-SHA256 in a key name
 # Frees a claim only while it still holds this owner. EVAL rather than EVALSHA: a Redis restarted
 # empty has no script cache, and the script is shorter than a NOSCRIPT round trip.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
-_REDIS_FAILURES = (RedisError, OSError, TimeoutError)
 
 T = TypeVar("T")
 
@@ -211,7 +209,9 @@ class RedisStore:
         try:
             async with asyncio.timeout(self._timeout_s):
                 result = await command()
-        except _REDIS_FAILURES as exc:
+        except Exception as exc:
+            # RedisError, OSError and TimeoutError are the expected ones; anything else a client
+            # library raises from a broken connection must not reach a page either.
             self._metrics.store_operations.labels(operation, "error").inc()
             self._opened(exc)
             raise StoreUnavailable(f"the token store failed: {type(exc).__name__}") from None
