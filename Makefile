@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck unit browser-deps chart-check chart-schema bench bench-deps soak docs clean format
+.PHONY: setup demo test lint typecheck unit browser-deps redis-deps chart-check chart-schema bench bench-deps soak docs clean format
 
 setup: $(STAMP)
 
@@ -24,7 +24,7 @@ lint: setup
 typecheck: setup
 	$(BIN)/mypy
 
-unit: setup browser-deps
+unit: setup browser-deps redis-deps
 	$(BIN)/pytest -q
 
 # The browser test drives Debian's Chromium; install it when missing (root, as in CI).
@@ -33,6 +33,14 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	  else echo "chromium missing and cannot install it: the browser test will be skipped"; fi; }
+
+# The shared token store's tests start Debian's redis-server and redis-sentinel (their own ports and
+# temp dirs, never the system service); installed when missing (root, as in CI).
+redis-deps:
+	@command -v redis-server >/dev/null 2>&1 && command -v redis-sentinel >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends redis-server redis-sentinel; \
+	  else echo "redis-server/redis-sentinel missing and cannot install them: the Redis tests will be skipped"; fi; }
 
 format: setup
 	$(BIN)/ruff format proxy tests bench

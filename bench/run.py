@@ -14,6 +14,10 @@ Targets are measured in interleaved rounds (A B C ... A B C ...) and the medians
 a slow moment of the machine spreads over all targets instead of sinking one. Then, on the running
 sidecar, a burst of first requests from new customers counts the Storefront API's GetToken calls
 (from the emulator's call log), and a fresh interpreter measures resident memory per cached token.
+With redis-server installed, a second cc-sidecar on a Redis token store is measured on the editor
+page too (its cached page must cost what the memory store's does), and bench/replicas.py runs
+three replicas with each store: GetToken calls, editor page from the local cache vs from Redis,
+Redis bytes per customer.
 
 Prints one table and the ratios against their targets; writes the same to bench/results.json.
 Exit status: 0 all targets met, 1 a target missed, 2 the benchmark itself failed.
@@ -77,6 +81,8 @@ BROWSER_COOKIES = "; ".join(
     ]
 )
 BENCH_USER = "bench-user"
+# The Redis token store is benchmarked when Debian's redis-server is installed (make unit installs it).
+REDIS_SERVER = shutil.which("redis-server")
 GET_TOKEN = "StorefrontUsers_GetToken"
 INJECTED_MARK = b'id="cc-storefront-user"'
 
@@ -411,7 +417,14 @@ def write_nginx_conf(workdir: Path, port: int, upstream: Service) -> Path:
     return path
 
 
-def write_sidecar_conf(workdir: Path, port: int, upstream: Service, emulator: Service) -> Path:
+def write_sidecar_conf(
+    workdir: Path,
+    port: int,
+    upstream: Service,
+    emulator: Service,
+    token_store: dict[str, Any] | None = None,
+    name: str = "sidecar",
+) -> Path:
     document = {
         "listen": f"127.0.0.1:{port}",
         "admin_listen": f"127.0.0.1:{free_port()}",
@@ -438,9 +451,25 @@ def write_sidecar_conf(workdir: Path, port: int, upstream: Service, emulator: Se
             }
         ],
     }
-    path = workdir / "sidecar.yaml"
+    if token_store is not None:
+        document["token_store"] = token_store
+    path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
+
+
+def measure_replicas(
+    workdir: Path, upstream: Service, emulator: Service, redis_port: int, cpu: int | None
+) -> dict[str, Any]:
+    argv = [sys.executable, str(BENCH_DIR / "replicas.py"), "--upstream", upstream.url]
+    argv += ["--emulator", emulator.url, "--redis-port", str(redis_port), "--workdir", str(workdir)]
+    if cpu is not None:
+        argv += ["--cpu", str(cpu)]
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=300, check=False, cwd=REPO)
+    if finished.returncode != 0:
+        raise BenchError(f"replicas run failed:\n{finished.stderr}")
+    result: dict[str, Any] = json.loads(finished.stdout.splitlines()[-1])
+    return result
 
 
 def measure_token_memory(token_length: int) -> dict[str, Any]:
@@ -492,6 +521,25 @@ def run(workdir: Path) -> dict[str, Any]:
             "cc-sidecar", [python, "-m", "proxy", "run", "--config", str(sidecar_conf)], sidecar_port
         )
 
+        redis_sidecar: Service | None = None
+        redis_port = free_port()
+        if REDIS_SERVER is not None:
+            services.start(
+                "redis",
+                [REDIS_SERVER, "--port", str(redis_port), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--dir", str(workdir)],
+                redis_port,
+            )  # fmt: skip
+            redis_conf = write_sidecar_conf(
+                workdir, free_port(), upstream, emulator,
+                {"backend": "redis", "redis": {"url": f"redis://127.0.0.1:{redis_port}/0"}}, "sidecar-redis",
+            )  # fmt: skip
+            redis_sidecar = services.start(
+                "cc-sidecar-redis",
+                [python, "-m", "proxy", "run", "--config", str(redis_conf)],
+                int(yaml.safe_load(redis_conf.read_text())["listen"].rsplit(":", 1)[1]),
+            )
+
         token_length = asyncio.run(check_targets(upstream, (nginx, bare), sidecar))
         user = {USER_HEADER: BENCH_USER}
         cookies = {"Cookie": BROWSER_COOKIES}
@@ -506,6 +554,12 @@ def run(workdir: Path) -> dict[str, Any]:
             Target("editor", "cc-sidecar /editor/mug (cached token)", sidecar, "/editor/mug", user),
             Target("editor_gz", "cc-sidecar /editor-gz/mug (gzip, cached)", sidecar, "/editor-gz/mug", user),
         ]  # fmt: skip
+        if redis_sidecar is not None:
+            targets.append(
+                Target(
+                    "editor_redis", "cc-sidecar /editor/mug, Redis store", redis_sidecar, "/editor/mug", user
+                )
+            )
         progress(f"warming up {len(targets)} targets, {WARM_UP_SECONDS} s each")
         for target in targets:
             run_wrk(target, WARM_UP_SECONDS, load_cpu)
@@ -526,6 +580,10 @@ def run(workdir: Path) -> dict[str, Any]:
         for service in (upstream, nginx, bare, sidecar):
             if service.process.poll() is not None:
                 raise BenchError(f"{service.name} exited during the run:\n{tail(service.log_path)}")
+        replicas: dict[str, Any] | None = None
+        if redis_sidecar is not None:
+            progress("three replicas with each token store: GetToken calls, editor from Redis vs local cache")
+            replicas = measure_replicas(workdir, upstream, emulator, redis_port, server_cpu)
     finally:
         services.stop_all()
 
@@ -543,6 +601,7 @@ def run(workdir: Path) -> dict[str, Any]:
         },
         "first_requests": [[asdict(burst) for burst in pair] for pair in bursts],
         "token_memory": memory,
+        "replicas": replicas,
         "emulator_token_length": token_length,
         "pinning": {"load_generator_cpu": load_cpu, "servers_cpu": server_cpu},
         "profiles": profiles,
@@ -640,6 +699,36 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
             "target": "== 0",
             "pass": errors == 0,
         },
+        *_replica_ratios(results, ratio),
+    ]
+
+
+def _replica_ratios(results: dict[str, Any], ratio: Any) -> list[dict[str, Any]]:
+    """The Redis store's targets: its cached editor page as cheap, one GetToken per customer."""
+    replicas = results.get("replicas")
+    if not replicas:
+        return []
+    customers = replicas["customers"]
+    calls = replicas["get_token"]
+    return [
+        {
+            "name": "editor (cached token), Redis store rps / sidecar pass-through rps",
+            "value": round(ratio("editor_redis", "sidecar"), 3),
+            "target": f">= {MIN_EDITOR_VS_PASS_THROUGH}",
+            "pass": ratio("editor_redis", "sidecar") >= MIN_EDITOR_VS_PASS_THROUGH,
+        },
+        {
+            "name": f"GetToken calls, {customers} customers each on 3 replicas (memory, redis)",
+            "value": [calls["memory"]["visits"], calls["redis"]["visits"]],
+            "target": f"redis == {customers}",
+            "pass": calls["redis"]["visits"] == customers,
+        },
+        {
+            "name": "GetToken calls, 240 concurrent first requests, 20 customers, 3 replicas (memory, redis)",
+            "value": [calls["memory"]["burst"], calls["redis"]["burst"]],
+            "target": "redis == 20",
+            "pass": calls["redis"]["burst"] == 20,
+        },
     ]
 
 
@@ -658,6 +747,16 @@ def print_report(results: dict[str, Any]) -> None:
         f"{memory['token_length']} characters, {memory['bytes_per_token']:.0f} bytes each "
         f"(emulator's tokens: {results['emulator_token_length']} characters)\n"
     )
+    replicas = results.get("replicas")
+    if replicas:
+        print("editor page of one replica, requests one after another (bench/replicas.py):")
+        for label, found in replicas["editor"].items():
+            where = label.replace("_", " ")
+            print(
+                f"  token {where:<12} p50 {found['p50_ms']:.2f} ms, p99 {found['p99_ms']:.2f} ms,"
+                f" {found['cpu_us_per_request']} µs CPU/request"
+            )
+        print(f"Redis MEMORY USAGE per cached customer: {replicas['redis_bytes_per_customer']} bytes\n")
     for ratio in results["ratios"]:
         verdict = {True: "PASS", False: "FAIL", None: "info"}[ratio["pass"]]
         print(f"  [{verdict}] {ratio['name']}: {ratio['value']} (target {ratio['target']})")

@@ -35,6 +35,9 @@ from proxy.handler import ShopHandler, build_storefront, shop_request
 from proxy.identity import GuestKeys
 from proxy.metrics import Metrics
 from proxy.routing import Router
+from proxy.store import TokenStore
+from proxy.store.memory import MemoryStore
+from proxy.store.redis import RedisStore
 from proxy.storefront_api import StorefrontApiClient, create_api_session
 from proxy.tokens import TokenService
 from proxy.upstream import Upstream, create_upstream_session
@@ -73,6 +76,7 @@ async def shop_services(
     cc = settings.customers_canvas
     api_session = create_api_session(cc)
     upstream_sessions = [create_upstream_session(storefront) for storefront in settings.storefronts]
+    store = create_store(settings, metrics)
     try:
         client = StorefrontApiClient(cc, api_session, metrics)
         tokens = TokenService(
@@ -83,11 +87,12 @@ async def shop_services(
             skew_s=settings.token_skew_s,
             lifetime_without_exp_s=cc.token_lifetime_without_exp_s,
             timeout_s=cc.timeout_s,
+            store=store,
             clock=clock,
         )
         keys = GuestKeys(settings.secret.get_secret_value())
         storefronts = [
-            build_storefront(storefront, Upstream(storefront, session), keys, metrics)
+            build_storefront(storefront, Upstream(storefront, session), keys, metrics, store)
             for storefront, session in zip(settings.storefronts, upstream_sessions, strict=True)
         ]
         handler = ShopHandler(
@@ -105,6 +110,15 @@ async def shop_services(
         for upstream_session in upstream_sessions:
             await upstream_session.close()
         await api_session.close()
+        await store.aclose()
+
+
+def create_store(settings: Settings, metrics: Metrics) -> TokenStore:
+    """The token store ``token_store`` names; Redis is connected lazily, so start-up never waits for it."""
+    redis = settings.token_store.redis
+    if settings.token_store.backend == "redis" and redis is not None:
+        return RedisStore.from_settings(redis, secret=settings.secret.get_secret_value(), metrics=metrics)
+    return MemoryStore()
 
 
 # Names the event loop `run` serves on: "uvloop" (the default; a dependency wherever it builds)

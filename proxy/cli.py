@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from urllib.parse import urlsplit
 
 from proxy.config import Settings, load_settings
 from proxy.errors import ConfigError
@@ -151,6 +152,16 @@ def _check_config(args: argparse.Namespace) -> int:
             f"{storefront.upstream}; user: {', '.join(identity) or 'guests only'}; "
             f"editor paths: {len(storefront.editor_paths)}; inject: {', '.join(storefront.inject) or 'none'}"
         )
+    redis = settings.token_store.redis
+    if settings.token_store.backend == "redis" and redis is not None:
+        # Host and port only: the url may carry a password.
+        url = urlsplit(redis.url)
+        where = f"{url.scheme}://{url.hostname}:{url.port or 6379}"
+        if redis.sentinel is not None:
+            where = f"master {redis.sentinel.master_name} from {len(redis.sentinel.addresses)} sentinel(s)"
+        elif redis.cluster:
+            where = f"cluster, seed node {where}"
+        print(f"token store: redis, {where}; keys {redis.key_prefix}*; {redis.timeout_s} s per call")
     return 0
 
 

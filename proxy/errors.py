@@ -12,6 +12,7 @@
     │   └── StorefrontUnavailable   unreachable, 5xx, too slow, or the circuit is open
     │       └── CircuitOpen         held back by the breaker without a call
     ├── InvalidIdentity             a customer id that breaks the id rules
+    ├── StoreUnavailable            the shared token store (Redis) failed or its breaker is open
     └── UpstreamError               the shop itself failed
         ├── UpstreamUnreachable     -> 502
         └── UpstreamTimeout         -> 504
@@ -73,6 +74,10 @@ class CircuitOpen(StorefrontUnavailable):
 
 class InvalidIdentity(SidecarError):
     """A customer id that breaks the rules (length, characters); it is ignored, never sent on."""
+
+
+class StoreUnavailable(SidecarError):
+    """The shared token store cannot answer now; the caller carries on as with the memory store."""
 
 
 class UpstreamError(SidecarError):

@@ -64,6 +64,7 @@ from proxy.routing import (
     origin_form,
     parse_host,
 )
+from proxy.store import TokenStore
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, Upstream, is_websocket_upgrade, response_headers
 
@@ -149,7 +150,7 @@ class StorefrontCounters:
 
 
 def build_storefront(
-    settings: StorefrontSettings, upstream: Upstream, keys: GuestKeys, metrics: Metrics
+    settings: StorefrontSettings, upstream: Upstream, keys: GuestKeys, metrics: Metrics, store: TokenStore
 ) -> Storefront:
     """Compile one storefront's settings into what the request path reads."""
     check = settings.user.session_check
@@ -164,7 +165,7 @@ def build_storefront(
             if check
             else None
         ),
-        response_memory=ResponseHeaderMemory() if settings.user.response_header else None,
+        response_memory=ResponseHeaderMemory(store) if settings.user.response_header else None,
         upstream_latency=metrics.upstream_seconds.labels(settings.name),
         counters=StorefrontCounters(metrics, settings.name),
     )
@@ -356,7 +357,7 @@ class ShopHandler:
 
         headers = response_headers(shop)
         if storefront.response_header is not None:
-            named = self._response_identity(request, storefront, headers, shop.status)
+            named = await self._response_identity(request, storefront, headers, shop.status)
             logged_in = logged_in or named
             if editor or ((logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)):
                 work = asyncio.create_task(
@@ -407,7 +408,7 @@ class ShopHandler:
             return None
         return self._valid_or_none(raw, storefront, "header")
 
-    def _response_identity(
+    async def _response_identity(
         self, request: web.BaseRequest, storefront: Storefront, headers: CIMultiDict[str], status: int
     ) -> str | None:
         """The id the shop named on its response (the header is removed before the client sees it).
@@ -422,9 +423,9 @@ class ShopHandler:
         session_key = storefront.guests.session_key(_cookies(request)) if memory is not None else None
         if memory is not None and session_key is not None:
             if named is not None:
-                memory.remember(session_key, named)
+                await memory.remember(session_key, named)
             elif 200 <= status < 300 and is_html(headers.get(hdrs.CONTENT_TYPE)):
-                memory.forget(session_key)
+                await memory.forget(session_key)
         return named
 
     def _valid_or_none(self, raw: str, storefront: Storefront, source: str) -> str | None:
@@ -592,7 +593,7 @@ class ShopHandler:
         remembered = None
         if logged_in is None and storefront.response_memory is not None:
             session_key = storefront.guests.session_key(_cookies(request))
-            remembered = storefront.response_memory.recall(session_key) if session_key else None
+            remembered = await storefront.response_memory.recall(session_key) if session_key else None
         attachment = await self._attachment(
             request,
             storefront,

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -32,8 +33,9 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from proxy.config import SessionCheck, StorefrontSettings
-from proxy.errors import InvalidIdentity
+from proxy.errors import InvalidIdentity, StoreUnavailable
 from proxy.singleflight import SingleFlight
+from proxy.store import StoreKey, TokenStore
 
 log = logging.getLogger("proxy.identity")
 
@@ -50,6 +52,9 @@ DOT_SEGMENTS = frozenset({".", ".."})
 RESERVED_ROUTE_WORDS = frozenset({"token", "merge-anonymous", "register"})
 # Sessions whose logged-in customer (from a response header) is remembered, per storefront.
 REMEMBERED_SESSIONS = 100_000
+# What the shop's response header said about a session is kept this long after it last said it
+# (every page that names the customer starts it again).
+REMEMBERED_SESSION_TTL_S = 24 * 3600.0
 # Session-check answers kept per storefront.
 SESSION_CHECK_CACHE_SIZE = 100_000
 _SIGNATURE_BYTES = 16
@@ -178,22 +183,41 @@ class GuestRecogniser:
 
 
 class ResponseHeaderMemory:
-    """Remembers, per session, the customer the shop last named in its response header."""
+    """Remembers, per session, the customer the shop last named in its response header.
 
-    def __init__(self, size: int = REMEMBERED_SESSIONS) -> None:
-        self._by_session: LRUCache[str, str] = LRUCache(maxsize=size)
+    Kept in the token store and read from it, so with a shared store what one replica saw (a
+    login, a logout) every replica sees. A shared store that is unavailable falls back to what
+    this replica itself saw, as the memory store would.
+    """
 
-    def remember(self, session_key: str, user_id: str) -> None:
+    def __init__(self, store: TokenStore, size: int = REMEMBERED_SESSIONS) -> None:
+        self._store = store
+        # Only a shared store can fail; this replica's own view is read only then.
+        self._seen_here: LRUCache[str, str] | None = LRUCache(maxsize=size) if store.shared else None
+
+    async def remember(self, session_key: str, user_id: str) -> None:
         """The shop named ``user_id`` on a response to this session."""
-        self._by_session[session_key] = user_id
+        if self._seen_here is not None:
+            self._seen_here[session_key] = user_id
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.put(
+                StoreKey("session", session_key), user_id.encode(), REMEMBERED_SESSION_TTL_S
+            )
 
-    def forget(self, session_key: str) -> None:
+    async def forget(self, session_key: str) -> None:
         """The shop named nobody on an editor page of this session: it is a guest now."""
-        self._by_session.pop(session_key, None)
+        if self._seen_here is not None:
+            self._seen_here.pop(session_key, None)
+        with contextlib.suppress(StoreUnavailable):
+            await self._store.delete(StoreKey("session", session_key))
 
-    def recall(self, session_key: str) -> str | None:
+    async def recall(self, session_key: str) -> str | None:
         """The customer last named for this session, if any."""
-        return self._by_session.get(session_key)
+        try:
+            value = await self._store.get(StoreKey("session", session_key))
+        except StoreUnavailable:
+            return self._seen_here.get(session_key) if self._seen_here is not None else None
+        return value.decode() if value is not None else None
 
 
 class SessionChecker:

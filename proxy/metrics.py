@@ -199,3 +199,22 @@ class Metrics:
             ["storefront", "source"],
             registry=r,
         )
+        self.store_operations = Counter(
+            "cc_sidecar_store_operations",
+            "Calls to the shared token store (Redis), by operation and outcome"
+            " (hit, miss, ok, error; skipped while its breaker is open).",
+            ["operation", "outcome"],
+            registry=r,
+        )
+        self.store_lock_waits = Counter(
+            "cc_sidecar_store_lock_waits",
+            "Times this replica waited for another one's token or merge work instead of calling the API.",
+            registry=r,
+        )
+        self.store_available = Gauge(
+            "cc_sidecar_store_available",
+            "1 while the shared token store is used, 0 while its breaker holds calls back"
+            " (always 1 with the memory store).",
+            registry=r,
+        )
+        self.store_available.set(1)

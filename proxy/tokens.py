@@ -15,6 +15,13 @@ Every public call is bounded by ``timeout_s``. A shared task is shielded from th
 started it, so one client going away never cancels the work the others wait for; the task is
 bounded by the same timeout, so nothing stays in flight forever.
 
+With a shared store (``token_store.backend: redis``) the replicas act as one sidecar. The LRU
+stays in front (an editor page of a customer this replica has seen costs no Redis round trip); a
+miss asks the store before the API; the API work for one customer, and each merge, runs on one
+replica at a time under a claim whose lease (``timeout_s`` plus a margin) outlives the work, which
+is itself bounded by ``timeout_s``; the other replicas poll the store for its result within the
+same bound. When the store is unavailable the service carries on as with the memory store.
+
 Time for expiry comes from the injected ``clock`` (Unix seconds); timeouts are real time.
 Nothing here ever logs a token, and user ids only at debug level.
 """
@@ -22,7 +29,9 @@ Nothing here ever logs a token, and user ids only at debug level.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
+import json
 import logging
 import math
 import time
@@ -38,14 +47,25 @@ from proxy.errors import (
     NotFound,
     StorefrontApiError,
     StorefrontUnavailable,
+    StoreUnavailable,
     UserConflict,
 )
 from proxy.metrics import Metrics
 from proxy.singleflight import SingleFlight
+from proxy.store import Claim, StoreKey, TokenStore
 
 log = logging.getLogger("proxy.tokens")
 
 V = TypeVar("V")
+
+# A claim on shared work outlives the work (bounded by timeout_s) by this much, so a second
+# replica never starts the same work while the first still runs; no renewal is needed.
+_LEASE_MARGIN_S = 1.0
+# How often a replica waiting for another one's work looks for its result in the store.
+_SHARED_POLL_S = 0.025
+# A merge's outcome stays in the store this long, so a login's late requests on other replicas
+# learn it instead of merging again (the guest cookie is cleared by then in a browser).
+_MERGE_OUTCOME_TTL_S = 600.0
 
 
 class Customer(NamedTuple):
@@ -129,9 +149,12 @@ class TokenService:
         skew_s: float,
         lifetime_without_exp_s: float,
         timeout_s: float,
+        store: TokenStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self._api = api
+        # Only a store other replicas see adds anything to the LRU below.
+        self._shared = store if store is not None and store.shared else None
         self._metrics = metrics
         self._tenant_id = tenant_id
         self._skew_s = skew_s
@@ -201,7 +224,7 @@ class TokenService:
         """
         key = (self._tenant_id, storefront_id, guest_user_id)
         task = self._merge_flights.run(
-            key, lambda: self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name)
+            key, lambda: self._merge_once(storefront_id, guest_user_id, regular_user_id, storefront_name)
         )
         try:
             return await self._wait(asyncio.shield(task), "merge_anonymous")
@@ -235,7 +258,57 @@ class TokenService:
         self._metrics.token_cache_entries.set(len(self._known))
 
     async def _fetch_token(self, key: _UserKey, customer: Customer) -> CustomerToken:
-        """The shared work behind a miss: ensure the user, get the token, cache it if worth it."""
+        """The shared work behind a miss: from the shared store, else from the API once for all."""
+        if self._shared is None:
+            return await self._fetch_token_from_api(key, customer)
+        return await self._once_across_replicas(
+            StoreKey("lock", _store_name(key)),
+            lambda: self._shared_token(key, customer),
+            lambda: self._fetch_and_share_token(key, customer),
+            "token",
+        )
+
+    async def _shared_token(self, key: _UserKey, customer: Customer) -> CustomerToken | None:
+        """The customer's fresh token as another replica stored it (kept in the LRU too), or None."""
+        assert self._shared is not None
+        raw = await self._shared.get(StoreKey("customer", _store_name(key)))
+        if raw is None:
+            return None
+        entry = json.loads(raw)
+        token = CustomerToken(
+            storefront_id=customer.storefront_id,
+            user_id=customer.user_id,
+            is_anonymous=bool(entry["anonymous"]),
+            token=entry["token"],
+            expires_at=int(entry["expires_at"]),
+        )
+        renew_at = float(entry["renew_at"])
+        if renew_at <= self._clock() or token.is_anonymous != customer.is_anonymous:
+            return None
+        self._remember(key, _Known(token, renew_at))
+        return token
+
+    async def _fetch_and_share_token(self, key: _UserKey, customer: Customer) -> CustomerToken:
+        """Fetch from the API and store the token for the other replicas until it is due."""
+        token = await self._fetch_token_from_api(key, customer)
+        entry = self._known.get(key)
+        if self._shared is not None and entry is not None and entry.token is token:
+            ttl_s = entry.renew_at - self._clock()
+            value = {
+                "token": token.token,
+                "expires_at": token.expires_at,
+                "anonymous": token.is_anonymous,
+                "renew_at": entry.renew_at,
+            }
+            with contextlib.suppress(StoreUnavailable):
+                # Expires when the token goes stale, never after its exp.
+                await self._shared.put(
+                    StoreKey("customer", _store_name(key)), json.dumps(value).encode(), ttl_s
+                )
+        return token
+
+    async def _fetch_token_from_api(self, key: _UserKey, customer: Customer) -> CustomerToken:
+        """Ensure the user, get the token, cache it if worth it."""
         await self._ensure(customer.storefront_id, customer.user_id, customer.is_anonymous)
         raw = await self._api.get_token(customer.storefront_id, customer.user_id)
         now = self._clock()
@@ -306,6 +379,13 @@ class TokenService:
         return await asyncio.shield(task)
 
     async def _lookup(self, storefront_id: int, user_id: str, key: _UserKey) -> bool:
+        if self._shared is not None:
+            # A customer another replica holds a token for exists: no Get.
+            with contextlib.suppress(StoreUnavailable):
+                if await self._shared.get(StoreKey("customer", _store_name(key))) is not None:
+                    if key not in self._known:
+                        self._remember(key, _NO_TOKEN)
+                    return True
         try:
             await self._api.get_user(storefront_id, user_id)
         except NotFound:
@@ -346,6 +426,50 @@ class TokenService:
             self._metrics.token_cache_entries.set(len(self._known))
 
     # -- merges -------------------------------------------------------------------------------
+
+    async def _merge_once(
+        self, storefront_id: int, guest_user_id: str, regular_user_id: str, storefront_name: str
+    ) -> MergeOutcome:
+        """One merge per guest across replicas: run it here, or learn another replica's outcome."""
+        if self._shared is None:
+            return await self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name)
+        name = _store_name(self._user_key(storefront_id, guest_user_id))
+        try:
+            return await self._once_across_replicas(
+                StoreKey("merge", name),
+                lambda: self._shared_merge_outcome(storefront_id, guest_user_id, name),
+                lambda: self._merge_and_share(
+                    storefront_id, guest_user_id, regular_user_id, storefront_name, name
+                ),
+                "merge_anonymous",
+            )
+        except StorefrontUnavailable:
+            return MergeOutcome.FAILED
+
+    async def _shared_merge_outcome(
+        self, storefront_id: int, guest_user_id: str, name: str
+    ) -> MergeOutcome | None:
+        """The outcome another replica stored for this guest's merge, or None."""
+        assert self._shared is not None
+        raw = await self._shared.get(StoreKey("merged", name))
+        if raw is None:
+            return None
+        self._forget(storefront_id, guest_user_id)
+        return MergeOutcome(raw.decode())
+
+    async def _merge_and_share(
+        self, storefront_id: int, guest_user_id: str, regular_user_id: str, storefront_name: str, name: str
+    ) -> MergeOutcome:
+        """Merge here; store a final outcome for the others (a failed one is left for a retry)."""
+        outcome = await self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name)
+        if self._shared is not None and outcome is not MergeOutcome.FAILED:
+            with contextlib.suppress(StoreUnavailable):
+                await self._shared.put(StoreKey("merged", name), outcome.value.encode(), _MERGE_OUTCOME_TTL_S)
+                # The guest is gone: its token is void on every replica.
+                await self._shared.delete(
+                    StoreKey("customer", _store_name(self._user_key(storefront_id, guest_user_id)))
+                )
+        return outcome
 
     async def _merge(
         self, storefront_id: int, guest_user_id: str, regular_user_id: str, storefront_name: str
@@ -395,6 +519,56 @@ class TokenService:
         await self._api.merge_anonymous(storefront_id, guest_user_id, regular_user_id)
         return MergeOutcome.MERGED
 
+    # -- across replicas ----------------------------------------------------------------------
+
+    async def _once_across_replicas(
+        self,
+        lock: StoreKey,
+        read: Callable[[], Awaitable[V | None]],
+        work: Callable[[], Awaitable[V]],
+        operation: str,
+    ) -> V:
+        """The result another replica stored (``read``), else ``work`` run here under ``lock``.
+
+        While another replica holds the lock this one polls ``read`` (within ``timeout_s``) and
+        tries the lock again, so a holder that fails or dies hands over by release or by expiry.
+        An unavailable store means ``work`` runs here, as with the memory store.
+        """
+        assert self._shared is not None
+        deadline = time.monotonic() + self._timeout_s
+        waited = False
+        try:
+            while True:
+                found = await read()
+                if found is not None:
+                    return found
+                claim = await self._shared.claim(lock, self._timeout_s + _LEASE_MARGIN_S)
+                if claim is not None:
+                    break
+                if not waited:
+                    self._metrics.store_lock_waits.inc()
+                    waited = True
+                if time.monotonic() >= deadline:
+                    raise StorefrontUnavailable(operation, "timed out waiting for another replica")
+                await asyncio.sleep(_SHARED_POLL_S)
+        except StoreUnavailable:
+            return await work()
+        try:
+            # The previous holder may have stored its result between our read and our claim.
+            with contextlib.suppress(StoreUnavailable):
+                found = await read()
+                if found is not None:
+                    return found
+            return await work()
+        finally:
+            await self._release(claim)
+
+    async def _release(self, claim: Claim) -> None:
+        assert self._shared is not None
+        # Unreleased, the claim frees itself when its lease runs out.
+        with contextlib.suppress(StoreUnavailable):
+            await self._shared.release(claim)
+
     # -- time ---------------------------------------------------------------------------------
 
     async def _bounded(self, operation: str, work: Coroutine[Any, Any, V]) -> V:
@@ -416,6 +590,12 @@ class TokenService:
                 return await work
         except TimeoutError:
             raise StorefrontUnavailable(operation, "timed out") from None
+
+
+def _store_name(key: _UserKey) -> str:
+    """What a store key indexes for one customer (a shared store writes only an HMAC of it)."""
+    tenant, storefront_id, user_id = key
+    return f"{tenant}\0{storefront_id}\0{user_id}"
 
 
 def _number_claim(claims: dict[str, Any], name: str) -> float | None:

@@ -15,6 +15,7 @@ pytest_plugins = [
     "tests.fixtures.raw_shop",
     "tests.fixtures.shop",
     "tests.fixtures.recording",
+    "tests.fixtures.redis",
 ]
 
 settings.register_profile(

@@ -86,6 +86,7 @@ refuse() {
 refuse "an inline client_secret" --set config.customers_canvas.client_secret=inline
 refuse "terminationGracePeriodSeconds below the drain time" --set terminationGracePeriodSeconds=10
 refuse "no sidecar secret" --set secrets.sidecarSecret=
+refuse "a Redis CA without a Redis token store" --set tokenStoreSecrets.caCertificate.secretName=redis-crt
 
 step "values.schema.json refuses typos and wrong types, readably"
 refuse "a misspelt top-level key" --set shopp.port=9000

@@ -142,9 +142,36 @@ def _check_config(
     text = _config_of(spec, sidecar, configmaps)
     if text is None:
         return [f"{name}: no rendered ConfigMap mounted at /etc/cc-sidecar"]
+    with tempfile.TemporaryDirectory() as mounts:
+        # Files the pod gets from Secret volumes (the Redis CA) exist here as stand-ins.
+        text = _with_secret_mounts(text, spec, sidecar, Path(mounts))
+        return _check_config_text(name, text, env)
+
+
+def _with_secret_mounts(text: str, spec: dict[str, Any], sidecar: dict[str, Any], root: Path) -> str:
+    """``text`` with each Secret volume's mount path replaced by a directory holding its items."""
+    volumes = {volume["name"]: volume for volume in spec.get("volumes", [])}
+    for mount in sidecar.get("volumeMounts", []):
+        secret = volumes.get(mount["name"], {}).get("secret")
+        if secret is None:
+            continue
+        directory = root / mount["name"]
+        directory.mkdir()
+        for item in secret.get("items", []):
+            (directory / item["path"]).write_text("stand-in for a Secret's file\n")
+        text = text.replace(mount["mountPath"], str(directory))
+    return text
+
+
+def _check_config_text(name: str, text: str, env: dict[str, dict[str, Any]]) -> list[str]:
     if "${CC_CLIENT_SECRET}" not in text or "${CC_SIDECAR_SECRET}" not in text:
         return [f"{name}: the config does not take both secrets from the environment"]
     environ = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), **SECRET_ENV}
+    # Any other variable from a Secret (the token store's passwords) gets a stand-in too.
+    environ.update(
+        {k: "chart-check-secret" for k, v in env.items() if "secretKeyRef" in (v.get("valueFrom") or {})}
+        | SECRET_ENV
+    )
     environ.update({k: str(v["value"]) for k, v in env.items() if "value" in v})
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as handle:
         handle.write(text)

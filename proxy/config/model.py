@@ -44,6 +44,10 @@ DEFAULT_UPSTREAM_TIMEOUT_S = 60.0
 DEFAULT_UPSTREAM_CONNECT_TIMEOUT_S = 5.0
 # A session-check answer is reused for this long per session.
 DEFAULT_SESSION_CHECK_TTL_S = 60.0
+# Each call to the shared token store (Redis) is given up after this; the page goes on without it.
+DEFAULT_STORE_TIMEOUT_S = 0.25
+# Every key the shared token store writes starts with this (several sidecars can share one Redis).
+DEFAULT_STORE_KEY_PREFIX = "cc-sidecar:"
 InjectMode = Literal["html", "header", "cookie"]
 DEFAULT_INJECT: tuple[InjectMode, ...] = ("html",)
 
@@ -270,6 +274,72 @@ class StorefrontSettings(_Frozen):
         return tuple(dict.fromkeys(value))
 
 
+def _check_redis_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+        raise ValueError("must be a redis:// or rediss:// URL")
+    try:
+        _ = parts.port
+    except ValueError:
+        raise ValueError("must be a redis:// or rediss:// URL") from None
+    database = parts.path.strip("/")
+    if database and not database.isdigit():
+        raise ValueError("the path must be a database number, e.g. /0")
+    return value
+
+
+RedisUrl = Annotated[str, AfterValidator(_check_redis_url)]
+
+
+class SentinelSettings(_Frozen):
+    """Find the Redis master through Sentinel; the url then gives only password, database and TLS.
+
+    With a rediss:// url the sentinels are reached over TLS too, trusting the same ca_file.
+    """
+
+    master_name: str = Field(min_length=1, description="The name the sentinels monitor the master under.")
+    addresses: tuple[ListenAddress, ...] = Field(
+        min_length=1, description="Sentinels as host:port; any one that answers is enough."
+    )
+    password: SecretStr | None = Field(
+        None, description="The sentinels' own password (requirepass); use ${ENV}."
+    )
+
+
+class RedisSettings(_Frozen):
+    """Where the shared token store lives: one Redis or Valkey, a Sentinel set, or a Cluster."""
+
+    url: RedisUrl = Field(
+        description=(
+            "redis:// or rediss:// (TLS), e.g. redis://:${REDIS_PASSWORD}@redis:6379/0; with sentinel"
+            " the host is ignored, with cluster any node."
+        )
+    )
+    sentinel: SentinelSettings | None = None
+    cluster: bool = Field(False, description="The url names a node of a Redis Cluster.")
+    key_prefix: str = Field(
+        DEFAULT_STORE_KEY_PREFIX,
+        pattern=r"^[A-Za-z0-9_.:-]*$",
+        description="Every key starts with this; sidecars of different shops on one Redis need their own.",
+    )
+    timeout_s: PositiveSeconds = Field(
+        DEFAULT_STORE_TIMEOUT_S,
+        description="Each Redis call (connect included) is given up after this; the page goes on without it.",
+    )
+    ca_file: str | None = Field(
+        None, min_length=1, description="PEM file of the CA that signs Redis' certificate (rediss://)."
+    )
+
+
+class TokenStoreSettings(_Frozen):
+    """Where customers, locks and per-session memory live: this process, or Redis shared by replicas."""
+
+    backend: Literal["memory", "redis"] = Field(
+        "memory", description="memory: each process for itself; redis: replicas act as one sidecar."
+    )
+    redis: RedisSettings | None = None
+
+
 class Settings(_Frozen):
     """The whole configuration file."""
 
@@ -297,6 +367,7 @@ class Settings(_Frozen):
         "INFO", description="Least severe log level written to stderr."
     )
     storefronts: tuple[StorefrontSettings, ...]
+    token_store: TokenStoreSettings = Field(default_factory=TokenStoreSettings)
 
     @field_validator("secret")
     @classmethod

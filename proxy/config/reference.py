@@ -27,6 +27,7 @@ _VALIDATED_TYPES = {
     "_check_header_name": "header name",
     "_check_cookie_name": "cookie name",
     "_check_glob": "path glob",
+    "_check_redis_url": "redis(s) URL",
 }
 _PLAIN_TYPES: dict[Any, str] = {
     str: "string",

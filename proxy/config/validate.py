@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+from urllib.parse import urlsplit
+
 from proxy.config.model import Settings, split_listen
 
 # Addresses that take a port on every interface, so they overlap any other address on that port.
@@ -58,6 +61,30 @@ def cross_check(settings: Settings) -> list[str]:
             problems.append(
                 f"{where}.user.session_check: needs session_cookie (answers are cached per session)"
             )
+    problems.extend(check_token_store(settings))
+    return problems
+
+
+def check_token_store(settings: Settings) -> list[str]:
+    """Problems of ``token_store`` that span its keys (Redis needed, TLS, Sentinel vs Cluster)."""
+    store = settings.token_store
+    redis = store.redis
+    if store.backend == "memory":
+        return []
+    if redis is None:
+        return ["token_store.redis: required when token_store.backend is redis (at least its url)"]
+    problems: list[str] = []
+    if redis.sentinel is not None and redis.cluster:
+        problems.append(
+            "token_store.redis.cluster: a Cluster has no Sentinel; set one of sentinel or cluster"
+        )
+    if redis.cluster and urlsplit(redis.url).path.strip("/") not in ("", "0"):
+        problems.append("token_store.redis.url: a Cluster has only database 0")
+    if redis.ca_file is not None:
+        if urlsplit(redis.url).scheme != "rediss":
+            problems.append("token_store.redis.ca_file: needs a rediss:// url (TLS)")
+        if not os.access(redis.ca_file, os.R_OK):
+            problems.append(f"token_store.redis.ca_file: cannot read {redis.ca_file}")
     return problems
 
 

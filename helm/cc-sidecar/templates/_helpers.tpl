@@ -1,6 +1,6 @@
 {{/*
 Named templates of cc-sidecar. The two meant for other charts are `cc-sidecar.container` (one list
-item for a pod's `containers:`) and `cc-sidecar.volume` (one list item for its `volumes:`), plus
+item for a pod's `containers:`) and `cc-sidecar.volume` (its items for `volumes:`), plus
 `cc-sidecar.podAnnotations` (the checksum annotations). A shop chart that has this chart as a
 dependency calls them with this chart's own context, which Helm hands out as .Subcharts:
 
@@ -94,6 +94,15 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- $storefronts = append $storefronts $s }}
 {{- end }}
+{{- with .Values.tokenStoreSecrets.caCertificate }}
+{{- if .secretName }}
+{{- $store := deepCopy (default dict $cfg.token_store) }}
+{{- $redis := deepCopy (required "tokenStoreSecrets.caCertificate: needs config.token_store.redis" $store.redis) }}
+{{- $_ := set $redis "ca_file" (printf "/etc/cc-sidecar-redis-ca/%s" (required "tokenStoreSecrets.caCertificate.key is required" .key)) }}
+{{- $_ := set $store "redis" $redis }}
+{{- $_ := set $cfg "token_store" $store }}
+{{- end }}
+{{- end }}
 {{- $_ := unset $cfg "customers_canvas" }}
 {{- $_ := unset $cfg "storefronts" }}
 listen: {{ printf "0.0.0.0:%d" (int .Values.ports.http) }}
@@ -175,6 +184,15 @@ seccompProfile:
         secretKeyRef:
           name: {{ include "cc-sidecar.secretName" . }}
           key: {{ .Values.secrets.sidecarSecretKey }}
+    {{- range $env, $ref := dict "REDIS_PASSWORD" .Values.tokenStoreSecrets.redisPassword "REDIS_SENTINEL_PASSWORD" .Values.tokenStoreSecrets.sentinelPassword }}
+    {{- if $ref.secretName }}
+    - name: {{ $env }}
+      valueFrom:
+        secretKeyRef:
+          name: {{ $ref.secretName }}
+          key: {{ required (printf "tokenStoreSecrets: the key of %s is required" $env) $ref.key }}
+    {{- end }}
+    {{- end }}
     {{- with .Values.extraEnv }}
     {{- toYaml . | nindent 4 }}
     {{- end }}
@@ -209,13 +227,29 @@ seccompProfile:
     - name: cc-sidecar-config
       mountPath: /etc/cc-sidecar
       readOnly: true
+    {{- if .Values.tokenStoreSecrets.caCertificate.secretName }}
+    - name: cc-sidecar-redis-ca
+      mountPath: /etc/cc-sidecar-redis-ca
+      readOnly: true
+    {{- end }}
 {{- end }}
 
-{{/* The ConfigMap volume the container mounts: one list item for a pod's `volumes:`. */}}
+{{/* The volumes the container mounts, list items for a pod's `volumes:`: the ConfigMap, and the
+Redis CA's Secret when tokenStoreSecrets.caCertificate names one. */}}
 {{- define "cc-sidecar.volume" -}}
 - name: cc-sidecar-config
   configMap:
     name: {{ include "cc-sidecar.fullname" . }}
+{{- with .Values.tokenStoreSecrets.caCertificate }}
+{{- if .secretName }}
+- name: cc-sidecar-redis-ca
+  secret:
+    secretName: {{ .secretName }}
+    items:
+      - key: {{ .key }}
+        path: {{ .key }}
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/* Pod-level settings shared by the standalone and the sidecar Deployment. */}}

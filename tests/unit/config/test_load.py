@@ -213,6 +213,7 @@ def test_config_schema_describes_every_top_level_key(capsys: pytest.CaptureFixtu
         "access_log",
         "log_level",
         "storefronts",
+        "token_store",
     }
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {"customers_canvas", "secret", "storefronts"}
