@@ -152,6 +152,28 @@ def values_schema() -> dict[str, Any]:
                     ),
                 }
             ),
+            "tokenStoreSecrets": _closed(
+                {
+                    "redisPassword": _closed(
+                        {
+                            "secretName": _string("Secret holding the Redis password (empty: none)."),
+                            "key": _string("Key of the password in that Secret.", minLength=1),
+                        }
+                    ),
+                    "sentinelPassword": _closed(
+                        {
+                            "secretName": _string("Secret holding the sentinels' password (empty: none)."),
+                            "key": _string("Key of the password in that Secret.", minLength=1),
+                        }
+                    ),
+                    "caCertificate": _closed(
+                        {
+                            "secretName": _string("Secret holding the CA certificate of Redis' TLS."),
+                            "key": _string("Key of the PEM certificate in that Secret.", minLength=1),
+                        }
+                    ),
+                }
+            ),
             "extraEnv": _list("Extra environment variables of the cc-sidecar container."),
             "preStopSleepSeconds": _integer("Seconds of the preStop sleep; 0 disables it.", minimum=0),
             "terminationGracePeriodSeconds": {
