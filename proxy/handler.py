@@ -42,11 +42,13 @@ from proxy.identity import (
 from proxy.injection import (
     TOKEN_PATH,
     ContentDecoder,
+    ContentEncoder,
     HtmlInjector,
     TokenPayload,
     inject_html,
     is_html,
     render_element,
+    response_coding,
 )
 from proxy.log import RequestContext, request_context
 from proxy.metrics import LatencyHistogram, Metrics
@@ -472,8 +474,11 @@ class ShopHandler:
             if encoding is None or ContentDecoder.supports(encoding):
                 for name in _BODY_DESCRIPTORS:
                     headers.popall(name, None)
-                decoder = None if encoding is None else ContentDecoder(encoding)
-                body_filter = _TokenElementFilter(_element(token), decoder)
+                decoder = encoder = None
+                if encoding is not None:
+                    decoder = ContentDecoder(encoding)
+                    encoder = _encoder_for(request, encoding, headers)
+                body_filter = _TokenElementFilter(_element(token), decoder, encoder)
                 storefront.counters.html.inc()
             else:
                 log.warning(
@@ -532,40 +537,68 @@ class ShopHandler:
 
 
 class _TokenElementFilter:
-    """Puts the token element into an editor page, undoing the shop's Content-Encoding first.
+    """Puts the token element into an editor page, undoing the shop's Content-Encoding first
+    and, when the client accepts one, compressing the page again on the way out.
 
     Most shops send editor pages unencoded, and most pages are all here at the first read:
-    then there is nothing to decode and no streaming injector to set up (:meth:`whole`).
+    then there is nothing to decode or encode and no streaming injector to set up (:meth:`whole`).
     """
 
-    __slots__ = ("_decoder", "_element", "_injector")
+    __slots__ = ("_decoder", "_element", "_encoder", "_injector")
 
-    def __init__(self, element: bytes, decoder: ContentDecoder | None) -> None:
+    def __init__(
+        self, element: bytes, decoder: ContentDecoder | None, encoder: ContentEncoder | None = None
+    ) -> None:
         self._element = element
         self._decoder = decoder
+        self._encoder = encoder
         self._injector: HtmlInjector | None = None
 
     def whole(self, body: bytes) -> bytes:
         if self._decoder is not None:
             body = self._decoder.feed(body) + self._decoder.finish()
-        return inject_html(body, self._element)
+        body = inject_html(body, self._element)
+        return body if self._encoder is None else self._encoder.whole(body)
 
     def feed(self, chunk: bytes) -> bytes:
         if self._decoder is not None:
             chunk = self._decoder.feed(chunk)
-        return self._streaming().feed(chunk)
+        chunk = self._streaming().feed(chunk)
+        return chunk if self._encoder is None else self._encoder.feed(chunk)
 
     def finish(self) -> bytes:
         injector = self._streaming()
         if self._decoder is None:
-            return injector.finish()
-        return injector.feed(self._decoder.finish()) + injector.finish()
+            rest = injector.finish()
+        else:
+            rest = injector.feed(self._decoder.finish()) + injector.finish()
+        if self._encoder is None:
+            return rest
+        return self._encoder.feed(rest) + self._encoder.finish()
 
     def _streaming(self) -> HtmlInjector:
         """The streaming injector, made on first use (a page that is all here never needs one)."""
         if self._injector is None:
             self._injector = HtmlInjector(self._element)
         return self._injector
+
+
+def _encoder_for(request: web.BaseRequest, encoding: str, headers: CIMultiDict[str]) -> ContentEncoder | None:
+    """How a page the shop sent encoded goes back out, its headers set to match.
+
+    Compressed again when the client accepts a coding (:func:`response_coding`), so an editor
+    page costs the wire what the shop meant it to. Which one depends on the request's
+    Accept-Encoding, so the response varies on it whatever the shop's Vary said.
+    """
+    vary = headers.getall(hdrs.VARY, ())
+    names = {name.strip().lower() for value in vary for name in value.split(",")}
+    if not names & {"accept-encoding", "*"}:
+        headers[hdrs.VARY] = ", ".join((*vary, "Accept-Encoding"))
+    coding = response_coding(encoding, request.headers.get(hdrs.ACCEPT_ENCODING))
+    if coding is None:
+        return None
+    headers[hdrs.CONTENT_ENCODING] = coding
+    return ContentEncoder(coding)
 
 
 _UPSTREAM_TEXT = {

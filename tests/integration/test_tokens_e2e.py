@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import time
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import brotli
 import jwt
 import pytest
 
@@ -289,6 +293,26 @@ async def test_failing_merge_keeps_the_page_and_is_retried(
     assert emulator.state.count("StorefrontUsers_MergeAnonymous") == 2
 
 
+async def get_raw(
+    server: Any, path: str, accept_encoding: str | None, **headers: str
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    """GET with exactly this Accept-Encoding (none when None); the body as it came over the wire."""
+    if accept_encoding is not None:
+        headers["Accept-Encoding"] = accept_encoding
+    async with (
+        aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=["Accept-Encoding"]) as client,
+        client.get(server.make_url(path), allow_redirects=False, headers=headers) as response,
+    ):
+        return response, await response.read()
+
+
+DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.decompress,
+    "deflate": zlib.decompress,
+    "br": brotli.decompress,
+}
+
+
 @pytest.mark.parametrize(
     "query",
     ["encoding=gzip", "encoding=br", "encoding=deflate", "chunked=1", "encoding=gzip&chunked=1"],
@@ -296,16 +320,55 @@ async def test_failing_merge_keeps_the_page_and_is_retried(
 async def test_encoded_and_chunked_editor_pages_are_injected(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory, query: str
 ) -> None:
-    """gzip, br, deflate and chunked pages come out decoded, with the element, lengths right."""
+    """To a client that accepts no coding, gzip, br, deflate and chunked pages come out decoded,
+    with the element, lengths right."""
     sidecar = await make_sidecar(config(shop, emulator))
-    response, body = await get(sidecar, f"/editor/mug?{query}", headers={"Accept-Encoding": "gzip, br"})
+    response, body = await get_raw(sidecar, f"/editor/mug?{query}", None, **{USER_HEADER: "enc@example.com"})
     assert response.status == 200
     assert "Content-Encoding" not in response.headers
+    assert response.headers.get("Content-Length", str(len(body))) == str(len(body))
     assert body.startswith(b'<!doctype html><html><head><title>Editor</title><script id="cc-storefront-user"')
     assert body.endswith(
         b"</script></head><body><h1>Personalize</h1><script>window.editor = true;</script></body></html>"
     )
     element_of(body)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("accept", ["gzip", "deflate", "br"])
+@pytest.mark.parametrize("shop_encoding", ["gzip", "deflate", "br"])
+async def test_compressed_editor_pages_go_out_compressed_when_the_client_accepts(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory, shop_encoding: str, accept: str, chunked: bool
+) -> None:
+    """A compressed shop page goes to a client accepting one coding in that coding, with Vary on
+    Accept-Encoding and the right length; it decodes to the shop's page plus exactly one element."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    query = f"encoding={shop_encoding}" + ("&chunked=1&trickle=1" if chunked else "")
+    response, wire = await get_raw(sidecar, f"/editor/mug?{query}", accept, **{USER_HEADER: "z@example.com"})
+    assert response.status == 200
+    assert response.headers["Content-Encoding"] == accept
+    assert "Accept-Encoding" in response.headers["Vary"]
+    if chunked:
+        assert response.headers["Transfer-Encoding"] == "chunked"
+    else:
+        assert response.headers["Content-Length"] == str(len(wire))
+    page = DECOMPRESS[accept](wire)
+    assert element_of(page)["userId"] == "z@example.com"
+    assert ELEMENT.sub(b"", page) == shop.state.editor_html.encode()
+
+
+async def test_an_uncompressed_editor_page_stays_uncompressed(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A page the shop sent as it is goes out as it is, to a client accepting every coding too."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, wire = await get_raw(
+        sidecar, "/editor/mug", "gzip, deflate, br", **{USER_HEADER: "u@example.com"}
+    )
+    assert "Content-Encoding" not in response.headers
+    assert "Vary" not in response.headers
+    assert response.headers["Content-Length"] == str(len(wire))
+    assert ELEMENT.sub(b"", wire) == shop.state.editor_html.encode()
 
 
 async def test_conditional_headers_are_not_sent_upstream_on_editor_gets(
