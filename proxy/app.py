@@ -74,7 +74,7 @@ async def shop_services(
         )
         keys = GuestKeys(settings.secret.get_secret_value())
         storefronts = [
-            build_storefront(storefront, Upstream(storefront, session), keys, metrics)
+            build_storefront(storefront, Upstream(storefront, session), keys, metrics, clock)
             for storefront, session in zip(settings.storefronts, upstream_sessions, strict=True)
         ]
         handler = ShopHandler(

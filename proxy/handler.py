@@ -26,7 +26,7 @@ from aiohttp import HttpVersion11, hdrs, web
 from multidict import CIMultiDict
 
 from proxy.config import StorefrontSettings
-from proxy.cookies import RequestCookies, cookie_header_without, delete_cookie_value, set_cookie_value
+from proxy.cookies import RequestCookies, delete_cookie_value, set_cookie_value
 from proxy.errors import InvalidIdentity, SidecarError, StorefrontApiError, UpstreamError
 from proxy.identity import (
     GUEST_COOKIE,
@@ -54,7 +54,7 @@ from proxy.log import RequestContext, request_context
 from proxy.metrics import LatencyHistogram, Metrics
 from proxy.routing import PathMatcher, Router, TrustedNetworks, is_sidecar_path, normalise_path
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
-from proxy.upstream import BodyFilter, Upstream, is_websocket_upgrade, response_headers
+from proxy.upstream import BodyFilter, OutgoingHeaders, Upstream, is_websocket_upgrade, response_headers
 
 log = logging.getLogger("proxy.handler")
 access_log = logging.getLogger("proxy.access")
@@ -136,7 +136,11 @@ class StorefrontCounters:
 
 
 def build_storefront(
-    settings: StorefrontSettings, upstream: Upstream, keys: GuestKeys, metrics: Metrics
+    settings: StorefrontSettings,
+    upstream: Upstream,
+    keys: GuestKeys,
+    metrics: Metrics,
+    clock: Callable[[], float] = time.time,
 ) -> Storefront:
     """Compile one storefront's settings into what the request path reads."""
     check = settings.user.session_check
@@ -147,7 +151,16 @@ def build_storefront(
         guests=GuestRecogniser(settings, keys),
         editor_paths=PathMatcher(settings.editor_paths),
         session_check=(
-            SessionChecker(check, settings.upstream, upstream.session, settings.upstream_timeout_s)
+            SessionChecker(
+                check,
+                settings.upstream,
+                upstream.session,
+                settings.upstream_timeout_s,
+                outcomes=metrics.session_checks,
+                storefront=settings.name,
+                own_cookies=(TOKEN_COOKIE, GUEST_COOKIE),
+                clock=clock,
+            )
             if check
             else None
         ),
@@ -265,13 +278,23 @@ class ShopHandler:
                 if token is None:
                     work = asyncio.create_task(
                         self._attachment(
-                            request, storefront, logged_in, _is_https(request, trusted), want_token=True
+                            request,
+                            storefront,
+                            logged_in,
+                            _is_https(request, trusted),
+                            upstream_headers,
+                            want_token=True,
                         )
                     )
             elif (logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request):
                 work = asyncio.create_task(
                     self._attachment(
-                        request, storefront, logged_in, _is_https(request, trusted), want_token=False
+                        request,
+                        storefront,
+                        logged_in,
+                        _is_https(request, trusted),
+                        upstream_headers,
+                        want_token=False,
                     )
                 )
 
@@ -291,7 +314,12 @@ class ShopHandler:
             if editor or ((logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)):
                 work = asyncio.create_task(
                     self._attachment(
-                        request, storefront, logged_in, _is_https(request, trusted), want_token=editor
+                        request,
+                        storefront,
+                        logged_in,
+                        _is_https(request, trusted),
+                        upstream_headers,
+                        want_token=editor,
                     )
                 )
 
@@ -379,16 +407,21 @@ class ShopHandler:
         storefront: Storefront,
         logged_in: str | None,
         secure: bool,
+        page_headers: OutgoingHeaders | None,
         *,
         want_token: bool,
         remembered: str | None = None,
     ) -> Attachment:
-        """Resolve the customer, merge a guest at login, and get the token, within the API timeout."""
+        """Resolve the customer, merge a guest at login, and get the token, within the API timeout.
+
+        ``page_headers`` are the request's headers as they go (or would go) upstream: the
+        session check carries them.
+        """
         attachment = Attachment()
         try:
             async with asyncio.timeout(self._api_timeout_s):
                 await self._resolve(
-                    request, storefront, logged_in or remembered, secure, attachment, want_token
+                    request, storefront, logged_in or remembered, secure, page_headers, attachment, want_token
                 )
         except TimeoutError:
             log.warning("token work timed out", extra={"timeout_s": self._api_timeout_s})
@@ -403,17 +436,16 @@ class ShopHandler:
         storefront: Storefront,
         logged_in: str | None,
         secure: bool,
+        page_headers: OutgoingHeaders | None,
         attachment: Attachment,
         want_token: bool,
     ) -> None:
         cookies = _cookies(request)
         guests = storefront.guests
-        if logged_in is None and storefront.session_check is not None:
+        if logged_in is None and storefront.session_check is not None and page_headers is not None:
             session_key = guests.session_key(cookies)
             if session_key is not None:
-                logged_in = await storefront.session_check.customer_id(
-                    session_key, cookie_header_without(request.headers.get(hdrs.COOKIE, ""), TOKEN_COOKIE)
-                )
+                logged_in = await storefront.session_check.customer_id(session_key, page_headers)
         guest_id: str | None = None
         if logged_in is not None:
             customer = Customer(storefront.storefront_id, logged_in, is_anonymous=False)
@@ -517,11 +549,23 @@ class ShopHandler:
         if logged_in is None and storefront.response_memory is not None:
             session_key = storefront.guests.session_key(_cookies(request))
             remembered = storefront.response_memory.recall(session_key) if session_key else None
+        # The session check asks the shop about this browser as a page request of it would.
+        page_headers = (
+            storefront.upstream.request_headers(
+                request,
+                trusted=trusted,
+                drop=() if trusted else storefront.strip_keys,
+                drop_cookie=TOKEN_COOKIE,
+            )
+            if storefront.session_check is not None
+            else None
+        )
         attachment = await self._attachment(
             request,
             storefront,
             logged_in,
             _is_https(request, trusted),
+            page_headers,
             want_token=True,
             remembered=remembered,
         )
