@@ -126,13 +126,14 @@ class Storefront:
 class StorefrontCounters:
     """One storefront's metric children, looked up once (``labels()`` is costly per request)."""
 
-    __slots__ = ("cookie", "header", "html", "token_unavailable")
+    __slots__ = ("cookie", "deferred_guests", "header", "html", "token_unavailable")
 
     def __init__(self, metrics: Metrics, name: str) -> None:
         self.html = metrics.injections.labels(name, "html")
         self.header = metrics.injections.labels(name, "header")
         self.cookie = metrics.injections.labels(name, "cookie")
         self.token_unavailable = metrics.token_unavailable.labels(name)
+        self.deferred_guests = metrics.deferred_guests.labels(name)
 
 
 def build_storefront(
@@ -175,6 +176,8 @@ class Attachment:
     """What the token work of one request produced for its response."""
 
     token: CustomerToken | None = None
+    # A guest whose request carried no cookie: their id, with no StorefrontUser and no token yet.
+    deferred_guest: str | None = None
     set_cookies: list[str] = field(default_factory=list)
 
 
@@ -272,6 +275,7 @@ class ShopHandler:
         logged_in = self._header_identity(request, storefront, trusted)
         work: asyncio.Task[Attachment] | None = None
         token: CustomerToken | None = None
+        deferred_guest: str | None = None
         if storefront.response_header is None:
             if editor:
                 token = self._cached_token(request, storefront, logged_in)
@@ -329,12 +333,14 @@ class ShopHandler:
             else:
                 attachment = await work
                 token = attachment.token
+                deferred_guest = attachment.deferred_guest
                 for cookie in attachment.set_cookies:
                     headers.add(hdrs.SET_COOKIE, cookie)
-        # An editor page's token came from the cache or from the work just awaited (None: unavailable).
+        # An editor page's token came from the cache or from the work just awaited (None: unavailable,
+        # or a cookie-less guest's whose StorefrontUser waits for the cookie to come back).
         body_filter: BodyFilter | None = None
         if editor and shop.status == 200:
-            body_filter = self._attach(request, trusted, storefront, headers, token)
+            body_filter = self._attach(request, trusted, storefront, headers, token, deferred_guest)
         return await storefront.upstream.relay(request, shop, headers, body_filter)
 
     def _cached_token(
@@ -466,6 +472,22 @@ class ShopHandler:
             customer = Customer(storefront.storefront_id, guest_id, is_anonymous=True)
         if not want_token:
             return
+        if guest_id is not None and next(iter(cookies), None) is None:
+            # No cookie at all: a first visit, or a client that keeps none (a crawler). It gets
+            # its guest id and cookie but no StorefrontUser: the request that brings the cookie
+            # back (the page script's call to tokenUrl) makes one (contract, "Identity").
+            attachment.deferred_guest = guest_id
+            attachment.set_cookies.append(
+                set_cookie_value(
+                    GUEST_COOKIE,
+                    guests.signed(guest_id),
+                    http_only=True,
+                    secure=secure,
+                    max_age=GUEST_COOKIE_MAX_AGE_S,
+                )
+            )
+            storefront.counters.deferred_guests.inc()
+            return
         try:
             attachment.token = await self._tokens.token_for(customer)
         except StorefrontApiError as exc:
@@ -491,32 +513,26 @@ class ShopHandler:
         storefront: Storefront,
         headers: CIMultiDict[str],
         token: CustomerToken | None,
+        deferred_guest: str | None = None,
     ) -> BodyFilter | None:
-        """Put the token on an editor page's response; returns the HTML body filter, if any."""
+        """Put the token on an editor page's response; returns the HTML body filter, if any.
+
+        A deferred guest (no token yet) gets the element with a null token and the id header.
+        """
         headers[hdrs.CACHE_CONTROL] = NO_SHARED_CACHE
         for name in _SHARED_CACHE_HEADERS:
             headers.popall(name, None)
         if token is None:
+            if deferred_guest is not None:
+                return self._attach_deferred(request, storefront, headers, deferred_guest)
             headers[STATUS_HEADER] = "token-unavailable"
             storefront.counters.token_unavailable.inc()
             return None
         body_filter: BodyFilter | None = None
         if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
-            encoding = headers.get(hdrs.CONTENT_ENCODING)
-            if encoding is None or ContentDecoder.supports(encoding):
-                for name in _BODY_DESCRIPTORS:
-                    headers.popall(name, None)
-                decoder = encoder = None
-                if encoding is not None:
-                    decoder = ContentDecoder(encoding)
-                    encoder = _encoder_for(request, encoding, headers)
-                body_filter = _TokenElementFilter(_element(token), decoder, encoder)
+            body_filter = self._html_filter(request, headers, _element(token))
+            if body_filter is not None:
                 storefront.counters.html.inc()
-            else:
-                log.warning(
-                    "editor page has an encoding the sidecar cannot decode",
-                    extra={"encoding": encoding},
-                )
         if storefront.header:
             headers[USER_ID_HEADER] = token.user_id
             headers[USER_TOKEN_HEADER] = token.token
@@ -534,6 +550,38 @@ class ShopHandler:
                 ),
             )
             storefront.counters.cookie.inc()
+        return body_filter
+
+    def _html_filter(
+        self, request: web.BaseRequest, headers: CIMultiDict[str], element: bytes
+    ) -> BodyFilter | None:
+        """The filter that puts ``element`` into an HTML page, its headers made to match.
+
+        None (the page goes out as it is) when the shop encoded it in a way the sidecar cannot undo.
+        """
+        encoding = headers.get(hdrs.CONTENT_ENCODING)
+        if encoding is not None and not ContentDecoder.supports(encoding):
+            log.warning("editor page has an encoding the sidecar cannot decode", extra={"encoding": encoding})
+            return None
+        for name in _BODY_DESCRIPTORS:
+            headers.popall(name, None)
+        if encoding is None:
+            return _TokenElementFilter(element, None)
+        return _TokenElementFilter(
+            element, ContentDecoder(encoding), _encoder_for(request, encoding, headers)
+        )
+
+    def _attach_deferred(
+        self, request: web.BaseRequest, storefront: Storefront, headers: CIMultiDict[str], guest_id: str
+    ) -> BodyFilter | None:
+        """The guest id without a token: the element (null token), X-CC-User-Id; no token cookie."""
+        body_filter: BodyFilter | None = None
+        if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
+            body_filter = self._html_filter(
+                request, headers, render_element(_deferred_payload(storefront, guest_id))
+            )
+        if storefront.header:
+            headers[USER_ID_HEADER] = guest_id
         return body_filter
 
     async def _sidecar_path(
@@ -572,12 +620,16 @@ class ShopHandler:
         headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store"})
         for cookie in attachment.set_cookies:
             headers.add(hdrs.SET_COOKIE, cookie)
-        if attachment.token is None:
+        if attachment.token is not None:
+            payload = _payload(attachment.token)
+        elif attachment.deferred_guest is not None:
+            payload = _deferred_payload(storefront, attachment.deferred_guest)
+        else:
             headers[hdrs.RETRY_AFTER] = self._retry_after
             headers[STATUS_HEADER] = "token-unavailable"
             return web.Response(status=503, text="customer token unavailable\n", headers=headers)
         headers[hdrs.CONTENT_TYPE] = "application/json"
-        return web.Response(body=_payload(attachment.token).to_json().encode(), headers=headers)
+        return web.Response(body=payload.to_json().encode(), headers=headers)
 
 
 class _TokenElementFilter:
@@ -671,6 +723,11 @@ def _payload(token: CustomerToken) -> TokenPayload:
         token=token.token,
         expires_at=token.expires_at,
     )
+
+
+def _deferred_payload(storefront: Storefront, guest_id: str) -> TokenPayload:
+    """A cookie-less guest's payload: the id, no token yet (not cached: every crawler hit is new)."""
+    return TokenPayload(storefront.storefront_id, guest_id, True, None, None)
 
 
 async def _answer_expect(request: web.BaseRequest) -> web.Response | None:

@@ -17,6 +17,7 @@ import jwt
 import pytest
 
 from proxy.identity import GUEST_COOKIE
+from proxy.metrics import Metrics
 from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
 
 ELEMENT = re.compile(rb'<script id="cc-storefront-user" type="application/json">(.*?)</script>', re.S)
@@ -618,3 +619,90 @@ async def test_login_redirect_clears_the_guest_cookie_after_the_merge(
     assert [call.json for call in merges] == [
         {"anonymousStorefrontUserId": guest_id, "regularStorefrontUserId": "lee@example.com"}
     ]
+
+
+def guest_cookie_value(response: aiohttp.ClientResponse) -> str:
+    """The value the response sets the guest cookie to (there must be exactly one)."""
+    [line] = guest_cookie_lines(response)
+    return line.split(";", 1)[0].split("=", 1)[1]
+
+
+async def test_cookie_less_editor_requests_get_a_guest_id_but_no_user_or_token(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """20 requests without any cookie: each its own guest cookie and id, a null token, no API call."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(config(shop, emulator), metrics=metrics)
+    cookies, ids = set(), set()
+    for _ in range(20):
+        response, body = await get_raw(sidecar, "/editor/mug", None)
+        payload = element_of(body)
+        assert (payload["isAnonymous"], payload["token"], payload["expiresAt"]) == (True, None, None)
+        assert payload["tokenUrl"] == "/.cc-sidecar/token"
+        assert "X-CC-Sidecar" not in response.headers
+        assert response.headers["Cache-Control"] == "private, no-store"
+        cookies.add(guest_cookie_value(response))
+        ids.add(payload["userId"])
+    assert len(cookies) == len(ids) == 20
+    assert emulator.state.calls == []
+    assert metrics.registry.get_sample_value("cc_sidecar_deferred_guests_total", {"storefront": "main"}) == 20
+
+
+async def test_the_guest_cookie_brought_back_makes_one_user_and_token_for_the_same_id(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A cookie-less page, then the page script's tokenUrl call and the next page with the cookie:
+    one Create and one GetToken, for the id the first page named."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get_raw(sidecar, "/editor/mug", None)
+    guest_id = element_of(body)["userId"]
+    cookie = {"Cookie": f"{GUEST_COOKIE}={guest_cookie_value(response)}"}
+    _, body = await get(sidecar, "/.cc-sidecar/token", headers=cookie)
+    from_endpoint = json.loads(body)
+    _, page = await get(sidecar, "/editor/mug", headers=cookie)
+    assert from_endpoint["userId"] == element_of(page)["userId"] == guest_id
+    assert claims(from_endpoint["token"])["sub"] == guest_id
+    assert element_of(page)["token"] == from_endpoint["token"]
+    assert [(u.user_id, u.is_anonymous) for u in emulator.state.users.values()] == [(guest_id, True)]
+    assert emulator.state.count("StorefrontUsers_Create") == 1
+    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+
+
+async def test_a_request_with_only_an_unrelated_cookie_gets_its_token_at_once(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A client that sent any cookie keeps them: its first editor page has the guest's token."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get(sidecar, "/editor/mug", headers={"Cookie": "csrftoken=abc"})
+    payload = element_of(body)
+    assert payload["isAnonymous"] is True
+    assert claims(payload["token"])["sub"] == payload["userId"]
+    assert len(guest_cookie_lines(response)) == 1
+    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+
+
+async def test_token_endpoint_without_a_cookie_answers_the_guest_id_without_a_token(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """/.cc-sidecar/token without a cookie: 200, no-store, the guest cookie, the JSON with null token."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get_raw(sidecar, "/.cc-sidecar/token", None)
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    payload = json.loads(body)
+    assert (payload["isAnonymous"], payload["token"], payload["expiresAt"]) == (True, None, None)
+    assert guest_cookie_value(response).startswith(payload["userId"] + ".")
+    assert emulator.state.calls == []
+
+
+async def test_cookie_less_guest_in_header_and_cookie_modes_gets_only_the_id(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """header mode: X-CC-User-Id alone, no X-CC-User-Token; cookie mode: no cc_user_token cookie."""
+    sidecar = await make_sidecar(config(shop, emulator, inject=["header", "cookie"]))
+    response, body = await get_raw(sidecar, "/editor/mug", None)
+    assert body == shop.state.editor_html.encode()
+    assert response.headers["X-CC-User-Id"].startswith("anon-")
+    assert "X-CC-User-Token" not in response.headers
+    assert [c.split("=", 1)[0] for c in response.headers.getall("Set-Cookie")] == [GUEST_COOKIE]
+    assert guest_cookie_value(response).startswith(response.headers["X-CC-User-Id"] + ".")
