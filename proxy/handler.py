@@ -654,23 +654,35 @@ class _TokenElementFilter:
         if self._decoder is not None:
             body = self._decoder.feed(body) + self._decoder.finish()
         body = inject_html(body, self._element)
-        return body if self._encoder is None else self._encoder.whole(body)
+        if self._encoder is None:
+            return body
+        return self._encoder.whole(body, self._element_in(body))
 
     def feed(self, chunk: bytes) -> bytes:
         if self._decoder is not None:
             chunk = self._decoder.feed(chunk)
-        chunk = self._streaming().feed(chunk)
-        return chunk if self._encoder is None else self._encoder.feed(chunk)
+        injector = self._streaming()
+        if self._encoder is None:
+            return injector.feed(chunk)
+        was_in = injector.injected
+        chunk = injector.feed(chunk)
+        return self._encoder.feed(chunk, None if was_in else self._element_in(chunk))
 
     def finish(self) -> bytes:
         injector = self._streaming()
+        was_in = injector.injected
         if self._decoder is None:
             rest = injector.finish()
         else:
             rest = injector.feed(self._decoder.finish()) + injector.finish()
         if self._encoder is None:
             return rest
-        return self._encoder.feed(rest) + self._encoder.finish()
+        return self._encoder.feed(rest, None if was_in else self._element_in(rest)) + self._encoder.finish()
+
+    def _element_in(self, output: bytes) -> slice | None:
+        """Where the element sits in this output, for the encoder to keep it apart (see ContentEncoder)."""
+        at = output.find(self._element)
+        return None if at < 0 else slice(at, at + len(self._element))
 
     def _streaming(self) -> HtmlInjector:
         """The streaming injector, made on first use (a page that is all here never needs one)."""

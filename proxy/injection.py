@@ -583,6 +583,13 @@ class ContentEncoder:
     :meth:`feed` flushes what it was given (a sync flush), so a page the shop streams reaches the
     browser as promptly compressed as it arrived; :meth:`finish` ends the stream. :meth:`whole`
     encodes a body held whole in one call, for an encoder that was fed nothing.
+
+    ``secret`` (a slice of the data given) marks the token element. With gzip and deflate it is
+    compressed on its own: a full flush before and after it resets the compression history, so
+    no other part of the page, such as a search term the shop echoes from the URL, can be
+    matched against it. Otherwise the page's compressed length would tell an attacker who sees
+    the traffic and can make the browser ask for pages whether a guessed piece of the token is
+    right (the BREACH attack). Brotli has no such reset within a stream: there it is ignored.
     """
 
     __slots__ = ("_brotli", "_coding", "_zlib")
@@ -604,21 +611,19 @@ class ContentEncoder:
         """The Content-Encoding value of what this encoder produces."""
         return self._coding
 
-    def whole(self, body: bytes) -> bytes:
+    def whole(self, body: bytes, secret: slice | None = None) -> bytes:
         """The whole body encoded (in place of feed and finish)."""
         if self._brotli is not None:
             return bytes(self._brotli.process(body) + self._brotli.finish())
-        assert self._zlib is not None
-        return self._zlib.compress(body) + self._zlib.flush(zlib.Z_FINISH)
+        return self._zlib_encode(body, secret, zlib.Z_FINISH)
 
-    def feed(self, chunk: bytes) -> bytes:
+    def feed(self, chunk: bytes, secret: slice | None = None) -> bytes:
         """Encode the next chunk and flush it; ``b""`` for an empty chunk."""
         if not chunk:
             return b""
         if self._brotli is not None:
             return bytes(self._brotli.process(chunk) + self._brotli.flush())
-        assert self._zlib is not None
-        return self._zlib.compress(chunk) + self._zlib.flush(zlib.Z_SYNC_FLUSH)
+        return self._zlib_encode(chunk, secret, zlib.Z_SYNC_FLUSH)
 
     def finish(self) -> bytes:
         """End the compressed stream."""
@@ -626,3 +631,20 @@ class ContentEncoder:
             return bytes(self._brotli.finish())
         assert self._zlib is not None
         return self._zlib.flush(zlib.Z_FINISH)
+
+    def _zlib_encode(self, data: bytes, secret: slice | None, flush: int) -> bytes:
+        compressor = self._zlib
+        assert compressor is not None
+        if secret is None:
+            return compressor.compress(data) + compressor.flush(flush)
+        view = memoryview(data)
+        return b"".join(
+            (
+                compressor.compress(view[: secret.start]),
+                compressor.flush(zlib.Z_FULL_FLUSH),
+                compressor.compress(view[secret]),
+                compressor.flush(zlib.Z_FULL_FLUSH),
+                compressor.compress(view[secret.stop :]),
+                compressor.flush(flush),
+            )
+        )

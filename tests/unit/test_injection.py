@@ -670,6 +670,44 @@ class TestContentEncoder:
         assert DECOMPRESS[out](b"".join(pieces)) == inject_html(PAGE, E)
 
 
+SECRET = b'<script id="cc-storefront-user">{"token":"eyJhbGciOiJSUzI1NiJ9.q8Zk3vT0pWm"}</script>'
+
+
+def page_reflecting(guess: bytes) -> tuple[bytes, slice]:
+    """An editor page with the element, echoing ``guess`` the way a search box would; the element's slice."""
+    head = b"<html><head><title>Personalize</title>"
+    body = b"</head><body><p>You searched for: " + guess + b"</p></body></html>"
+    return head + SECRET + body, slice(len(head), len(head) + len(SECRET))
+
+
+class TestSecretIsolation:
+    @pytest.mark.parametrize("coding", ["gzip", "deflate"])
+    def test_a_right_guess_of_the_token_compresses_no_better_than_a_wrong_one(self, coding: str) -> None:
+        """With the element marked secret, a reflected right guess costs as many bytes as a wrong one
+        (unmarked, the right guess is shorter: the BREACH oracle)."""
+        right, where = page_reflecting(b'"token":"eyJhbGciOiJSUzI1NiJ9.q8Zk3vT0pWm')
+        wrong, _ = page_reflecting(b'"token":"eyJhbGciOiJSUzI1NiJ9.Xq9mTvR2kLp')
+        assert len(ContentEncoder(coding).whole(right, where)) == len(
+            ContentEncoder(coding).whole(wrong, where)
+        )
+        assert len(ContentEncoder(coding).whole(right)) < len(ContentEncoder(coding).whole(wrong))
+
+    @pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+    @given(sizes=chunk_sizes)
+    def test_a_marked_secret_still_decodes_in_any_split(self, coding: str, sizes: list[int]) -> None:
+        """The page decodes to itself whichever chunk carries the marked element."""
+        page, where = page_reflecting(b"mugs")
+        encoder = ContentEncoder(coding)
+        out, at = [], 0
+        for size in [*sizes, len(page)]:
+            chunk = page[at : at + size]
+            inside = where.start >= at and where.stop <= at + len(chunk)
+            out.append(encoder.feed(chunk, slice(where.start - at, where.stop - at) if inside else None))
+            at += len(chunk)
+        out.append(encoder.finish())
+        assert DECOMPRESS[coding](b"".join(out)) == page
+
+
 @pytest.mark.parametrize(
     ("shop", "accept", "out"),
     [
