@@ -358,6 +358,18 @@ async def test_compressed_editor_pages_go_out_compressed_when_the_client_accepts
     assert ELEMENT.sub(b"", page) == shop.state.editor_html.encode()
 
 
+async def test_a_br_editor_page_goes_to_a_browser_in_gzip(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A br page to a client accepting gzip, deflate and br goes out gzip (the token kept apart)."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, wire = await get_raw(
+        sidecar, "/editor/mug?encoding=br", "gzip, deflate, br, zstd", **{USER_HEADER: "b@example.com"}
+    )
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert ELEMENT.sub(b"", gzip.decompress(wire)) == shop.state.editor_html.encode()
+
+
 async def test_an_uncompressed_editor_page_stays_uncompressed(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory
 ) -> None:

@@ -712,17 +712,20 @@ class TestSecretIsolation:
     ("shop", "accept", "out"),
     [
         ("gzip", "gzip, deflate, br", "gzip"),
-        ("br", "gzip, deflate, br", "br"),
+        ("br", "gzip, deflate, br", "gzip"),
+        ("br", "br", "br"),
         ("deflate", "gzip, deflate, br", "deflate"),
         ("x-gzip", "gzip", "gzip"),
         ("gzip", "x-gzip", "gzip"),
         ("BR", "Br;q=0.5", "br"),
+        ("deflate", "br, deflate", "deflate"),
         ("br", "gzip", "gzip"),
         ("gzip", "br", "br"),
+        ("gzip", "br, deflate", "deflate"),
         ("br", "deflate", "deflate"),
         ("br", "gzip;q=0, deflate", "deflate"),
         ("gzip", "*", "gzip"),
-        ("br", "gzip;q=0, *", "br"),
+        ("br", "gzip;q=0, *", "deflate"),
         ("gzip", "*;q=0", None),
         ("gzip", "identity", None),
         ("gzip", "zstd", None),
@@ -735,8 +738,8 @@ class TestSecretIsolation:
     ],
 )
 def test_response_coding_prefers_the_shops_then_gzip(shop: str, accept: str | None, out: str | None) -> None:
-    """The shop's coding if the client accepts it, else gzip, br, deflate; none without a shop coding
-    or an Accept-Encoding."""
+    """The shop's gzip or deflate if the client accepts it, else gzip, deflate, br; none without a shop
+    coding or an Accept-Encoding."""
     assert response_coding(shop, accept) == out
 
 
