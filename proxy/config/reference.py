@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import types
 from collections.abc import Iterator
+from importlib import resources
 from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import annotated_types
@@ -52,6 +53,12 @@ default). Unknown keys are errors. A key marked *required* has no default.
 """
 
 
+# Hand-written sections, after the table: what a key needs from the shop that a table cell cannot
+# say. Markdown files in proxy/config/notes/, each starting with a "## " heading; `make docs` puts
+# them into docs/configuration.md in this order.
+_SECTIONS = ("session_check.md",)
+
+
 class Row(NamedTuple):
     """One key of the reference."""
 
@@ -62,12 +69,15 @@ class Row(NamedTuple):
 
 
 def markdown_reference() -> str:
-    """Return the whole reference: a heading, a short preamble and one table row per key."""
+    """Return the whole reference: a heading, a short preamble, one table row per key, then the
+    hand-written sections."""
     lines = [
         f"| `{row.path}` | {_cell(row.type)} | {_cell(row.default)} | {_cell(row.description)} |"
         for row in reference_rows()
     ]
-    return _HEADER + "\n".join(lines) + "\n"
+    notes = resources.files("proxy.config").joinpath("notes")
+    sections = ("\n" + notes.joinpath(name).read_text(encoding="utf-8") for name in _SECTIONS)
+    return _HEADER + "\n".join(lines) + "\n" + "".join(sections)
 
 
 def reference_rows(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[Row]:
