@@ -633,11 +633,12 @@ class ShopHandler:
 
 
 class _TokenElementFilter:
-    """Puts the token element into an editor page, undoing the shop's Content-Encoding first
-    and, when the client accepts one, compressing the page again on the way out.
+    """Puts the token element into an editor page: the shop's coding undone, and redone if accepted.
 
-    Most shops send editor pages unencoded, and most pages are all here at the first read:
-    then there is nothing to decode or encode and no streaming injector to set up (:meth:`whole`).
+    A page the shop compressed is decoded for the injector and, when the client accepts a coding,
+    compressed again with the element kept apart (see :class:`ContentEncoder`). Most shops send
+    editor pages unencoded, and most pages are all here at the first read: then there is nothing
+    to decode or encode and no streaming injector to set up (:meth:`whole`).
     """
 
     __slots__ = ("_decoder", "_element", "_encoder", "_injector")

@@ -33,10 +33,12 @@ ELEMENT_ID = "cc-storefront-user"
 TOKEN_PATH = "/.cc-sidecar/token"  # noqa: S105 -- a URL path, not a secret
 # Held-back HTML above this makes the injector decide at once (see HtmlInjector).
 DEFAULT_MAX_HOLD = 1 << 20
-# Compression of rewritten editor pages, done once per page on the request path. Measured on the
-# benchmark's 20 KB page: zlib level 4 takes ~75 µs for 4.6 KB where 6 (gzip's default) takes
-# ~240 µs for 4.1 KB; brotli quality 2 ~65 µs for 4.8 KB, where its default 11 takes ~16 ms.
-GZIP_LEVEL = 4
+# Compression of rewritten editor pages, done once per page on the request path. zlib level 1, as
+# nginx's gzip_comp_level defaults to: in make bench the benchmark's 20 KB page cost the sidecar
+# ~75 µs more gzipped than sent plain, 6.1 KB on the wire against 21.5 KB; level 4 cost ~145 µs for
+# 5.5 KB, and level 6 (gzip's default) takes three times level 4 in-process. Brotli quality 2 takes
+# about what level 4 does for 4.8 KB; its default, 11, takes ~16 ms.
+GZIP_LEVEL = 1
 BROTLI_QUALITY = 2
 
 _ELEMENT_OPEN = f'<script id="{ELEMENT_ID}" type="application/json">'.encode("ascii")
@@ -561,8 +563,8 @@ def response_coding(shop_encoding: str, accept_encoding: str | None) -> str | No
     in the shop's own coding when it is gzip or deflate and the client accepts it, else in gzip,
     deflate or br, the first the client accepts. A br page thus goes to a browser as gzip: only
     there can the token be kept apart from what the page echoes (see :class:`ContentEncoder`),
-    and at the levels used on the fly gzip is as small (4.6 KB against brotli's 4.8 KB for the
-    benchmark's 20 KB page). A client that accepts br alone still gets br. A client that sends
+    for about a tenth more bytes at the levels used on the fly (5.2 KB against brotli's 4.8 KB
+    for the benchmark's 20 KB page). A client that accepts br alone still gets br. A client that sends
     no Accept-Encoding gets the page uncompressed (RFC 9110 would allow any coding, but such
     clients, curl and crawlers among them, rarely decode one).
     """
