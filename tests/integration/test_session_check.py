@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -204,3 +205,26 @@ async def test_a_guests_401_is_a_guest_without_a_warning(
     assert payload["isAnonymous"] is True
     assert outcomes(metrics) == {"guest": 1}
     assert [r for r in caplog.records if r.name == "proxy.identity"] == []
+
+
+async def test_a_latin1_byte_in_the_pages_headers_still_reaches_the_check(
+    strict_shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A Latin-1 byte in the browser's User-Agent and cookies does not break the check: kim is kim."""
+    sidecar = await start(make_sidecar, strict_shop, emulator)
+    url = sidecar.make_url("/editor/mug")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    writer.write(
+        b"GET /editor/mug HTTP/1.1\r\nHost: shop.example.com\r\nX-Forwarded-Proto: https\r\n"
+        b"User-Agent: caf\xe9\r\nCookie: PHPSESSID=s1; x=caf\xe9\r\nConnection: close\r\n\r\n"
+    )
+    try:
+        answer = await asyncio.wait_for(reader.read(), timeout=5)
+    finally:
+        writer.close()
+    assert answer.startswith(b"HTTP/1.1 200 OK\r\n")
+    [found] = ELEMENT.findall(answer)
+    assert json.loads(found)["userId"] == "kim@example.com"
+    [check] = checks(strict_shop)
+    # aiohttp's client leaves out what is not UTF-8; the session cookie is all the check needs.
+    assert check.headers["Cookie"][0].startswith("PHPSESSID=s1; x=caf")
