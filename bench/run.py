@@ -7,7 +7,8 @@ What runs (all on 127.0.0.1, free ports, one temporary directory):
                  ──> bare aiohttp proxy ──> ...    reference: Python + aiohttp's own floor
                  ──> cc-sidecar ──> upstream       /product (pass-through, 20 KB), /product-small
                           └──> emulator            (1 KB), /editor/mug and /editor-gz/mug (token
-                                                   injected)
+                                                   injected; gzip again to a client that accepts
+                                                   it, plain to one that does not)
 
 The servers share the other core (``taskset``), so the load generator never takes their CPU.
 Targets are measured in interleaved rounds (A B C ... A B C ...) and the medians are reported, so
@@ -85,6 +86,7 @@ BENCH_USER = "bench-user"
 REDIS_SERVER = shutil.which("redis-server")
 GET_TOKEN = "StorefrontUsers_GetToken"
 INJECTED_MARK = b'id="cc-storefront-user"'
+GZ_PAGE = "/editor-gz/mug"
 
 # Targets: the ratio's numerator over its denominator must reach the minimum.
 MIN_SIDECAR_VS_NGINX = 0.5
@@ -238,6 +240,8 @@ class Sample:
     cpu_us_per_request: float
     requests: int
     errors: int
+    # Response bytes on the wire (status line, headers and body) per request.
+    bytes_per_request: float
 
 
 def run_wrk(target: Target, seconds: int, cpu: int | None) -> Sample:
@@ -265,6 +269,7 @@ def run_wrk(target: Target, seconds: int, cpu: int | None) -> Sample:
         p99_ms=latency["p99"] / 1000,
         cpu_us_per_request=cpu_used / max(requests, 1) * 1e6,
         requests=requests,
+        bytes_per_request=int(summary["bytes"]) / max(requests, 1),
         errors=sum(int(count) for count in summary["errors"].values()),
     )
 
@@ -289,11 +294,14 @@ async def check_targets(upstream: Service, proxies: Sequence[Service], sidecar: 
                 status, body, _ = await fetch(session, via.url + path)
                 if status != 200 or body != product:
                     raise BenchError(f"{via.name} {path}: {status}, {len(body)} bytes, not the page")
-        for path in ("/editor/mug", "/editor-gz/mug"):
+        for path in ("/editor/mug", GZ_PAGE):
+            # aiohttp asks for gzip (as a browser does) and decodes what it gets.
             status, body, headers = await fetch(session, sidecar.url + path, user)
             if status != 200 or body.count(INJECTED_MARK) != 1:
                 state = headers.get("X-CC-Sidecar", "no token element")
                 raise BenchError(f"cc-sidecar {path}: {status}, {state}")
+            if path == GZ_PAGE and headers.get("Content-Encoding") != "gzip":
+                raise BenchError(f"cc-sidecar {path}: not sent on gzipped")
         status, body, _ = await fetch(session, sidecar.url + "/.cc-sidecar/token", user)
         if status != 200:
             raise BenchError(f"cc-sidecar /.cc-sidecar/token: {status}")
@@ -543,6 +551,8 @@ def run(workdir: Path) -> dict[str, Any]:
         token_length = asyncio.run(check_targets(upstream, (nginx, bare), sidecar))
         user = {USER_HEADER: BENCH_USER}
         cookies = {"Cookie": BROWSER_COOKIES}
+        # What a browser says: the sidecar sends the gzip editor page on gzipped again.
+        user_gzip = {**user, "Accept-Encoding": "gzip, deflate, br"}
         targets = [
             Target("upstream", "upstream /product (direct)", upstream, "/product"),
             Target("nginx", "nginx /product", nginx, "/product"),
@@ -552,7 +562,8 @@ def run(workdir: Path) -> dict[str, Any]:
             Target("nginx_small", "nginx /product-small (1 KB)", nginx, "/product-small"),
             Target("sidecar_small", "cc-sidecar /product-small (1 KB)", sidecar, "/product-small"),
             Target("editor", "cc-sidecar /editor/mug (cached token)", sidecar, "/editor/mug", user),
-            Target("editor_gz", "cc-sidecar /editor-gz/mug (gzip, cached)", sidecar, "/editor-gz/mug", user),
+            Target("editor_gz", "cc-sidecar /editor-gz/mug (gzip, to gzip)", sidecar, GZ_PAGE, user_gzip),
+            Target("editor_gz_plain", "cc-sidecar /editor-gz/mug (gzip, to plain)", sidecar, GZ_PAGE, user),
         ]  # fmt: skip
         if redis_sidecar is not None:
             targets.append(
@@ -611,7 +622,7 @@ def run(workdir: Path) -> dict[str, Any]:
 def median_sample(samples: Sequence[Sample]) -> dict[str, float]:
     return {
         name: statistics.median(getattr(sample, name) for sample in samples)
-        for name in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "errors")
+        for name in ("rps", "p50_ms", "p99_ms", "cpu_us_per_request", "errors", "bytes_per_request")
     }
 
 
@@ -676,6 +687,12 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
             "pass": None,
         },
         {
+            "name": "editor gzip sent gzipped rps / the same sent plain rps (no target: re-compression)",
+            "value": round(ratio("editor_gz", "editor_gz_plain"), 3),
+            "target": "-",
+            "pass": None,
+        },
+        {
             "name": f"GetToken calls, {NEW_CUSTOMERS} new customers x {REQUESTS_PER_CUSTOMER} (per round)",
             "value": first,
             "target": f"== {NEW_CUSTOMERS}, every page injected",
@@ -733,17 +750,21 @@ def _replica_ratios(results: dict[str, Any], ratio: Any) -> list[dict[str, Any]]
 
 
 def print_report(results: dict[str, Any]) -> None:
-    header = f"{'target':<42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>11}"
+    header = f"{'target':<42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>11} {'B/resp':>7}"
     print("\n" + header + "\n" + "-" * len(header))
     for key, target in results["targets"].items():
         m = target["median"]
         cpu = "-" if key == "upstream" else f"{m['cpu_us_per_request']:.0f}"
-        print(f"{target['label']:<42} {m['rps']:>9.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {cpu:>11}")
+        print(
+            f"{target['label']:<42} {m['rps']:>9.0f} {m['p50_ms']:>8.2f} {m['p99_ms']:>8.2f} {cpu:>11}"
+            f" {m['bytes_per_request']:>7.0f}"
+        )
     memory = results["token_memory"]
     print(
         f"\nmedians of {ROUNDS} rounds x {SECONDS} s, {CONNECTIONS} connections, "
         f"{WRK_THREADS} wrk thread; CPU = the proxy's user+system time per request "
-        f"(nginx: master+worker)\ncached-token memory: {memory['entries']} tokens of "
+        f"(nginx: master+worker); B/resp = response bytes on the wire, headers included\n"
+        f"cached-token memory: {memory['entries']} tokens of "
         f"{memory['token_length']} characters, {memory['bytes_per_token']:.0f} bytes each "
         f"(emulator's tokens: {results['emulator_token_length']} characters)\n"
     )

@@ -92,7 +92,7 @@ async def shop_services(
         )
         keys = GuestKeys(settings.secret.get_secret_value())
         storefronts = [
-            build_storefront(storefront, Upstream(storefront, session), keys, metrics, store)
+            build_storefront(storefront, Upstream(storefront, session), keys, metrics, store, clock)
             for storefront, session in zip(settings.storefronts, upstream_sessions, strict=True)
         ]
         handler = ShopHandler(

@@ -1,9 +1,11 @@
 """``cc-sidecar demo``: the emulator, a small demo shop and the sidecar in front, on loopback.
 
 The demo shop knows nothing of Customer's Canvas: it has products, an editor page whose script
-reads the element the sidecar injects, and a login that rotates its session id. The sidecar
-recognises logged-in customers by asking the shop (``session_check``), gives guests an anonymous
-StorefrontUser, and merges a guest's storage into the customer's at login.
+reads the element the sidecar injects, and a login that rotates its session id; it gzips its
+pages, as most shops do. The sidecar recognises logged-in customers by asking the shop
+(``session_check``), gives guests an anonymous StorefrontUser (on a first visit once the page's
+script calls the token endpoint, which brings the guest cookie back), and merges a guest's storage
+into the customer's at login.
 """
 
 from __future__ import annotations
@@ -70,6 +72,10 @@ def _page(title: str, body: str, request: web.Request) -> web.Response:
         f"<body><header><a href='/'>Demo shop</a> · {who}</header><main>{body}</main></body></html>"
     )
     response = web.Response(text=document, content_type="text/html")
+    if "gzip" in request.headers.get("Accept-Encoding", ""):
+        # As Django's GZipMiddleware does: the sidecar decodes the page to add the token element
+        # and sends it on gzipped again.
+        response.enable_compression(web.ContentCoding.gzip)
     if session is None or session not in shop.sessions:
         new_session = secrets.token_urlsafe(16)
         shop.sessions[new_session] = None
@@ -287,7 +293,8 @@ async def _run(port: int) -> int:
         print(
             f"cc-sidecar demo is running.\n\n  Open {demo.url}\n"
             f"  Admin listener: {demo.admin_url}metrics (also /healthz, /readyz)\n\n"
-            "  1. Open a product: as a guest you get an anonymous StorefrontUser and its token.\n"
+            "  1. Open a product: as a guest you get an anonymous StorefrontUser and its token\n"
+            "     (on a first visit the page names you and its script fetches the token).\n"
             "  2. Log in: the shop rotates its session; the sidecar merges your guest storage\n"
             "     into your customer (MergeAnonymous) and hands you your own token.\n\n"
             "What happens is logged below. Ctrl-C stops it.\n",

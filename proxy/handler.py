@@ -30,7 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from proxy.config import StorefrontSettings
-from proxy.cookies import RequestCookies, cookie_header_without, delete_cookie_value, set_cookie_value
+from proxy.cookies import RequestCookies, delete_cookie_value, set_cookie_value
 from proxy.errors import CircuitOpen, InvalidIdentity, SidecarError, StorefrontApiError, UpstreamError
 from proxy.identity import (
     GUEST_COOKIE,
@@ -46,11 +46,13 @@ from proxy.identity import (
 from proxy.injection import (
     TOKEN_PATH,
     ContentDecoder,
+    ContentEncoder,
     HtmlInjector,
     TokenPayload,
     inject_html,
     is_html,
     render_element,
+    response_coding,
 )
 from proxy.log import RequestContext, request_context
 from proxy.metrics import LatencyHistogram, Metrics
@@ -66,7 +68,7 @@ from proxy.routing import (
 )
 from proxy.store import TokenStore
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
-from proxy.upstream import BodyFilter, Upstream, is_websocket_upgrade, response_headers
+from proxy.upstream import BodyFilter, OutgoingHeaders, Upstream, is_websocket_upgrade, response_headers
 
 log = logging.getLogger("proxy.handler")
 access_log = logging.getLogger("proxy.access")
@@ -140,17 +142,23 @@ class Storefront:
 class StorefrontCounters:
     """One storefront's metric children, looked up once (``labels()`` is costly per request)."""
 
-    __slots__ = ("cookie", "header", "html", "token_unavailable")
+    __slots__ = ("cookie", "deferred_guests", "header", "html", "token_unavailable")
 
     def __init__(self, metrics: Metrics, name: str) -> None:
         self.html = metrics.injections.labels(name, "html")
         self.header = metrics.injections.labels(name, "header")
         self.cookie = metrics.injections.labels(name, "cookie")
         self.token_unavailable = metrics.token_unavailable.labels(name)
+        self.deferred_guests = metrics.deferred_guests.labels(name)
 
 
 def build_storefront(
-    settings: StorefrontSettings, upstream: Upstream, keys: GuestKeys, metrics: Metrics, store: TokenStore
+    settings: StorefrontSettings,
+    upstream: Upstream,
+    keys: GuestKeys,
+    metrics: Metrics,
+    store: TokenStore,
+    clock: Callable[[], float] = time.time,
 ) -> Storefront:
     """Compile one storefront's settings into what the request path reads."""
     check = settings.user.session_check
@@ -161,7 +169,16 @@ def build_storefront(
         guests=GuestRecogniser(settings, keys),
         editor_paths=PathMatcher(settings.editor_paths),
         session_check=(
-            SessionChecker(check, settings.upstream, upstream.session, settings.upstream_timeout_s)
+            SessionChecker(
+                check,
+                settings.upstream,
+                upstream.session,
+                settings.upstream_timeout_s,
+                outcomes=metrics.session_checks,
+                storefront=settings.name,
+                own_cookies=(TOKEN_COOKIE, GUEST_COOKIE),
+                clock=clock,
+            )
             if check
             else None
         ),
@@ -176,6 +193,8 @@ class Attachment:
     """What the token work of one request produced for its response."""
 
     token: CustomerToken | None = None
+    # A guest whose request carried no cookie: their id, with no StorefrontUser and no token yet.
+    deferred_guest: str | None = None
     set_cookies: list[str] = field(default_factory=list)
 
 
@@ -294,7 +313,9 @@ class ShopHandler:
         path = request.path
         lenient = normalise_path(path)
         if is_sidecar_path(lenient):
-            return await self._sidecar_path(request, storefront, trusted)
+            return await self._sidecar_path(
+                request, storefront, trusted, host.authority if host is not None else None
+            )
 
         # An editor page is a path every server reads alike (servers disagree on "/a/..",
         # "/a;b", "/a." or "%2f"), so a token never goes with a page the shop routes elsewhere.
@@ -330,19 +351,30 @@ class ShopHandler:
         logged_in = self._header_identity(request, storefront, trusted)
         work: asyncio.Task[Attachment] | None = None
         token: CustomerToken | None = None
+        deferred_guest: str | None = None
         if storefront.response_header is None:
             if editor:
                 token = self._cached_token(request, storefront, logged_in)
                 if token is None:
                     work = asyncio.create_task(
                         self._attachment(
-                            request, storefront, logged_in, _is_https(request, trusted), want_token=True
+                            request,
+                            storefront,
+                            logged_in,
+                            _is_https(request, trusted),
+                            upstream_headers,
+                            want_token=True,
                         )
                     )
             elif (logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request):
                 work = asyncio.create_task(
                     self._attachment(
-                        request, storefront, logged_in, _is_https(request, trusted), want_token=False
+                        request,
+                        storefront,
+                        logged_in,
+                        _is_https(request, trusted),
+                        upstream_headers,
+                        want_token=False,
                     )
                 )
 
@@ -362,7 +394,12 @@ class ShopHandler:
             if editor or ((logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)):
                 work = asyncio.create_task(
                     self._attachment(
-                        request, storefront, logged_in, _is_https(request, trusted), want_token=editor
+                        request,
+                        storefront,
+                        logged_in,
+                        _is_https(request, trusted),
+                        upstream_headers,
+                        want_token=editor,
                     )
                 )
 
@@ -372,12 +409,14 @@ class ShopHandler:
             else:
                 attachment = await work
                 token = attachment.token
+                deferred_guest = attachment.deferred_guest
                 for cookie in attachment.set_cookies:
                     headers.add(hdrs.SET_COOKIE, cookie)
-        # An editor page's token came from the cache or from the work just awaited (None: unavailable).
+        # An editor page's token came from the cache or from the work just awaited (None: unavailable,
+        # or a cookie-less guest's whose StorefrontUser waits for the cookie to come back).
         body_filter: BodyFilter | None = None
         if editor and shop.status == 200:
-            body_filter = self._attach(request, trusted, storefront, headers, token)
+            body_filter = self._attach(request, trusted, storefront, headers, token, deferred_guest)
         return await storefront.upstream.relay(request, shop, headers, body_filter)
 
     def _cached_token(
@@ -450,16 +489,21 @@ class ShopHandler:
         storefront: Storefront,
         logged_in: str | None,
         secure: bool,
+        page_headers: OutgoingHeaders | None,
         *,
         want_token: bool,
         remembered: str | None = None,
     ) -> Attachment:
-        """Resolve the customer, merge a guest at login, and get the token, within the API timeout."""
+        """Resolve the customer, merge a guest at login, and get the token, within the API timeout.
+
+        ``page_headers`` are the request's headers as they go (or would go) upstream: the
+        session check carries them.
+        """
         attachment = Attachment()
         try:
             async with asyncio.timeout(self._api_timeout_s):
                 await self._resolve(
-                    request, storefront, logged_in or remembered, secure, attachment, want_token
+                    request, storefront, logged_in or remembered, secure, page_headers, attachment, want_token
                 )
         except TimeoutError:
             log.warning("token work timed out", extra={"timeout_s": self._api_timeout_s})
@@ -474,17 +518,16 @@ class ShopHandler:
         storefront: Storefront,
         logged_in: str | None,
         secure: bool,
+        page_headers: OutgoingHeaders | None,
         attachment: Attachment,
         want_token: bool,
     ) -> None:
         cookies = _cookies(request)
         guests = storefront.guests
-        if logged_in is None and storefront.session_check is not None:
+        if logged_in is None and storefront.session_check is not None and page_headers is not None:
             session_key = guests.session_key(cookies)
             if session_key is not None:
-                logged_in = await storefront.session_check.customer_id(
-                    session_key, cookie_header_without(request.headers.get(hdrs.COOKIE, ""), TOKEN_COOKIE)
-                )
+                logged_in = await storefront.session_check.customer_id(session_key, page_headers)
         guest_id: str | None = None
         if logged_in is not None:
             customer = Customer(storefront.storefront_id, logged_in, is_anonymous=False)
@@ -509,6 +552,22 @@ class ShopHandler:
             guest_id = guests.guest(cookies).user_id
             customer = Customer(storefront.storefront_id, guest_id, is_anonymous=True)
         if not want_token:
+            return
+        if guest_id is not None and next(iter(cookies), None) is None:
+            # No cookie at all: a first visit, or a client that keeps none (a crawler). It gets
+            # its guest id and cookie but no StorefrontUser: the request that brings the cookie
+            # back (the page script's call to tokenUrl) makes one (contract, "Identity").
+            attachment.deferred_guest = guest_id
+            attachment.set_cookies.append(
+                set_cookie_value(
+                    GUEST_COOKIE,
+                    guests.signed(guest_id),
+                    http_only=True,
+                    secure=secure,
+                    max_age=GUEST_COOKIE_MAX_AGE_S,
+                )
+            )
+            storefront.counters.deferred_guests.inc()
             return
         try:
             attachment.token = await self._tokens.token_for(customer)
@@ -539,29 +598,26 @@ class ShopHandler:
         storefront: Storefront,
         headers: CIMultiDict[str],
         token: CustomerToken | None,
+        deferred_guest: str | None = None,
     ) -> BodyFilter | None:
-        """Put the token on an editor page's response; returns the HTML body filter, if any."""
+        """Put the token on an editor page's response; returns the HTML body filter, if any.
+
+        A deferred guest (no token yet) gets the element with a null token and the id header.
+        """
         headers[hdrs.CACHE_CONTROL] = NO_SHARED_CACHE
         for name in _SHARED_CACHE_HEADERS:
             headers.popall(name, None)
         if token is None:
+            if deferred_guest is not None:
+                return self._attach_deferred(request, storefront, headers, deferred_guest)
             headers[STATUS_HEADER] = "token-unavailable"
             storefront.counters.token_unavailable.inc()
             return None
         body_filter: BodyFilter | None = None
         if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
-            encoding = headers.get(hdrs.CONTENT_ENCODING)
-            if encoding is None or ContentDecoder.supports(encoding):
-                for name in _BODY_DESCRIPTORS:
-                    headers.popall(name, None)
-                decoder = None if encoding is None else ContentDecoder(encoding)
-                body_filter = _TokenElementFilter(_element(token), decoder)
+            body_filter = self._html_filter(request, headers, _element(token))
+            if body_filter is not None:
                 storefront.counters.html.inc()
-            else:
-                log.warning(
-                    "editor page has an encoding the sidecar cannot decode",
-                    extra={"encoding": encoding},
-                )
         if storefront.header:
             headers[USER_ID_HEADER] = token.user_id
             headers[USER_TOKEN_HEADER] = token.token
@@ -581,10 +637,45 @@ class ShopHandler:
             storefront.counters.cookie.inc()
         return body_filter
 
+    def _html_filter(
+        self, request: web.BaseRequest, headers: CIMultiDict[str], element: bytes
+    ) -> BodyFilter | None:
+        """The filter that puts ``element`` into an HTML page, its headers made to match.
+
+        None (the page goes out as it is) when the shop encoded it in a way the sidecar cannot undo.
+        """
+        encoding = headers.get(hdrs.CONTENT_ENCODING)
+        if encoding is not None and not ContentDecoder.supports(encoding):
+            log.warning("editor page has an encoding the sidecar cannot decode", extra={"encoding": encoding})
+            return None
+        for name in _BODY_DESCRIPTORS:
+            headers.popall(name, None)
+        if encoding is None:
+            return _TokenElementFilter(element, None)
+        return _TokenElementFilter(
+            element, ContentDecoder(encoding), _encoder_for(request, encoding, headers)
+        )
+
+    def _attach_deferred(
+        self, request: web.BaseRequest, storefront: Storefront, headers: CIMultiDict[str], guest_id: str
+    ) -> BodyFilter | None:
+        """The guest id without a token: the element (null token), X-CC-User-Id; no token cookie."""
+        body_filter: BodyFilter | None = None
+        if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
+            body_filter = self._html_filter(
+                request, headers, render_element(_deferred_payload(storefront, guest_id))
+            )
+        if storefront.header:
+            headers[USER_ID_HEADER] = guest_id
+        return body_filter
+
     async def _sidecar_path(
-        self, request: web.BaseRequest, storefront: Storefront, trusted: bool
+        self, request: web.BaseRequest, storefront: Storefront, trusted: bool, host: str | None
     ) -> web.StreamResponse:
-        """Paths under ``/.cc-sidecar/``: only the token endpoint exists; nothing goes upstream."""
+        """Paths under ``/.cc-sidecar/``: only the token endpoint exists; nothing goes upstream.
+
+        ``host`` is the normalised host the request was routed by (for the session check's Host).
+        """
         if request.path != TOKEN_PATH:
             return web.Response(status=404, text="not found\n", headers={hdrs.CACHE_CONTROL: "no-store"})
         if request.method not in ("GET", "HEAD"):
@@ -594,60 +685,120 @@ class ShopHandler:
         if logged_in is None and storefront.response_memory is not None:
             session_key = storefront.guests.session_key(_cookies(request))
             remembered = await storefront.response_memory.recall(session_key) if session_key else None
+        # The session check asks the shop about this browser as a page request of it would.
+        page_headers = (
+            storefront.upstream.request_headers(
+                request,
+                trusted=trusted,
+                host=host,
+                target=request.raw_path,
+                drop=() if trusted else storefront.strip_keys,
+                drop_cookie=TOKEN_COOKIE,
+                underscores=storefront.underscores_in_headers,
+            )
+            if storefront.session_check is not None
+            else None
+        )
         attachment = await self._attachment(
             request,
             storefront,
             logged_in,
             _is_https(request, trusted),
+            page_headers,
             want_token=True,
             remembered=remembered,
         )
         headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store"})
         for cookie in attachment.set_cookies:
             headers.add(hdrs.SET_COOKIE, cookie)
-        if attachment.token is None:
+        if attachment.token is not None:
+            payload = _payload(attachment.token)
+        elif attachment.deferred_guest is not None:
+            payload = _deferred_payload(storefront, attachment.deferred_guest)
+        else:
             headers[hdrs.RETRY_AFTER] = self._retry_after
             headers[STATUS_HEADER] = "token-unavailable"
             return web.Response(status=503, text="customer token unavailable\n", headers=headers)
         headers[hdrs.CONTENT_TYPE] = "application/json"
-        return web.Response(body=_payload(attachment.token).to_json().encode(), headers=headers)
+        return web.Response(body=payload.to_json().encode(), headers=headers)
 
 
 class _TokenElementFilter:
-    """Puts the token element into an editor page, undoing the shop's Content-Encoding first.
+    """Puts the token element into an editor page: the shop's coding undone, and redone if accepted.
 
-    Most shops send editor pages unencoded, and most pages are all here at the first read:
-    then there is nothing to decode and no streaming injector to set up (:meth:`whole`).
+    A page the shop compressed is decoded for the injector and, when the client accepts a coding,
+    compressed again with the element kept apart (see :class:`ContentEncoder`). Most shops send
+    editor pages unencoded, and most pages are all here at the first read: then there is nothing
+    to decode or encode and no streaming injector to set up (:meth:`whole`).
     """
 
-    __slots__ = ("_decoder", "_element", "_injector")
+    __slots__ = ("_decoder", "_element", "_encoder", "_injector")
 
-    def __init__(self, element: bytes, decoder: ContentDecoder | None) -> None:
+    def __init__(
+        self, element: bytes, decoder: ContentDecoder | None, encoder: ContentEncoder | None = None
+    ) -> None:
         self._element = element
         self._decoder = decoder
+        self._encoder = encoder
         self._injector: HtmlInjector | None = None
 
     def whole(self, body: bytes) -> bytes:
         if self._decoder is not None:
             body = self._decoder.feed(body) + self._decoder.finish()
-        return inject_html(body, self._element)
+        body = inject_html(body, self._element)
+        if self._encoder is None:
+            return body
+        return self._encoder.whole(body, self._element_in(body))
 
     def feed(self, chunk: bytes) -> bytes:
         if self._decoder is not None:
             chunk = self._decoder.feed(chunk)
-        return self._streaming().feed(chunk)
+        injector = self._streaming()
+        if self._encoder is None:
+            return injector.feed(chunk)
+        was_in = injector.injected
+        chunk = injector.feed(chunk)
+        return self._encoder.feed(chunk, None if was_in else self._element_in(chunk))
 
     def finish(self) -> bytes:
         injector = self._streaming()
+        was_in = injector.injected
         if self._decoder is None:
-            return injector.finish()
-        return injector.feed(self._decoder.finish()) + injector.finish()
+            rest = injector.finish()
+        else:
+            rest = injector.feed(self._decoder.finish()) + injector.finish()
+        if self._encoder is None:
+            return rest
+        return self._encoder.feed(rest, None if was_in else self._element_in(rest)) + self._encoder.finish()
+
+    def _element_in(self, output: bytes) -> slice | None:
+        """Where the element sits in this output, for the encoder to keep it apart (see ContentEncoder)."""
+        at = output.find(self._element)
+        return None if at < 0 else slice(at, at + len(self._element))
 
     def _streaming(self) -> HtmlInjector:
         """The streaming injector, made on first use (a page that is all here never needs one)."""
         if self._injector is None:
             self._injector = HtmlInjector(self._element)
         return self._injector
+
+
+def _encoder_for(request: web.BaseRequest, encoding: str, headers: CIMultiDict[str]) -> ContentEncoder | None:
+    """How a page the shop sent encoded goes back out, its headers set to match.
+
+    Compressed again when the client accepts a coding (:func:`response_coding`), so an editor
+    page costs the wire what the shop meant it to. Which one depends on the request's
+    Accept-Encoding, so the response varies on it whatever the shop's Vary said.
+    """
+    vary = headers.getall(hdrs.VARY, ())
+    names = {name.strip().lower() for value in vary for name in value.split(",")}
+    if not names & {"accept-encoding", "*"}:
+        headers[hdrs.VARY] = ", ".join((*vary, "Accept-Encoding"))
+    coding = response_coding(encoding, request.headers.get(hdrs.ACCEPT_ENCODING))
+    if coding is None:
+        return None
+    headers[hdrs.CONTENT_ENCODING] = coding
+    return ContentEncoder(coding)
 
 
 _UPSTREAM_TEXT = {
@@ -710,6 +861,11 @@ def shop_request(
         return web.BaseRequest(message, payload, protocol, writer, task, task.get_loop())
     message = message._replace(version=HttpVersion11, should_close=True)
     return UnsupportedVersionRequest(message, payload, protocol, writer, task, task.get_loop())
+
+
+def _deferred_payload(storefront: Storefront, guest_id: str) -> TokenPayload:
+    """A cookie-less guest's payload: the id, no token yet (not cached: every crawler hit is new)."""
+    return TokenPayload(storefront.storefront_id, guest_id, True, None, None)
 
 
 async def _answer_expect(request: web.BaseRequest) -> web.Response | None:

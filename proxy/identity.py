@@ -11,6 +11,9 @@ Rules (contract, "Identity"):
   cookie), so the shop's session id never leaves the sidecar; without a session cookie a
   random one is minted. The guest id is kept in the signed ``cc_sidecar_guest`` cookie,
   which wins over the session cookie, so it survives the shop rotating its session at login.
+- The session check asks the shop about a request as the page request itself reached it (Host,
+  X-Forwarded-*, cookies); an answer that names neither a customer nor a guest is counted and
+  logged, and the request is a guest's.
 """
 
 from __future__ import annotations
@@ -24,18 +27,21 @@ import json
 import logging
 import secrets
 import string
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import aiohttp
+from aiohttp import hdrs
 from cachetools import LRUCache, TTLCache
-from multidict import CIMultiDictProxy
+from multidict import CIMultiDict, CIMultiDictProxy
+from prometheus_client import Counter
 from yarl import URL
 
 from proxy.config import SessionCheck, StorefrontSettings
 from proxy.errors import InvalidIdentity, StoreUnavailable
 from proxy.singleflight import SingleFlight
 from proxy.store import StoreKey, TokenStore
+from proxy.upstream import OutgoingHeaders
 
 log = logging.getLogger("proxy.identity")
 
@@ -57,6 +63,20 @@ REMEMBERED_SESSIONS = 100_000
 REMEMBERED_SESSION_TTL_S = 24 * 3600.0
 # Session-check answers kept per storefront.
 SESSION_CHECK_CACHE_SIZE = 100_000
+# An unusable session-check answer is logged at most this often per storefront and cause.
+SESSION_CHECK_WARN_INTERVAL_S = 60.0
+# What a session check carries of the page's request (see SessionChecker), lower-case.
+_PAGE_HEADERS = frozenset(
+    (
+        b"host",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"forwarded",
+        b"cookie",
+        b"user-agent",
+    )
+)
 _SIGNATURE_BYTES = 16
 
 
@@ -221,7 +241,24 @@ class ResponseHeaderMemory:
 
 
 class SessionChecker:
-    """Asks the shop who is logged in (GET with the browser's cookies); cached per session."""
+    """Asks the shop who is logged in, reaching it as the page request did; cached per session.
+
+    The GET carries what the shop saw with the page itself (built once, by
+    :meth:`proxy.upstream.Upstream.request_headers`): the browser's Host, so a host allow-list
+    lets it in; the X-Forwarded-* of the page (a trusted hop's believed, anyone else's
+    replaced), so a shop behind a TLS ingress does not redirect it to https; the browser's
+    cookies less the sidecar's own; and the User-Agent, for sessions bound to it. It follows no
+    redirect. Answers:
+
+    - a 2xx whose JSON has a customer id at ``id_field``: that customer;
+    - 401 or 403 (or a 2xx with ``null`` at ``id_field``): a guest;
+    - anything else (another status, a 2xx without ``id_field`` or without JSON, no answer):
+      the request is a guest's too, but the answer is counted by outcome and logged, at most
+      once a minute per cause: it usually means the check is misconfigured, and then every
+      customer would silently become a guest.
+
+    What the shop answered is cached per session for ``ttl_s``; a check that got no answer is not.
+    """
 
     def __init__(
         self,
@@ -229,63 +266,142 @@ class SessionChecker:
         upstream_base: str,
         session: aiohttp.ClientSession,
         timeout_s: float,
+        *,
+        outcomes: Counter,
+        storefront: str,
+        own_cookies: tuple[str, ...],
+        clock: Callable[[], float],
     ) -> None:
-        url = check.url if not check.url.startswith("/") else upstream_base.rstrip("/") + check.url
+        relative = check.url.startswith("/")
+        url = upstream_base.rstrip("/") + check.url if relative else check.url
         self._url = URL(url)
+        # A check on another host (an absolute url) is addressed to that host, not the shop's.
+        self._page_headers = _PAGE_HEADERS if relative else _PAGE_HEADERS - {b"host"}
+        self._id_field = check.id_field
         self._path = tuple(check.id_field.split("."))
         self._session = session
         self._timeout_s = timeout_s
+        self._outcomes = outcomes
+        self._storefront = storefront
+        self._own_cookies = own_cookies
+        self._clock = clock
+        self._warned_at: dict[tuple[str, str], float] = {}
         self._answers: TTLCache[str, str | None] = TTLCache(maxsize=SESSION_CHECK_CACHE_SIZE, ttl=check.ttl_s)
         self._in_flight: SingleFlight[str, str | None] = SingleFlight()
 
-    async def customer_id(self, session_key: str, cookie_header: str) -> str | None:
-        """The logged-in customer of this session, or None for a guest; failures count as unknown."""
+    async def customer_id(self, session_key: str, page: OutgoingHeaders) -> str | None:
+        """The logged-in customer of this session, or None for a guest (and when no one can tell).
+
+        ``page`` is what the page request went upstream with.
+        """
         try:
             return self._answers[session_key]
         except KeyError:
             pass
-        task = self._in_flight.run(session_key, lambda: self._ask(session_key, cookie_header))
+        task = self._in_flight.run(session_key, lambda: self._ask(session_key, page))
         # Shielded: one request going away must not cancel the answer the others wait for.
         return await asyncio.shield(task)
 
-    async def _ask(self, session_key: str, cookie_header: str) -> str | None:
+    def _headers(self, page: OutgoingHeaders) -> CIMultiDict[str]:
+        headers = page.select(self._page_headers)
+        pairs = [
+            pair.strip()
+            for value in headers.popall(hdrs.COOKIE, ())
+            for pair in value.split(";")
+            if pair.strip() and pair.partition("=")[0].strip() not in self._own_cookies
+        ]
+        if pairs:
+            headers[hdrs.COOKIE] = "; ".join(pairs)
+        headers[hdrs.ACCEPT] = "application/json"
+        return headers
+
+    async def _ask(self, session_key: str, page: OutgoingHeaders) -> str | None:
         try:
             async with asyncio.timeout(self._timeout_s):
                 async with self._session.get(
-                    self._url,
-                    headers={"Cookie": cookie_header, "Accept": "application/json"},
-                    allow_redirects=False,
+                    self._url, headers=self._headers(page), allow_redirects=False
                 ) as response:
-                    if response.status != 200:
-                        # 401/403/redirect to login: nobody is logged in on this session.
-                        self._answers[session_key] = None
-                        return None
-                    document = await response.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            log.warning(
-                "session check failed; treating the request as a guest's",
-                extra={"error": type(exc).__name__},
+                    status = response.status
+                    body = await response.read() if 200 <= status < 300 else b""
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            name = type(exc).__name__
+            self._unusable(
+                "error", name, "session check got no answer (%s); treating the request as a guest's", name
             )
             return None
-        raw = _field(document, self._path)
-        customer: str | None = None
-        if raw is not None:
-            try:
-                customer = valid_customer_id(str(raw))
-            except InvalidIdentity as exc:
-                log.warning("session check named an invalid customer id: %s", exc)
+        customer = self._customer(status, body)
         self._answers[session_key] = customer
         return customer
 
-
-def _field(document: object, path: tuple[str, ...]) -> object:
-    for part in path:
-        if not isinstance(document, dict):
+    def _customer(self, status: int, body: bytes) -> str | None:
+        """The customer the shop's answer names; None for a guest or an answer that names nobody."""
+        if status in (401, 403):
+            self._count("guest")
             return None
-        document = document.get(part)
-    if isinstance(document, bool) or document is None or isinstance(document, dict | list):
-        return None
-    return document
+        if not 200 <= status < 300:
+            self._unusable(
+                "bad_status",
+                str(status),
+                "session check answered HTTP %d, neither a customer (2xx with JSON) nor a guest "
+                "(401 or 403); treating the request as a guest's",
+                status,
+            )
+            return None
+        try:
+            document = json.loads(body)
+        except ValueError:  # JSONDecodeError and UnicodeDecodeError both are
+            self._unusable(
+                "not_json",
+                "",
+                "session check answered HTTP %d without a JSON body; treating the request as a guest's",
+                status,
+            )
+            return None
+        found, raw = _field(document, self._path)
+        if not found:
+            self._unusable(
+                "missing_field",
+                self._id_field,
+                "session check's JSON has no %s (id_field); treating the request as a guest's",
+                self._id_field,
+            )
+            return None
+        if raw is None:
+            self._count("guest")
+            return None
+        try:
+            if isinstance(raw, bool) or not isinstance(raw, str | int | float):
+                kind = type(raw).__name__
+                raise InvalidIdentity(f"{self._id_field} is a JSON {kind}, not a string or number")
+            customer = valid_customer_id(str(raw))
+        except InvalidIdentity as exc:
+            self._unusable("invalid_id", "", "session check named an invalid customer id: %s", exc)
+            return None
+        self._count("customer")
+        return customer
+
+    def _count(self, outcome: str) -> None:
+        self._outcomes.labels(self._storefront, outcome).inc()
+
+    def _unusable(self, outcome: str, detail: str, message: str, *args: object) -> None:
+        """Count an answer that is neither a customer nor a guest; warn once a minute per cause."""
+        self._count(outcome)
+        now = self._clock()
+        cause = (outcome, detail)
+        last = self._warned_at.get(cause)
+        if last is not None and now - last < SESSION_CHECK_WARN_INTERVAL_S:
+            return
+        self._warned_at[cause] = now
+        log.warning(message, *args, extra={"outcome": outcome})
+
+
+def _field(document: object, path: tuple[str, ...]) -> tuple[bool, object]:
+    """Whether the dotted path exists in the JSON document, and the value found there."""
+    for part in path:
+        if not isinstance(document, dict) or part not in document:
+            return False, None
+        document = document[part]
+    return True, document
 
 
 def header_value(headers: CIMultiDictProxy[str], name: str) -> str | None:

@@ -159,6 +159,11 @@ class Metrics:
             "Editor pages served without a token (API down or slow).",
             ("storefront",),
         )
+        self.deferred_guests = PlainCounter(
+            "cc_sidecar_deferred_guests",
+            "Answers to guests whose request carried no cookie: a guest id, no StorefrontUser, no token.",
+            ("storefront",),
+        )
         r.register(
             _PlainCollector(
                 [
@@ -168,6 +173,7 @@ class Metrics:
                     self.token_cache_misses,
                     self.injections,
                     self.token_unavailable,
+                    self.deferred_guests,
                 ]
             )
         )
@@ -191,6 +197,13 @@ class Metrics:
         self.breaker_open = Gauge(
             "cc_sidecar_api_breaker_open",
             "1 while the Storefront API circuit breaker is open.",
+            registry=r,
+        )
+        self.session_checks = Counter(
+            "cc_sidecar_session_checks",
+            "Session checks the shop answered (or not), by storefront and outcome: customer, guest, "
+            "bad_status, missing_field, not_json, invalid_id, error.",
+            ["storefront", "outcome"],
             registry=r,
         )
         self.invalid_identities = Counter(

@@ -200,6 +200,19 @@ class OutgoingHeaders:
             for name, value in zip(parts[0::4], parts[2::4], strict=True)
         )
 
+    def select(self, names: Collection[bytes]) -> CIMultiDict[str]:
+        """Those of these headers whose lower-case names are in ``names``, as :meth:`multidict`.
+
+        The session check uses it to reach the shop with the page's own Host, X-Forwarded-* and
+        cookies, built by :meth:`Upstream.request_headers` once for both.
+        """
+        parts = self.parts
+        return CIMultiDict(
+            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+            for name, value in zip(parts[0::4], parts[2::4], strict=True)
+            if name.lower() in names
+        )
+
 
 class ShopResponse(Protocol):
     """What the handler and relay read of the shop's answer, whichever client fetched it."""

@@ -193,7 +193,7 @@ class CustomersCanvasSettings(_Frozen):
 
 
 class SessionCheck(_Frozen):
-    """Ask the shop who is logged in: GET ``url`` with the request's cookies, read ``id_field``."""
+    """Ask the shop who is logged in: GET ``url`` as the page reached the shop, read ``id_field``."""
 
     url: str = Field(description="Path on the upstream (or absolute http(s) URL).")
     id_field: str = Field(min_length=1, description="Dotted path of the customer id in the JSON answer.")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import types
 from collections.abc import Iterator
+from importlib import resources
 from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
 
 import annotated_types
@@ -105,6 +106,11 @@ listener shows the calls at `http://127.0.0.1:9090/metrics`. For the whole flow 
 included, `cc-sidecar demo` starts all three at once.
 """
 
+# Hand-written sections, after the table: what a key needs from the shop that a table cell cannot
+# say. Markdown files in proxy/config/notes/, each starting with a "## " heading; `make docs` puts
+# them into docs/configuration.md in this order.
+_SECTIONS = ("session_check.md",)
+
 
 class Row(NamedTuple):
     """One key of the reference."""
@@ -116,12 +122,15 @@ class Row(NamedTuple):
 
 
 def markdown_reference() -> str:
-    """Return the whole reference: a heading, a short preamble and one table row per key."""
+    """Return the whole reference: a heading, a short preamble, one table row per key, then the
+    hand-written sections."""
     lines = [
         f"| `{row.path}` | {_cell(row.type)} | {_cell(row.default)} | {_cell(row.description)} |"
         for row in reference_rows()
     ]
-    return _HEADER + "\n".join(lines) + "\n" + _TRY_IT
+    notes = resources.files("proxy.config").joinpath("notes")
+    sections = ("\n" + notes.joinpath(name).read_text(encoding="utf-8") for name in _SECTIONS)
+    return _HEADER + "\n".join(lines) + "\n" + _TRY_IT + "".join(sections)
 
 
 def reference_rows(model: type[BaseModel] = Settings, prefix: str = "") -> Iterator[Row]:

@@ -26,16 +26,26 @@
     // init({integration: {tenantId, storefrontId: user.storefrontId, user: {id: user.userId, token: user.token}}})
   }
 
-  function renew() {
+  // The token endpoint answers the same object as the element; it is how a page renews a token,
+  // and how a first visit gets one at all.
+  function fetchUser() {
     return fetch(window.ccUser.tokenUrl, {credentials: "same-origin", cache: "no-store"})
       .then(function (response) {
         if (!response.ok) { throw new Error("token endpoint answered " + response.status); }
         return response.json();
       })
       .then(function (user) {
-        renewals += 1;
+        if (user.token === null) { throw new Error("no token: this browser keeps no cookies"); }
         window.ccUser = user;
         show(user);
+        return user;
+      });
+  }
+
+  function renew() {
+    return fetchUser()
+      .then(function () {
+        renewals += 1;
         status.textContent = "token renewed (" + renewals + ")";
         status.dataset.state = "renewed";
       })
@@ -45,6 +55,16 @@
       });
   }
 
+  function start() {
+    status.textContent = "token received";
+    status.dataset.state = "token";
+    document.getElementById("renew").addEventListener("click", renew);
+    // Renew a little before expiry, as the editor would on a page left open.
+    var lead = Math.max(5, window.ccUser.expiresAt - Date.now() / 1000 - 60);
+    window.setTimeout(renew, lead * 1000);
+    if (location.hash === "#renew-now") { renew(); }
+  }
+
   var element = document.getElementById("cc-storefront-user");
   if (!element) {
     status.textContent = "no token on this page (Customer's Canvas unavailable?)";
@@ -52,13 +72,19 @@
     return;
   }
   window.ccUser = JSON.parse(element.textContent);
-  show(window.ccUser);
-  showMerges(window.ccUser);
-  status.textContent = "token received";
-  status.dataset.state = "token";
-  document.getElementById("renew").addEventListener("click", renew);
-  // Renew a little before expiry, as the editor would on a page left open.
-  var lead = Math.max(5, window.ccUser.expiresAt - Date.now() / 1000 - 60);
-  window.setTimeout(renew, lead * 1000);
-  if (location.hash === "#renew-now") { renew(); }
+  if (window.ccUser.token !== null) {
+    show(window.ccUser);
+    showMerges(window.ccUser);
+    start();
+    return;
+  }
+  // A first visit (the request carried no cookie): the sidecar named the guest but made no
+  // Customer's Canvas user for a client that may keep no cookies (a crawler). This call brings
+  // the guest cookie back, and the sidecar makes the user and its token now.
+  status.textContent = "fetching the token\u2026";
+  status.dataset.state = "fetching";
+  fetchUser().then(start, function (error) {
+    status.textContent = "no token: " + error.message;
+    status.dataset.state = "no-token";
+  });
 })();

@@ -155,3 +155,33 @@ async def test_demo_editor_page_gets_and_renews_a_token_then_login_merges(
             "document.getElementById('merged').textContent",
             f"guest {guest_user['userId']} merged into this account at login (MergeAnonymous)",
         )
+
+
+async def test_first_visit_to_a_gzip_editor_page_with_an_empty_profile_ends_with_a_token(
+    browser: tuple[DevTools, str],
+) -> None:
+    """An empty profile straight on an editor page the shop gzips: the page arrives gzip with a
+    null-token element, its script fetches tokenUrl, and the guest's one user and token are made."""
+    devtools, session = browser
+    async with running_demo(0) as demo:
+        state = demo.emulator_app[EMULATOR_STATE]
+        await devtools.call("Page.navigate", session, url=demo.url + "editor/mug")
+        await devtools.wait_for(session, "document.getElementById('status').dataset.state", "token")
+        navigation = await devtools.evaluate(
+            session,
+            "(() => { const e = performance.getEntriesByType('navigation')[0];"
+            " return {coding: e.contentEncoding, encoded: e.encodedBodySize, decoded: e.decodedBodySize}; })()",
+        )
+        assert navigation["coding"] == "gzip"
+        assert 0 < navigation["encoded"] < navigation["decoded"]
+        on_page = json.loads(
+            await devtools.evaluate(session, "document.getElementById('cc-storefront-user').textContent")
+        )
+        assert (on_page["token"], on_page["expiresAt"]) == (None, None)
+        user = json.loads(await devtools.evaluate(session, "JSON.stringify(window.ccUser)"))
+        assert user["userId"] == on_page["userId"]
+        assert user["isAnonymous"] is True
+        assert isinstance(user["token"], str)
+        assert isinstance(user["expiresAt"], int)
+        assert state.count("StorefrontUsers_Create") == 1
+        assert state.count("StorefrontUsers_GetToken") == 1

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import re
 import time
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import brotli
 import jwt
 import pytest
 
 from proxy.identity import GUEST_COOKIE
+from proxy.metrics import Metrics
 from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
 
 ELEMENT = re.compile(rb'<script id="cc-storefront-user" type="application/json">(.*?)</script>', re.S)
@@ -289,6 +294,26 @@ async def test_failing_merge_keeps_the_page_and_is_retried(
     assert emulator.state.count("StorefrontUsers_MergeAnonymous") == 2
 
 
+async def get_raw(
+    server: Any, path: str, accept_encoding: str | None, **headers: str
+) -> tuple[aiohttp.ClientResponse, bytes]:
+    """GET with exactly this Accept-Encoding (none when None); the body as it came over the wire."""
+    if accept_encoding is not None:
+        headers["Accept-Encoding"] = accept_encoding
+    async with (
+        aiohttp.ClientSession(auto_decompress=False, skip_auto_headers=["Accept-Encoding"]) as client,
+        client.get(server.make_url(path), allow_redirects=False, headers=headers) as response,
+    ):
+        return response, await response.read()
+
+
+DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.decompress,
+    "deflate": zlib.decompress,
+    "br": brotli.decompress,
+}
+
+
 @pytest.mark.parametrize(
     "query",
     ["encoding=gzip", "encoding=br", "encoding=deflate", "chunked=1", "encoding=gzip&chunked=1"],
@@ -296,16 +321,67 @@ async def test_failing_merge_keeps_the_page_and_is_retried(
 async def test_encoded_and_chunked_editor_pages_are_injected(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory, query: str
 ) -> None:
-    """gzip, br, deflate and chunked pages come out decoded, with the element, lengths right."""
+    """To a client that accepts no coding, gzip, br, deflate and chunked pages come out decoded,
+    with the element, lengths right."""
     sidecar = await make_sidecar(config(shop, emulator))
-    response, body = await get(sidecar, f"/editor/mug?{query}", headers={"Accept-Encoding": "gzip, br"})
+    response, body = await get_raw(sidecar, f"/editor/mug?{query}", None, **{USER_HEADER: "enc@example.com"})
     assert response.status == 200
     assert "Content-Encoding" not in response.headers
+    assert response.headers.get("Content-Length", str(len(body))) == str(len(body))
     assert body.startswith(b'<!doctype html><html><head><title>Editor</title><script id="cc-storefront-user"')
     assert body.endswith(
         b"</script></head><body><h1>Personalize</h1><script>window.editor = true;</script></body></html>"
     )
     element_of(body)
+
+
+@pytest.mark.parametrize("chunked", [False, True])
+@pytest.mark.parametrize("accept", ["gzip", "deflate", "br"])
+@pytest.mark.parametrize("shop_encoding", ["gzip", "deflate", "br"])
+async def test_compressed_editor_pages_go_out_compressed_when_the_client_accepts(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory, shop_encoding: str, accept: str, chunked: bool
+) -> None:
+    """A compressed shop page goes to a client accepting one coding in that coding, with Vary on
+    Accept-Encoding and the right length; it decodes to the shop's page plus exactly one element."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    query = f"encoding={shop_encoding}" + ("&chunked=1&trickle=1" if chunked else "")
+    response, wire = await get_raw(sidecar, f"/editor/mug?{query}", accept, **{USER_HEADER: "z@example.com"})
+    assert response.status == 200
+    assert response.headers["Content-Encoding"] == accept
+    assert "Accept-Encoding" in response.headers["Vary"]
+    if chunked:
+        assert response.headers["Transfer-Encoding"] == "chunked"
+    else:
+        assert response.headers["Content-Length"] == str(len(wire))
+    page = DECOMPRESS[accept](wire)
+    assert element_of(page)["userId"] == "z@example.com"
+    assert ELEMENT.sub(b"", page) == shop.state.editor_html.encode()
+
+
+async def test_a_br_editor_page_goes_to_a_browser_in_gzip(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A br page to a client accepting gzip, deflate and br goes out gzip (the token kept apart)."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, wire = await get_raw(
+        sidecar, "/editor/mug?encoding=br", "gzip, deflate, br, zstd", **{USER_HEADER: "b@example.com"}
+    )
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert ELEMENT.sub(b"", gzip.decompress(wire)) == shop.state.editor_html.encode()
+
+
+async def test_an_uncompressed_editor_page_stays_uncompressed(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A page the shop sent as it is goes out as it is, to a client accepting every coding too."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, wire = await get_raw(
+        sidecar, "/editor/mug", "gzip, deflate, br", **{USER_HEADER: "u@example.com"}
+    )
+    assert "Content-Encoding" not in response.headers
+    assert "Vary" not in response.headers
+    assert response.headers["Content-Length"] == str(len(wire))
+    assert ELEMENT.sub(b"", wire) == shop.state.editor_html.encode()
 
 
 async def test_conditional_headers_are_not_sent_upstream_on_editor_gets(
@@ -555,3 +631,90 @@ async def test_login_redirect_clears_the_guest_cookie_after_the_merge(
     assert [call.json for call in merges] == [
         {"anonymousStorefrontUserId": guest_id, "regularStorefrontUserId": "lee@example.com"}
     ]
+
+
+def guest_cookie_value(response: aiohttp.ClientResponse) -> str:
+    """The value the response sets the guest cookie to (there must be exactly one)."""
+    [line] = guest_cookie_lines(response)
+    return line.split(";", 1)[0].split("=", 1)[1]
+
+
+async def test_cookie_less_editor_requests_get_a_guest_id_but_no_user_or_token(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """20 requests without any cookie: each its own guest cookie and id, a null token, no API call."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(config(shop, emulator), metrics=metrics)
+    cookies, ids = set(), set()
+    for _ in range(20):
+        response, body = await get_raw(sidecar, "/editor/mug", None)
+        payload = element_of(body)
+        assert (payload["isAnonymous"], payload["token"], payload["expiresAt"]) == (True, None, None)
+        assert payload["tokenUrl"] == "/.cc-sidecar/token"
+        assert "X-CC-Sidecar" not in response.headers
+        assert response.headers["Cache-Control"] == "private, no-store"
+        cookies.add(guest_cookie_value(response))
+        ids.add(payload["userId"])
+    assert len(cookies) == len(ids) == 20
+    assert emulator.state.calls == []
+    assert metrics.registry.get_sample_value("cc_sidecar_deferred_guests_total", {"storefront": "main"}) == 20
+
+
+async def test_the_guest_cookie_brought_back_makes_one_user_and_token_for_the_same_id(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A cookie-less page, then the page script's tokenUrl call and the next page with the cookie:
+    one Create and one GetToken, for the id the first page named."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get_raw(sidecar, "/editor/mug", None)
+    guest_id = element_of(body)["userId"]
+    cookie = {"Cookie": f"{GUEST_COOKIE}={guest_cookie_value(response)}"}
+    _, body = await get(sidecar, "/.cc-sidecar/token", headers=cookie)
+    from_endpoint = json.loads(body)
+    _, page = await get(sidecar, "/editor/mug", headers=cookie)
+    assert from_endpoint["userId"] == element_of(page)["userId"] == guest_id
+    assert claims(from_endpoint["token"])["sub"] == guest_id
+    assert element_of(page)["token"] == from_endpoint["token"]
+    assert [(u.user_id, u.is_anonymous) for u in emulator.state.users.values()] == [(guest_id, True)]
+    assert emulator.state.count("StorefrontUsers_Create") == 1
+    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+
+
+async def test_a_request_with_only_an_unrelated_cookie_gets_its_token_at_once(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A client that sent any cookie keeps them: its first editor page has the guest's token."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get(sidecar, "/editor/mug", headers={"Cookie": "csrftoken=abc"})
+    payload = element_of(body)
+    assert payload["isAnonymous"] is True
+    assert claims(payload["token"])["sub"] == payload["userId"]
+    assert len(guest_cookie_lines(response)) == 1
+    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+
+
+async def test_token_endpoint_without_a_cookie_answers_the_guest_id_without_a_token(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """/.cc-sidecar/token without a cookie: 200, no-store, the guest cookie, the JSON with null token."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get_raw(sidecar, "/.cc-sidecar/token", None)
+    assert response.status == 200
+    assert response.headers["Cache-Control"] == "no-store"
+    payload = json.loads(body)
+    assert (payload["isAnonymous"], payload["token"], payload["expiresAt"]) == (True, None, None)
+    assert guest_cookie_value(response).startswith(payload["userId"] + ".")
+    assert emulator.state.calls == []
+
+
+async def test_cookie_less_guest_in_header_and_cookie_modes_gets_only_the_id(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """header mode: X-CC-User-Id alone, no X-CC-User-Token; cookie mode: no cc_user_token cookie."""
+    sidecar = await make_sidecar(config(shop, emulator, inject=["header", "cookie"]))
+    response, body = await get_raw(sidecar, "/editor/mug", None)
+    assert body == shop.state.editor_html.encode()
+    assert response.headers["X-CC-User-Id"].startswith("anon-")
+    assert "X-CC-User-Token" not in response.headers
+    assert [c.split("=", 1)[0] for c in response.headers.getall("Set-Cookie")] == [GUEST_COOKIE]
+    assert guest_cookie_value(response).startswith(response.headers["X-CC-User-Id"] + ".")

@@ -137,7 +137,8 @@ async def hosted_rig(aiohttp_server: Any, emulator: RunningEmulator, make_sideca
 
 
 def assert_sound_page(answer: Answer, original: bytes = EDITOR_PAGE.encode()) -> dict[str, Any]:
-    """200, exactly one element, nothing else changed, and nothing in it can end the element."""
+    """200, exactly one element, nothing else changed, and nothing in it can end the element; its
+    token is the named user's, or it has none (a guest whose request carried no cookie)."""
     assert answer.status == 200
     found = ELEMENT.findall(answer.body)
     assert len(found) == 1
@@ -147,7 +148,11 @@ def assert_sound_page(answer: Answer, original: bytes = EDITOR_PAGE.encode()) ->
     assert element is not None
     assert answer.body[: element.start()] + answer.body[element.end() :] == original
     payload: dict[str, Any] = json.loads(raw)
-    assert jwt.decode(payload["token"], options={"verify_signature": False})["sub"] == payload["userId"]
+    if payload["token"] is None:
+        assert (payload["isAnonymous"], payload["expiresAt"]) == (True, None)
+        assert "X-CC-User-Token" not in answer.headers
+    else:
+        assert jwt.decode(payload["token"], options={"verify_signature": False})["sub"] == payload["userId"]
     assert answer.headers.get("X-CC-User-Id") == payload["userId"]
     return payload
 
@@ -202,12 +207,13 @@ def expected_customer(value: str) -> str | None:
 @given(value=identity_values)
 @example(value="42\xa0")  # not "42": only ASCII whitespace is trimmed
 async def test_trusted_identity_header_names_exactly_that_customer(rig: Rig, value: str) -> None:
-    """From a trusted peer: a valid id gets its own token, anything else is a guest; never a 500."""
+    """From a trusted peer: a valid id gets its own token, anything else is a guest (no cookie: no
+    token yet); never a 500."""
     answer = await fetch(rig.sidecar, "/editor/mug", headers={USER_HEADER: value})
     payload = assert_sound_page(answer)
     expected = expected_customer(value)
     if expected is None:
-        assert payload["isAnonymous"] is True
+        assert (payload["isAnonymous"], payload["token"]) == (True, None)
         assert GUEST_ID.fullmatch(payload["userId"])
     else:
         assert (payload["userId"], payload["isAnonymous"]) == (expected, False)
@@ -234,8 +240,9 @@ async def test_customer_id_with_braces_gets_a_token(rig: Rig) -> None:
 async def test_customer_id_colliding_with_a_route_is_a_guest(
     rig: Rig, value: str, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """An id that would name another Storefront API path is ignored with a warning: a guest's page."""
-    answer = await fetch(rig.sidecar, "/editor/mug", headers={USER_HEADER: value})
+    """An id that would name another Storefront API path is ignored with a warning: a guest's page,
+    and the only StorefrontUser made is that guest (the unrelated cookie gets it one at once)."""
+    answer = await fetch(rig.sidecar, "/editor/mug", headers={USER_HEADER: value, "Cookie": "csrftoken=c"})
     payload = element_of(answer.body)
     assert payload["isAnonymous"] is True
     assert GUEST_ID.fullmatch(payload["userId"])
@@ -261,7 +268,8 @@ def spellings(draw: st.DrawFn) -> str:
 async def test_identity_header_from_outside_is_never_believed_or_forwarded(
     outsider_rig: Rig, names: list[str], value: str
 ) -> None:
-    """From an untrusted peer, any spelling (repeated too) is dropped: a guest, and the shop never sees it."""
+    """From an untrusted peer, any spelling (repeated too) is dropped: a guest without a token yet (no
+    cookie), and the shop never sees it."""
     rig = outsider_rig
     before = len(rig.shop.seen)
     headers: CIMultiDict[str] = CIMultiDict()  # several spellings in one request
@@ -273,7 +281,7 @@ async def test_identity_header_from_outside_is_never_believed_or_forwarded(
     ):
         answer = Answer(response.status, response.headers, await response.read(), 0.0)
     payload = assert_sound_page(answer)
-    assert payload["isAnonymous"] is True
+    assert (payload["isAnonymous"], payload["token"]) == (True, None)
     assert GUEST_ID.fullmatch(payload["userId"])
     for seen in rig.shop.seen[before:]:
         assert all(key.lower().replace("_", "-") != "x-shop-user" for key in seen.header_keys)
@@ -287,6 +295,7 @@ simple_session = st.from_regex(r"[A-Za-z0-9._-]{1,64}", fullmatch=True)
 
 @examples
 @given(value=st.one_of(cookie_text, simple_session))
+@example(value="isAnonymous")  # a word of the Create call itself
 async def test_any_session_cookie_makes_a_guest_of_that_session(rig: Rig, value: str) -> None:
     """Whatever the session cookie holds: a guest id derived from it, stable, its value never sent to the API."""
     cookie = {"Cookie": f"PHPSESSID={value}"}
@@ -550,13 +559,14 @@ HOSTILE_ID = "</script><script>alert(1)</script><!--"
 async def test_any_html_in_any_chunks_gets_one_sound_element(
     rig: Rig, html: str, chunks: list[int], compressed: bool
 ) -> None:
-    """Any markup, any chunking, gzip or not: one element, for the right customer, and nothing else changed."""
+    """Any markup, any chunking, gzip or not: one element, for the right customer, and nothing else
+    changed; a gzip page goes back out gzip (the client accepts it)."""
     original = html.encode()
     rig.shop.html, rig.shop.chunks, rig.shop.gzip = original, chunks, compressed
     answer = await fetch(rig.sidecar, "/editor/page", headers={USER_HEADER: HOSTILE_ID})
     payload = assert_sound_page(answer, original)
     assert (payload["userId"], payload["isAnonymous"]) == (HOSTILE_ID, False)
-    assert "Content-Encoding" not in answer.headers
+    assert answer.headers.get("Content-Encoding") == ("gzip" if compressed else None)
 
 
 # -- oversized --------------------------------------------------------------------------------

@@ -41,7 +41,8 @@ def _leaf_keys(model: type[BaseModel], prefix: str = "") -> list[str]:
 
 def _rows() -> dict[str, list[str]]:
     rows = {}
-    for line in markdown_reference().splitlines():
+    # The key table; the hand-written sections after it (from "## ") have tables of their own.
+    for line in markdown_reference().split("\n## ", 1)[0].splitlines():
         match = re.match(r"^\| `([^`]+)` \|(.*)\|$", line)
         if match:
             rows[match.group(1)] = [cell.strip() for cell in match.group(2).split(" | ")]

@@ -18,12 +18,14 @@ from proxy.injection import (
     TOKEN_PATH,
     BodyDecodeError,
     ContentDecoder,
+    ContentEncoder,
     HtmlInjector,
     TokenPayload,
     decodable_accept_encoding,
     inject_html,
     is_html,
     render_element,
+    response_coding,
 )
 
 E = b"<!--E-->"
@@ -163,6 +165,20 @@ class TestTokenPayload:
         }
         assert " " not in text
         assert TOKEN_PATH == "/.cc-sidecar/token"
+
+    def test_guest_without_a_token_has_null_token_and_expiry(self) -> None:
+        """A deferred guest's payload writes token and expiresAt as JSON null."""
+        deferred = TokenPayload(
+            storefront_id=12, user_id="anon-1", is_anonymous=True, token=None, expires_at=None
+        )
+        assert json.loads(render_element(deferred)[len(OPEN) : -len(b"</script>")]) == {
+            "storefrontId": 12,
+            "userId": "anon-1",
+            "isAnonymous": True,
+            "token": None,
+            "expiresAt": None,
+            "tokenUrl": "/.cc-sidecar/token",
+        }
 
     def test_to_json_keeps_key_order(self) -> None:
         """The keys come in the contract's order, storefrontId first and tokenUrl last."""
@@ -581,6 +597,150 @@ class TestContentDecoder:
         out.append(injector.feed(decoder.finish()))
         out.append(injector.finish())
         assert b"".join(out) == inject_html(PAGE, E)
+
+
+DECOMPRESS: dict[str, Callable[[bytes], bytes]] = {
+    "gzip": gzip.decompress,
+    "deflate": zlib.decompress,
+    "br": brotli.decompress,
+}
+
+
+def encode(coding: str, data: bytes, sizes: list[int]) -> bytes:
+    """``data`` fed to a ContentEncoder in chunks of ``sizes`` (the rest last), then finished."""
+    encoder = ContentEncoder(coding)
+    out = []
+    at = 0
+    for size in sizes:
+        out.append(encoder.feed(data[at : at + size]))
+        at += size
+    out.append(encoder.feed(data[at:]))
+    out.append(encoder.finish())
+    return b"".join(out)
+
+
+class TestContentEncoder:
+    @pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+    @given(data=st.binary(max_size=2000), sizes=chunk_sizes)
+    def test_round_trip_any_split(self, coding: str, data: bytes, sizes: list[int]) -> None:
+        """Fed in any chunk split, each coding's output decodes to the input (stdlib and ours)."""
+        encoded = encode(coding, data, sizes)
+        assert DECOMPRESS[coding](encoded) == data
+        assert decode(coding, encoded, sizes) == data
+
+    @pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+    def test_whole_round_trips_and_compresses(self, coding: str) -> None:
+        """whole() gives one complete stream of the body, smaller than the page."""
+        encoded = ContentEncoder(coding).whole(PAGE)
+        assert DECOMPRESS[coding](encoded) == PAGE
+        assert len(encoded) < len(PAGE) // 10
+
+    @pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+    def test_each_fed_chunk_is_decodable_at_once(self, coding: str) -> None:
+        """What feed() returns decodes to everything fed so far: nothing waits in the encoder."""
+        encoder = ContentEncoder(coding)
+        decoder = ContentDecoder(coding)
+        for piece in (b"<html><head>", b"<title>streamed</title>", b"</head><body>"):
+            assert decoder.feed(encoder.feed(piece)) == piece
+
+    def test_empty_chunk_yields_nothing(self) -> None:
+        """Feeding b"" produces no bytes (no empty flush blocks)."""
+        assert ContentEncoder("gzip").feed(b"") == b""
+
+    def test_unknown_coding_rejected(self) -> None:
+        """An encoder for a coding it does not make raises ValueError naming it."""
+        with pytest.raises(ValueError, match="zstd"):
+            ContentEncoder("zstd")
+
+    @pytest.mark.parametrize(("shop", "out"), [("gzip", "gzip"), ("deflate", "br"), ("br", "deflate")])
+    @given(sizes=chunk_sizes)
+    def test_decode_inject_encode_any_split(self, shop: str, out: str, sizes: list[int]) -> None:
+        """A compressed page decoded, injected and re-encoded in chunks decodes to the page plus E."""
+        decoder = ContentDecoder(shop)
+        injector = HtmlInjector(E)
+        encoder = ContentEncoder(out)
+        encoded = ENCODERS[shop](PAGE)
+        pieces = []
+        at = 0
+        for size in [*sizes, len(encoded)]:
+            pieces.append(encoder.feed(injector.feed(decoder.feed(encoded[at : at + size]))))
+            at += size
+        pieces.append(encoder.feed(injector.feed(decoder.finish()) + injector.finish()))
+        pieces.append(encoder.finish())
+        assert DECOMPRESS[out](b"".join(pieces)) == inject_html(PAGE, E)
+
+
+SECRET = b'<script id="cc-storefront-user">{"token":"eyJhbGciOiJSUzI1NiJ9.q8Zk3vT0pWm"}</script>'
+
+
+def page_reflecting(guess: bytes) -> tuple[bytes, slice]:
+    """An editor page with the element, echoing ``guess`` the way a search box would; the element's slice."""
+    head = b"<html><head><title>Personalize</title>"
+    body = b"</head><body><p>You searched for: " + guess + b"</p></body></html>"
+    return head + SECRET + body, slice(len(head), len(head) + len(SECRET))
+
+
+class TestSecretIsolation:
+    @pytest.mark.parametrize("coding", ["gzip", "deflate"])
+    def test_a_right_guess_of_the_token_compresses_no_better_than_a_wrong_one(self, coding: str) -> None:
+        """With the element marked secret, a reflected right guess costs as many bytes as a wrong one
+        (unmarked, the right guess is shorter: the BREACH oracle)."""
+        right, where = page_reflecting(b'"token":"eyJhbGciOiJSUzI1NiJ9.q8Zk3vT0pWm')
+        wrong, _ = page_reflecting(b'"token":"eyJhbGciOiJSUzI1NiJ9.Xq9mTvR2kLp')
+        assert len(ContentEncoder(coding).whole(right, where)) == len(
+            ContentEncoder(coding).whole(wrong, where)
+        )
+        assert len(ContentEncoder(coding).whole(right)) < len(ContentEncoder(coding).whole(wrong))
+
+    @pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+    @given(sizes=chunk_sizes)
+    def test_a_marked_secret_still_decodes_in_any_split(self, coding: str, sizes: list[int]) -> None:
+        """The page decodes to itself whichever chunk carries the marked element."""
+        page, where = page_reflecting(b"mugs")
+        encoder = ContentEncoder(coding)
+        out, at = [], 0
+        for size in [*sizes, len(page)]:
+            chunk = page[at : at + size]
+            inside = where.start >= at and where.stop <= at + len(chunk)
+            out.append(encoder.feed(chunk, slice(where.start - at, where.stop - at) if inside else None))
+            at += len(chunk)
+        out.append(encoder.finish())
+        assert DECOMPRESS[coding](b"".join(out)) == page
+
+
+@pytest.mark.parametrize(
+    ("shop", "accept", "out"),
+    [
+        ("gzip", "gzip, deflate, br", "gzip"),
+        ("br", "gzip, deflate, br", "gzip"),
+        ("br", "br", "br"),
+        ("deflate", "gzip, deflate, br", "deflate"),
+        ("x-gzip", "gzip", "gzip"),
+        ("gzip", "x-gzip", "gzip"),
+        ("BR", "Br;q=0.5", "br"),
+        ("deflate", "br, deflate", "deflate"),
+        ("br", "gzip", "gzip"),
+        ("gzip", "br", "br"),
+        ("gzip", "br, deflate", "deflate"),
+        ("br", "deflate", "deflate"),
+        ("br", "gzip;q=0, deflate", "deflate"),
+        ("gzip", "*", "gzip"),
+        ("br", "gzip;q=0, *", "deflate"),
+        ("gzip", "*;q=0", None),
+        ("gzip", "identity", None),
+        ("gzip", "zstd", None),
+        ("gzip", "gzip;q=nonsense", None),
+        ("gzip", None, None),
+        ("gzip", "", None),
+        ("", "gzip", None),
+        ("identity", "gzip", None),
+        ("gzip, br", "gzip, br", "gzip"),
+    ],
+)
+def test_response_coding_prefers_the_shops_then_gzip(shop: str, accept: str | None, out: str | None) -> None:
+    """The shop's gzip or deflate if the client accepts it, else gzip, deflate, br; none without a shop
+    coding or an Accept-Encoding."""
+    assert response_coding(shop, accept) == out
 
 
 class TestIsHtml:
