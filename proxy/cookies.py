@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from email.utils import parsedate_to_datetime
 from http.cookies import SimpleCookie
+from typing import NamedTuple
 
 
 class RequestCookies(Mapping[str, str]):
@@ -30,6 +32,27 @@ class RequestCookies(Mapping[str, str]):
                     value = value[1:-1]
                 return value
         return None
+
+    def only(self, name: str) -> str | None:
+        """The value of ``name`` if the header carries it exactly once, else None.
+
+        A cookie sent twice (``PHPSESSID=a; PHPSESSID=b``, as a planted parent-domain cookie
+        makes it) is ambiguous: servers disagree on which one wins (PHP the first, Django and
+        aiohttp the last), so nothing may be decided on it.
+        """
+        if name not in self._header:
+            return None
+        found: str | None = None
+        for pair in self._header.split(";"):
+            key, sep, value = pair.partition("=")
+            if sep and key.strip() == name:
+                if found is not None:
+                    return None
+                value = value.strip()
+                if len(value) >= 2 and value[0] == value[-1] == '"':
+                    value = value[1:-1]
+                found = value
+        return found
 
     def __getitem__(self, name: str) -> str:
         value = self._find(name)
@@ -92,3 +115,45 @@ def set_cookie_value(
 def delete_cookie_value(name: str, *, http_only: bool, secure: bool) -> str:
     """A Set-Cookie header value that removes the cookie from the browser."""
     return set_cookie_value(name, "", http_only=http_only, secure=secure, max_age=0)
+
+
+class CookieSet(NamedTuple):
+    """What a response does to one cookie: sets it to ``value``, or (None) deletes it."""
+
+    value: str | None
+
+
+def cookie_set(set_cookies: Iterable[str], name: str, now: float) -> CookieSet | None:
+    """What a response's Set-Cookie header values do to cookie ``name``; None if they leave it alone.
+
+    The last one for ``name`` counts. An empty value, a Max-Age of 0 or less, or an Expires in
+    the past (``now``, Unix seconds; Max-Age wins over Expires, RFC 6265 5.3) deletes it.
+    """
+    found: CookieSet | None = None
+    for line in set_cookies:
+        pair, _, attributes = line.partition(";")
+        key, sep, value = pair.partition("=")
+        if not sep or key.strip() != name:
+            continue
+        value = value.strip()
+        found = CookieSet(value if value and not _expired(attributes, now) else None)
+    return found
+
+
+def _expired(attributes: str, now: float) -> bool:
+    """Whether a Set-Cookie's attributes end the cookie at once."""
+    expires: float | None = None
+    for attribute in attributes.split(";"):
+        key, _, value = attribute.partition("=")
+        key = key.strip().lower()
+        if key == "max-age":
+            try:
+                return int(value.strip()) <= 0
+            except ValueError:
+                continue
+        if key == "expires":
+            try:
+                expires = parsedate_to_datetime(value.strip()).timestamp()
+            except (TypeError, ValueError, IndexError):
+                continue
+    return expires is not None and expires <= now

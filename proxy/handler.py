@@ -30,7 +30,7 @@ from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
 from proxy.config import StorefrontSettings
-from proxy.cookies import RequestCookies, delete_cookie_value, set_cookie_value
+from proxy.cookies import CookieSet, RequestCookies, cookie_set, delete_cookie_value, set_cookie_value
 from proxy.errors import CircuitOpen, InvalidIdentity, SidecarError, StorefrontApiError, UpstreamError
 from proxy.identity import (
     GUEST_COOKIE,
@@ -89,6 +89,8 @@ _SHARED_CACHE_HEADERS = (
     "CDN-Cache-Control",
     "Cloudflare-CDN-Cache-Control",
 )
+# Validators of the shop's page: an editor page's GET goes out without them (its HTML is rewritten).
+_VALIDATORS = (hdrs.ETAG, hdrs.LAST_MODIFIED)
 # Response headers that describe the shop's bytes; wrong once the body is changed.
 _BODY_DESCRIPTORS = (
     hdrs.CONTENT_LENGTH,
@@ -115,6 +117,7 @@ class Storefront:
     name: str = field(init=False)
     storefront_id: int = field(init=False)
     underscores_in_headers: bool = field(init=False)
+    session_cookie: str | None = field(init=False)
     identity_header: str | None = field(init=False)
     strip_keys: frozenset[bytes] = field(init=False)
     response_header: str | None = field(init=False)
@@ -128,6 +131,7 @@ class Storefront:
         self.name = settings.name
         self.storefront_id = settings.storefront_id
         self.underscores_in_headers = settings.underscores_in_headers
+        self.session_cookie = settings.session_cookie
         self.identity_header = settings.user.header
         self.strip_keys = frozenset(
             {header_key(settings.user.header).encode()} if settings.user.header else ()
@@ -319,13 +323,14 @@ class ShopHandler:
 
         # An editor page is a path every server reads alike (servers disagree on "/a/..",
         # "/a;b", "/a." or "%2f"), so a token never goes with a page the shop routes elsewhere.
-        editor = (
+        editor_path = (
             storefront.injects
-            and method == hdrs.METH_GET
+            and (method == hdrs.METH_GET or method == hdrs.METH_HEAD)
             and lenient == path
             and storefront.editor_paths.matches(path)
             and not has_encoded_separator(target)
         )
+        editor = editor_path and method == hdrs.METH_GET
         upstream_headers = storefront.upstream.request_headers(
             request,
             trusted=trusted,
@@ -388,8 +393,15 @@ class ShopHandler:
             raise
 
         headers = response_headers(shop)
+        # A response that replaces or deletes the shop's session (a login, a logout) ends what
+        # was learnt about the old one: whoever still holds it is nobody now.
+        new_session: CookieSet | None = None
+        if storefront.session_cookie is not None and (
+            storefront.response_memory is not None or storefront.session_check is not None
+        ):
+            new_session = await self._session_replaced(request, storefront, headers)
         if storefront.response_header is not None:
-            named = await self._response_identity(request, storefront, headers, shop.status)
+            named = await self._response_identity(request, storefront, headers, shop.status, new_session)
             logged_in = logged_in or named
             if editor or ((logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)):
                 work = asyncio.create_task(
@@ -417,6 +429,12 @@ class ShopHandler:
         body_filter: BodyFilter | None = None
         if editor and shop.status == 200:
             body_filter = self._attach(request, trusted, storefront, headers, token, deferred_guest)
+        elif editor_path and shop.status == 200:
+            # HEAD of an editor page: no token, but the headers a cache would refresh its GET with
+            # say what the GET's say (private, no validators).
+            _keep_private(headers)
+            for name in _VALIDATORS:
+                headers.popall(name, None)
         return await storefront.upstream.relay(request, shop, headers, body_filter)
 
     def _cached_token(
@@ -447,19 +465,57 @@ class ShopHandler:
             return None
         return self._valid_or_none(raw, storefront, "header")
 
+    async def _session_replaced(
+        self, request: web.BaseRequest, storefront: Storefront, headers: CIMultiDict[str]
+    ) -> CookieSet | None:
+        """If the response sets the shop's session cookie to a new value or deletes it, forget the old.
+
+        Returns what it was set to (None: the session was left alone). Without this a session id
+        planted before a login (fixation) or kept after a logout would go on naming the customer.
+        """
+        assert storefront.session_cookie is not None
+        set_cookies = headers.getall(hdrs.SET_COOKIE, ())
+        if not set_cookies:
+            return None
+        change = cookie_set(set_cookies, storefront.session_cookie, self._clock())
+        if change is None:
+            return None
+        cookies = _cookies(request)
+        if change.value is not None and change.value == storefront.guests.session_value(cookies):
+            return None  # the same session, its cookie renewed
+        old_key = storefront.guests.session_key(cookies)
+        if old_key is not None:
+            if storefront.session_check is not None:
+                storefront.session_check.forget(old_key)
+            if storefront.response_memory is not None:
+                await storefront.response_memory.forget(old_key)
+        return change
+
     async def _response_identity(
-        self, request: web.BaseRequest, storefront: Storefront, headers: CIMultiDict[str], status: int
+        self,
+        request: web.BaseRequest,
+        storefront: Storefront,
+        headers: CIMultiDict[str],
+        status: int,
+        new_session: CookieSet | None,
     ) -> str | None:
         """The id the shop named on its response (the header is removed before the client sees it).
 
-        A page the shop served without naming anyone ends what was remembered for the session
-        (a logout), so the token endpoint stops answering for that customer.
+        Remembered for the session the browser holds after this response: the one the response
+        set, if it set one (a login rotates it). A page the shop served without naming anyone
+        ends what was remembered for the session (a logout), so the token endpoint stops
+        answering for that customer.
         """
         assert storefront.response_header is not None
         values = headers.popall(storefront.response_header, ())
         named = self._valid_or_none(values[0], storefront, "response_header") if len(values) == 1 else None
         memory = storefront.response_memory
-        session_key = storefront.guests.session_key(_cookies(request)) if memory is not None else None
+        session_key: str | None = None
+        if memory is not None:
+            if new_session is None:
+                session_key = storefront.guests.session_key(_cookies(request))
+            elif new_session.value is not None:
+                session_key = storefront.guests.key_of(new_session.value)
         if memory is not None and session_key is not None:
             if named is not None:
                 await memory.remember(session_key, named)
@@ -604,9 +660,7 @@ class ShopHandler:
 
         A deferred guest (no token yet) gets the element with a null token and the id header.
         """
-        headers[hdrs.CACHE_CONTROL] = NO_SHARED_CACHE
-        for name in _SHARED_CACHE_HEADERS:
-            headers.popall(name, None)
+        _keep_private(headers)
         if token is None:
             if deferred_guest is not None:
                 return self._attach_deferred(request, storefront, headers, deferred_guest)
@@ -829,6 +883,13 @@ def _payload(token: CustomerToken) -> TokenPayload:
     )
 
 
+def _keep_private(headers: CIMultiDict[str]) -> None:
+    """Mark an editor page's response for the browser alone: no shared cache keeps it for another."""
+    headers[hdrs.CACHE_CONTROL] = NO_SHARED_CACHE
+    for name in _SHARED_CACHE_HEADERS:
+        headers.popall(name, None)
+
+
 def _refused(status: int, text: str) -> web.Response:
     """A request the sidecar will not forward; the connection closes, as its framing is suspect."""
     response = web.Response(status=status, text=text)
@@ -886,8 +947,15 @@ async def _answer_expect(request: web.BaseRequest) -> web.Response | None:
 
 
 def _cookies(request: web.BaseRequest) -> RequestCookies:
-    """The request's cookies, each read by name on demand (aiohttp's ``request.cookies`` parses all)."""
-    return RequestCookies(request.headers.get(hdrs.COOKIE, ""))
+    """The request's cookies, each read by name on demand (aiohttp's ``request.cookies`` parses all).
+
+    Several Cookie headers are read as one, as the shop will: a session cookie in a second one
+    counts (twice is ambiguous, see :meth:`RequestCookies.only`).
+    """
+    headers = request.headers.getall(hdrs.COOKIE, ())
+    if not headers:
+        return RequestCookies("")
+    return RequestCookies(headers[0] if len(headers) == 1 else "; ".join(headers))
 
 
 def _is_https(request: web.BaseRequest, trusted: bool) -> bool:

@@ -32,12 +32,13 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import hdrs
-from cachetools import LRUCache, TTLCache
+from cachetools import TTLCache
 from multidict import CIMultiDict, CIMultiDictProxy
 from prometheus_client import Counter
 from yarl import URL
 
 from proxy.config import SessionCheck, StorefrontSettings
+from proxy.cookies import RequestCookies
 from proxy.errors import InvalidIdentity, StoreUnavailable
 from proxy.singleflight import SingleFlight
 from proxy.store import StoreKey, TokenStore
@@ -173,7 +174,7 @@ class GuestRecogniser:
         value = cookies.get(GUEST_COOKIE)
         return self._keys.verify(self._storefront_id, value) if value else None
 
-    def guest(self, cookies: Mapping[str, str]) -> Guest:
+    def guest(self, cookies: RequestCookies) -> Guest:
         """The guest this request belongs to."""
         value = cookies.get(GUEST_COOKIE)
         if value:
@@ -186,13 +187,21 @@ class GuestRecogniser:
             return Guest(self._keys.guest_id_for_session(self._storefront_id, session), from_cookie=False)
         return Guest(self._keys.mint_guest_id(), from_cookie=False)
 
-    def session_value(self, cookies: Mapping[str, str]) -> str | None:
-        """The shop's session id from its cookie (never logged, never sent to the API)."""
+    def session_value(self, cookies: RequestCookies) -> str | None:
+        """The shop's session id from its cookie (never logged, never sent to the API).
+
+        None without one, and for a session cookie sent twice: which one the shop reads depends
+        on its framework, so a cache keyed by either could answer for the other's customer.
+        """
         if self._session_cookie is None:
             return None
-        return cookies.get(self._session_cookie) or None
+        return cookies.only(self._session_cookie) or None
 
-    def session_key(self, cookies: Mapping[str, str]) -> str | None:
+    def key_of(self, session_value: str) -> str:
+        """The per-session cache key of a session id (one the shop just set, say)."""
+        return self._keys.session_key(self._storefront_id, session_value)
+
+    def session_key(self, cookies: RequestCookies) -> str | None:
         """A key for per-session caches, derived from the session cookie; None without one."""
         session = self.session_value(cookies)
         return self._keys.session_key(self._storefront_id, session) if session else None
@@ -213,7 +222,10 @@ class ResponseHeaderMemory:
     def __init__(self, store: TokenStore, size: int = REMEMBERED_SESSIONS) -> None:
         self._store = store
         # Only a shared store can fail; this replica's own view is read only then.
-        self._seen_here: LRUCache[str, str] | None = LRUCache(maxsize=size) if store.shared else None
+        # It ages like the store's entries: an outage must not bring back a day-old login.
+        self._seen_here: TTLCache[str, str] | None = (
+            TTLCache(maxsize=size, ttl=REMEMBERED_SESSION_TTL_S) if store.shared else None
+        )
 
     async def remember(self, session_key: str, user_id: str) -> None:
         """The shop named ``user_id`` on a response to this session."""
@@ -225,7 +237,7 @@ class ResponseHeaderMemory:
             )
 
     async def forget(self, session_key: str) -> None:
-        """The shop named nobody on an editor page of this session: it is a guest now."""
+        """The shop named nobody on a page of this session, or ended the session: no customer now."""
         if self._seen_here is not None:
             self._seen_here.pop(session_key, None)
         with contextlib.suppress(StoreUnavailable):
@@ -288,6 +300,10 @@ class SessionChecker:
         self._warned_at: dict[tuple[str, str], float] = {}
         self._answers: TTLCache[str, str | None] = TTLCache(maxsize=SESSION_CHECK_CACHE_SIZE, ttl=check.ttl_s)
         self._in_flight: SingleFlight[str, str | None] = SingleFlight()
+
+    def forget(self, session_key: str) -> None:
+        """The shop replaced or deleted this session (a login, a logout): its answer is void."""
+        self._answers.pop(session_key, None)
 
     async def customer_id(self, session_key: str, page: OutgoingHeaders) -> str | None:
         """The logged-in customer of this session, or None for a guest (and when no one can tell).

@@ -718,3 +718,119 @@ async def test_cookie_less_guest_in_header_and_cookie_modes_gets_only_the_id(
     assert "X-CC-User-Token" not in response.headers
     assert [c.split("=", 1)[0] for c in response.headers.getall("Set-Cookie")] == [GUEST_COOKIE]
     assert guest_cookie_value(response).startswith(response.headers["X-CC-User-Id"] + ".")
+
+
+# -- the shop's session replaced or ended: what was learnt about the old one goes ------------------
+
+RESPONSE_HEADER = {"response_header": "X-Shop-Customer"}
+SESSION_CHECK = {"session_check": {"url": "/account/whoami", "id_field": "customer.id"}}
+
+
+async def token_user(sidecar: Any, cookie: str) -> dict[str, Any]:
+    response, body = await get(sidecar, "/.cc-sidecar/token", headers={"Cookie": cookie})
+    assert response.status == 200
+    payload: dict[str, Any] = json.loads(body)
+    return payload
+
+
+async def test_a_login_that_rotates_the_session_leaves_the_old_session_a_guest(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """Session fixation: the id planted before the login gets a guest's token; the shop's new id gets kim's."""
+    sidecar = await make_sidecar(config(shop, emulator, trusted_networks=[], user=RESPONSE_HEADER))
+    shop.state.extra_response_headers = {
+        "X-Shop-Customer": "kim@example.com",
+        "Set-Cookie": "PHPSESSID=fresh-after-login; Path=/; HttpOnly",
+    }
+    await get(sidecar, "/page/login", headers={"Cookie": "PHPSESSID=planted"})
+    shop.state.extra_response_headers = {}
+    assert (await token_user(sidecar, "PHPSESSID=planted"))["isAnonymous"] is True
+    assert (await token_user(sidecar, "PHPSESSID=fresh-after-login"))["userId"] == "kim@example.com"
+
+
+async def test_a_logout_that_deletes_the_session_ends_what_was_remembered(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A logout redirect (no page naming nobody) that deletes PHPSESSID: the old id no longer names the customer."""
+    sidecar = await make_sidecar(config(shop, emulator, trusted_networks=[], user=RESPONSE_HEADER))
+    shop.state.extra_response_headers = {"X-Shop-Customer": "kim@example.com"}
+    await get(sidecar, "/plain", headers={"Cookie": "PHPSESSID=kims"})
+    assert (await token_user(sidecar, "PHPSESSID=kims"))["userId"] == "kim@example.com"
+    shop.state.extra_response_headers = {
+        "Set-Cookie": "PHPSESSID=deleted; expires=Thu, 01 Jan 1970 00:00:01 GMT; Max-Age=0; path=/"
+    }
+    response, _ = await get(sidecar, "/redirect", headers={"Cookie": "PHPSESSID=kims"})
+    assert response.status == 302
+    shop.state.extra_response_headers = {}
+    assert (await token_user(sidecar, "PHPSESSID=kims"))["isAnonymous"] is True
+
+
+async def test_a_response_renewing_the_same_session_keeps_what_was_remembered(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """A Set-Cookie that only renews the session (same value, new expiry) is no login or logout."""
+    sidecar = await make_sidecar(config(shop, emulator, trusted_networks=[], user=RESPONSE_HEADER))
+    shop.state.extra_response_headers = {"X-Shop-Customer": "kim@example.com"}
+    await get(sidecar, "/plain", headers={"Cookie": "PHPSESSID=kims"})
+    shop.state.extra_response_headers = {"Set-Cookie": "PHPSESSID=kims; Max-Age=1800; Path=/"}
+    await get(sidecar, "/plain", headers={"Cookie": "PHPSESSID=kims"})
+    shop.state.extra_response_headers = {}
+    assert (await token_user(sidecar, "PHPSESSID=kims"))["userId"] == "kim@example.com"
+
+
+async def test_a_session_cookie_sent_twice_is_remembered_for_nobody(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """``PHPSESSID=victim; PHPSESSID=attacker`` named mallory (the shop read the last): the victim's id stays a guest's."""
+    sidecar = await make_sidecar(config(shop, emulator, trusted_networks=[], user=RESPONSE_HEADER))
+    shop.state.extra_response_headers = {"X-Shop-Customer": "mallory@example.com"}
+    await get(sidecar, "/plain", headers={"Cookie": "PHPSESSID=victim; PHPSESSID=attacker"})
+    shop.state.extra_response_headers = {}
+    assert (await token_user(sidecar, "PHPSESSID=victim"))["isAnonymous"] is True
+
+
+async def test_a_session_cookie_sent_twice_is_never_checked_or_cached(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """Two PHPSESSIDs (or two Cookie headers): a guest, no session check, and nothing cached for either id."""
+    shop.state.logins["attacker"] = "mallory@example.com"
+    sidecar = await make_sidecar(config(shop, emulator, trusted_networks=[], user=SESSION_CHECK))
+    assert (await token_user(sidecar, "PHPSESSID=victim; PHPSESSID=attacker"))["isAnonymous"] is True
+    _, body = await get(
+        sidecar,
+        "/.cc-sidecar/token",
+        headers=[("Cookie", "PHPSESSID=victim"), ("Cookie", "PHPSESSID=attacker")],
+    )
+    assert json.loads(body)["isAnonymous"] is True
+    assert [r for r in shop.state.requests if r.path_qs == "/account/whoami"] == []
+    assert (await token_user(sidecar, "PHPSESSID=victim"))["isAnonymous"] is True
+
+
+async def test_a_session_check_answer_ends_when_the_shop_replaces_the_session(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """kim's cached answer (ttl 60 s) is dropped when a response gives her browser a new session id."""
+    shop.state.logins["old"] = "kim@example.com"
+    sidecar = await make_sidecar(config(shop, emulator, trusted_networks=[], user=SESSION_CHECK))
+    assert (await token_user(sidecar, "PHPSESSID=old"))["userId"] == "kim@example.com"
+    del shop.state.logins["old"]
+    shop.state.extra_response_headers = {"Set-Cookie": "PHPSESSID=new; Path=/"}
+    await get(sidecar, "/plain", headers={"Cookie": "PHPSESSID=old"})
+    shop.state.extra_response_headers = {}
+    assert (await token_user(sidecar, "PHPSESSID=old"))["isAnonymous"] is True
+
+
+async def test_head_of_an_editor_page_says_what_its_get_says_about_caching(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """HEAD gets no token but the GET's private Cache-Control and no validators, so no cache re-labels a stored GET."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    async with (
+        aiohttp.ClientSession() as client,
+        client.head(sidecar.make_url("/editor/mug"), headers={USER_HEADER: "head@example.com"}) as response,
+    ):
+        assert response.status == 200
+        assert response.headers["Cache-Control"] == "private, no-store"
+        assert "ETag" not in response.headers
+        assert "Last-Modified" not in response.headers
+    assert emulator.state.count("StorefrontUsers_GetToken") == 0

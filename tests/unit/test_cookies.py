@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from proxy.cookies import RequestCookies, cookie_header_without, delete_cookie_value, set_cookie_value
+from proxy.cookies import (
+    CookieSet,
+    RequestCookies,
+    cookie_header_without,
+    cookie_set,
+    delete_cookie_value,
+    set_cookie_value,
+)
 
 
 def test_http_only_secure_cookie_with_max_age() -> None:
@@ -70,3 +77,39 @@ def test_request_cookies_iterates_each_name_once() -> None:
 def test_cookie_header_without_drops_exactly_the_named_pairs(header: str, expected: str) -> None:
     """Every pair with that exact name goes; look-alike names and values stay."""
     assert cookie_header_without(header, "cc_user_token") == expected
+
+
+def test_only_gives_a_cookie_sent_once() -> None:
+    """The value of a cookie the header carries once; quotes lost, like the mapping's."""
+    assert RequestCookies('a=1; PHPSESSID="s1"; b=2').only("PHPSESSID") == "s1"
+
+
+@pytest.mark.parametrize("header", ["PHPSESSID=a; PHPSESSID=b", "PHPSESSID=a; x=1; PHPSESSID=a", "x=1"])
+def test_only_gives_nothing_for_a_cookie_sent_twice_or_not_at_all(header: str) -> None:
+    """Twice is ambiguous (PHP reads the first, Django the last), even with the same value twice."""
+    assert RequestCookies(header).only("PHPSESSID") is None
+
+
+NOW = 1_790_000_000.0
+
+
+@pytest.mark.parametrize(
+    ("set_cookies", "change"),
+    [
+        ([], None),
+        (["other=1; Path=/"], None),
+        (["PHPSESSID=new; Path=/; HttpOnly"], CookieSet("new")),
+        (["PHPSESSID=first", "PHPSESSID=second"], CookieSet("second")),
+        (["PHPSESSID=; Path=/"], CookieSet(None)),
+        (["PHPSESSID=deleted; expires=Thu, 01 Jan 1970 00:00:01 GMT; Max-Age=0; path=/"], CookieSet(None)),
+        (["PHPSESSID=deleted; expires=Thu, 01 Jan 1970 00:00:01 GMT; path=/"], CookieSet(None)),
+        (["PHPSESSID=kept; Max-Age=3600; expires=Thu, 01 Jan 1970 00:00:01 GMT"], CookieSet("kept")),
+        (["PHPSESSID=later; expires=Wed, 01 Jan 2070 00:00:00 GMT"], CookieSet("later")),
+        (["PHPSESSID=odd; expires=not a date"], CookieSet("odd")),
+    ],
+)
+def test_cookie_set_says_what_a_response_does_to_a_cookie(
+    set_cookies: list[str], change: CookieSet | None
+) -> None:
+    """The last Set-Cookie of the name counts; empty, Max-Age <= 0 or a past Expires (Max-Age first) deletes."""
+    assert cookie_set(set_cookies, "PHPSESSID", NOW) == change

@@ -7,6 +7,7 @@ import ipaddress
 import pytest
 
 from proxy.config import StorefrontSettings
+from proxy.cookies import RequestCookies
 from proxy.errors import InvalidIdentity
 from proxy.identity import (
     GUEST_COOKIE,
@@ -18,6 +19,11 @@ from proxy.identity import (
 from proxy.routing import TrustedNetworks
 
 SECRET = "test-secret-0123456789abcdef"
+
+
+def jar(**cookies: str) -> RequestCookies:
+    """A request's cookies, as the handler reads them from its Cookie header."""
+    return RequestCookies("; ".join(f"{name}={value}" for name, value in cookies.items()))
 
 
 def recogniser(storefront_id: int = 1, secret: str = SECRET) -> GuestRecogniser:
@@ -103,8 +109,8 @@ def test_header_key_is_blind_to_case_and_underscores(spelling: str) -> None:
 def test_guest_id_is_derived_from_the_session_without_revealing_it() -> None:
     """The same session gives the same anon- id; the session id is not in it."""
     guests = recogniser()
-    first = guests.guest({"PHPSESSID": "abc123session"})
-    again = guests.guest({"PHPSESSID": "abc123session"})
+    first = guests.guest(jar(PHPSESSID="abc123session"))
+    again = guests.guest(jar(PHPSESSID="abc123session"))
     assert first.user_id == again.user_id
     assert first.user_id.startswith("anon-")
     assert "abc123session" not in first.user_id
@@ -113,7 +119,7 @@ def test_guest_id_is_derived_from_the_session_without_revealing_it() -> None:
 
 def test_guest_ids_differ_by_storefront_and_secret() -> None:
     """One session cookie gives different guest ids in other storefronts or with another secret."""
-    cookies = {"PHPSESSID": "same"}
+    cookies = jar(PHPSESSID="same")
     ids = {
         recogniser(1).guest(cookies).user_id,
         recogniser(2).guest(cookies).user_id,
@@ -125,14 +131,14 @@ def test_guest_ids_differ_by_storefront_and_secret() -> None:
 def test_without_a_session_a_random_guest_is_minted() -> None:
     """No session cookie: each request gets a fresh random guest id."""
     guests = recogniser()
-    assert guests.guest({}).user_id != guests.guest({}).user_id
+    assert guests.guest(jar()).user_id != guests.guest(jar()).user_id
 
 
 def test_valid_guest_cookie_wins_over_the_session() -> None:
     """A signed guest cookie keeps the guest's id even when the shop rotated its session."""
     guests = recogniser()
-    original = guests.guest({"PHPSESSID": "before-login"}).user_id
-    cookies = {"PHPSESSID": "after-login", GUEST_COOKIE: guests.signed(original)}
+    original = guests.guest(jar(PHPSESSID="before-login")).user_id
+    cookies = jar(PHPSESSID="after-login", **{GUEST_COOKIE: guests.signed(original)})
     guest = guests.guest(cookies)
     assert guest.user_id == original
     assert guest.from_cookie
@@ -153,16 +159,16 @@ def test_tampered_guest_cookie_is_ignored(tamper: object) -> None:
     guests = recogniser()
     signed = guests.signed("anon-victim")
     value = tamper(signed)  # type: ignore[operator]
-    guest = guests.guest({GUEST_COOKIE: value, "PHPSESSID": "s"})
+    guest = guests.guest(jar(PHPSESSID="s", **{GUEST_COOKIE: value}))
     assert guest.user_id != "anon-victim"
     assert not guest.from_cookie
-    assert guests.cookie_guest({GUEST_COOKIE: value}) is None
+    assert guests.cookie_guest(jar(**{GUEST_COOKIE: value})) is None
 
 
 def test_guest_cookie_of_another_storefront_is_not_valid() -> None:
     """A cookie signed for storefront 1 is not accepted by storefront 2."""
     cookie = recogniser(1).signed("anon-x")
-    assert recogniser(2).cookie_guest({GUEST_COOKIE: cookie}) is None
+    assert recogniser(2).cookie_guest(jar(**{GUEST_COOKIE: cookie})) is None
 
 
 def test_trusted_networks() -> None:
@@ -175,3 +181,15 @@ def test_trusted_networks() -> None:
     assert not trusted.contains("not-an-ip")
     assert not trusted.contains(None)
     assert not TrustedNetworks([]).contains("10.0.0.1")
+
+
+def test_a_session_cookie_sent_twice_names_no_session() -> None:
+    """``PHPSESSID=a; PHPSESSID=b``: the shop may read either, so no session is derived from it."""
+    guests = recogniser()
+    cookies = RequestCookies("PHPSESSID=victim; PHPSESSID=attacker")
+    assert guests.session_value(cookies) is None
+    assert guests.session_key(cookies) is None
+    assert guests.guest(cookies).user_id not in (
+        guests.guest(jar(PHPSESSID="victim")).user_id,
+        guests.guest(jar(PHPSESSID="attacker")).user_id,
+    )
