@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import contextlib
 import hashlib
 import hmac
 import json
@@ -66,18 +65,10 @@ REMEMBERED_SESSION_TTL_S = 24 * 3600.0
 SESSION_CHECK_CACHE_SIZE = 100_000
 # An unusable session-check answer is logged at most this often per storefront and cause.
 SESSION_CHECK_WARN_INTERVAL_S = 60.0
-# What a session check carries of the page's request (see SessionChecker), lower-case.
-_PAGE_HEADERS = frozenset(
-    (
-        b"host",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"forwarded",
-        b"cookie",
-        b"user-agent",
-    )
-)
+# What a session check carries of the page's request (see SessionChecker), lower-case; and every
+# X-Forwarded-* the page carried (a trusted hop's -Port and -Prefix are read by Symfony, Laravel).
+_PAGE_HEADERS = frozenset((b"host", b"forwarded", b"cookie", b"user-agent"))
+_PAGE_HEADER_PREFIX = b"x-forwarded-"
 _SIGNATURE_BYTES = 16
 
 
@@ -226,30 +217,58 @@ class ResponseHeaderMemory:
         self._seen_here: TTLCache[str, str] | None = (
             TTLCache(maxsize=size, ttl=REMEMBERED_SESSION_TTL_S) if store.shared else None
         )
+        # Sessions whose end (a logout) the shared store missed while it was down: nobody's here
+        # until the delete is sent, which happens as soon as the store answers again. Without
+        # this the store would name the customer again for a day once it is back.
+        self._unsent_forgets: set[str] = set()
 
     async def remember(self, session_key: str, user_id: str) -> None:
         """The shop named ``user_id`` on a response to this session."""
         if self._seen_here is not None:
             self._seen_here[session_key] = user_id
-        with contextlib.suppress(StoreUnavailable):
+        self._unsent_forgets.discard(session_key)
+        try:
             await self._store.put(
                 StoreKey("session", session_key), user_id.encode(), REMEMBERED_SESSION_TTL_S
             )
+        except StoreUnavailable:
+            return
+        await self._send_unsent_forgets()
 
     async def forget(self, session_key: str) -> None:
         """The shop named nobody on a page of this session, or ended the session: no customer now."""
         if self._seen_here is not None:
             self._seen_here.pop(session_key, None)
-        with contextlib.suppress(StoreUnavailable):
+        try:
             await self._store.delete(StoreKey("session", session_key))
+        except StoreUnavailable:
+            if len(self._unsent_forgets) >= REMEMBERED_SESSIONS:
+                self._unsent_forgets.clear()  # bounded; the store's TTL ends the rest
+            self._unsent_forgets.add(session_key)
+            return
+        self._unsent_forgets.discard(session_key)
+        await self._send_unsent_forgets()
 
     async def recall(self, session_key: str) -> str | None:
         """The customer last named for this session, if any."""
+        if session_key in self._unsent_forgets:
+            return None
         try:
             value = await self._store.get(StoreKey("session", session_key))
         except StoreUnavailable:
             return self._seen_here.get(session_key) if self._seen_here is not None else None
+        await self._send_unsent_forgets()
         return value.decode() if value is not None else None
+
+    async def _send_unsent_forgets(self) -> None:
+        """Send the deletes the store missed, now that it answered; stop at the first failure."""
+        while self._unsent_forgets:
+            session_key = next(iter(self._unsent_forgets))
+            try:
+                await self._store.delete(StoreKey("session", session_key))
+            except StoreUnavailable:
+                return
+            self._unsent_forgets.discard(session_key)
 
 
 class SessionChecker:
@@ -319,7 +338,7 @@ class SessionChecker:
         return await asyncio.shield(task)
 
     def _headers(self, page: OutgoingHeaders) -> CIMultiDict[str]:
-        headers = page.select(self._page_headers)
+        headers = page.select(self._page_headers, _PAGE_HEADER_PREFIX)
         pairs = [
             pair.strip()
             for value in headers.popall(hdrs.COOKIE, ())
@@ -408,7 +427,9 @@ class SessionChecker:
         if last is not None and now - last < SESSION_CHECK_WARN_INTERVAL_S:
             return
         self._warned_at[cause] = now
-        log.warning(message, *args, extra={"outcome": outcome})
+        # Limited here per storefront and cause already; the log's own once-a-minute-per-message
+        # limit would merge two storefronts' or two statuses' warnings into one.
+        log.warning(message, *args, extra={"outcome": outcome, "_every_time": True})
 
 
 def _field(document: object, path: tuple[str, ...]) -> tuple[bool, object]:

@@ -53,6 +53,12 @@ FORWARDED_HEADERS = frozenset(
 # of CDNs and load balancers that PHP code reads, and the rewritten-URL headers of IIS that
 # Symfony and Zend route by. Kept only from trusted_networks.
 _CLIENT_CLAIM_PREFIX = b"x-forwarded-"
+# The standard spelling of the forwarding headers, for a trusted hop's underscored one.
+_DASHED = {
+    b"x-forwarded-proto": b"X-Forwarded-Proto",
+    b"x-forwarded-host": b"X-Forwarded-Host",
+    b"forwarded": b"Forwarded",
+}
 _CLIENT_CLAIMS = frozenset(
     name.lower().encode()
     for name in (
@@ -200,8 +206,8 @@ class OutgoingHeaders:
             for name, value in zip(parts[0::4], parts[2::4], strict=True)
         )
 
-    def select(self, names: Collection[bytes]) -> CIMultiDict[str]:
-        """Those of these headers whose lower-case names are in ``names``, as :meth:`multidict`.
+    def select(self, names: Collection[bytes], prefix: bytes | None = None) -> CIMultiDict[str]:
+        """Those of these headers whose lower-case names are in ``names`` or start with ``prefix``.
 
         The session check uses it to reach the shop with the page's own Host, X-Forwarded-* and
         cookies, built by :meth:`Upstream.request_headers` once for both.
@@ -210,7 +216,7 @@ class OutgoingHeaders:
         return CIMultiDict(
             (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
             for name, value in zip(parts[0::4], parts[2::4], strict=True)
-            if name.lower() in names
+            if (lowered := name.lower()) in names or (prefix is not None and lowered.startswith(prefix))
         )
 
 
@@ -331,6 +337,10 @@ class Upstream:
                     has_proto = True
                 elif lowered == b"x-forwarded-host":
                     has_forwarded_host = True
+                # A trusted hop's X_Forwarded_Proto is the shop's X-Forwarded-Proto (CGI reads it
+                # so): spelt that way, every reader of the page's headers (the session check) sees it.
+                if b"_" in name:
+                    name = _DASHED[lowered]
             elif lowered.startswith(_CLIENT_CLAIM_PREFIX) or lowered in _CLIENT_CLAIMS:
                 if not trusted:
                     continue

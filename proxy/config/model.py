@@ -324,7 +324,10 @@ class RedisSettings(_Frozen):
     )
     timeout_s: PositiveSeconds = Field(
         DEFAULT_STORE_TIMEOUT_S,
-        description="Each Redis call (connect included) is given up after this; the page goes on without it.",
+        description=(
+            "Each Redis call (connect included) is given up after this; the page goes on without it."
+            " At most 1 s, and less than customers_canvas.timeout_s."
+        ),
     )
     ca_file: str | None = Field(
         None, min_length=1, description="PEM file of the CA that signs Redis' certificate (rediss://)."

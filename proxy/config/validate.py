@@ -7,6 +7,10 @@ from urllib.parse import urlsplit
 
 from proxy.config.model import Settings, split_listen
 
+# The longest a Redis call may take: Redis is a cache, and a page may wait for one call.
+MAX_STORE_TIMEOUT_S = 1.0
+# "localhost" binds the loopback address: the same one as 127.0.0.1.
+_LOOPBACK = {"localhost": "127.0.0.1"}
 # Addresses that take a port on every interface, so they overlap any other address on that port.
 _EVERY_INTERFACE = frozenset({"0.0.0.0", "::", "*"})
 
@@ -78,6 +82,13 @@ def check_token_store(settings: Settings) -> list[str]:
         problems.append(
             "token_store.redis.cluster: a Cluster has no Sentinel; set one of sentinel or cluster"
         )
+    if redis.timeout_s > MAX_STORE_TIMEOUT_S or redis.timeout_s >= settings.customers_canvas.timeout_s:
+        # A page may wait this long on Redis (once, before the breaker opens): never more than
+        # a moment, and never as long as the token work it is meant to save.
+        problems.append(
+            f"token_store.redis.timeout_s: must be at most {MAX_STORE_TIMEOUT_S:g} s and less than"
+            f" customers_canvas.timeout_s ({settings.customers_canvas.timeout_s:g} s)"
+        )
     if redis.cluster and urlsplit(redis.url).path.strip("/") not in ("", "0"):
         problems.append("token_store.redis.url: a Cluster has only database 0")
     if redis.ca_file is not None:
@@ -94,4 +105,5 @@ def _listeners_overlap(listen: str, admin_listen: str) -> bool:
     admin_host, admin_port = split_listen(admin_listen)
     if port != admin_port or port == 0:
         return False
-    return host.lower() == admin_host.lower() or bool({host, admin_host} & _EVERY_INTERFACE)
+    names = {_LOOPBACK.get(host.lower(), host.lower()), _LOOPBACK.get(admin_host.lower(), admin_host.lower())}
+    return len(names) == 1 or bool({host, admin_host} & _EVERY_INTERFACE)

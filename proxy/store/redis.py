@@ -221,7 +221,11 @@ class RedisStore:
         if not self._available:
             self._available = True
             self._metrics.store_available.set(1)
-            log.warning("token store is back: customers are shared with the other replicas again")
+            # One line per change of state, never merged by the log's once-a-minute limit.
+            log.warning(
+                "token store is back: customers are shared with the other replicas again",
+                extra={"_every_time": True},
+            )
         return result
 
     def _opened(self, exc: BaseException) -> None:
@@ -232,7 +236,7 @@ class RedisStore:
             # The error's type only: a message could quote a URL with its password.
             log.warning(
                 "token store unavailable: serving from this replica's memory until it returns",
-                extra={"error": type(exc).__name__, "retry_after_s": RETRY_AFTER_S},
+                extra={"error": type(exc).__name__, "retry_after_s": RETRY_AFTER_S, "_every_time": True},
             )
 
 

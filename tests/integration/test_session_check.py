@@ -119,6 +119,31 @@ async def test_the_check_carries_the_pages_host_forwarded_headers_and_cookies(
     assert check.headers["Accept"] == ["application/json"]
 
 
+async def test_a_trusted_hops_underscored_proto_and_other_forwarded_headers_reach_the_check(
+    strict_shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """``X_Forwarded_Proto: https`` from the ingress goes as X-Forwarded-Proto, and -Port and -Prefix go with the check."""
+    sidecar = await start(make_sidecar, strict_shop, emulator)
+    headers = {
+        "Host": PUBLIC_HOST,
+        "X_Forwarded_Proto": "https",
+        "X-Forwarded-Port": "443",
+        "X-Forwarded-Prefix": "/shop",
+        "Cookie": "PHPSESSID=s1",
+    }
+    async with (
+        aiohttp.ClientSession() as client,
+        client.get(sidecar.make_url("/editor/mug"), headers=headers, allow_redirects=False) as response,
+    ):
+        assert response.status == 200
+        [found] = ELEMENT.findall(await response.read())
+    assert json.loads(found)["userId"] == "kim@example.com"
+    [check] = checks(strict_shop)
+    assert check.headers["X-Forwarded-Proto"] == ["https"]
+    assert check.headers["X-Forwarded-Port"] == ["443"]
+    assert check.headers["X-Forwarded-Prefix"] == ["/shop"]
+
+
 async def test_an_untrusted_peers_forwarded_proto_is_replaced_in_the_check_too(
     strict_shop: Shop, emulator: Any, make_sidecar: SidecarFactory
 ) -> None:

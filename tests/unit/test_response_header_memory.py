@@ -10,8 +10,10 @@ from proxy.config.model import RedisSettings
 from proxy.identity import ResponseHeaderMemory
 from proxy.metrics import Metrics
 from proxy.store.memory import MemoryStore
-from proxy.store.redis import RedisStore
+from proxy.store.redis import RETRY_AFTER_S, RedisStore
+from tests.fixtures.emulator import ManualClock
 from tests.fixtures.redis import RedisProcess
+from tests.unit.test_store_redis import make_store
 
 SESSION = "0123456789abcdef0123456789abcdef"
 
@@ -57,3 +59,28 @@ async def test_unavailable_store_falls_back_to_what_this_replica_saw(
     assert await memory.recall(SESSION) == "max@example.com"
     await memory.forget(SESSION)
     assert await memory.recall(SESSION) is None
+
+
+async def test_a_logout_the_store_missed_is_sent_when_it_answers_again(redis_server: RedisProcess) -> None:
+    """Redis frozen while a replica sees the logout: nobody's meanwhile, and deleted from Redis once it is back.
+
+    Without the replay the customer's entry would outlive the outage and name the customer to
+    every replica for a day.
+    """
+    clock = ManualClock()
+    here = make_store(redis_server, clock=clock)
+    there = make_store(redis_server)
+    try:
+        seen_here, seen_there = ResponseHeaderMemory(here), ResponseHeaderMemory(there)
+        await seen_here.remember(SESSION, "max@example.com")
+        redis_server.freeze()
+        await seen_here.forget(SESSION)  # times out: the store misses it
+        assert await seen_here.recall(SESSION) is None
+        redis_server.thaw()
+        clock.advance(RETRY_AFTER_S)
+        assert await seen_here.recall("another-session-0000000000000000") is None  # the store answers
+        assert await seen_there.recall(SESSION) is None
+    finally:
+        redis_server.thaw()
+        await here.aclose()
+        await there.aclose()

@@ -83,6 +83,13 @@ CATALOGUE: list[tuple[str, dict[str, Any], list[str]]] = [
         ],
     ),
     (
+        "listen on localhost, admin_listen on 127.0.0.1 with the same port",
+        {"listen": "localhost:8080", "admin_listen": "127.0.0.1:8080"},
+        [
+            "admin_listen: 127.0.0.1:8080 takes the port of listen localhost:8080; the admin listener needs its own port"
+        ],
+    ),
+    (
         "a session check URL that is neither a path nor a URL",
         {
             "storefronts.0.session_cookie": "PHPSESSID",

@@ -130,3 +130,13 @@ def test_check_config_names_the_redis_store_without_its_password(
     out = capsys.readouterr().out
     assert "token store: redis, redis://redis:6380; keys cc-sidecar:*; 0.25 s per call" in out.splitlines()
     assert "hunter2" not in out
+
+
+@pytest.mark.parametrize("timeout_s", [1.5, 5])
+def test_a_redis_call_may_not_outlast_a_moment_or_the_token_work(timeout_s: float) -> None:
+    """A page may wait for one Redis call: at most 1 s, and less than customers_canvas.timeout_s."""
+    found = problems({"backend": "redis", "redis": {"url": "redis://redis:6379/0", "timeout_s": timeout_s}})
+    api_timeout = VALID["customers_canvas"].get("timeout_s", 5)
+    assert found == [
+        f"token_store.redis.timeout_s: must be at most 1 s and less than customers_canvas.timeout_s ({api_timeout:g} s)"
+    ]
