@@ -361,26 +361,12 @@ class ShopHandler:
             if editor:
                 token = self._cached_token(request, storefront, logged_in)
                 if token is None:
-                    work = asyncio.create_task(
-                        self._attachment(
-                            request,
-                            storefront,
-                            logged_in,
-                            _is_https(request, trusted),
-                            upstream_headers,
-                            want_token=True,
-                        )
+                    work = self._start_attachment(
+                        request, storefront, logged_in, trusted, upstream_headers, want_token=True
                     )
             elif (logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request):
-                work = asyncio.create_task(
-                    self._attachment(
-                        request,
-                        storefront,
-                        logged_in,
-                        _is_https(request, trusted),
-                        upstream_headers,
-                        want_token=False,
-                    )
+                work = self._start_attachment(
+                    request, storefront, logged_in, trusted, upstream_headers, want_token=False
                 )
 
         try:
@@ -404,15 +390,8 @@ class ShopHandler:
             named = await self._response_identity(request, storefront, headers, shop.status, new_session)
             logged_in = logged_in or named
             if editor or ((logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)):
-                work = asyncio.create_task(
-                    self._attachment(
-                        request,
-                        storefront,
-                        logged_in,
-                        _is_https(request, trusted),
-                        upstream_headers,
-                        want_token=editor,
-                    )
+                work = self._start_attachment(
+                    request, storefront, logged_in, trusted, upstream_headers, want_token=editor
                 )
 
         if work is not None:
@@ -436,6 +415,28 @@ class ShopHandler:
             for name in _VALIDATORS:
                 headers.popall(name, None)
         return await storefront.upstream.relay(request, shop, headers, body_filter)
+
+    def _start_attachment(
+        self,
+        request: web.BaseRequest,
+        storefront: Storefront,
+        logged_in: str | None,
+        trusted: bool,
+        page_headers: OutgoingHeaders,
+        *,
+        want_token: bool,
+    ) -> asyncio.Task[Attachment]:
+        """Start the customer's token work (and a merge at login) beside the shop's response."""
+        return asyncio.create_task(
+            self._attachment(
+                request,
+                storefront,
+                logged_in,
+                _is_https(request, trusted),
+                page_headers,
+                want_token=want_token,
+            )
+        )
 
     def _cached_token(
         self, request: web.BaseRequest, storefront: Storefront, logged_in: str | None
@@ -614,15 +615,7 @@ class ShopHandler:
             # its guest id and cookie but no StorefrontUser: the request that brings the cookie
             # back (the page script's call to tokenUrl) makes one (contract, "Identity").
             attachment.deferred_guest = guest_id
-            attachment.set_cookies.append(
-                set_cookie_value(
-                    GUEST_COOKIE,
-                    guests.signed(guest_id),
-                    http_only=True,
-                    secure=secure,
-                    max_age=GUEST_COOKIE_MAX_AGE_S,
-                )
-            )
+            attachment.set_cookies.append(_guest_cookie(guests, guest_id, secure))
             storefront.counters.deferred_guests.inc()
             return
         try:
@@ -637,15 +630,7 @@ class ShopHandler:
         if guest_id is not None:
             # Set (or renewed, once per token fetched) only on a response that carries the
             # token (contract), so it names a user that exists.
-            attachment.set_cookies.append(
-                set_cookie_value(
-                    GUEST_COOKIE,
-                    guests.signed(guest_id),
-                    http_only=True,
-                    secure=secure,
-                    max_age=GUEST_COOKIE_MAX_AGE_S,
-                )
-            )
+            attachment.set_cookies.append(_guest_cookie(guests, guest_id, secure))
 
     def _attach(
         self,
@@ -880,6 +865,13 @@ def _payload(token: CustomerToken) -> TokenPayload:
         is_anonymous=token.is_anonymous,
         token=token.token,
         expires_at=token.expires_at,
+    )
+
+
+def _guest_cookie(guests: GuestRecogniser, guest_id: str, secure: bool) -> str:
+    """The Set-Cookie value that keeps ``guest_id`` in the browser (signed, HttpOnly, 30 days)."""
+    return set_cookie_value(
+        GUEST_COOKIE, guests.signed(guest_id), http_only=True, secure=secure, max_age=GUEST_COOKIE_MAX_AGE_S
     )
 
 
