@@ -73,10 +73,12 @@ def check_token_store(settings: Settings) -> list[str]:
     """Problems of ``token_store`` that span its keys (Redis needed, TLS, Sentinel vs Cluster)."""
     store = settings.token_store
     redis = store.redis
-    if store.backend == "memory":
-        return []
     if redis is None:
-        return ["token_store.redis: required when token_store.backend is redis (at least its url)"]
+        if store.backend == "redis":
+            return ["token_store.redis: required when token_store.backend is redis (at least its url)"]
+        return []
+    # A redis section is checked even while the backend is memory: switching backends later
+    # must not be the moment it turns out to be unusable.
     problems: list[str] = []
     if redis.sentinel is not None and redis.cluster:
         problems.append(

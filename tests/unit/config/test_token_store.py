@@ -140,3 +140,18 @@ def test_a_redis_call_may_not_outlast_a_moment_or_the_token_work(timeout_s: floa
     assert found == [
         f"token_store.redis.timeout_s: must be at most 1 s and less than customers_canvas.timeout_s ({api_timeout:g} s)"
     ]
+
+
+def test_a_redis_section_is_checked_while_the_backend_is_memory() -> None:
+    """Sentinel and cluster together are refused even with backend memory: switching later must just work."""
+    found = problems(
+        {
+            "backend": "memory",
+            "redis": {
+                "url": "redis://redis:6379/0",
+                "cluster": True,
+                "sentinel": {"master_name": "m", "addresses": ["s1:26379"]},
+            },
+        }
+    )
+    assert found == ["token_store.redis.cluster: a Cluster has no Sentinel; set one of sentinel or cluster"]
