@@ -39,6 +39,7 @@ import asyncio
 import collections
 import contextvars
 import logging
+import select
 import socket
 import time
 from typing import cast
@@ -100,6 +101,7 @@ class _Connection(asyncio.Protocol):
         "closed",
         "idle_since",
         "loop",
+        "poller",
         "pool",
         "response",
         "sock",
@@ -110,6 +112,8 @@ class _Connection(asyncio.Protocol):
         self.pool = pool
         # The socket the transport reads, kept to look at it before a reuse (spoke_while_idle).
         self.sock: socket.socket | None = None
+        # Polls that socket alone, without waiting (see spoke_while_idle).
+        self.poller: select.poll | None = None
         # Kept, not looked up per request: on Python 3.11 get_running_loop() costs a getpid().
         self.loop = loop
         self.transport: asyncio.Transport | None = None
@@ -182,12 +186,18 @@ class _Connection(asyncio.Protocol):
     def spoke_while_idle(self) -> bool:
         """Whether the shop sent bytes or closed since its last answer; if so, closes the connection.
 
-        Asked of the socket itself (a peek, about 1 µs): a busy loop reads such bytes only after
-        the next request went out, and that request would take them for its answer.
+        Asked of the socket itself: a busy loop reads such bytes only after the next request
+        went out, and that request would take them for its answer. A poll that does not wait
+        answers first (about 0.3 µs): it reports bytes, the shop's end of file and an error
+        alike, and only then does the peek tell which. A peek alone ends almost every time in
+        BlockingIOError, whose exception cost about 2 % of a pass-through request's CPU.
         """
         sock = self.sock
         if sock is None:
             return False
+        poller = self.poller
+        if poller is not None and not poller.poll(0):
+            return False  # nothing waiting: the usual case
         try:
             waiting = sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
@@ -609,6 +619,9 @@ class HttpPool:
                     raise
                 await loop.create_connection(lambda: conn, sock=sock)
                 conn.sock = sock
+                poller = select.poll()
+                poller.register(sock, select.POLLIN)
+                conn.poller = poller
                 return conn
             raise error or OSError(f"cannot resolve {self.host}")
 

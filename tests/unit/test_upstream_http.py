@@ -864,3 +864,63 @@ async def test_a_101_to_a_request_that_did_not_ask_to_upgrade_is_malformed(
             None,
         )
     ]
+
+
+LOOP_FACTORIES: dict[str, Callable[[], asyncio.AbstractEventLoop] | None] = {"asyncio": None}
+with contextlib.suppress(ImportError):
+    import uvloop
+
+    LOOP_FACTORIES["uvloop"] = uvloop.new_event_loop
+
+
+@pytest.mark.parametrize("after", ["nothing", "bytes", "end-of-file"])
+@pytest.mark.parametrize("loop_name", sorted(LOOP_FACTORIES))
+def test_an_idle_connection_is_looked_at_before_reuse(
+    loop_name: str, after: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The look before a reuse (a poll that does not wait, then a peek only if it reports anything).
+
+    A quiet connection is reused; one the shop sent bytes on (a warning) or closed is closed, on
+    either event loop. The loop is blocked meanwhile, so only the socket itself can tell.
+    """
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+    answered = threading.Event()
+    done = threading.Event()
+
+    def serve() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(65536)
+            conn.sendall(OK_2)
+            answered.wait(2)
+            if after == "bytes":
+                conn.sendall(SURPLUS)
+            elif after == "end-of-file":
+                conn.shutdown(socket.SHUT_WR)
+            done.wait(2)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+
+    async def look() -> tuple[bool, bool]:
+        pool = HttpPool("127.0.0.1", port, connect_timeout=1.0, read_timeout=READ_TIMEOUT_S)
+        try:
+            assert await read_all(await pool.request("GET", head("GET", "/"), None, None)) == b"ok"
+            [conn] = pool._idle
+            answered.set()
+            time.sleep(0.1)  # the loop is busy: whatever the shop did lands unread
+            return conn.spoke_while_idle(), conn.closed
+        finally:
+            done.set()
+            await pool.close()
+
+    try:
+        with asyncio.Runner(loop_factory=LOOP_FACTORIES[loop_name]) as runner:
+            spoke, closed = runner.run(look())
+        assert (spoke, closed) == ((False, False) if after == "nothing" else (True, True))
+        warnings = [r.getMessage() for r in caplog.records if r.name == "proxy.upstream"]
+        assert warnings == (["shop sent bytes on an idle connection: closed it"] if after == "bytes" else [])
+        thread.join(timeout=3)
+    finally:
+        listener.close()
