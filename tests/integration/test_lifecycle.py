@@ -31,6 +31,14 @@ async def _start(
     return await start_sidecar(tmp_path, document, env=env), port, admin
 
 
+async def stopped(process: asyncio.subprocess.Process) -> list[str]:
+    """SIGTERM the sidecar, expect exit code 0, and return the lines it wrote to stderr."""
+    process.send_signal(signal.SIGTERM)
+    assert await asyncio.wait_for(process.wait(), timeout=10) == 0
+    assert process.stderr is not None
+    return (await process.stderr.read()).decode().splitlines()
+
+
 async def test_request_in_flight_during_sigterm_completes_and_process_exits_0(
     tmp_path: Path, shop: Shop
 ) -> None:
@@ -70,10 +78,7 @@ async def test_every_stderr_line_is_a_json_object(tmp_path: Path, shop: Shop) ->
                 assert response.status == 200
             async with client.get(f"http://127.0.0.1:{admin}/metrics") as response:
                 metrics = await response.text()
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
-        assert process.stderr is not None
-        lines = (await process.stderr.read()).decode().splitlines()
+        lines = await stopped(process)
     finally:
         if process.returncode is None:
             process.kill()
@@ -126,10 +131,7 @@ async def test_startup_warns_about_a_storefront_the_account_lacks(
             await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
             async with client.get(f"http://127.0.0.1:{port}/plain") as response:
                 assert response.status == 200
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
-        assert process.stderr is not None
-        entries = [json.loads(line) for line in (await process.stderr.read()).decode().splitlines()]
+        entries = [json.loads(line) for line in await stopped(process)]
     finally:
         if process.returncode is None:
             process.kill()
@@ -151,10 +153,7 @@ async def test_serves_on_the_event_loop_named_by_the_environment(
             await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
             async with client.get(f"http://127.0.0.1:{port}/plain") as response:
                 assert (response.status, await response.text()) == (200, "hello from the shop")
-        process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(process.wait(), timeout=10) == 0
-        assert process.stderr is not None
-        lines = (await process.stderr.read()).decode().splitlines()
+        lines = await stopped(process)
     finally:
         if process.returncode is None:
             process.kill()
