@@ -20,6 +20,7 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.client_response import write_whole
 from proxy.config import StorefrontSettings
 from proxy.cookies import cookie_header_without
 from proxy.errors import UpstreamTimeout, UpstreamUnreachable
@@ -430,7 +431,7 @@ class Upstream:
     ) -> web.StreamResponse:
         """Stream the shop's body to the client, through ``body_filter`` when given.
 
-        Most pages have all arrived with their headers: those go out as one ``web.Response``, status
+        Most pages have all arrived with their headers: :func:`write_whole` sends those, status
         line, headers and body in one write (a rewritten page with its new Content-Length). Any
         other response streams, its headers at once and its body chunk by chunk as the shop sends it.
         """
@@ -449,7 +450,7 @@ class Upstream:
                 if upstream.at_eof():
                     if body_filter is not None:
                         first = body_filter.whole(first)
-                    return web.Response(status=status, reason=reason, headers=headers, body=first)
+                    return await write_whole(request, status, reason, headers, first)
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
                 await response.prepare(request)
             chunk = first if body_filter is None else body_filter.feed(first)
