@@ -322,11 +322,13 @@ class ShopHandler:
             )
 
         # An editor page is a path every server reads alike (servers disagree on "/a/..",
-        # "/a;b", "/a." or "%2f"), so a token never goes with a page the shop routes elsewhere.
+        # "/a;b", "/a.", "%2f", or "%25", which some decode twice), so a token never goes with
+        # a page the shop routes elsewhere.
         editor_path = (
             storefront.injects
             and (method == hdrs.METH_GET or method == hdrs.METH_HEAD)
             and lenient == path
+            and "%" not in path
             and storefront.editor_paths.matches(path)
             and not has_encoded_separator(target)
         )
