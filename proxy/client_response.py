@@ -25,6 +25,8 @@ from multidict import CIMultiDict
 # Statuses whose response never has a body, nor a Content-Length (RFC 9110 8.6): 1xx never gets
 # here (the shop client reads past interim answers).
 _NO_CONTENT_LENGTH = frozenset((204, 304))
+_LINES = "\r\n"
+_COLON = ": "
 
 
 class WrittenResponse(web.StreamResponse):
@@ -43,6 +45,23 @@ class WrittenResponse(web.StreamResponse):
 
     async def write_eof(self, data: bytes = b"") -> None:
         return None
+
+
+# Finished responses by (status, reason, keep-alive). aiohttp only reads their keep_alive and
+# calls their no-op prepare and write_eof, so one serves every response with that status line;
+# building one costs more than writing the page's head.
+_WRITTEN: dict[tuple[int, str, bool], WrittenResponse] = {}
+_WRITTEN_KEPT = 256
+
+
+def _written(status: int, reason: str, keep_alive: bool) -> WrittenResponse:
+    key = (status, reason, keep_alive)
+    response = _WRITTEN.get(key)
+    if response is None:
+        response = WrittenResponse(status, reason, keep_alive)
+        if len(_WRITTEN) < _WRITTEN_KEPT:  # a shop's own reason phrases are not kept without end
+            _WRITTEN[key] = response
+    return response
 
 
 class _HttpDate:
@@ -95,11 +114,11 @@ async def write_whole(
     elif version == HttpVersion11:
         headers[hdrs.CONNECTION] = "close"
 
-    lines = [f"HTTP/{version.major}.{version.minor} {status} {reason}"]
-    lines += [f"{name}: {value}" for name, value in headers.items()]
-    head = "\r\n".join(lines) + "\r\n\r\n"
+    # Never empty: Date and Server at least are there.
+    fields = _LINES.join(map(_COLON.join, headers.items()))
+    head = f"HTTP/{version.major}.{version.minor} {status} {reason}\r\n{fields}\r\n\r\n"
     # Every CR and LF is one of the line ends just put there: nothing in a value starts a line.
-    line_ends = len(lines) + 1
+    line_ends = len(headers) + 2
     if head.count("\r") != line_ends or head.count("\n") != line_ends:
         raise ValueError("newline or carriage return in the response head")
     # The shop's header bytes were read as UTF-8 with surrogateescape: they go out as they came.
@@ -110,10 +129,10 @@ async def write_whole(
     transport = request.transport
     if transport is None or transport.is_closing():
         # The client went away while the shop answered: nothing to write, nothing to keep.
-        return WrittenResponse(status, reason, keep_alive=False)
+        return _written(status, reason, keep_alive=False)
     try:
         await request.writer.write(data)
     except ConnectionError:
         # Gone while a large page drained: the connection ends here.
-        return WrittenResponse(status, reason, keep_alive=False)
-    return WrittenResponse(status, reason, keep_alive)
+        return _written(status, reason, keep_alive=False)
+    return _written(status, reason, keep_alive)

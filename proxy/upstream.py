@@ -128,8 +128,12 @@ def _connection_listed_raw(headers: CIMultiDictProxy[str]) -> frozenset[bytes]:
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
     """Tell whether the client asks to switch this request to a WebSocket."""
-    upgrade = request.headers.get(hdrs.UPGRADE, "")
-    return upgrade.lower() == "websocket" and "upgrade" in connection_listed(request.headers)
+    upgrade = request.headers.get(hdrs.UPGRADE)
+    return (
+        upgrade is not None
+        and upgrade.lower() == "websocket"
+        and "upgrade" in connection_listed(request.headers)
+    )
 
 
 def _create_aiohttp_session(settings: StorefrontSettings) -> aiohttp.ClientSession:
@@ -230,6 +234,10 @@ class ShopResponse(Protocol):
 
     async def read(self) -> bytes: ...
 
+    def read_buffered(self) -> bytes:
+        """The body bytes that arrived and were not read yet, without waiting."""
+        ...
+
     def at_eof(self) -> bool:
         """Whether every body byte has been read already (no wait to learn the body ended)."""
         ...
@@ -254,6 +262,9 @@ class _AiohttpShopResponse:
 
     async def read(self) -> bytes:
         return await self.response.content.read(READ_CHUNK)
+
+    def read_buffered(self) -> bytes:
+        return self.response.content.read_nowait()
 
     def at_eof(self) -> bool:
         return self.response.content.at_eof()
@@ -438,14 +449,20 @@ class Upstream:
         status, reason = upstream.status, upstream.reason
         response: web.StreamResponse | None = None
         try:
-            if body_filter is None and not upstream.body_complete():
+            if upstream.body_complete():
+                # Most pages: all here with their headers, rewritten or not; one write.
+                body = upstream.read_buffered()
+                if body_filter is not None:
+                    body = body_filter.whole(body)
+                return await write_whole(request, status, reason, headers, body)
+            if body_filter is None:
                 # More is coming (a stream, a long poll, a slow page): the status and headers go
                 # out now, not when the first body bytes do.
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
                 await response.prepare(request)
                 first = await upstream.read()
             else:
-                # A page to rewrite waits for its body anyway; a whole one goes out in one write.
+                # A page to rewrite waits for its body anyway; if it is whole then, one write.
                 first = await upstream.read()
                 if upstream.at_eof():
                     if body_filter is not None:

@@ -455,23 +455,29 @@ class HttpResponse:
     async def read(self) -> bytes:
         """The next body bytes; ``b""`` at the end. Raises if the body broke off or stalled."""
         while True:
-            buffer = self._buffer
-            if buffer:
-                chunk = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
-                if len(buffer) > 1:
-                    buffer.clear()
-                self._buffered -= len(chunk)
-                if self._paused and self._buffered <= _LOW_WATER:
-                    self._paused = False
-                    conn = self._conn
-                    if conn is not None and conn.transport is not None:
-                        conn.transport.resume_reading()
-                return chunk
+            if self._buffer:
+                return self.read_buffered()
             if self.complete:
                 return b""
             if self._error is not None:
                 raise self._error
             await self._wait("body bytes")
+
+    def read_buffered(self) -> bytes:
+        """The body bytes that arrived and were not read yet (``b""``: none), without waiting."""
+        buffer = self._buffer
+        if not buffer:
+            return b""
+        chunk = buffer.popleft() if len(buffer) == 1 else b"".join(buffer)
+        if buffer:
+            buffer.clear()
+        self._buffered -= len(chunk)
+        if self._paused and self._buffered <= _LOW_WATER:
+            self._paused = False
+            conn = self._conn
+            if conn is not None and conn.transport is not None:
+                conn.transport.resume_reading()
+        return chunk
 
     def at_eof(self) -> bool:
         """Whether every body byte has been read already."""

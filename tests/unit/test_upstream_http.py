@@ -227,6 +227,33 @@ async def test_head_has_no_body_though_content_length_says_so(
     assert len(pool._idle) == 1
 
 
+async def test_read_buffered_takes_what_arrived_and_never_waits(
+    raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
+) -> None:
+    rest = asyncio.Event()
+
+    async def in_two_parts(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await read_head(reader)
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nabc")
+        await writer.drain()
+        await rest.wait()
+        writer.write(b"defg")
+        await writer.drain()
+        await reader.read()
+
+    pool = make_pool(await raw_server(in_two_parts))
+    response = await pool.request("GET", head("GET", "/"), None, None)
+
+    assert response.read_buffered() == b"abc"
+    assert response.read_buffered() == b""
+    assert not response.body_complete()
+    rest.set()
+    assert await response.read() == b"defg"
+    assert response.body_complete()
+    assert response.read_buffered() == b""
+    response.release()
+
+
 async def test_unread_response_closes_its_connection(
     raw_server: Callable[[Script], Awaitable[int]], make_pool: Callable[..., HttpPool]
 ) -> None:
