@@ -15,6 +15,7 @@ knows bytes went out: it never writes an error response after them.
 
 from __future__ import annotations
 
+import re
 import time
 from email.utils import formatdate
 
@@ -22,10 +23,13 @@ from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from multidict import CIMultiDict
 
-# Statuses whose response never has a body, nor a Content-Length (RFC 9110 8.6): 1xx never gets
-# here (the shop client reads past interim answers).
+# Statuses whose response never has a body, nor a Content-Length (RFC 9110 8.6). 1xx never gets
+# here: both shop clients read past interim answers and refuse a 101 nobody asked for.
 _NO_CONTENT_LENGTH = frozenset((204, 304))
 _LINES = "\r\n"
+# What aiohttp's serialiser refuses besides CR and LF (those are counted below): NUL, the other
+# C0 controls but HTAB, and DEL. llhttp lets them through in a shop's reason phrase.
+_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _COLON = ": "
 
 
@@ -121,6 +125,8 @@ async def write_whole(
     line_ends = len(headers) + 2
     if head.count("\r") != line_ends or head.count("\n") != line_ends:
         raise ValueError("newline or carriage return in the response head")
+    if _CONTROL.search(head) is not None:
+        raise ValueError("control character in the response head")
     # The shop's header bytes were read as UTF-8 with surrogateescape: they go out as they came.
     data = head.encode("utf-8", "surrogateescape")
     if not empty_body and body:
@@ -130,8 +136,13 @@ async def write_whole(
     if transport is None or transport.is_closing():
         # The client went away while the shop answered: nothing to write, nothing to keep.
         return _written(status, reason, keep_alive=False)
+    writer = request.writer
     try:
-        await request.writer.write(data)
+        await writer.write(data)
+        # As aiohttp's write_eof does: wait while the client's socket is over its high-water mark.
+        # Without it a client that pipelines requests and reads nothing has every page (below
+        # write()'s own 64 KiB drain threshold) buffered here without limit.
+        await writer.drain()
     except ConnectionError:
         # Gone while a large page drained: the connection ends here.
         return _written(status, reason, keep_alive=False)

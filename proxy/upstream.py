@@ -431,6 +431,14 @@ class Upstream:
             raise UpstreamTimeout(f"{self.name}: no response within the timeout") from exc
         except aiohttp.ClientError as exc:
             raise UpstreamUnreachable(f"{self.name}: {type(exc).__name__}") from exc
+        if response.status < 200:
+            # aiohttp's client reads past interim answers but hands over a 101, which no request
+            # from this client asked for: what follows would be another protocol (the pool's rule).
+            response.close()
+            log.warning(
+                "shop broke the protocol: %d to a request that did not ask to upgrade", response.status
+            )
+            raise UpstreamUnreachable(f"{self.name}: {response.status} to a plain request")
         return _AiohttpShopResponse(response)
 
     async def relay(

@@ -13,10 +13,16 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import BaseTestServer
 
+from proxy.app import SHOP_SERVER_OPTIONS
+from proxy.config import parse_settings
+from proxy.errors import UpstreamUnreachable
+from proxy.upstream import Upstream, UpstreamSession, response_headers
 from tests.fixtures.raw_shop import RawConnection, RecordingShop, Script, StartRecordingShop
 from tests.fixtures.shop import SidecarFactory, sidecar_config
 
@@ -207,3 +213,72 @@ async def test_a_101_to_a_plain_request_is_a_502_with_warnings_and_no_traceback(
         ("proxy.handler", "WARNING", "shop request failed: main: ResponseMalformed", None),
     ]
     await assert_next_client_is_served_on_a_new_connection(sidecar, shop, b"GET /page HTTP/1.1")
+
+
+async def test_a_101_through_the_aiohttp_client_https_shops_use_is_refused_too(
+    recording_shop: StartRecordingShop, aiohttp_raw_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    """aiohttp's client (https shops) hands a 101 over, where the pool refuses it: refused all the same."""
+    shop = await recording_shop(first_answer_then(b"HTTP/1.1 101 Switching Protocols\r\n\r\n\x81\x02hi", b""))
+    settings = parse_settings(sidecar_config(shop.url, NO_API), {}).storefronts[0]
+    clients = UpstreamSession(settings)
+    clients.pool = None  # what an https shop is reached through
+    upstream = Upstream(settings, clients)
+
+    async def forward(request: web.BaseRequest) -> web.StreamResponse:
+        outgoing = upstream.request_headers(request, trusted=False, host="shop.test", target=request.raw_path)
+        try:
+            answer = await upstream.open(request, outgoing)
+        except UpstreamUnreachable:
+            return web.Response(status=502, text="refused\n")
+        return await upstream.relay(request, answer, response_headers(answer))
+
+    try:
+        server = await aiohttp_raw_server(forward, **SHOP_SERVER_OPTIONS)
+        answer = await ask(server, "GET", "/page")
+    finally:
+        await clients.close()
+
+    assert (answer.status_line, answer.body) == (b"HTTP/1.1 502 Bad Gateway", b"refused\n")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == [
+        "shop broke the protocol: 101 to a request that did not ask to upgrade"
+    ]
+
+
+async def test_a_client_that_pipelines_and_never_reads_is_not_buffered_without_limit(
+    recording_shop: StartRecordingShop, make_sidecar: SidecarFactory
+) -> None:
+    """400 pipelined GETs of a 60 kB page, nothing read: the sidecar waits for the client, as aiohttp did.
+
+    Without a drain after the one write, each page below write()'s 64 KiB threshold stayed in the
+    transport's buffer: 400 requests of 37 bytes held 21 MB in the sidecar.
+    """
+    import socket
+
+    page = b"x" * 60_000
+
+    async def script(conn: RawConnection) -> None:
+        while True:
+            await conn.request()
+            await conn.send(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(page) + page)
+
+    shop = await recording_shop(script)
+    sidecar = await sidecar_before(shop, make_sidecar)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", sidecar.port))
+    sock.setblocking(False)
+    _, writer = await asyncio.open_connection(sock=sock)
+    try:
+        writer.write(b"GET /page HTTP/1.1\r\nHost: shop.test\r\n\r\n" * 400)
+        await writer.drain()
+        await asyncio.sleep(1)
+        buffered = sum(
+            conn.transport.get_write_buffer_size()
+            for conn in sidecar.handler.connections  # type: ignore[attr-defined]
+            if conn.transport is not None
+        )
+        assert buffered < 1_000_000
+        assert len(shop.connections[0].request_lines()) < 100
+    finally:
+        writer.close()

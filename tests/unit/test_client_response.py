@@ -236,6 +236,10 @@ async def test_header_bytes_that_are_not_utf_8_go_out_as_the_shop_sent_them(list
         ("OK", [("X-Note", "a\nX-Injected: 1")]),
         ("OK", [("X-Note", "a\rX-Injected: 1")]),
         ("OK\r\nX-Injected: 1", []),
+        # llhttp passes these in a shop's reason phrase; aiohttp's serialiser refused them.
+        ("O\x00K", []),
+        ("O\x0bK\x7f", []),
+        ("OK", [("X-Note", "a\x1bb")]),
     ],
 )
 async def test_a_line_break_in_a_header_or_the_reason_writes_nothing_of_that_response(
