@@ -95,6 +95,14 @@ _NEVER_FORWARDED = HOP_BY_HOP | _PER_HOP | _WEBSOCKET_HANDSHAKE
 _NEVER_FORWARDED_RAW = frozenset(name.encode() for name in _NEVER_FORWARDED)
 _FORWARDED_RAW = frozenset(name.encode() for name in FORWARDED_HEADERS)
 _CONDITIONAL_RAW = frozenset(name.encode() for name in CONDITIONAL_HEADERS)
+# Every name request_headers treats other than by passing it on (X-Forwarded-* aside: by prefix).
+_JUDGED_RAW = (
+    _NEVER_FORWARDED_RAW
+    | _FORWARDED_RAW
+    | _CLIENT_CLAIMS
+    | _CONDITIONAL_RAW
+    | frozenset((b"host", b"content-length", b"cookie", b"accept-encoding"))
+)
 # Read at most this much per chunk from the shop; keeps memory per request bounded.
 READ_CHUNK = 64 * 1024
 
@@ -328,6 +336,17 @@ class Upstream:
         content_length: bytes | None = None
         for name, value in request.raw_headers:
             lowered = name.lower()
+            if (
+                lowered not in _JUDGED_RAW
+                and b"_" not in lowered
+                and not lowered.startswith(_CLIENT_CLAIM_PREFIX)
+                and not (listed and lowered in listed)
+                and not (drop and lowered in drop)
+            ):
+                # Most of a browser's headers (User-Agent, Accept, Referer, ...): nothing below
+                # would look at them twice.
+                parts += (name, b": ", value, b"\r\n")
+                continue
             if b"_" in lowered:
                 if not trusted and not underscores:
                     continue
