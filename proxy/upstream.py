@@ -481,7 +481,7 @@ class Upstream:
                 body = upstream.read_buffered()
                 if body_filter is not None:
                     body = body_filter.whole(body)
-                return await write_whole(request, status, reason, headers, body)
+                return await _write_whole(request, status, reason, headers, body)
             if body_filter is None:
                 # More is coming (a stream, a long poll, a slow page): the status and headers go
                 # out now, not when the first body bytes do.
@@ -494,7 +494,7 @@ class Upstream:
                 if upstream.at_eof():
                     if body_filter is not None:
                         first = body_filter.whole(first)
-                    return await write_whole(request, status, reason, headers, first)
+                    return await _write_whole(request, status, reason, headers, first)
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
                 await response.prepare(request)
             chunk = first if body_filter is None else body_filter.feed(first)
@@ -580,6 +580,18 @@ class Upstream:
         finally:
             await shop_ws.close()
         return client_ws
+
+
+async def _write_whole(
+    request: web.BaseRequest, status: int, reason: str, headers: CIMultiDict[str], body: bytes
+) -> web.StreamResponse:
+    """:func:`write_whole`, or a 502 when the head cannot be written (nothing was)."""
+    try:
+        return await write_whole(request, status, reason, headers, body)
+    except ValueError as exc:
+        # A control character in the shop's reason phrase (httptools lets NUL, VT and DEL through).
+        log.warning("shop response head refused: %s", exc, extra={"path": request.path})
+        return _broken_off()
 
 
 def _broken_off() -> web.Response:

@@ -245,6 +245,24 @@ async def test_a_101_through_the_aiohttp_client_https_shops_use_is_refused_too(
     ]
 
 
+async def test_a_control_character_in_the_shops_reason_is_a_502_with_one_warning(
+    recording_shop: StartRecordingShop, make_sidecar: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """httptools takes NUL, VT and DEL in a reason phrase; the client never gets them."""
+    shop = await recording_shop(
+        first_answer_then(b"HTTP/1.1 200 O\x00K\x0b\x7f\r\nContent-Length: 2\r\n\r\nOK", b"")
+    )
+    sidecar = await sidecar_before(shop, make_sidecar)
+    answer = await ask(sidecar, "GET", "/page")
+    assert (answer.status_line, answer.body) == (
+        b"HTTP/1.1 502 Bad Gateway",
+        b"bad gateway: the shop's answer broke off\n",
+    )
+    assert [(r.levelname, r.getMessage()) for r in caplog.records if r.levelno >= logging.WARNING] == [
+        ("WARNING", "shop response head refused: control character in the response head")
+    ]
+
+
 async def test_a_client_that_pipelines_and_never_reads_is_not_buffered_without_limit(
     recording_shop: StartRecordingShop, make_sidecar: SidecarFactory
 ) -> None:
