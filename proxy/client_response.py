@@ -34,7 +34,11 @@ _COLON = ": "
 
 
 class WrittenResponse(web.StreamResponse):
-    """A response whose bytes are out already: aiohttp's finishing steps have nothing left to do."""
+    """A response whose bytes are out already: aiohttp's finishing steps have nothing left to do.
+
+    Instances are shared between requests (see :func:`_written`) and never changed once made:
+    their keep_alive is fixed, so ``force_close()`` on one has no effect.
+    """
 
     def __init__(self, status: int, reason: str, keep_alive: bool) -> None:
         super().__init__(status=status, reason=reason)
