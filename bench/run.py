@@ -145,7 +145,9 @@ class Services:
         self._cpu = cpu
         self._started: list[Service] = []
 
-    def start(self, name: str, argv: Sequence[str], port: int, timeout_s: float = 30) -> Service:
+    def start(
+        self, name: str, argv: Sequence[str], port: int, timeout_s: float = 30, cwd: Path = REPO
+    ) -> Service:
         if self._cpu is not None:
             argv = ["taskset", "-c", str(self._cpu), *argv]
         log_path = self._workdir / f"{name}.log"
@@ -155,7 +157,7 @@ class Services:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
-                cwd=REPO,
+                cwd=cwd,
                 start_new_session=True,
             )
         service = Service(name, process, port, log_path)
