@@ -24,7 +24,6 @@ import tempfile
 from pathlib import Path
 
 from run import (
-    BENCH_DIR,
     REPO,
     BenchError,
     Services,
@@ -33,6 +32,7 @@ from run import (
     interrupts_as_exit,
     pick_cpus,
     run_wrk,
+    start_shop_and_api,
     write_sidecar_conf,
 )
 
@@ -75,16 +75,7 @@ def main() -> int:
         services = Services(workdir, server_cpu)
         try:
             python = sys.executable
-            port = free_port()
-            upstream = services.start(
-                "upstream", [python, str(BENCH_DIR / "upstream.py"), "--port", str(port)], port
-            )
-            port = free_port()
-            emulator = services.start(
-                "emulator",
-                [python, "-m", "proxy", "emulator", "--port", str(port), "--token-lifetime-s", "3600"],
-                port,
-            )
+            upstream, emulator = start_shop_and_api(services)
             targets = {}
             for label, tree in trees.items():
                 port = free_port()

@@ -492,6 +492,23 @@ def measure_token_memory(token_length: int) -> dict[str, Any]:
     return result
 
 
+def start_shop_and_api(services: Services) -> tuple[Service, Service]:
+    """The fixed upstream (bench/upstream.py) and the Storefront API emulator, with its call log."""
+    python = sys.executable
+    upstream_port = free_port()
+    upstream = services.start(
+        "upstream", [python, str(BENCH_DIR / "upstream.py"), "--port", str(upstream_port)], upstream_port
+    )
+    emulator_port = free_port()
+    emulator = services.start(
+        "emulator",
+        [python, "-m", "proxy", "emulator", "--port", str(emulator_port),
+         "--enable-control", "--token-lifetime-s", "3600"],
+        emulator_port,
+    )  # fmt: skip
+    return upstream, emulator
+
+
 def run(workdir: Path) -> dict[str, Any]:
     load_cpu, server_cpu = pick_cpus()
     if load_cpu is not None:
@@ -499,17 +516,7 @@ def run(workdir: Path) -> dict[str, Any]:
     services = Services(workdir, server_cpu)
     try:
         python = sys.executable
-        upstream_port = free_port()
-        upstream = services.start(
-            "upstream", [python, str(BENCH_DIR / "upstream.py"), "--port", str(upstream_port)], upstream_port
-        )
-        emulator_port = free_port()
-        emulator = services.start(
-            "emulator",
-            [python, "-m", "proxy", "emulator", "--port", str(emulator_port),
-             "--enable-control", "--token-lifetime-s", "3600"],
-            emulator_port,
-        )  # fmt: skip
+        upstream, emulator = start_shop_and_api(services)
         nginx_port = free_port()
         conf = write_nginx_conf(workdir, nginx_port, upstream)
         nginx = services.start(
