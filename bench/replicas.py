@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,19 +30,13 @@ from typing import Any
 import aiohttp
 import redis
 import yaml
+from run import free_port, wait_for_port
 
 USER_HEADER = "X-Shop-User"
 GET_TOKEN = "StorefrontUsers_GetToken"
 BURST_CUSTOMERS = 20
 BURST_PER_CUSTOMER = 12
 LATENCY_CUSTOMERS = 300
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 def sidecar_document(port: int, upstream: str, emulator: str, store: dict[str, Any]) -> dict[str, Any]:
@@ -111,12 +104,8 @@ class Replicas:
 
 
 def _wait_for_port(port: int, process: subprocess.Popen[bytes]) -> None:
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and process.poll() is None:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.05)
-    raise RuntimeError(f"a replica did not start listening on {port}")
+    if not wait_for_port(port, process, 30):
+        raise RuntimeError(f"a replica did not start listening on {port}")
 
 
 def _cpu_seconds(pid: int) -> float:
