@@ -589,7 +589,8 @@ async def _write_whole(
     try:
         return await write_whole(request, status, reason, headers, body)
     except ValueError as exc:
-        # A control character in the shop's reason phrase (httptools lets NUL, VT and DEL through).
+        # A line break or control character in the head: httptools lets NUL, VT and DEL through
+        # in a reason phrase.
         log.warning("shop response head refused: %s", exc, extra={"path": request.path})
         return _broken_off()
 
