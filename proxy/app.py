@@ -27,7 +27,9 @@ from typing import Any
 
 from aiohttp import web
 
+import proxy.handler
 from proxy.admin import Readiness, create_admin_app
+from proxy.compiled import is_compiled
 from proxy.config import Settings
 from proxy.config.model import split_listen
 from proxy.errors import ConfigError
@@ -202,6 +204,8 @@ async def _listen(settings: Settings, services: ShopServices, metrics: Metrics, 
             "admin_listen": settings.admin_listen,
             "pid": os.getpid(),
             "event_loop": loop_name,
+            # The request path as a mypyc-compiled extension (the image) or its Python source.
+            "compiled": is_compiled(proxy.handler),
         },
     )
     await stop.wait()

@@ -21,10 +21,10 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
 from aiohttp.abc import AbstractStreamWriter
-from aiohttp.http_parser import RawRequestMessage
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
@@ -900,7 +900,9 @@ class UnsupportedVersionRequest(web.BaseRequest):
 
 
 def shop_request(
-    message: RawRequestMessage,
+    # aiohttp's RawRequestMessage: its C parser's own type, not the NamedTuple its stubs name, so
+    # typed loosely; compiled (mypyc) code would check it as a tuple.
+    message: Any,
     payload: StreamReader,
     protocol: RequestHandler,
     writer: AbstractStreamWriter,

@@ -466,7 +466,7 @@ _STAGES: dict[str, Callable[[], _Stage]] = {
 
 def _codings(content_encoding: str) -> list[str]:
     """The codings of a Content-Encoding value in the order they were applied, identity dropped."""
-    names = (name.strip().lower() for name in content_encoding.split(","))
+    names = [name.strip().lower() for name in content_encoding.split(",")]
     return [name for name in names if name and name != "identity"]
 
 

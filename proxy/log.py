@@ -46,7 +46,8 @@ class RequestContext:
 def _request_ids() -> Iterator[str]:
     """Unique, not secret: a random per-process prefix and a counter (cheaper than random bytes)."""
     prefix = secrets.token_hex(4)
-    return (f"{prefix}-{n:x}" for n in itertools.count(1))
+    for n in itertools.count(1):
+        yield f"{prefix}-{n:x}"
 
 
 _fresh_ids = _request_ids()

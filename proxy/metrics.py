@@ -100,7 +100,7 @@ class PlainHistogram:
         self._documentation = documentation
         self._labelname = labelname
         self._bounds = tuple(float(bound) for bound in buckets)
-        self._bucket_labels = (*(_go_float(bound) for bound in self._bounds), "+Inf")
+        self._bucket_labels = (*[_go_float(bound) for bound in self._bounds], "+Inf")
         self._children: dict[str, LatencyHistogram] = {}
 
     def labels(self, value: str) -> LatencyHistogram:

@@ -324,8 +324,9 @@ class TokenService:
 
     def _read_token(self, customer: Customer, raw: str, now: float) -> tuple[CustomerToken, float]:
         """The token with its ``exp``, and the clock time from which it must be renewed."""
-        try:
-            # Not ours to verify (the sidecar is not its audience): read the claims only.
+        claims: dict[str, Any] | None = None
+        # Not ours to verify (the sidecar is not its audience): read the claims only.
+        with contextlib.suppress(jwt.InvalidTokenError):
             claims = jwt.decode(
                 raw,
                 options={
@@ -337,9 +338,10 @@ class TokenService:
                     "verify_iss": False,
                 },
             )
-        except jwt.InvalidTokenError:
-            # from None: the chained error could quote the token.
-            raise BadResponse("token", "the customer token is not a JWT") from None
+        if claims is None:
+            # Raised after the pyjwt error was dropped, so it carries none as its context (that
+            # error could quote the token); compiled by mypyc, ``raise ... from None`` would.
+            raise BadResponse("token", "the customer token is not a JWT")
         exp = _number_claim(claims, "exp")
         iat = _number_claim(claims, "iat")
         if exp is None:
@@ -577,7 +579,9 @@ class TokenService:
             async with asyncio.timeout(self._timeout_s):
                 return await work
         except TimeoutError:
-            raise StorefrontUnavailable(operation, "timed out") from None
+            pass
+        # Outside the except block: no TimeoutError context (mypyc's ``from None`` keeps it).
+        raise StorefrontUnavailable(operation, "timed out")
 
     async def _wait(self, work: Awaitable[V], operation: str) -> V:
         """Wait for one caller's work within ``timeout_s``.
@@ -589,7 +593,9 @@ class TokenService:
             async with asyncio.timeout(self._timeout_s):
                 return await work
         except TimeoutError:
-            raise StorefrontUnavailable(operation, "timed out") from None
+            pass
+        # Outside the except block: no TimeoutError context (mypyc's ``from None`` keeps it).
+        raise StorefrontUnavailable(operation, "timed out")
 
 
 def _store_name(key: _UserKey) -> str:

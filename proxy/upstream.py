@@ -215,8 +215,10 @@ class OutgoingHeaders:
         """The same headers for aiohttp's client (https shops, WebSockets)."""
         parts = self.parts
         return CIMultiDict(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-            for name, value in zip(parts[0::4], parts[2::4], strict=True)
+            [
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                for name, value in zip(parts[0::4], parts[2::4], strict=True)
+            ]
         )
 
     def select(self, names: Collection[bytes], prefix: bytes | None = None) -> CIMultiDict[str]:
@@ -227,9 +229,11 @@ class OutgoingHeaders:
         """
         parts = self.parts
         return CIMultiDict(
-            (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
-            for name, value in zip(parts[0::4], parts[2::4], strict=True)
-            if (lowered := name.lower()) in names or (prefix is not None and lowered.startswith(prefix))
+            [
+                (name.decode("utf-8", "surrogateescape"), value.decode("utf-8", "surrogateescape"))
+                for name, value in zip(parts[0::4], parts[2::4], strict=True)
+                if (lowered := name.lower()) in names or (prefix is not None and lowered.startswith(prefix))
+            ]
         )
 
 
@@ -301,8 +305,8 @@ class Upstream:
         """The shop URL of a raw (still percent-encoded) path and query."""
         return URL(self._base + path_qs, encoded=True)
 
+    @staticmethod
     def request_headers(
-        self,
         request: web.BaseRequest,
         *,
         trusted: bool,

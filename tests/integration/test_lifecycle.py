@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 from pathlib import Path
 from typing import Any
@@ -160,6 +161,45 @@ async def test_serves_on_the_event_loop_named_by_the_environment(
             await process.wait()
     [listening] = [e for e in map(json.loads, lines) if e["message"] == "cc-sidecar listening"]
     assert listening["event_loop"] == loop_name
+
+
+async def test_the_start_up_line_says_the_request_path_runs_from_source_when_told(
+    tmp_path: Path, shop: Shop
+) -> None:
+    """CC_SIDECAR_PURE_PYTHON=1: a page is proxied, and "compiled" is false on the listening line."""
+    process, port, admin = await _start(tmp_path, shop, env={"CC_SIDECAR_PURE_PYTHON": "1"})
+    try:
+        async with aiohttp.ClientSession() as client:
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            async with client.get(f"http://127.0.0.1:{port}/plain") as response:
+                assert (response.status, await response.text()) == (200, "hello from the shop")
+        lines = await stopped(process)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    [listening] = [e for e in map(json.loads, lines) if e["message"] == "cc-sidecar listening"]
+    assert listening["compiled"] is False
+
+
+@pytest.mark.skipif(
+    not any((Path(__file__).resolve().parents[2] / "proxy").glob("handler.*.so"))
+    or os.environ.get("CC_SIDECAR_PURE_PYTHON") == "1",
+    reason="runs on a compiled build (make compile)",
+)
+async def test_the_start_up_line_says_a_compiled_build_serves(tmp_path: Path, shop: Shop) -> None:
+    """With `make compile`'s modules, "compiled" is true on the listening line."""
+    process, _, admin = await _start(tmp_path, shop)
+    try:
+        async with aiohttp.ClientSession() as client:
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+        lines = await stopped(process)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    [listening] = [e for e in map(json.loads, lines) if e["message"] == "cc-sidecar listening"]
+    assert listening["compiled"] is True
 
 
 async def test_an_unknown_event_loop_name_is_refused_before_serving(tmp_path: Path, shop: Shop) -> None:
