@@ -600,6 +600,7 @@ def run(workdir: Path) -> dict[str, Any]:
         for service in (upstream, nginx, bare, sidecar):
             if service.process.poll() is not None:
                 raise BenchError(f"{service.name} exited during the run:\n{tail(service.log_path)}")
+        compiled = runs_compiled(sidecar)
         replicas: dict[str, Any] | None = None
         if redis_sidecar is not None:
             progress("three replicas with each token store: GetToken calls, editor from Redis vs local cache")
@@ -624,8 +625,18 @@ def run(workdir: Path) -> dict[str, Any]:
         "replicas": replicas,
         "emulator_token_length": token_length,
         "pinning": {"load_generator_cpu": load_cpu, "servers_cpu": server_cpu},
+        "sidecar_compiled": compiled,
         "profiles": profiles,
     }
+
+
+def runs_compiled(sidecar: Service) -> bool | None:
+    """Whether the sidecar serves its request path compiled (mypyc's library is mapped into it)."""
+    try:
+        maps = Path(f"/proc/{sidecar.process.pid}/maps").read_text()
+    except OSError:
+        return None
+    return "cc_sidecar__mypyc" in maps
 
 
 def median_sample(samples: Sequence[Sample]) -> dict[str, float]:
@@ -758,6 +769,9 @@ def _replica_ratios(results: dict[str, Any], ratio: Any) -> list[dict[str, Any]]
     ]
 
 
+_BUILDS = {True: "compiled (mypyc)", False: "Python source", None: "unknown"}
+
+
 def print_report(results: dict[str, Any]) -> None:
     header = f"{'target':<42} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU µs/req':>11} {'B/resp':>7}"
     print("\n" + header + "\n" + "-" * len(header))
@@ -773,6 +787,7 @@ def print_report(results: dict[str, Any]) -> None:
         f"\nmedians of {ROUNDS} rounds x {SECONDS} s, {CONNECTIONS} connections, "
         f"{WRK_THREADS} wrk thread; CPU = the proxy's user+system time per request "
         f"(nginx: master+worker); B/resp = response bytes on the wire, headers included\n"
+        f"cc-sidecar's request path: {_BUILDS[results['sidecar_compiled']]}\n"
         f"cached-token memory: {memory['entries']} tokens of "
         f"{memory['token_length']} characters, {memory['bytes_per_token']:.0f} bytes each "
         f"(emulator's tokens: {results['emulator_token_length']} characters)\n"
