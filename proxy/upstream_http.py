@@ -214,7 +214,6 @@ class HttpResponse:
     """The shop's answer: status and headers at once, then the body through :meth:`read`."""
 
     __slots__ = (
-        "__weakref__",
         "_body_task",
         "_buffer",
         "_buffered",

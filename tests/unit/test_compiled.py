@@ -21,14 +21,18 @@ COMPILED_BUILD = any((REPO / "proxy").glob("handler.*.so"))
 
 
 def imported_files(*modules: str, pure: bool) -> list[str]:
-    """Each module's file, relative to the repository, as a fresh interpreter imports it."""
+    """Each module's file, relative to the repository, as a fresh interpreter imports it.
+
+    It runs outside the checkout, as the `cc-sidecar` command does: the editable install
+    (`make setup`) puts the package on its path, not the checkout's root.
+    """
     env = {key: value for key, value in os.environ.items() if key != PURE_PYTHON_ENV}
     if pure:
         env[PURE_PYTHON_ENV] = "1"
     script = "import importlib, sys\nfor name in sys.argv[1:]: print(importlib.import_module(name).__file__)"
     finished = subprocess.run(
         [sys.executable, "-c", script, *modules],
-        cwd=REPO,
+        cwd=REPO / "tests",
         env=env,
         capture_output=True,
         text=True,
@@ -48,7 +52,8 @@ def test_the_pure_python_switch_imports_every_module_from_its_source() -> None:
 
 @pytest.mark.skipif(not COMPILED_BUILD, reason="no compiled build here (make compile makes one)")
 def test_a_compiled_build_is_imported_without_the_switch() -> None:
-    """With `make compile`'s modules beside the source, the request path is the compiled one."""
+    """With `make compile`'s modules beside the source, the request path is the compiled one, its
+    shared library loaded from the checkout's root."""
     [handler, model] = imported_files("proxy.handler", "proxy.config.model", pure=False)
     assert (handler.split(".")[0], handler.split(".")[-1]) == ("proxy/handler", "so")
     assert model == "proxy/config/model.py"  # config is never compiled
