@@ -316,6 +316,8 @@ class ShopHandler:
         # No spelling of /.cc-sidecar/ that any server could route there is forwarded.
         path = request.path
         lenient = normalise_path(path)
+        if lenient is None:
+            return _refused(400, "bad path\n")
         if is_sidecar_path(lenient):
             return await self._sidecar_path(
                 request, storefront, trusted, host.authority if host is not None else None

@@ -80,21 +80,27 @@ _OVERLONG = (
 _MAX_EXTRA_DECODINGS = 3
 
 
-def normalise_path(path: str) -> str:
+def normalise_path(path: str) -> str | None:
     r"""The (decoded) path as the most lenient shop server could route it, so no spelling dodges a check.
 
     Meant for recognising ``/.cc-sidecar/`` in any spelling, not for routing: ``\`` is a separator
     (IIS), ``;`` parameters and ``:`` streams are dropped (Tomcat, NTFS), trailing dots and
     whitespace of a segment are dropped (Windows), percent-escapes left after decoding are decoded
     again (``%uXXXX`` and overlong UTF-8 too), and ``//``, ``.`` and ``..`` collapse. A path that
-    needs none of this is returned as it is (the same object).
+    needs none of this is returned as it is (the same object). None: a decoding gives a lone
+    surrogate (``%uD800``), which is no character at all; servers cannot read such a path alike.
     """
     if _NEEDS_NORMALISING.search(path) is None:
         return path
     for _ in range(_MAX_EXTRA_DECODINGS):
         if "%" not in path:
             break
-        raw = unquote_to_bytes(_PERCENT_U.sub(lambda match: chr(int(match.group(1), 16)), path))
+        unescaped = _PERCENT_U.sub(lambda match: chr(int(match.group(1), 16)), path)
+        try:
+            # Bytes an earlier round could not decode come back as they were (surrogateescape).
+            raw = unquote_to_bytes(unescaped.encode("utf-8", "surrogateescape"))
+        except UnicodeEncodeError:
+            return None
         for overlong, plain in _OVERLONG:
             raw = raw.replace(overlong, plain)
         decoded = raw.decode("utf-8", "surrogateescape")

@@ -499,6 +499,7 @@ def read_alike(raw_path: str) -> bool:
 @example(path="/editor/mug")  # read alike everywhere: the token goes with it
 @example(path="/editor/%25")  # "/editor/%", or what a second decoding makes of it: no token
 @example(path="/editor/%2561")  # "/editor/%61" once decoded, "/editor/a" twice: no token
+@example(path="/%ud800/x")  # IIS's %u names a lone surrogate: no character, a 400 (was a 500)
 async def test_path_games_never_reach_sidecar_paths_upstream(rig: Rig, path: str) -> None:
     """No spelling gets /.cc-sidecar/ to the shop; a token goes exactly with editor paths every server reads alike."""
     before = len(rig.shop.seen)

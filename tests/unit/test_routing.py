@@ -148,6 +148,16 @@ def test_sidecar_path_in_any_spelling(path: str) -> None:
     assert is_sidecar_path(normalise_path(path))
 
 
+def test_a_byte_no_decoding_makes_a_character_of_stays_a_byte_of_the_path() -> None:
+    """A non-UTF-8 byte (%FF) left after one decoding survives the next; the dots still collapse."""
+    assert normalise_path("/%FF/%252e%252e/.cc-sidecar/token") == "/.cc-sidecar/token"
+
+
+def test_a_lone_surrogate_is_a_path_no_server_reads_alike() -> None:
+    """%uD800 (IIS) names half a UTF-16 pair, no character: the path cannot be normalised (a 400)."""
+    assert normalise_path("/%ud800/x") is None
+
+
 @pytest.mark.parametrize("path", ["/", "/.cc-sidecarx/token", "/cc-sidecar/token", "/a/.cc-sidecar/token"])
 def test_other_paths_are_not_the_sidecars(path: str) -> None:
     """Look-alikes are shop paths."""
