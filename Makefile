@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck compile clean-compiled unit unit-pure browser-deps redis-deps chart-check chart-schema bench bench-deps soak docs clean format
+.PHONY: setup demo test lint typecheck compile compile-deps clean-compiled unit unit-pure browser-deps redis-deps chart-check chart-schema bench bench-deps soak docs clean format
 
 setup: $(STAMP)
 
@@ -31,9 +31,18 @@ PROXY_SOURCES := $(shell find proxy -name '*.py')
 
 compile: $(COMPILED_STAMP)
 
-$(COMPILED_STAMP): $(STAMP) setup.py $(PROXY_SOURCES)
+$(COMPILED_STAMP): $(STAMP) setup.py $(PROXY_SOURCES) | compile-deps
 	CC_SIDECAR_COMPILE=1 $(BIN)/python setup.py --quiet build_ext --inplace
 	mkdir -p build && touch $(COMPILED_STAMP)
+
+# mypyc needs a C compiler (from Debian when missing, as root) and the interpreter's headers.
+compile-deps:
+	@command -v cc >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends gcc libc6-dev; \
+	  else echo "make compile needs a C compiler: apt-get install gcc (as root)"; exit 1; fi; }
+	@$(BIN)/python -c "import pathlib, sys, sysconfig; header = pathlib.Path(sysconfig.get_paths()['include'], 'Python.h'); \
+	  sys.exit(None if header.exists() else f'make compile needs {header}: apt-get install python3-dev (as root)')"
 
 clean-compiled:
 	rm -f proxy/*.so cc_sidecar__mypyc.*.so $(COMPILED_STAMP)
