@@ -32,7 +32,7 @@ PROXY_SOURCES := $(shell find proxy -name '*.py')
 compile: $(COMPILED_STAMP)
 
 $(COMPILED_STAMP): $(STAMP) setup.py $(PROXY_SOURCES) | compile-deps
-	CC_SIDECAR_COMPILE=1 $(BIN)/python setup.py --quiet build_ext --inplace
+	CC_SIDECAR_COMPILE=1 $(BIN)/python setup.py --quiet build_ext --inplace --force
 	mkdir -p build && touch $(COMPILED_STAMP)
 
 # mypyc needs a C compiler (from Debian when missing, as root) and the interpreter's headers.

@@ -142,12 +142,8 @@ async def test_startup_warns_about_a_storefront_the_account_lacks(
     assert emulator.state.count("Storefronts_GetAll") == 1
 
 
-@pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
-async def test_serves_on_the_event_loop_named_by_the_environment(
-    tmp_path: Path, shop: Shop, loop_name: str
-) -> None:
-    """CC_SIDECAR_EVENT_LOOP=asyncio serves on the standard loop (uvloop the default); both proxy a page."""
-    env = {"CC_SIDECAR_EVENT_LOOP": loop_name} if loop_name == "asyncio" else {}
+async def listening_line(tmp_path: Path, shop: Shop, env: dict[str, str]) -> dict[str, Any]:
+    """Start the sidecar with ``env``, proxy one page (which must arrive), stop it; its start-up line."""
     process, port, admin = await _start(tmp_path, shop, env=env)
     try:
         async with aiohttp.ClientSession() as client:
@@ -160,26 +156,23 @@ async def test_serves_on_the_event_loop_named_by_the_environment(
             process.kill()
             await process.wait()
     [listening] = [e for e in map(json.loads, lines) if e["message"] == "cc-sidecar listening"]
-    assert listening["event_loop"] == loop_name
+    return listening
+
+
+@pytest.mark.parametrize("loop_name", ["uvloop", "asyncio"])
+async def test_serves_on_the_event_loop_named_by_the_environment(
+    tmp_path: Path, shop: Shop, loop_name: str
+) -> None:
+    """CC_SIDECAR_EVENT_LOOP=asyncio serves on the standard loop (uvloop the default); both proxy a page."""
+    env = {"CC_SIDECAR_EVENT_LOOP": loop_name} if loop_name == "asyncio" else {}
+    assert (await listening_line(tmp_path, shop, env))["event_loop"] == loop_name
 
 
 async def test_the_start_up_line_says_the_request_path_runs_from_source_when_told(
     tmp_path: Path, shop: Shop
 ) -> None:
     """CC_SIDECAR_PURE_PYTHON=1: a page is proxied, and "compiled" is false on the listening line."""
-    process, port, admin = await _start(tmp_path, shop, env={"CC_SIDECAR_PURE_PYTHON": "1"})
-    try:
-        async with aiohttp.ClientSession() as client:
-            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
-            async with client.get(f"http://127.0.0.1:{port}/plain") as response:
-                assert (response.status, await response.text()) == (200, "hello from the shop")
-        lines = await stopped(process)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    [listening] = [e for e in map(json.loads, lines) if e["message"] == "cc-sidecar listening"]
-    assert listening["compiled"] is False
+    assert (await listening_line(tmp_path, shop, {"CC_SIDECAR_PURE_PYTHON": "1"}))["compiled"] is False
 
 
 @pytest.mark.skipif(
@@ -188,18 +181,8 @@ async def test_the_start_up_line_says_the_request_path_runs_from_source_when_tol
     reason="runs on a compiled build (make compile)",
 )
 async def test_the_start_up_line_says_a_compiled_build_serves(tmp_path: Path, shop: Shop) -> None:
-    """With `make compile`'s modules, "compiled" is true on the listening line."""
-    process, _, admin = await _start(tmp_path, shop)
-    try:
-        async with aiohttp.ClientSession() as client:
-            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
-        lines = await stopped(process)
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-    [listening] = [e for e in map(json.loads, lines) if e["message"] == "cc-sidecar listening"]
-    assert listening["compiled"] is True
+    """With `make compile`'s modules, a page is proxied, and "compiled" is true on the listening line."""
+    assert (await listening_line(tmp_path, shop, {}))["compiled"] is True
 
 
 async def test_an_unknown_event_loop_name_is_refused_before_serving(tmp_path: Path, shop: Shop) -> None:
