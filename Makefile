@@ -18,8 +18,8 @@ demo: setup
 	$(BIN)/cc-sidecar demo
 
 lint: setup
-	$(BIN)/ruff check proxy tests bench
-	$(BIN)/ruff format --check proxy tests bench
+	$(BIN)/ruff check proxy tests bench setup.py
+	$(BIN)/ruff format --check proxy tests bench setup.py
 
 typecheck: setup
 	$(BIN)/mypy
@@ -71,8 +71,8 @@ redis-deps:
 	  else echo "redis-server/redis-sentinel missing and cannot install them: the Redis tests will be skipped"; fi; }
 
 format: setup
-	$(BIN)/ruff format proxy tests bench
-	$(BIN)/ruff check --fix proxy tests bench
+	$(BIN)/ruff format proxy tests bench setup.py
+	$(BIN)/ruff check --fix proxy tests bench setup.py
 
 test: lint typecheck unit unit-pure chart-check
 
