@@ -24,8 +24,9 @@ COPY pyproject.toml setup.py README.md ./
 COPY proxy ./proxy
 # The request path is compiled with mypyc (setup.py): about 15 % less CPU per proxied request.
 # mypy reads the dependencies' types, so they are installed in the build venv first and the wheel
-# is built without isolation; the image gets the very versions it was compiled against. The package's own dependency ranges come from pyproject.toml; pip
-# compiles every module to .pyc here, so the read-only final image never needs to write bytecode.
+# is built without isolation; the image gets the very versions it was compiled against. The
+# package's own dependency ranges come from pyproject.toml; pip compiles every module to .pyc
+# here, so the read-only final image never needs to write bytecode.
 RUN python -m venv /opt/build \
  && /opt/build/bin/pip install "setuptools>=77" "mypy==2.4.1" types-PyYAML types-cachetools wheel . \
  && CC_SIDECAR_COMPILE=1 /opt/build/bin/pip wheel --no-build-isolation --no-deps --wheel-dir /wheels . \
