@@ -97,12 +97,19 @@ MAX_BYTES_PER_TOKEN = 1536
 # -- processes ------------------------------------------------------------------------------
 
 
+# Ports free_port handed out in this run: asked twice in a row, the kernel may give the same one.
+_HANDED_OUT: set[int] = set()
+
+
 def free_port() -> int:
-    """A port nobody listens on right now (the kernel picks it)."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+    """A port nobody listens on right now (the kernel picks it), never one handed out before."""
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port: int = probe.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def wait_for_port(port: int, process: subprocess.Popen[bytes], timeout_s: float) -> bool:
