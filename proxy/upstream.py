@@ -496,9 +496,7 @@ class Upstream:
                 # A page to rewrite waits for its body anyway; if it is whole then, one write.
                 first = await upstream.read()
                 if upstream.at_eof():
-                    if body_filter is not None:
-                        first = body_filter.whole(first)
-                    return await _write_whole(request, status, reason, headers, first)
+                    return await _write_whole(request, status, reason, headers, body_filter.whole(first))
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
                 await response.prepare(request)
             chunk = first if body_filter is None else body_filter.feed(first)
