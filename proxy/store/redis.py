@@ -110,8 +110,8 @@ def create_client(settings: RedisSettings) -> Any:
         }
         # rediss:// means TLS to the sentinels as well as to the master (one CA for both).
         encryption: dict[str, Any] = {"ssl": True, **tls} if parts.scheme == "rediss" else {}
-        # redis-py's Sentinel class carries no annotations.
-        watchers = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call]
+        # redis-py before 8 carries no annotations on Sentinel; 8.x does (unused-ignore keeps both clean).
+        watchers = redis.asyncio.sentinel.Sentinel(  # type: ignore[no-untyped-call, unused-ignore]
             [split_listen(address) for address in sentinel.addresses],
             sentinel_kwargs={**bounds, **sentinel_auth, **encryption},
             **master_options,
