@@ -20,20 +20,20 @@ RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
+COPY requirements/build.txt requirements/runtime.txt ./requirements/
 COPY pyproject.toml setup.py README.md ./
 COPY proxy ./proxy
 # The request path is compiled with mypyc (setup.py): about 15 % less CPU per proxied request.
-# mypy reads the dependencies' types, so they are installed in the build venv first and the wheel
-# is built without isolation; the image gets the very versions it was compiled against. The
-# package's own dependency ranges come from pyproject.toml; pip compiles every module to .pyc
-# here, so the read-only final image never needs to write bytecode.
+# Both venvs install the lock (requirements/, `make lock`), every file checked by its sha256: the
+# build venv holds the runtime dependencies plus mypy, whose types mypyc reads, and the wheel is
+# compiled against exactly the versions the runtime venv then installs, the ones `make test` ran on.
+# pip compiles every module to .pyc here, so the read-only final image never writes bytecode.
 RUN python -m venv /opt/build \
- && /opt/build/bin/pip install "setuptools>=77" "mypy==2.4.1" types-PyYAML types-cachetools wheel . \
+ && /opt/build/bin/pip install --require-hashes --no-deps -r requirements/build.txt \
  && CC_SIDECAR_COMPILE=1 /opt/build/bin/pip wheel --no-build-isolation --no-deps --wheel-dir /wheels . \
- && /opt/build/bin/pip freeze --exclude cc-sidecar > /tmp/compiled-against.txt \
  && python -m venv /opt/cc-sidecar \
- && wheel="$(ls /wheels/cc_sidecar-*.whl)" \
- && /opt/cc-sidecar/bin/pip install --constraint /tmp/compiled-against.txt "${wheel}" \
+ && /opt/cc-sidecar/bin/pip install --require-hashes --no-deps -r requirements/runtime.txt \
+ && /opt/cc-sidecar/bin/pip install --no-deps /wheels/cc_sidecar-*.whl \
  && /opt/cc-sidecar/bin/pip uninstall --yes pip \
  && /opt/cc-sidecar/bin/cc-sidecar --help >/dev/null \
  && /opt/cc-sidecar/bin/python -c "import proxy.compiled, proxy.handler; assert proxy.compiled.is_compiled(proxy.handler)"

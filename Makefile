@@ -4,15 +4,43 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup demo test lint typecheck compile compile-deps clean-compiled unit unit-pure browser-deps redis-deps chart-check chart-schema bench bench-deps soak docs clean format
+.PHONY: setup lock test-latest demo test lint typecheck compile compile-deps clean-compiled unit unit-pure browser-deps redis-deps chart-check chart-schema bench bench-deps soak docs clean format
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml
+# The venv is exactly the lock (requirements/dev.txt, every file's sha256 checked), then the package
+# itself, editable, with nothing resolved: tests/unit/test_lock.py fails when anything else is there.
+$(STAMP): pyproject.toml requirements/dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[test]'
+	$(BIN)/python -m pip install --quiet --require-hashes --no-deps -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
+
+# Re-resolve the lock to the newest versions pyproject.toml's ranges allow (for Python 3.11 and
+# newer, every platform), then re-install. Run it on purpose, read the diff, and commit it with the
+# changes it needs; `make test-latest` shows first what the newest versions would break.
+LOCK := $(BIN)/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes --upgrade \
+	--custom-compile-command 'make lock'
+lock: setup
+	$(LOCK) --extra test pyproject.toml requirements/dev.in -o requirements/dev.txt
+	$(LOCK) pyproject.toml -c requirements/dev.txt -o requirements/runtime.txt
+	$(LOCK) pyproject.toml requirements/build.in -c requirements/dev.txt -o requirements/build.txt
+	$(MAKE) setup
+
+# Lint, types and the unit tests in a throwaway venv with the newest versions the ranges allow (no
+# lock): the drift a fresh `pip install cc-sidecar` meets today, seen before it breaks anyone.
+LATEST := $(shell mktemp -u /tmp/cc-sidecar-latest.XXXXXX)
+test-latest:
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
+	$(LATEST)/bin/python -m pip install --quiet --upgrade '.[test]'
+	$(LATEST)/bin/python -m pip freeze --exclude cc-sidecar > $(LATEST)/versions.txt
+	@echo "test-latest: the newest versions are in $(LATEST)/versions.txt"
+	$(LATEST)/bin/ruff check proxy tests bench setup.py
+	$(LATEST)/bin/ruff format --check proxy tests bench setup.py
+	$(LATEST)/bin/mypy
+	CC_SIDECAR_PURE_PYTHON=1 CC_SIDECAR_UNLOCKED=1 $(LATEST)/bin/pytest -q -p no:cacheprovider tests/unit
+	rm -rf $(LATEST)
 
 demo: setup
 	$(BIN)/cc-sidecar demo
