@@ -33,7 +33,7 @@ LATEST := $(shell mktemp -u /tmp/cc-sidecar-latest.XXXXXX)
 test-latest:
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
-	$(LATEST)/bin/python -m pip install --quiet --upgrade '.[test]'
+	$(LATEST)/bin/python -m pip install --quiet --upgrade -e '.[test]'
 	$(LATEST)/bin/python -m pip freeze --exclude cc-sidecar > $(LATEST)/versions.txt
 	@echo "test-latest: the newest versions are in $(LATEST)/versions.txt"
 	$(LATEST)/bin/ruff check proxy tests bench setup.py
