@@ -16,7 +16,6 @@ request is counted and access-logged. One request, in order:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -44,18 +43,16 @@ from proxy.identity import (
     valid_customer_id,
 )
 from proxy.injection import (
-    TOKEN_PATH,
     ContentDecoder,
     ContentEncoder,
     HtmlInjector,
-    TokenPayload,
     inject_html,
     is_html,
-    render_element,
     response_coding,
 )
 from proxy.log import RequestContext, request_context
 from proxy.metrics import LatencyHistogram, Metrics
+from proxy.payload import TOKEN_PATH, PayloadMaker, render_element
 from proxy.routing import (
     PathMatcher,
     Router,
@@ -114,6 +111,7 @@ class Storefront:
     response_memory: ResponseHeaderMemory | None
     upstream_latency: LatencyHistogram
     counters: StorefrontCounters
+    payloads: PayloadMaker
     name: str = field(init=False)
     storefront_id: int = field(init=False)
     underscores_in_headers: bool = field(init=False)
@@ -162,6 +160,7 @@ def build_storefront(
     keys: GuestKeys,
     metrics: Metrics,
     store: TokenStore,
+    payloads: PayloadMaker,
     clock: Callable[[], float] = time.time,
 ) -> Storefront:
     """Compile one storefront's settings into what the request path reads."""
@@ -189,6 +188,7 @@ def build_storefront(
         response_memory=ResponseHeaderMemory(store) if settings.user.response_header else None,
         upstream_latency=metrics.upstream_seconds.labels(settings.name),
         counters=StorefrontCounters(metrics, settings.name),
+        payloads=payloads,
     )
 
 
@@ -658,7 +658,7 @@ class ShopHandler:
             return None
         body_filter: BodyFilter | None = None
         if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
-            body_filter = self._html_filter(request, headers, _element(token))
+            body_filter = self._html_filter(request, headers, storefront.payloads.element(token))
             if body_filter is not None:
                 storefront.counters.html.inc()
         if storefront.header:
@@ -706,7 +706,7 @@ class ShopHandler:
         body_filter: BodyFilter | None = None
         if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
             body_filter = self._html_filter(
-                request, headers, render_element(_deferred_payload(storefront, guest_id))
+                request, headers, render_element(storefront.payloads.for_deferred_guest(guest_id))
             )
         if storefront.header:
             headers[USER_ID_HEADER] = guest_id
@@ -755,15 +755,15 @@ class ShopHandler:
         for cookie in attachment.set_cookies:
             headers.add(hdrs.SET_COOKIE, cookie)
         if attachment.token is not None:
-            payload = _payload(attachment.token)
+            body = storefront.payloads.json(attachment.token)
         elif attachment.deferred_guest is not None:
-            payload = _deferred_payload(storefront, attachment.deferred_guest)
+            body = storefront.payloads.for_deferred_guest(attachment.deferred_guest).to_json().encode()
         else:
             headers[hdrs.RETRY_AFTER] = self._retry_after
             headers[STATUS_HEADER] = "token-unavailable"
             return web.Response(status=503, text="customer token unavailable\n", headers=headers)
         headers[hdrs.CONTENT_TYPE] = "application/json"
-        return web.Response(body=payload.to_json().encode(), headers=headers)
+        return web.Response(body=body, headers=headers)
 
 
 class _TokenElementFilter:
@@ -850,28 +850,6 @@ _UPSTREAM_TEXT = {
 }
 
 
-def _element(token: CustomerToken) -> bytes:
-    """The rendered element of a token; cached, as one customer's token serves many pages."""
-    # Keyed by the fields themselves: lru_cache hashes and compares those in C, where a
-    # dataclass key would run its Python __hash__ and __eq__ on every page.
-    return _rendered(token.storefront_id, token.user_id, token.is_anonymous, token.token, token.expires_at)
-
-
-@functools.lru_cache(maxsize=4096)
-def _rendered(storefront_id: int, user_id: str, is_anonymous: bool, token: str, expires_at: int) -> bytes:
-    return render_element(TokenPayload(storefront_id, user_id, is_anonymous, token, expires_at))
-
-
-def _payload(token: CustomerToken) -> TokenPayload:
-    return TokenPayload(
-        storefront_id=token.storefront_id,
-        user_id=token.user_id,
-        is_anonymous=token.is_anonymous,
-        token=token.token,
-        expires_at=token.expires_at,
-    )
-
-
 def _guest_cookie(guests: GuestRecogniser, guest_id: str, secure: bool) -> str:
     """The Set-Cookie value that keeps ``guest_id`` in the browser (signed, HttpOnly, 30 days)."""
     return set_cookie_value(
@@ -920,11 +898,6 @@ def shop_request(
         return web.BaseRequest(message, payload, protocol, writer, task, task.get_loop())
     message = message._replace(version=HttpVersion11, should_close=True)
     return UnsupportedVersionRequest(message, payload, protocol, writer, task, task.get_loop())
-
-
-def _deferred_payload(storefront: Storefront, guest_id: str) -> TokenPayload:
-    """A cookie-less guest's payload: the id, no token yet (not cached: every crawler hit is new)."""
-    return TokenPayload(storefront.storefront_id, guest_id, True, None, None)
 
 
 async def _answer_expect(request: web.BaseRequest) -> web.Response | None:

@@ -4,13 +4,9 @@ Pure functions and small classes over bytes and str; nothing here knows about ai
 request path wires them up and the tests run them in microseconds (contract, "Where the token
 goes"):
 
-- :class:`TokenPayload` is the JSON object the editor reads, both from the page and from
-  ``GET /.cc-sidecar/token``; :func:`render_element` wraps it in the
-  ``<script id="cc-storefront-user" type="application/json">`` element, escaped so that nothing
-  in it can end the element.
-- :class:`HtmlInjector` inserts that element exactly once into an HTML body streamed in chunks:
-  right before the first ``</head>``, else right after the opening ``<body ...>`` tag, else at
-  the start. :func:`inject_html` is the same for a body held whole.
+- :class:`HtmlInjector` inserts the token element (made by :mod:`proxy.payload`) exactly once
+  into an HTML body streamed in chunks (where: see its docstring). :func:`inject_html` is the
+  same for a body held whole.
 - :class:`ContentDecoder` undoes ``Content-Encoding`` (gzip, deflate, br, stacked) chunk by
   chunk, so a compressed page can be injected into without holding it whole;
   :func:`response_coding` picks the coding the rewritten page goes back out in, and
@@ -20,17 +16,13 @@ goes"):
 from __future__ import annotations
 
 import functools
-import json
 import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import brotli
 
-ELEMENT_ID = "cc-storefront-user"
-TOKEN_PATH = "/.cc-sidecar/token"  # noqa: S105 -- a URL path, not a secret
 # Held-back HTML above this makes the injector decide at once (see HtmlInjector).
 DEFAULT_MAX_HOLD = 1 << 20
 # Compression of rewritten editor pages, done once per page on the request path. zlib level 1, as
@@ -40,9 +32,6 @@ DEFAULT_MAX_HOLD = 1 << 20
 # about what level 4 does for 4.8 KB; its default, 11, takes ~16 ms.
 GZIP_LEVEL = 1
 BROTLI_QUALITY = 2
-
-_ELEMENT_OPEN = f'<script id="{ELEMENT_ID}" type="application/json">'.encode("ascii")
-_ELEMENT_CLOSE = b"</script>"
 
 # The whitespace HTML allows inside tags; "\s" would also take \v, which HTML does not.
 _WS = rb"[ \t\n\f\r]"
@@ -66,58 +55,6 @@ _BODY_PREFIX = re.compile(rb"<(?:b(?:o(?:d(?:y)?)?)?)?", re.IGNORECASE)
 
 class BodyDecodeError(ValueError):
     """A compressed body is corrupt or ends before its compressed stream does."""
-
-
-@dataclass(frozen=True, slots=True)
-class TokenPayload:
-    """What the editor learns about the current customer: who they are and their token.
-
-    ``token`` and ``expires_at`` are None for a guest whose request carried no cookie at all
-    (contract, "Identity"): the page's script then fetches ``tokenUrl``, which brings the
-    cookie back and makes the StorefrontUser.
-    """
-
-    storefront_id: int
-    user_id: str
-    is_anonymous: bool
-    token: str | None
-    expires_at: int | None
-
-    def to_json(self) -> str:
-        """The compact JSON object of the contract, ASCII only (anything else as ``\\uXXXX``)."""
-        return json.dumps(
-            {
-                "storefrontId": self.storefront_id,
-                "userId": self.user_id,
-                "isAnonymous": self.is_anonymous,
-                "token": self.token,
-                "expiresAt": self.expires_at,
-                "tokenUrl": TOKEN_PATH,
-            },
-            separators=(",", ":"),
-            # ASCII output escapes U+2028/U+2029 (line breaks to a JavaScript parser) and cannot
-            # fail to encode, even for a lone surrogate.
-            ensure_ascii=True,
-        )
-
-
-def render_element(payload: TokenPayload) -> bytes:
-    """The ``<script id="cc-storefront-user" type="application/json">`` element, UTF-8.
-
-    ``<``, ``>`` and ``&`` only ever occur inside JSON strings, where ``\\u003c`` and friends
-    mean the same, so escaping them leaves the JSON intact while nothing in it can close the
-    element (``</script>``) or open a comment (``<!--``) that would hide the close.
-    """
-    text = (
-        payload.to_json()
-        .replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("&", "\\u0026")
-        # to_json escapes these already; kept so the element stays safe if that ever changes.
-        .replace("\u2028", "\\u2028")
-        .replace("\u2029", "\\u2029")
-    )
-    return _ELEMENT_OPEN + text.encode("utf-8") + _ELEMENT_CLOSE
 
 
 class HtmlInjector:

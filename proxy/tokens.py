@@ -85,6 +85,8 @@ class CustomerToken:
     is_anonymous: bool
     token: str
     expires_at: int
+    # Clock time (Unix s) from which the token endpoint answers with a newer token.
+    renew_at: float
 
     def __repr__(self) -> str:
         # The dataclass repr would print the token; a repr can end up in a log or a traceback.
@@ -281,8 +283,9 @@ class TokenService:
             is_anonymous=bool(entry["anonymous"]),
             token=entry["token"],
             expires_at=int(entry["expires_at"]),
+            renew_at=float(entry["renew_at"]),
         )
-        renew_at = float(entry["renew_at"])
+        renew_at = token.renew_at
         if renew_at <= self._clock() or token.is_anonymous != customer.is_anonymous:
             return None
         self._remember(key, _Known(token, renew_at))
@@ -362,6 +365,7 @@ class TokenService:
             is_anonymous=customer.is_anonymous,
             token=raw,
             expires_at=expires_at,
+            renew_at=renew_at,
         )
         return token, renew_at
 

@@ -427,14 +427,21 @@ async def test_token_endpoint_answers_for_the_current_customer(
     assert response.status == 200
     assert response.headers["Cache-Control"] == "no-store"
     payload = json.loads(body)
-    assert set(payload) == {
+    assert list(payload) == [
         "storefrontId",
+        "tenantId",
         "userId",
         "isAnonymous",
         "token",
         "expiresAt",
+        "expiresIn",
+        "renewIn",
         "tokenUrl",
-    }
+        "cchubUrl",
+        "cchubApiGatewayUrl",
+    ]
+    assert payload["tenantId"] == 1
+    assert payload["cchubApiGatewayUrl"] == emulator.url
     assert payload["userId"] == "t@example.com"
     assert shop.state.requests == []
 

@@ -1,12 +1,10 @@
-"""proxy.injection: the token element, inserting it into HTML in chunks, decoding bodies."""
+"""proxy.injection: inserting the token element into HTML in chunks, decoding and encoding bodies."""
 
 from __future__ import annotations
 
 import gzip
-import json
 import zlib
 from collections.abc import Callable
-from html.parser import HTMLParser
 
 import brotli
 import pytest
@@ -14,33 +12,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.injection import (
-    ELEMENT_ID,
-    TOKEN_PATH,
     BodyDecodeError,
     ContentDecoder,
     ContentEncoder,
     HtmlInjector,
-    TokenPayload,
     decodable_accept_encoding,
     inject_html,
     is_html,
-    render_element,
     response_coding,
 )
 
 E = b"<!--E-->"
-OPEN = b'<script id="cc-storefront-user" type="application/json">'
 WS = b" \t\n\f\r"
-
-
-def payload(user_id: str = "customer-42", token: str = "tok.en.value") -> TokenPayload:
-    return TokenPayload(
-        storefront_id=12,
-        user_id=user_id,
-        is_anonymous=False,
-        token=token,
-        expires_at=1_700_000_000,
-    )
 
 
 def stream(body: bytes, sizes: list[int], element: bytes = E, **kwargs: int) -> list[bytes]:
@@ -149,128 +132,6 @@ def split_document(draw: st.DrawFn) -> tuple[bytes, list[int]]:
         )
     )
     return doc, sizes
-
-
-class TestTokenPayload:
-    def test_to_json_is_the_contract_object(self) -> None:
-        """to_json gives exactly the contract's keys and values, compact."""
-        text = payload().to_json()
-        assert json.loads(text) == {
-            "storefrontId": 12,
-            "userId": "customer-42",
-            "isAnonymous": False,
-            "token": "tok.en.value",
-            "expiresAt": 1_700_000_000,
-            "tokenUrl": "/.cc-sidecar/token",
-        }
-        assert " " not in text
-        assert TOKEN_PATH == "/.cc-sidecar/token"
-
-    def test_guest_without_a_token_has_null_token_and_expiry(self) -> None:
-        """A deferred guest's payload writes token and expiresAt as JSON null."""
-        deferred = TokenPayload(
-            storefront_id=12, user_id="anon-1", is_anonymous=True, token=None, expires_at=None
-        )
-        assert json.loads(render_element(deferred)[len(OPEN) : -len(b"</script>")]) == {
-            "storefrontId": 12,
-            "userId": "anon-1",
-            "isAnonymous": True,
-            "token": None,
-            "expiresAt": None,
-            "tokenUrl": "/.cc-sidecar/token",
-        }
-
-    def test_to_json_keeps_key_order(self) -> None:
-        """The keys come in the contract's order, storefrontId first and tokenUrl last."""
-        keys = list(json.loads(payload().to_json()))
-        assert keys == ["storefrontId", "userId", "isAnonymous", "token", "expiresAt", "tokenUrl"]
-
-
-class ScriptFinder(HTMLParser):
-    """Collects the text of every cc-storefront-user element the way a browser splits it."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=False)
-        self.inside = False
-        self.elements: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "script" and ("id", ELEMENT_ID) in attrs:
-            self.inside = True
-            self.elements.append("")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "script":
-            self.inside = False
-
-    def handle_data(self, data: str) -> None:
-        if self.inside:
-            self.elements[-1] += data
-
-
-def elements_in(page: bytes) -> list[str]:
-    finder = ScriptFinder()
-    finder.feed(page.decode("utf-8"))
-    finder.close()
-    return finder.elements
-
-
-HOSTILE_IDS = [
-    "</script><script>alert(1)</script>",
-    "<!--<script>",
-    "</SCRIPT >",
-    "\"'`\\",
-    "a&amp;b",
-    "zwölf \u2028\u2029 \U0001f600",
-    "x" * 10_000 + "</script>",
-    "\ud800 lone surrogate",
-]
-
-
-class TestRenderElement:
-    def test_element_shape(self) -> None:
-        """The element is the script tag with the id and JSON type, the JSON, and its end tag."""
-        element = render_element(payload())
-        assert element.startswith(OPEN)
-        assert element.endswith(b"</script>")
-        assert json.loads(element[len(OPEN) : -len(b"</script>")]) == json.loads(payload().to_json())
-
-    def test_markup_characters_are_escaped(self) -> None:
-        """<, > and & are written as \\u003c, \\u003e, \\u0026 inside the element."""
-        element = render_element(payload(user_id="<a>&"))
-        assert b"\\u003ca\\u003e\\u0026" in element
-        assert element.count(b"<") == 2
-        assert b"&" not in element
-
-    def test_line_separators_are_escaped(self) -> None:
-        """U+2028 and U+2029 appear only as \\u2028 and \\u2029 escapes."""
-        element = render_element(payload(user_id="a\u2028b\u2029c"))
-        assert b"a\\u2028b\\u2029c" in element
-        assert "\u2028".encode() not in element
-        assert "\u2029".encode() not in element
-
-    @pytest.mark.parametrize("user_id", HOSTILE_IDS)
-    def test_hostile_user_id_stays_inside(self, user_id: str) -> None:
-        """A hostile user id cannot end the element: a parser finds one element whose JSON
-        round-trips, and "</script" occurs once per element."""
-        hostile = payload(user_id=user_id, token=user_id)
-        page = inject_html(b"<html><head></head><body></body></html>", render_element(hostile))
-        found = elements_in(page)
-        assert len(found) == 1
-        assert json.loads(found[0]) == json.loads(hostile.to_json())
-        assert json.loads(found[0])["userId"] == user_id
-        assert page.lower().count(b"</script") == 1
-
-    @given(st.text(), st.text())
-    def test_any_text_round_trips(self, user_id: str, token: str) -> None:
-        """For any user id and token the element's JSON parses back to the payload."""
-        element = render_element(payload(user_id=user_id, token=token))
-        content = elements_in(element)
-        assert len(content) == 1
-        assert json.loads(content[0])["userId"] == user_id
-        assert json.loads(content[0])["token"] == token
-        assert element.lower().count(b"</script") == 1
-        assert b"<" not in element[len(OPEN) : -len(b"</script>")]
 
 
 class TestInsertionRule:

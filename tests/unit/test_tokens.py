@@ -214,6 +214,7 @@ async def test_token_carries_the_customer_and_its_own_exp(service: TokenService,
         is_anonymous=False,
         token=token.token,
         expires_at=int(START) + LIFETIME_S,
+        renew_at=token.renew_at,
     )
     assert claims["exp"] == token.expires_at
 
