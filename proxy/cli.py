@@ -153,7 +153,7 @@ def _check_config(args: argparse.Namespace) -> int:
             f"editor paths: {len(storefront.editor_paths)}; inject: {', '.join(storefront.inject) or 'none'}"
         )
     cc = settings.customers_canvas
-    if cc.tenant_id is None and any("html" in storefront.inject for storefront in settings.storefronts):
+    if cc.tenant_id is None and any(storefront.injects_html for storefront in settings.storefronts):
         print(
             "tenant: customers_canvas.tenant_id is not set; editor pages carry the tenant the API"
             " reports for each storefront (learnt at start-up; tenantId is null until then)"

@@ -52,6 +52,7 @@ from proxy.injection import (
 )
 from proxy.log import RequestContext, request_context
 from proxy.metrics import LatencyHistogram, Metrics
+from proxy.page_script import CSP_HEADER, CSP_REPORT_ONLY_HEADER, script_nonce, script_tag
 from proxy.payload import TOKEN_PATH, PayloadMaker, render_element
 from proxy.routing import (
     PathMatcher,
@@ -63,6 +64,7 @@ from proxy.routing import (
     origin_form,
     parse_host,
 )
+from proxy.static_files import StaticFiles
 from proxy.store import TokenStore
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, OutgoingHeaders, Upstream, is_websocket_upgrade, response_headers
@@ -120,6 +122,7 @@ class Storefront:
     strip_keys: frozenset[bytes] = field(init=False)
     response_header: str | None = field(init=False)
     html: bool = field(init=False)
+    script: bool = field(init=False)
     header: bool = field(init=False)
     cookie: bool = field(init=False)
     injects: bool = field(init=False)
@@ -135,7 +138,8 @@ class Storefront:
             {header_key(settings.user.header).encode()} if settings.user.header else ()
         )
         self.response_header = settings.user.response_header
-        self.html = "html" in settings.inject
+        self.html = settings.injects_html
+        self.script = "script" in settings.inject
         self.header = "header" in settings.inject
         self.cookie = "cookie" in settings.inject
         self.injects = self.html or self.header or self.cookie
@@ -225,6 +229,8 @@ class ShopHandler:
         self._api_timeout_s = api_timeout_s
         self._retry_after = str(retry_after_s)
         self._clock = clock
+        # The page script and its declarations, read once here (package data).
+        self._static = StaticFiles()
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one shop request: the one place errors become HTTP responses, counted and logged."""
@@ -655,10 +661,17 @@ class ShopHandler:
                 return self._attach_deferred(request, storefront, headers, deferred_guest)
             headers[STATUS_HEADER] = "token-unavailable"
             storefront.counters.token_unavailable.inc()
+            if storefront.script and is_html(headers.get(hdrs.CONTENT_TYPE)):
+                # No element, but the page script, which asks tokenUrl until Customer's Canvas is back:
+                # the page's one line still finds ccSidecar.
+                return self._html_filter(request, headers, self._page_script_tag(headers))
             return None
         body_filter: BodyFilter | None = None
         if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
-            body_filter = self._html_filter(request, headers, storefront.payloads.element(token))
+            element = storefront.payloads.element(token)
+            if storefront.script:
+                element += self._page_script_tag(headers)
+            body_filter = self._html_filter(request, headers, element)
             if body_filter is not None:
                 storefront.counters.html.inc()
         if storefront.header:
@@ -679,6 +692,15 @@ class ShopHandler:
             )
             storefront.counters.cookie.inc()
         return body_filter
+
+    @staticmethod
+    def _page_script_tag(headers: CIMultiDict[str]) -> bytes:
+        """The page script's tag, carrying the nonce of the page's own CSP when it has one."""
+        nonce = script_nonce(headers.getall(CSP_HEADER, ()))
+        if nonce is None:
+            # A policy only reported, not enforced, would still report the tag without its nonce.
+            nonce = script_nonce(headers.getall(CSP_REPORT_ONLY_HEADER, ()))
+        return script_tag(nonce)
 
     def _html_filter(
         self, request: web.BaseRequest, headers: CIMultiDict[str], element: bytes
@@ -705,9 +727,10 @@ class ShopHandler:
         """The guest id without a token: the element (null token), X-CC-User-Id; no token cookie."""
         body_filter: BodyFilter | None = None
         if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
-            body_filter = self._html_filter(
-                request, headers, render_element(storefront.payloads.for_deferred_guest(guest_id))
-            )
+            element = render_element(storefront.payloads.for_deferred_guest(guest_id))
+            if storefront.script:
+                element += self._page_script_tag(headers)
+            body_filter = self._html_filter(request, headers, element)
         if storefront.header:
             headers[USER_ID_HEADER] = guest_id
         return body_filter
@@ -715,10 +738,14 @@ class ShopHandler:
     async def _sidecar_path(
         self, request: web.BaseRequest, storefront: Storefront, trusted: bool, host: str | None
     ) -> web.StreamResponse:
-        """Paths under ``/.cc-sidecar/``: only the token endpoint exists; nothing goes upstream.
+        """Paths under ``/.cc-sidecar/``: the token endpoint and the page script; nothing goes upstream.
 
         ``host`` is the normalised host the request was routed by (for the session check's Host).
         """
+        static = self._static.get(request.path)
+        if static is not None:
+            # The same bytes for everyone: no identity read, no cookie set.
+            return static.respond(request)
         if request.path != TOKEN_PATH:
             return web.Response(status=404, text="not found\n", headers={hdrs.CACHE_CONTROL: "no-store"})
         if request.method not in ("GET", "HEAD"):

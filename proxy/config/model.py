@@ -51,7 +51,7 @@ DEFAULT_SESSION_CHECK_TTL_S = 60.0
 DEFAULT_STORE_TIMEOUT_S = 0.25
 # Every key the shared token store writes starts with this (several sidecars can share one Redis).
 DEFAULT_STORE_KEY_PREFIX = "cc-sidecar:"
-InjectMode = Literal["html", "header", "cookie"]
+InjectMode = Literal["html", "header", "cookie", "script"]
 DEFAULT_INJECT: tuple[InjectMode, ...] = ("html",)
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -288,7 +288,11 @@ class StorefrontSettings(_Frozen):
     session_cookie: CookieName | None = Field(None, description="The shop's session cookie, e.g. PHPSESSID.")
     editor_paths: tuple[PathGlob, ...] = Field((), description="Globs; * stays in one segment, ** crosses.")
     inject: tuple[InjectMode, ...] = Field(
-        DEFAULT_INJECT, description="Where the token goes on editor pages: any of html, header, cookie."
+        DEFAULT_INJECT,
+        description=(
+            "Where the token goes on editor pages: any of html, header, cookie, script (the page"
+            " script's tag after the html element, with the nonce of the page's CSP; implies html)."
+        ),
     )
     underscores_in_headers: bool = Field(
         False,
@@ -304,6 +308,11 @@ class StorefrontSettings(_Frozen):
     @classmethod
     def _unique_modes(cls, value: tuple[InjectMode, ...]) -> tuple[InjectMode, ...]:
         return tuple(dict.fromkeys(value))
+
+    @property
+    def injects_html(self) -> bool:
+        """Editor pages get the token element (``script`` implies ``html``: its tag goes after it)."""
+        return "html" in self.inject or "script" in self.inject
 
 
 def _check_redis_url(value: str) -> str:
