@@ -46,7 +46,7 @@ from proxy.injection import (
     ContentDecoder,
     ContentEncoder,
     HtmlInjector,
-    inject_html,
+    inject_html_at,
     is_html,
     response_coding,
 )
@@ -815,10 +815,10 @@ class _TokenElementFilter:
     def whole(self, body: bytes) -> bytes:
         if self._decoder is not None:
             body = self._decoder.feed(body) + self._decoder.finish()
-        body = inject_html(body, self._element)
+        body, element_at = inject_html_at(body, self._element)
         if self._encoder is None:
             return body
-        return self._encoder.whole(body, self._element_in(body))
+        return self._encoder.whole(body, element_at)
 
     def feed(self, chunk: bytes) -> bytes:
         if self._decoder is not None:
@@ -828,7 +828,7 @@ class _TokenElementFilter:
             return injector.feed(chunk)
         was_in = injector.injected
         chunk = injector.feed(chunk)
-        return self._encoder.feed(chunk, None if was_in else self._element_in(chunk))
+        return self._encoder.feed(chunk, None if was_in else injector.element_at)
 
     def finish(self) -> bytes:
         injector = self._streaming()
@@ -839,12 +839,9 @@ class _TokenElementFilter:
             rest = injector.feed(self._decoder.finish()) + injector.finish()
         if self._encoder is None:
             return rest
-        return self._encoder.feed(rest, None if was_in else self._element_in(rest)) + self._encoder.finish()
-
-    def _element_in(self, output: bytes) -> slice | None:
-        """Where the element sits in this output, for the encoder to keep it apart (see ContentEncoder)."""
-        at = output.find(self._element)
-        return None if at < 0 else slice(at, at + len(self._element))
+        # The injector says where it put the element (not a search, which a page that echoes
+        # the element's text ahead of it could mislead), for the encoder to keep it apart.
+        return self._encoder.feed(rest, None if was_in else injector.element_at) + self._encoder.finish()
 
     def _streaming(self) -> HtmlInjector:
         """The streaming injector, made on first use (a page that is all here never needs one)."""
