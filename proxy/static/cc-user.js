@@ -139,6 +139,8 @@
           });
           if (response.ok) {
             user = await response.json();
+          } else {
+            await response.text(); // read to the end: the connection is free again
           }
         } catch (error) {
           user = null; // offline, or a body that is not JSON: tried again like a 503
