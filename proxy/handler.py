@@ -554,6 +554,7 @@ class ShopHandler:
         *,
         want_token: bool,
         remembered: str | None = None,
+        newer_when_due: bool = False,
     ) -> Attachment:
         """Resolve the customer, merge a guest at login, and get the token, within the API timeout.
 
@@ -564,7 +565,14 @@ class ShopHandler:
         try:
             async with asyncio.timeout(self._api_timeout_s):
                 await self._resolve(
-                    request, storefront, logged_in or remembered, secure, page_headers, attachment, want_token
+                    request,
+                    storefront,
+                    logged_in or remembered,
+                    secure,
+                    page_headers,
+                    attachment,
+                    want_token,
+                    newer_when_due,
                 )
         except TimeoutError:
             log.warning("token work timed out", extra={"timeout_s": self._api_timeout_s})
@@ -582,6 +590,7 @@ class ShopHandler:
         page_headers: OutgoingHeaders | None,
         attachment: Attachment,
         want_token: bool,
+        newer_when_due: bool,
     ) -> None:
         cookies = _cookies(request)
         guests = storefront.guests
@@ -623,7 +632,7 @@ class ShopHandler:
             storefront.counters.deferred_guests.inc()
             return
         try:
-            attachment.token = await self._tokens.token_for(customer)
+            attachment.token = await self._tokens.token_for(customer, newer_when_due=newer_when_due)
         except CircuitOpen:
             # The breaker logged the outage when it began and logs it when it ends, with the
             # count of pages like this one: a line per page would flood the log.
@@ -750,6 +759,8 @@ class ShopHandler:
             page_headers,
             want_token=True,
             remembered=remembered,
+            # The page was told (renewIn) that from then on this answers with a newer token.
+            newer_when_due=True,
         )
         headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store"})
         for cookie in attachment.set_cookies:
