@@ -5,7 +5,7 @@ request is counted and access-logged. One request, in order:
 1. Route to a storefront (421 if none); answer ``Expect: 100-continue`` (the header is per hop).
 2. Strip the identity header in every spelling unless the peer is trusted (before anything
    reads it), and the client's X-Forwarded-* likewise.
-3. ``/.cc-sidecar/*`` is answered here and never forwarded.
+3. ``/.cc-sidecar/*`` is answered by :mod:`proxy.sidecar_paths` and never forwarded.
 4. Editor GETs start the customer's token work at once, concurrently with the shop's
    response; a request that brings a guest cookie and a logged-in id starts the merge.
 5. The shop's response is streamed back; on an editor page with status 200 the token is
@@ -52,7 +52,7 @@ from proxy.injection import (
 )
 from proxy.log import RequestContext, request_context
 from proxy.metrics import LatencyHistogram, Metrics
-from proxy.payload import TOKEN_PATH, PayloadMaker, render_element
+from proxy.payload import PayloadMaker, render_element
 from proxy.routing import (
     PathMatcher,
     Router,
@@ -63,6 +63,7 @@ from proxy.routing import (
     origin_form,
     parse_host,
 )
+from proxy.sidecar_paths import STATUS_HEADER, SidecarRequest, sidecar_paths
 from proxy.store import TokenStore
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, OutgoingHeaders, Upstream, is_websocket_upgrade, response_headers
@@ -73,7 +74,6 @@ access_log = logging.getLogger("proxy.access")
 TOKEN_COOKIE = "cc_user_token"  # noqa: S105 -- a cookie name, not a secret
 USER_ID_HEADER = "X-CC-User-Id"
 USER_TOKEN_HEADER = "X-CC-User-Token"  # noqa: S105 -- a header name
-STATUS_HEADER = "X-CC-Sidecar"
 REQUEST_ID_HEADER = "X-Request-Id"
 # Raw customer ids whose checks passed, kept so a returning customer's id is not checked again.
 _REMEMBERED_IDS = 4096
@@ -223,8 +223,8 @@ class ShopHandler:
         self._tokens = tokens
         self._metrics = metrics
         self._api_timeout_s = api_timeout_s
-        self._retry_after = str(retry_after_s)
         self._clock = clock
+        self._sidecar_paths = sidecar_paths(self, retry_after_s=retry_after_s)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one shop request: the one place errors become HTTP responses, counted and logged."""
@@ -319,8 +319,8 @@ class ShopHandler:
         if lenient is None:
             return _refused(400, "bad path\n")
         if is_sidecar_path(lenient):
-            return await self._sidecar_path(
-                request, storefront, trusted, host.authority if host is not None else None
+            return await self._sidecar_paths.answer(
+                SidecarRequest(request, storefront, trusted, host.authority if host is not None else None)
             )
 
         # An editor page is a path every server reads alike (servers disagree on "/a/..",
@@ -721,17 +721,17 @@ class ShopHandler:
             headers[USER_ID_HEADER] = guest_id
         return body_filter
 
-    async def _sidecar_path(
-        self, request: web.BaseRequest, storefront: Storefront, trusted: bool, host: str | None
-    ) -> web.StreamResponse:
-        """Paths under ``/.cc-sidecar/``: only the token endpoint exists; nothing goes upstream.
+    async def token_endpoint_attachment(self, sidecar_request: SidecarRequest) -> Attachment:
+        """The token endpoint's customer and token, found as for a page (see :mod:`proxy.sidecar_paths`).
 
-        ``host`` is the normalised host the request was routed by (for the session check's Host).
+        The token is a newer one once the current is past its renewal point: the page was
+        told (``renewIn``) that from then on this answers with one.
         """
-        if request.path != TOKEN_PATH:
-            return web.Response(status=404, text="not found\n", headers={hdrs.CACHE_CONTROL: "no-store"})
-        if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={hdrs.ALLOW: "GET", hdrs.CACHE_CONTROL: "no-store"})
+        request, storefront, trusted = (
+            sidecar_request.request,
+            sidecar_request.storefront,
+            sidecar_request.trusted,
+        )
         logged_in = self._header_identity(request, storefront, trusted)
         remembered = None
         if logged_in is None and storefront.response_memory is not None:
@@ -742,7 +742,7 @@ class ShopHandler:
             storefront.upstream.request_headers(
                 request,
                 trusted=trusted,
-                host=host,
+                host=sidecar_request.host,
                 target=request.raw_path,
                 drop=() if trusted else storefront.strip_keys,
                 drop_cookie=TOKEN_COOKIE,
@@ -751,7 +751,7 @@ class ShopHandler:
             if storefront.session_check is not None
             else None
         )
-        attachment = await self._attachment(
+        return await self._attachment(
             request,
             storefront,
             logged_in,
@@ -759,22 +759,8 @@ class ShopHandler:
             page_headers,
             want_token=True,
             remembered=remembered,
-            # The page was told (renewIn) that from then on this answers with a newer token.
             newer_when_due=True,
         )
-        headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store"})
-        for cookie in attachment.set_cookies:
-            headers.add(hdrs.SET_COOKIE, cookie)
-        if attachment.token is not None:
-            body = storefront.payloads.json(attachment.token)
-        elif attachment.deferred_guest is not None:
-            body = storefront.payloads.for_deferred_guest(attachment.deferred_guest).to_json().encode()
-        else:
-            headers[hdrs.RETRY_AFTER] = self._retry_after
-            headers[STATUS_HEADER] = "token-unavailable"
-            return web.Response(status=503, text="customer token unavailable\n", headers=headers)
-        headers[hdrs.CONTENT_TYPE] = "application/json"
-        return web.Response(body=body, headers=headers)
 
 
 class _TokenElementFilter:
