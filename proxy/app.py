@@ -90,6 +90,7 @@ async def shop_services(
             skew_s=settings.token_skew_s,
             lifetime_without_exp_s=cc.token_lifetime_without_exp_s,
             timeout_s=cc.timeout_s,
+            min_ttl_s=settings.min_token_ttl_s,
             store=store,
             clock=clock,
         )

@@ -5,7 +5,7 @@ request is counted and access-logged. One request, in order:
 1. Route to a storefront (421 if none); answer ``Expect: 100-continue`` (the header is per hop).
 2. Strip the identity header in every spelling unless the peer is trusted (before anything
    reads it), and the client's X-Forwarded-* likewise.
-3. ``/.cc-sidecar/*`` is answered here and never forwarded.
+3. ``/.cc-sidecar/*`` is answered by :mod:`proxy.sidecar_paths` and never forwarded.
 4. Editor GETs start the customer's token work at once, concurrently with the shop's
    response; a request that brings a guest cookie and a logged-in id starts the merge.
 5. The shop's response is streamed back; on an editor page with status 200 the token is
@@ -53,7 +53,7 @@ from proxy.injection import (
 from proxy.log import RequestContext, request_context
 from proxy.metrics import LatencyHistogram, Metrics
 from proxy.page_script import CSP_HEADER, CSP_REPORT_ONLY_HEADER, script_nonce, script_tag
-from proxy.payload import TOKEN_PATH, PayloadMaker, render_element
+from proxy.payload import PayloadMaker, render_element
 from proxy.routing import (
     PathMatcher,
     Router,
@@ -64,7 +64,7 @@ from proxy.routing import (
     origin_form,
     parse_host,
 )
-from proxy.static_files import StaticFiles
+from proxy.sidecar_paths import STATUS_HEADER, SidecarRequest, sidecar_paths
 from proxy.store import TokenStore
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, OutgoingHeaders, Upstream, is_websocket_upgrade, response_headers
@@ -75,7 +75,6 @@ access_log = logging.getLogger("proxy.access")
 TOKEN_COOKIE = "cc_user_token"  # noqa: S105 -- a cookie name, not a secret
 USER_ID_HEADER = "X-CC-User-Id"
 USER_TOKEN_HEADER = "X-CC-User-Token"  # noqa: S105 -- a header name
-STATUS_HEADER = "X-CC-Sidecar"
 REQUEST_ID_HEADER = "X-Request-Id"
 # Raw customer ids whose checks passed, kept so a returning customer's id is not checked again.
 _REMEMBERED_IDS = 4096
@@ -227,10 +226,8 @@ class ShopHandler:
         self._tokens = tokens
         self._metrics = metrics
         self._api_timeout_s = api_timeout_s
-        self._retry_after = str(retry_after_s)
         self._clock = clock
-        # The page script and its declarations, read once here (package data).
-        self._static = StaticFiles()
+        self._sidecar_paths = sidecar_paths(self, retry_after_s=retry_after_s)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one shop request: the one place errors become HTTP responses, counted and logged."""
@@ -325,8 +322,8 @@ class ShopHandler:
         if lenient is None:
             return _refused(400, "bad path\n")
         if is_sidecar_path(lenient):
-            return await self._sidecar_path(
-                request, storefront, trusted, host.authority if host is not None else None
+            return await self._sidecar_paths.answer(
+                SidecarRequest(request, storefront, trusted, host.authority if host is not None else None)
             )
 
         # An editor page is a path every server reads alike (servers disagree on "/a/..",
@@ -560,6 +557,7 @@ class ShopHandler:
         *,
         want_token: bool,
         remembered: str | None = None,
+        newer_when_due: bool = False,
     ) -> Attachment:
         """Resolve the customer, merge a guest at login, and get the token, within the API timeout.
 
@@ -570,7 +568,14 @@ class ShopHandler:
         try:
             async with asyncio.timeout(self._api_timeout_s):
                 await self._resolve(
-                    request, storefront, logged_in or remembered, secure, page_headers, attachment, want_token
+                    request,
+                    storefront,
+                    logged_in or remembered,
+                    secure,
+                    page_headers,
+                    attachment,
+                    want_token,
+                    newer_when_due,
                 )
         except TimeoutError:
             log.warning("token work timed out", extra={"timeout_s": self._api_timeout_s})
@@ -588,6 +593,7 @@ class ShopHandler:
         page_headers: OutgoingHeaders | None,
         attachment: Attachment,
         want_token: bool,
+        newer_when_due: bool,
     ) -> None:
         cookies = _cookies(request)
         guests = storefront.guests
@@ -629,7 +635,7 @@ class ShopHandler:
             storefront.counters.deferred_guests.inc()
             return
         try:
-            attachment.token = await self._tokens.token_for(customer)
+            attachment.token = await self._tokens.token_for(customer, newer_when_due=newer_when_due)
         except CircuitOpen:
             # The breaker logged the outage when it began and logs it when it ends, with the
             # count of pages like this one: a line per page would flood the log.
@@ -735,21 +741,17 @@ class ShopHandler:
             headers[USER_ID_HEADER] = guest_id
         return body_filter
 
-    async def _sidecar_path(
-        self, request: web.BaseRequest, storefront: Storefront, trusted: bool, host: str | None
-    ) -> web.StreamResponse:
-        """Paths under ``/.cc-sidecar/``: the token endpoint and the page script; nothing goes upstream.
+    async def token_endpoint_attachment(self, sidecar_request: SidecarRequest) -> Attachment:
+        """The token endpoint's customer and token, found as for a page (see :mod:`proxy.sidecar_paths`).
 
-        ``host`` is the normalised host the request was routed by (for the session check's Host).
+        The token is a newer one once the current is past its renewal point: the page was
+        told (``renewIn``) that from then on this answers with one.
         """
-        static = self._static.get(request.path)
-        if static is not None:
-            # The same bytes for everyone: no identity read, no cookie set.
-            return static.respond(request)
-        if request.path != TOKEN_PATH:
-            return web.Response(status=404, text="not found\n", headers={hdrs.CACHE_CONTROL: "no-store"})
-        if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={hdrs.ALLOW: "GET", hdrs.CACHE_CONTROL: "no-store"})
+        request, storefront, trusted = (
+            sidecar_request.request,
+            sidecar_request.storefront,
+            sidecar_request.trusted,
+        )
         logged_in = self._header_identity(request, storefront, trusted)
         remembered = None
         if logged_in is None and storefront.response_memory is not None:
@@ -760,7 +762,7 @@ class ShopHandler:
             storefront.upstream.request_headers(
                 request,
                 trusted=trusted,
-                host=host,
+                host=sidecar_request.host,
                 target=request.raw_path,
                 drop=() if trusted else storefront.strip_keys,
                 drop_cookie=TOKEN_COOKIE,
@@ -769,7 +771,7 @@ class ShopHandler:
             if storefront.session_check is not None
             else None
         )
-        attachment = await self._attachment(
+        return await self._attachment(
             request,
             storefront,
             logged_in,
@@ -777,20 +779,8 @@ class ShopHandler:
             page_headers,
             want_token=True,
             remembered=remembered,
+            newer_when_due=True,
         )
-        headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store"})
-        for cookie in attachment.set_cookies:
-            headers.add(hdrs.SET_COOKIE, cookie)
-        if attachment.token is not None:
-            body = storefront.payloads.json(attachment.token)
-        elif attachment.deferred_guest is not None:
-            body = storefront.payloads.for_deferred_guest(attachment.deferred_guest).to_json().encode()
-        else:
-            headers[hdrs.RETRY_AFTER] = self._retry_after
-            headers[STATUS_HEADER] = "token-unavailable"
-            return web.Response(status=503, text="customer token unavailable\n", headers=headers)
-        headers[hdrs.CONTENT_TYPE] = "application/json"
-        return web.Response(body=body, headers=headers)
 
 
 class _TokenElementFilter:

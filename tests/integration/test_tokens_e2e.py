@@ -158,25 +158,60 @@ async def test_200_concurrent_first_requests_make_one_chain_of_calls(
     assert emulator.state.count("StorefrontUsers_Create") <= 1
 
 
-async def test_cached_token_until_exp_less_skew_then_one_more_call(
+async def test_cached_token_until_its_renewal_point_then_one_renewal_behind_the_page(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory
 ) -> None:
-    """No call while the token is fresh; past exp - token_skew_s exactly one more GetToken."""
+    """No call before renewIn; the page at renewIn gets the current token and one GetToken runs behind it."""
     clock = Clock()
     emulator.state.clock = clock  # the emulator signs exp with the same moved time
     sidecar = await make_sidecar(config(shop, emulator), clock=clock)
     headers = {USER_HEADER: "clocked@example.com"}
+    started = clock.now
     _, body = await get(sidecar, "/editor/mug", headers=headers)
     first = element_of(body)
     for _ in range(5):
         await get(sidecar, "/editor/mug", headers=headers)
     assert emulator.state.count("StorefrontUsers_GetToken") == 1
-    clock.now = first["expiresAt"] - 31  # token_skew_s is 30: still fresh
-    await get(sidecar, "/editor/mug", headers=headers)
-    assert emulator.state.count("StorefrontUsers_GetToken") == 1
-    clock.now = first["expiresAt"] - 29
+    # 1-hour tokens, min_token_ttl_s 1800: handed out with at least half their life left.
+    assert 1790 <= first["renewIn"] < 1800
+    clock.now = started + first["renewIn"] - 1
     _, body = await get(sidecar, "/editor/mug", headers=headers)
-    await get(sidecar, "/editor/mug", headers=headers)
+    assert element_of(body)["token"] == first["token"]
+    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+    clock.now = started + first["renewIn"]
+    _, body = await get(sidecar, "/editor/mug", headers=headers)
+    served = element_of(body)
+    assert (served["token"], served["renewIn"]) == (first["token"], 0)
+    assert served["expiresIn"] >= 1800
+    for _ in range(100):
+        if emulator.state.count("StorefrontUsers_GetToken") == 2:
+            break
+        await asyncio.sleep(0.01)
+    _, body = await get(sidecar, "/editor/mug", headers=headers)
+    renewed = element_of(body)
+    assert renewed["token"] != first["token"]
+    assert renewed["expiresIn"] in (3599, 3600)
+    assert emulator.state.count("StorefrontUsers_GetToken") == 2
+
+
+async def test_token_endpoint_at_renew_in_answers_with_a_newer_token(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """tokenUrl asked renewIn seconds after the page answers with a different, full-lifetime token."""
+    clock = Clock()
+    emulator.state.clock = clock
+    sidecar = await make_sidecar(config(shop, emulator), clock=clock)
+    headers = {USER_HEADER: "renewing@example.com"}
+    started = clock.now
+    _, body = await get(sidecar, "/editor/mug", headers=headers)
+    first = element_of(body)
+    clock.now = started + first["renewIn"]
+    response, body = await get(sidecar, "/.cc-sidecar/token", headers=headers)
+    newer = json.loads(body)
+    assert response.status == 200
+    assert newer["token"] != first["token"]
+    assert newer["expiresIn"] in (3599, 3600)
+    assert newer["renewIn"] > 1700
     assert emulator.state.count("StorefrontUsers_GetToken") == 2
 
 
