@@ -15,7 +15,9 @@ from typing import Any
 import jwt
 import pytest
 
+from proxy.emulator import EmulatorOptions
 from tests.fixtures.browser import DevTools, needs_chromium
+from tests.fixtures.emulator import start_emulator
 from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
 
 pytestmark = [*needs_chromium, pytest.mark.timeout(120)]
@@ -205,3 +207,46 @@ async def test_user_waits_out_an_outage_honouring_retry_after(
     assert 3 <= len(starts) <= 5, starts
     # Each retry waited out the 503's Retry-After: 3 (a few ms of timer slack allowed).
     assert all(gap >= 2990 for gap in gaps), gaps
+
+
+async def test_on_token_brings_a_newer_token_before_the_old_one_expires(
+    browser: tuple[DevTools, str], shop: Shop, aiohttp_server: Any, make_sidecar: SidecarFactory
+) -> None:
+    """40-second tokens: at renewIn the script asks tokenUrl, and onToken and the cc-sidecar:user
+    event get a different token for the same guest while the first still has time left, the newer
+    one with at least half its lifetime; two GetToken calls in all."""
+    devtools, session = browser
+    lifetime_s = 40
+    emulator = await start_emulator(
+        aiohttp_server, EmulatorOptions(enable_control=True, token_lifetime_s=lifetime_s)
+    )
+    shop.state.editor_html = (
+        '<!doctype html><html><head><meta charset="utf-8"><title>Personalize</title></head><body>'
+        '<script type="module">'
+        "window.events = [];"
+        "document.addEventListener('cc-sidecar:user', (event) => window.events.push(event.detail.token));"
+        "window.onTokens = [];"
+        "ccSidecar.onToken((user) => window.onTokens.push({user: user, at: Date.now() / 1000}));"
+        "window.first = await ccSidecar.user();"
+        "</script></body></html>"
+    )
+    # token_skew_s below half the lifetime, so the freshness floor is lifetime / 2 (20 s).
+    document = browser_config(shop, emulator, inject=["html", "script"])
+    document["token_skew_s"] = 5
+    sidecar = await make_sidecar(document)
+    await devtools.call("Page.navigate", session, url=str(sidecar.make_url("/editor/mug")))
+    await devtools.wait_for(session, "typeof (window.first && window.first.token)", "string")
+    first = await devtools.evaluate(session, "window.first")
+    assert first["renewIn"] < lifetime_s / 2
+    # The first visit's token came from tokenUrl after onToken was registered: it is the first call.
+    await devtools.wait_for(session, "window.onTokens.length", 2, timeout_s=lifetime_s)
+    given, renewed = await devtools.evaluate(session, "window.onTokens")
+    assert given["user"]["token"] == first["token"]
+    user = renewed["user"]
+    assert user["userId"] == first["userId"]
+    assert user["token"] != first["token"]
+    assert renewed["at"] < first["expiresAt"]
+    assert user["expiresIn"] >= lifetime_s / 2
+    # The element's null-token object was announced before this module script listened.
+    assert await devtools.evaluate(session, "window.events") == [first["token"], user["token"]]
+    assert emulator.state.count("StorefrontUsers_GetToken") == 2
