@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="emulator + demo shop + sidecar on loopback")
     demo.add_argument("--port", type=int, default=8080, help="the sidecar's port (the URL to open)")
+    demo.add_argument(
+        "--token-lifetime-s",
+        type=int,
+        default=3600,
+        help="lifetime of the emulator's customer tokens (60 shows a renewal within a minute)",
+    )
     demo.set_defaults(handler=_demo)
     return parser
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -13,22 +14,47 @@ from tests.fixtures.browser import DevTools, needs_chromium
 pytestmark = [*needs_chromium, pytest.mark.timeout(90)]
 
 
+@pytest.mark.timeout(150)
 async def test_demo_editor_page_gets_and_renews_a_token_then_login_merges(
     browser: tuple[DevTools, str],
 ) -> None:
-    """In Chromium the editor script finds the guest's token, renews it, and after login gets the customer's."""
+    """With 40-second tokens the demo's Workflow Elements page starts its editor with the guest's
+    token, the page script brings a different one before it expires, and after login the editor
+    gets the customer's."""
     devtools, session = browser
-    async with running_demo(0) as demo:
+    lifetime_s = 40
+    async with running_demo(0, token_lifetime_s=lifetime_s) as demo:
         url = demo.url
         state = demo.emulator_app[EMULATOR_STATE]
-        await devtools.call("Page.navigate", session, url=url + "editor/mug#renew-now")
-        await devtools.wait_for(session, "document.getElementById('status').dataset.state", "renewed")
-        guest = await devtools.evaluate(session, "JSON.stringify(window.ccUser)")
-        guest_user = json.loads(guest)
+        await devtools.call("Page.navigate", session, url=url + "editor/mug")
+        await devtools.wait_for(session, "document.getElementById('status').dataset.state", "token")
+        started = await devtools.evaluate(session, "document.getElementById('editor').integration")
+        guest_user = json.loads(await devtools.evaluate(session, "JSON.stringify(window.ccUser)"))
+        assert started == {
+            "tenantId": 1,
+            "storefrontId": 1,
+            "user": {"id": guest_user["userId"], "token": guest_user["token"]},
+            "cchubApiGatewayUrl": guest_user["cchubApiGatewayUrl"],
+        }
         assert guest_user["userId"].startswith("anon-")
         assert guest_user["isAnonymous"] is True
         assert guest_user["tokenUrl"] == "/.cc-sidecar/token"
         assert await devtools.evaluate(session, "document.getElementById('user-kind').textContent") == "guest"
+        shown = await devtools.evaluate(session, "document.getElementById('token').textContent")
+        assert shown == guest_user["token"][:24] + "\u2026"
+
+        await devtools.wait_for(
+            session, "document.getElementById('status').dataset.state", "renewed", timeout_s=lifetime_s
+        )
+        renewed = json.loads(await devtools.evaluate(session, "JSON.stringify(window.ccUser)"))
+        assert renewed["userId"] == guest_user["userId"]
+        assert renewed["token"] != guest_user["token"]
+        assert time.time() < guest_user["expiresAt"]
+        assert await devtools.evaluate(session, "document.getElementById('token').textContent") == (
+            renewed["token"][:24] + "\u2026"
+        )
+        assert await devtools.evaluate(session, "document.getElementById('renewals').children.length") == 1
+        assert state.count("StorefrontUsers_GetToken") == 2
 
         await devtools.call("Page.navigate", session, url=url + "login")
         await devtools.wait_for(session, "document.readyState", "complete")
