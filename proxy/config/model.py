@@ -34,7 +34,7 @@ DEFAULT_BREAKER_OPEN_S = 10.0
 DEFAULT_TOKEN_LIFETIME_WITHOUT_EXP_S = 300.0
 # Cached customer tokens; least recently used dropped first.
 DEFAULT_TOKEN_CACHE_SIZE = 100_000
-# A token is renewed this long before its ``exp``.
+# No token is handed out this close to its ``exp`` (whatever min_token_ttl_s says).
 DEFAULT_TOKEN_SKEW_S = 30.0
 # No customer token is handed out with less than min(this, half its lifetime) left: an editor
 # takes its token when it opens and cannot take a newer one, so this is an editing session.
@@ -401,7 +401,12 @@ class Settings(_Frozen):
         description="Cached customer tokens; the least recently used are dropped first.",
     )
     token_skew_s: float = Field(
-        DEFAULT_TOKEN_SKEW_S, ge=0, description="A token is renewed this many seconds before its exp."
+        DEFAULT_TOKEN_SKEW_S,
+        ge=0,
+        description=(
+            "No token is handed out within this many seconds of its exp; one that arrives so serves"
+            " its request and is not cached."
+        ),
     )
     min_token_ttl_s: float = Field(
         DEFAULT_MIN_TOKEN_TTL_S,

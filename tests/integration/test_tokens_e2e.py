@@ -16,8 +16,10 @@ import brotli
 import jwt
 import pytest
 
+from proxy.emulator import EmulatorOptions
 from proxy.identity import GUEST_COOKIE
 from proxy.metrics import Metrics
+from tests.fixtures.emulator import start_emulator
 from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
 
 ELEMENT = re.compile(rb'<script id="cc-storefront-user" type="application/json">(.*?)</script>', re.S)
@@ -451,6 +453,26 @@ async def test_header_and_cookie_modes(shop: Shop, emulator: Any, make_sidecar: 
     assert "HttpOnly" not in cookie
     assert "SameSite=Lax" in cookie
     assert response.headers["Cache-Control"] == "private, no-store"
+
+
+async def test_without_tenant_id_the_page_carries_the_tenant_the_api_reports(
+    shop: Shop, aiohttp_server: Any, make_sidecar: SidecarFactory
+) -> None:
+    """tenant_id unset: the element's tenantId is the storefront's tenant from Storefronts_GetAll."""
+    running = await start_emulator(aiohttp_server, EmulatorOptions(tenant_id=42, storefront_ids=(1,)))
+    document = config(shop, running)
+    del document["customers_canvas"]["tenant_id"]
+    sidecar = await make_sidecar(document)
+    headers = {USER_HEADER: "tenant@example.com"}
+    for _ in range(100):
+        _, body = await get(sidecar, "/editor/mug", headers=headers)
+        if element_of(body)["tenantId"] is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert element_of(body)["tenantId"] == 42
+    _, body = await get(sidecar, "/.cc-sidecar/token", headers=headers)
+    assert json.loads(body)["tenantId"] == 42
+    assert running.state.count("Storefronts_GetAll") == 1
 
 
 async def test_token_endpoint_answers_for_the_current_customer(
