@@ -250,3 +250,62 @@ async def test_on_token_brings_a_newer_token_before_the_old_one_expires(
     # The element's null-token object was announced before this module script listened.
     assert await devtools.evaluate(session, "window.events") == [first["token"], user["token"]]
     assert emulator.state.count("StorefrontUsers_GetToken") == 2
+
+
+# A machine that slept through the renewal: timers of 10 s or more never fire (the script's renewal
+# timer among them), as a suspended laptop's timers do not fire while it sleeps.
+SLEEP_THROUGH_LONG_TIMERS = """
+const realSetTimeout = window.setTimeout;
+window.setTimeout = function (callback, delay, ...rest) {
+  return delay >= 10000 ? 0 : realSetTimeout(callback, delay, ...rest);
+};
+"""
+
+
+@pytest.mark.parametrize(
+    "wake_event",
+    [
+        "document.dispatchEvent(new Event('visibilitychange'))",
+        "window.dispatchEvent(new PageTransitionEvent('pageshow', {persisted: true}))",
+    ],
+    ids=["visibilitychange", "pageshow-from-bfcache"],
+)
+async def test_a_page_back_from_sleep_past_its_renewal_point_gets_a_newer_token(
+    browser: tuple[DevTools, str],
+    shop: Shop,
+    aiohttp_server: Any,
+    make_sidecar: SidecarFactory,
+    wake_event: str,
+) -> None:
+    """40-second tokens, the renewal timer slept through: nothing happens at renewIn, and the page
+    coming back (visibilitychange, or pageshow from the back/forward cache) asks tokenUrl at once
+    and onToken gets a newer token."""
+    devtools, session = browser
+    lifetime_s = 40
+    emulator = await start_emulator(
+        aiohttp_server, EmulatorOptions(enable_control=True, token_lifetime_s=lifetime_s)
+    )
+    await devtools.call("Page.addScriptToEvaluateOnNewDocument", session, source=SLEEP_THROUGH_LONG_TIMERS)
+    shop.state.editor_html = (
+        '<!doctype html><html><head><meta charset="utf-8"><title>Personalize</title></head><body>'
+        '<script type="module">'
+        "window.first = await ccSidecar.user();"
+        "window.newer = null;"
+        "ccSidecar.onToken((user) => { window.newer = user; });"
+        "</script></body></html>"
+    )
+    document = browser_config(shop, emulator)
+    document["token_skew_s"] = 5
+    sidecar = await make_sidecar(document)
+    await devtools.call("Page.navigate", session, url=str(sidecar.make_url("/editor/mug")))
+    await devtools.wait_for(session, "typeof (window.first && window.first.token)", "string")
+    first = await devtools.evaluate(session, "window.first")
+    await asyncio.sleep(first["renewIn"] + 1)
+    assert await devtools.evaluate(session, "window.newer") is None
+    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+    await devtools.evaluate(session, wake_event)
+    await devtools.wait_for(session, "window.newer !== null", True, timeout_s=10)
+    newer = await devtools.evaluate(session, "window.newer")
+    assert newer["userId"] == first["userId"]
+    assert newer["token"] != first["token"]
+    assert emulator.state.count("StorefrontUsers_GetToken") == 2
