@@ -21,6 +21,8 @@
   var MAX_RETRY_AFTER_S = 600;
   // A renewal that brought the same token back tries again no sooner than this (and backs off).
   var MIN_RENEW_RETRY_S = 5;
+  // setTimeout fires at once for a delay beyond a signed 32-bit count of ms (24.8 days).
+  var MAX_TIMER_MS = 2147483647;
 
   var current = null; // {user, renewAt, expireAt}: the newest object with a token, and when (Date.now() ms)
   var refreshing = null; // the one fetch of tokenUrl in flight: {done: Promise, failed: Promise}
@@ -112,14 +114,15 @@
       renewTimer = setTimeout(function () {
         renewTimer = null;
         refresh().done.catch(ignore);
-      }, Math.max(0, seconds) * 1000);
+      }, Math.min(Math.max(0, seconds) * 1000, MAX_TIMER_MS));
     }
   }
 
   // Ask tokenUrl until it gives a complete object: a 503 or 429 (Customer's Canvas down, a budget
   // spent), another 5xx (a proxy in front while the sidecar restarts) or a network failure is tried
-  // again after Retry-After, backing off to a cap. A 4xx answer ends the tries (the promise rejects). One fetch at a time, shared by all callers;
-  // `failed` resolves at its first failed try, so a caller holding a usable token need not wait.
+  // again after Retry-After, backing off to a cap; another 4xx ends the tries (the promise rejects).
+  // One fetch at a time, shared by all callers; `failed` resolves at its first failed try, so a
+  // caller holding a usable token need not wait.
   function refresh() {
     if (refreshing !== null) {
       return refreshing;
