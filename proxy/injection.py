@@ -41,6 +41,44 @@ _NAME_LIMIT = 10
 _TAG_NAME = re.compile(rb"[A-Za-z][^\t\n\f\r />]{0,%d}" % (_NAME_LIMIT - 1))
 # Inside a tag, the characters that need a decision: ">" may end it, "=" may open a value.
 _TAG_PLAIN = re.compile(rb"[^>=]*+")
+# A whole tag from after its name to its ">", by the same rule as HtmlInjector._tag_end: a quoted
+# value only right after "=" (and whitespace), and then closed. One match per tag for the common
+# case; a tag that does not match (open, or still arriving) is read by _tag_end's loop.
+_TAG_REST = re.compile(rb"(?:[^>=]++|=[ \t\n\f\r]*+(?:\"[^\"]*+\"|'[^']*+'|(?![ \t\n\f\r\"'])))*+>")
+# Everything that cannot hold the element's place, complete, in one match: text, comments,
+# declarations, tags other than <script, <body and </head>, and the text elements with their
+# content. The scanner skips it at once and reads tag by tag only from where it stops (something
+# that matters, or a construct still arriving); it consumes exactly what the scanner's own rules
+# would (the tests hold the two to one oracle).
+_WS_SET = rb"[ \t\n\f\r/>]"
+_SKIP = re.compile(
+    rb"(?:[^<]++"
+    rb"|<!(?=--)(?:[^-]++|-(?!->))*+-->"
+    rb"|<!(?!--)[^>]*+>"
+    rb"|<\?[^>]*+>"
+    rb"|</(?![A-Za-z])[^>]*+>"
+    rb"|<(?=[^A-Za-z!?/])"
+    rb"|</(?!head"
+    + _WS_SET
+    + rb")[A-Za-z][^ \t\n\f\r/>]*+"
+    + _TAG_REST.pattern
+    + rb"|<(?!(?:script|body|template|noscript|title|style|textarea)"
+    + _WS_SET
+    + rb")"
+    rb"[A-Za-z][^ \t\n\f\r/>]*+"
+    + _TAG_REST.pattern
+    + rb"|<(template|noscript|title|style|textarea)(?="
+    + _WS_SET
+    + rb")"
+    + _TAG_REST.pattern
+    + rb"(?:[^<]++|<(?!/\1"
+    + _WS_SET
+    + rb"))*+(?=</\1"
+    + _WS_SET
+    + rb")"
+    rb")*+",
+    re.IGNORECASE,
+)
 # Elements whose content is text to the page, not markup: a "<script" in them is no script of
 # the page (in <template> it is inert; <noscript> is raw text where scripts run).
 _RAW_TEXT = frozenset((b"template", b"noscript", b"title", b"style", b"textarea"))
@@ -137,7 +175,7 @@ class HtmlInjector:
             # The fast path for the rest of every page: nothing left to look for.
             return chunk
         self._buf += chunk
-        at = self._scan()
+        at = self._scan(self._buf)
         if at >= 0:
             return self._inject_at(at)
         if len(self._buf) > self._max_hold:
@@ -154,14 +192,17 @@ class HtmlInjector:
         # feed() found every complete tag; one still open at the end is none: the start.
         return self._inject_at(0)
 
-    def _scan(self) -> int:
-        """Read on from where the last call stopped; the element's place, or -1 (not yet)."""
-        buf = self._buf
+    def _scan(self, buf: bytes | bytearray) -> int:
+        """Read on from where the last call stopped; the element's place, or -1 (not yet).
+
+        ``buf`` is everything held: the bytes since the start of the body.
+        """
         size = len(buf)
         pos = self._pos
         mode = self._mode
         while pos < size:
             if mode == _DATA:
+                pos = _SKIP.match(buf, pos).end()  # type: ignore[union-attr]  # matches empty at least
                 lt = buf.find(b"<", pos)
                 if lt < 0 or lt + 1 == size:
                     pos = size if lt < 0 else lt
@@ -242,7 +283,7 @@ class HtmlInjector:
         self._pos, self._mode = pos, mode
         return -1
 
-    def _tag_end(self, buf: bytearray, pos: int) -> int:
+    def _tag_end(self, buf: bytes | bytearray, pos: int) -> int:
         """Where the tag being read ends (just past its ">"), or -1 (remembering how far it read).
 
         A quote opens a value only right after "=" and whitespace, as in HTML, so a stray quote
@@ -251,10 +292,9 @@ class HtmlInjector:
         quote, after_eq = self._quote, self._after_eq
         size = len(buf)
         if not quote and not after_eq:
-            # The common tag has no "=" before its ">" left: no value to step over.
-            gt = buf.find(b">", pos)
-            if gt >= 0 and buf.find(b"=", pos, gt) < 0:
-                return gt + 1
+            whole = _TAG_REST.match(buf, pos)
+            if whole is not None:
+                return whole.end()
         while pos < size:
             if quote:
                 close = buf.find(quote, pos)
@@ -292,7 +332,7 @@ class HtmlInjector:
         return out
 
 
-def _skip_ws(buf: bytearray, pos: int) -> int:
+def _skip_ws(buf: bytes | bytearray, pos: int) -> int:
     """The first position at or after ``pos`` that is not HTML whitespace (or the end)."""
     run = _WS_RUN.match(buf, pos)
     return pos if run is None else run.end()
@@ -305,13 +345,12 @@ def inject_html(body: bytes, element: bytes) -> bytes:
 
 def inject_html_at(body: bytes, element: bytes) -> tuple[bytes, slice]:
     """:func:`inject_html`, and where the element sits in the result."""
-    # The whole body is in memory already, so holding it is free: no max_hold deviation.
-    injector = HtmlInjector(element, max_hold=len(body))
-    out = injector.feed(body)
-    if not injector.injected:
-        out = injector.finish()
-    assert injector.element_at is not None
-    return out, injector.element_at
+    # The whole body is in memory already: scanned where it is (no copy, no max_hold deviation).
+    at = HtmlInjector(element)._scan(body)
+    if at < 0:
+        at = 0  # nothing decided: the start, as finish() does
+    page = memoryview(body)
+    return b"".join((page[:at], element, page[at:])), slice(at, at + len(element))
 
 
 @functools.lru_cache(maxsize=256)

@@ -55,6 +55,7 @@ from cachetools import LRUCache
 from proxy.config.model import DEFAULT_MIN_TOKEN_TTL_S
 from proxy.errors import (
     BadResponse,
+    CircuitOpen,
     NotFound,
     StorefrontApiError,
     StorefrontUnavailable,
@@ -319,6 +320,8 @@ class TokenService:
             self._metrics.token_renewals.labels("renewed").inc()
             return
         self._metrics.token_renewals.labels("failed").inc()
+        if isinstance(error, CircuitOpen):
+            return  # the breaker logs the outage as it begins and ends, not once per page
         if isinstance(error, StorefrontApiError):
             # The current token serves on; the next request past the renewal point tries again.
             log.warning("background token renewal failed: %s", error, extra={"error": type(error).__name__})

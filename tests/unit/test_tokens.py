@@ -14,6 +14,7 @@ import pytest
 
 from proxy.errors import (
     BadResponse,
+    CircuitOpen,
     NotFound,
     StorefrontApiError,
     StorefrontUnavailable,
@@ -314,6 +315,24 @@ async def test_a_failed_background_renewal_is_counted_and_the_current_token_serv
     assert await service.token_for(ALICE) is first
     assert first.token not in caplog.text
     assert "background token renewal failed" in caplog.text
+
+
+async def test_a_renewal_held_back_by_the_breaker_is_counted_but_not_logged(
+    service: TokenService,
+    api: FakeUsersApi,
+    metrics: Metrics,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While the circuit is open each page past the renewal point counts a failed renewal, logging nothing."""
+    first = await service.token_for(ALICE)
+    clock.now = first.renew_at
+    api.failures["get_token"] = CircuitOpen("token", "circuit open")
+    for _ in range(3):
+        assert await service.token_for(ALICE) is first
+        await settle()
+    assert sample(metrics, "cc_sidecar_token_renewals_total", outcome="failed") == 3
+    assert "renewal" not in caplog.text
 
 
 async def test_aclose_cancels_a_background_renewal(
