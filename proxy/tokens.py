@@ -331,17 +331,25 @@ class TokenService:
     async def _newer(self, key: _UserKey, customer: Customer, current: CustomerToken) -> CustomerToken:
         """The token that replaces ``current`` (due): the renewal in flight, else one started now.
 
-        If the renewal fails, ``current`` is still good enough to hand out, or the error is raised.
+        If the renewal fails, or is not in within half of ``timeout_s`` (the caller's whole token
+        work has ``timeout_s``, so a slow API must not turn a good token into a 503), ``current``
+        is handed out while it still may be, else the error is raised.
         """
         self._renew_in_background(key, customer)
         task = self._renewals.running(key)
         assert task is not None  # just started, or in flight
         try:
-            return await self._wait(asyncio.shield(task), "token")
+            async with asyncio.timeout(self._timeout_s / 2):
+                return await asyncio.shield(task)
+        except TimeoutError:
+            pass
         except StorefrontApiError:
             if self._handable(key, customer.is_anonymous) is None:
                 raise
             return current
+        if self._handable(key, customer.is_anonymous) is not None:
+            return current
+        return await self._wait(asyncio.shield(task), "token")
 
     def _remember(self, key: _UserKey, entry: _Known) -> None:
         self._known[key] = entry

@@ -279,6 +279,24 @@ async def test_the_token_endpoint_asked_at_renew_in_gets_a_newer_token(
     assert await service.token_for(ALICE, newer_when_due=True) is newer
 
 
+async def test_the_token_endpoint_serves_the_current_token_while_its_renewal_is_slow(
+    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
+) -> None:
+    """newer_when_due gives up on a renewal not in within half of timeout_s: the current token serves."""
+    service = make_service(api, metrics, clock, timeout_s=0.2)
+    try:
+        first = await service.token_for(ALICE)
+        clock.now = first.renew_at
+        api.gate = asyncio.Event()
+        assert await asyncio.wait_for(service.token_for(ALICE, newer_when_due=True), 0.15) is first
+        api.gate.set()
+        await settle()
+        assert (await service.token_for(ALICE, newer_when_due=True)).token != first.token
+        assert api.count("get_token") == 2
+    finally:
+        await service.aclose()
+
+
 async def test_a_page_below_the_minimum_waits_for_the_renewal_in_flight(
     service: TokenService, api: FakeUsersApi, clock: FakeClock
 ) -> None:
