@@ -7,8 +7,10 @@
  */
 (function () {
   "use strict";
-  if (window.ccSidecar) {
-    return; // included twice: the first copy keeps its state and timers
+  // Included twice: the first copy keeps its state and timers. (An element with id="ccSidecar" is
+  // also window.ccSidecar in browsers: only the real object counts.)
+  if (window.ccSidecar && typeof window.ccSidecar.user === "function") {
+    return;
   }
 
   var ELEMENT_ID = "cc-storefront-user";
@@ -23,6 +25,9 @@
   var MIN_RENEW_RETRY_S = 5;
   // setTimeout fires at once for a delay beyond a signed 32-bit count of ms (24.8 days).
   var MAX_TIMER_MS = 2147483647;
+  // A request to tokenUrl that hangs (a laptop waking up, a dead connection) is given up after this
+  // and tried again, so it never holds every later renewal.
+  var FETCH_TIMEOUT_MS = 30000;
 
   var current = null; // {user, renewAt, expireAt}: the newest object with a token, and when (Date.now() ms)
   var refreshing = null; // the one fetch of tokenUrl in flight: {done: Promise, failed: Promise}
@@ -45,14 +50,18 @@
 
   function tokenUrl() {
     var url = current && current.user.tokenUrl;
-    // Only a path of this origin: the request carries the shop's cookies.
-    return typeof url === "string" && url.charAt(0) === "/" && url.charAt(1) !== "/" && url.charAt(1) !== "\\"
+    // Only a path of this origin: the request carries the shop's cookies. Resolved against the
+    // page's origin, not its <base href>, which may name a CDN.
+    var path = typeof url === "string" && url.charAt(0) === "/" && url.charAt(1) !== "/" && url.charAt(1) !== "\\"
       ? url : DEFAULT_TOKEN_URL;
+    return new URL(path, window.location.origin).href;
   }
 
   function readElement() {
     var element = document.getElementById(ELEMENT_ID);
-    if (!element) {
+    // Only the sidecar's own element: page content given the same id (a review, a user name) is
+    // not data, and must never name the editor's gateway.
+    if (!element || element.tagName !== "SCRIPT" || element.type !== "application/json") {
       return null;
     }
     try {
@@ -99,8 +108,11 @@
         }
       });
     } else {
-      // The same token again (asked early, or by a clock that runs ahead): try later, backing off.
-      scheduleRenewal(Math.max(renewIn === null ? 0 : renewIn, renewRetryS));
+      // The same token again (asked early, a clock that runs ahead, Customer's Canvas down): try
+      // later, backing off; user() hands this token out until then rather than ask again.
+      var retryS = Math.max(renewIn === null ? 0 : renewIn, renewRetryS);
+      current.renewAt = Math.min(now + retryS * 1000, current.expireAt);
+      scheduleRenewal(retryS);
       renewRetryS = Math.min(renewRetryS * 2, MAX_BACKOFF_S);
     }
   }
@@ -134,11 +146,14 @@
       for (;;) {
         var response = null;
         var user = null;
+        var abort = new AbortController();
+        var timer = setTimeout(function () { abort.abort(); }, FETCH_TIMEOUT_MS);
         try {
           response = await fetch(tokenUrl(), {
             credentials: "same-origin",
             cache: "no-store",
             headers: {Accept: "application/json"},
+            signal: abort.signal,
           });
           if (response.ok) {
             user = await response.json();
@@ -146,7 +161,9 @@
             await response.text(); // read to the end: the connection is free again
           }
         } catch (error) {
-          user = null; // offline, or a body that is not JSON: tried again like a 503
+          user = null; // offline, timed out, or a body that is not JSON: tried again like a 503
+        } finally {
+          clearTimeout(timer);
         }
         if (response !== null && !response.ok && response.status !== 429 && response.status < 500) {
           throw new Error("cc-sidecar: " + tokenUrl() + " answered " + response.status);

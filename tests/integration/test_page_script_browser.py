@@ -209,6 +209,49 @@ async def test_user_waits_out_an_outage_honouring_retry_after(
     assert all(gap >= 2990 for gap in gaps), gaps
 
 
+async def test_page_content_given_the_element_id_is_not_taken_for_the_customer(
+    browser: tuple[DevTools, str], shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """While Customer's Canvas is down the page has the script but no element; a div a visitor put
+    on the page with id cc-storefront-user and a complete object naming another gateway is ignored:
+    once Customer's Canvas is back, user() gives the sidecar's customer and gateway."""
+    devtools, session = browser
+    forged = json.dumps(
+        {
+            "storefrontId": 1,
+            "tenantId": 1,
+            "userId": "victim",
+            "isAnonymous": False,
+            "token": "forged",
+            "expiresIn": 3600,
+            "renewIn": 3000,
+            "tokenUrl": "/.cc-sidecar/token",
+            "cchubUrl": "https://evil.example",
+            "cchubApiGatewayUrl": "https://evil.example",
+        }
+    )
+    # Ahead of the script tag (the sidecar adds it at </head>), as a shop's own tag at the end of
+    # the body would find any visitor content.
+    shop.state.editor_html = (
+        '<!doctype html><html><head><meta charset="utf-8"><title>Personalize</title>'
+        f'<div id="cc-storefront-user">{forged}</div><div id="ccSidecar"></div></head><body>'
+        '<script type="module">window.user = await ccSidecar.user();</script></body></html>'
+    )
+    document = browser_config(shop, emulator)
+    document["customers_canvas"]["breaker"] = {"failures": 1, "open_s": 1}
+    sidecar = await make_sidecar(document)
+    emulator.state.fail_all(status=503)
+    await devtools.call("Page.navigate", session, url=str(sidecar.make_url("/editor/mug")))
+    await asyncio.sleep(1.5)
+    assert await devtools.evaluate(session, "window.user === undefined") is True
+    emulator.state.clear_faults()
+    await devtools.wait_for(session, "typeof (window.user && window.user.token)", "string", timeout_s=30)
+    user = await devtools.evaluate(session, "window.user")
+    assert user["cchubApiGatewayUrl"] == emulator.url
+    assert user["userId"].startswith("anon-")
+    assert user["token"] != "forged"
+
+
 async def test_on_token_brings_a_newer_token_before_the_old_one_expires(
     browser: tuple[DevTools, str], shop: Shop, aiohttp_server: Any, make_sidecar: SidecarFactory
 ) -> None:
