@@ -113,11 +113,12 @@ refuse "a storefront with a misspelt key" --set 'config.storefronts[0].name=main
 refuse "an inject mode that does not exist" --set 'config.storefronts[0].name=main' \
   --set 'config.storefronts[0].storefront_id=1' --set 'config.storefronts[0].inject[0]=htm'
 
-step "every optional object rendered (native sidecar, NetworkPolicy, PodMonitor, ServiceAccount, LoadBalancer)"
+step "every optional object rendered (native sidecar, NetworkPolicy, PodMonitor, PrometheusRule, dashboard, ServiceAccount, LoadBalancer)"
 "$HELM" template ci "$CHART" -f "$CHART/ci/sidecar-values.yaml" --set nativeSidecar=true \
   --set networkPolicy.enabled=true --set metrics.podMonitor.enabled=true --set serviceAccount.create=true \
   --set service.type=LoadBalancer --set 'service.loadBalancerSourceRanges[0]=203.0.113.0/24' \
-  --set autoscaling.enabled=true >"$out/optional.yaml"
+  --set autoscaling.enabled=true --set metrics.prometheusRule.enabled=true --set metrics.dashboard.enabled=true \
+  >"$out/optional.yaml"
 validate "$out/optional.yaml"
 "$PY" tools/chart_assert.py check "$out/optional.yaml" --containers shop
 

@@ -257,6 +257,26 @@ def values_schema() -> dict[str, Any]:
                             "labels": _object("Extra labels of the ServiceMonitor."),
                         }
                     ),
+                    "prometheusRule": _closed(
+                        {
+                            "enabled": _boolean("Make a PrometheusRule with the documented alerts."),
+                            "for": _string("How long a condition holds before it fires."),
+                            "apiFailureRatio": {"type": "number", "minimum": 0, "maximum": 1},
+                            "errorRatio": {"type": "number", "minimum": 0, "maximum": 1},
+                            "scope": {"enum": ["namespace", "cluster"]},
+                            "labels": _object("Extra labels of the PrometheusRule."),
+                            "extraRules": _list("More rules for the group."),
+                        }
+                    ),
+                    "dashboard": _closed(
+                        {
+                            "enabled": _boolean("Make a Grafana dashboard ConfigMap."),
+                            "label": _string("The label Grafana's dashboard sidecar watches.", minLength=1),
+                            "labelValue": _string("Its value."),
+                            "namespace": _string("Namespace of the ConfigMap (empty: the release's)."),
+                            "annotations": _object("Annotations of the ConfigMap."),
+                        }
+                    ),
                     "podMonitor": _closed(
                         {
                             "enabled": _boolean("Make a PodMonitor."),

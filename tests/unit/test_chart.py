@@ -386,3 +386,43 @@ def test_pod_monitor_scrapes_the_cc_admin_port(helm: Path, tmp_path: Path) -> No
     assert monitor["spec"]["selector"]["matchLabels"] == {"app": "shop"}
     (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
     assert (endpoint["port"], endpoint["path"]) == ("cc-admin", "/metrics")
+
+
+def _exported_metric_names() -> set[str]:
+    """Sample names the sidecar's /metrics can carry (counters as _total, histograms' series)."""
+    from prometheus_client import generate_latest
+
+    from proxy.metrics import Metrics
+
+    names: set[str] = set()
+    for line in generate_latest(Metrics().registry).decode().splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split()
+            if kind == "counter":
+                names.add(name if name.endswith("_total") else name + "_total")
+            elif kind == "histogram":
+                names |= {name + suffix for suffix in ("_bucket", "_sum", "_count")}
+            else:
+                names.add(name)
+    return names
+
+
+def test_prometheus_rule_and_dashboard_query_only_exported_metrics(helm: Path, tmp_path: Path) -> None:
+    """Every cc_sidecar_* name in the PrometheusRule and the dashboard is one the sidecar exports."""
+    values = {**STANDALONE, "metrics": {"prometheusRule": {"enabled": True}, "dashboard": {"enabled": True}}}
+    docs = render(helm, tmp_path, values)
+    rule = one(docs, "PrometheusRule")
+    alerts = [r["alert"] for r in rule["spec"]["groups"][0]["rules"]]
+    assert alerts == [
+        "CcSidecarApiBreakerOpen",
+        "CcSidecarApiFailing",
+        "CcSidecarTokenUnavailable",
+        "CcSidecarShop5xx",
+        "CcSidecarSessionCheckMisconfigured",
+        "CcSidecarTokenStoreUnavailable",
+    ]
+    (dashboard,) = [d for d in docs if d["kind"] == "ConfigMap" and "cc-sidecar.json" in d.get("data", {})]
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    queried = set(re.findall(r"cc_sidecar_\w+", yaml.safe_dump(rule) + dashboard["data"]["cc-sidecar.json"]))
+    assert queried
+    assert queried - _exported_metric_names() == set()
