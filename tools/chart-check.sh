@@ -157,6 +157,13 @@ step "every optional object rendered (native sidecar, NetworkPolicy, PodMonitor,
 validate "$out/optional.yaml"
 "$PY" tools/chart_assert.py check "$out/optional.yaml" --containers shop
 
+step "secrets from files (CSI / Vault agent): no Secret, the container reads them"
+"$HELM" template ci "$CHART" -n "$NAMESPACE" -f "$CHART/ci/standalone-values.yaml" \
+  --set secrets.files.clientSecret=/mnt/secrets/client --set secrets.files.sidecarSecret=/mnt/secrets/sidecar \
+  >"$out/secret-files.yaml"
+validate "$out/secret-files.yaml"
+"$PY" tools/chart_assert.py check "$out/secret-files.yaml" --containers cc-sidecar
+
 step "example shop chart (named templates)"
 "$HELM" dependency build "$EXAMPLE" >/dev/null
 "$HELM" lint --strict --quiet "$EXAMPLE"

@@ -172,6 +172,12 @@ def values_schema() -> dict[str, Any]:
                     "sidecarSecret": _string(
                         "Sidecar secret (at least 16 characters), when the chart makes the Secret."
                     ),
+                    "files": _closed(
+                        {
+                            "clientSecret": _string("Path of the client secret's file in the container."),
+                            "sidecarSecret": _string("Path of the sidecar secret's file in the container."),
+                        }
+                    ),
                 }
             ),
             "tokenStoreSecrets": _closed(

@@ -426,3 +426,43 @@ def test_prometheus_rule_and_dashboard_query_only_exported_metrics(helm: Path, t
     queried = set(re.findall(r"cc_sidecar_\w+", yaml.safe_dump(rule) + dashboard["data"]["cc-sidecar.json"]))
     assert queried
     assert queried - _exported_metric_names() == set()
+
+
+def test_secrets_from_files_start_the_sidecar_with_their_contents(helm: Path, tmp_path: Path) -> None:
+    """secrets.files: the rendered command reads both files into the config's variables; no Secret is made."""
+    files = {"clientSecret": str(tmp_path / "client"), "sidecarSecret": str(tmp_path / "sidecar")}
+    docs = render(helm, tmp_path, {**STANDALONE, "secrets": {"files": files}})
+    assert "Secret" not in kinds(docs)
+    sidecar = container(pod_spec(docs), "cc-sidecar")
+    assert "env" not in sidecar
+    (tmp_path / "client").write_text("client-secret-from-a-file\n")
+    (tmp_path / "sidecar").write_text("sidecar-secret-from-a-file-0123\n")
+    (configmap,) = [d for d in docs if d["kind"] == "ConfigMap"]
+    config = tmp_path / "sidecar.yaml"
+    config.write_text(configmap["data"]["sidecar.yaml"])
+    # The container's own command, with check-config for run: it starts only with both variables set.
+    command = [*sidecar["command"], "check-config", "--config", str(config)]
+    environ = {"PATH": f"{ROOT / '.venv' / 'bin'}:/usr/bin:/bin"}
+    passed = subprocess.run(command, env=environ, capture_output=True, text=True, check=False, timeout=60)
+    assert passed.returncode == 0, passed.stderr
+    (tmp_path / "sidecar").unlink()
+    missing = subprocess.run(command, env=environ, capture_output=True, text=True, check=False, timeout=60)
+    assert missing.returncode != 0
+    assert "No such file" in missing.stderr
+
+
+def test_common_labels_namespace_and_extra_objects_reach_every_object(helm: Path, tmp_path: Path) -> None:
+    """commonLabels and namespaceOverride land on every object, extraObjects render templated."""
+    extra = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "{{ .Release.Name }}-extra"}}
+    values = {
+        **STANDALONE,
+        "commonLabels": {"example.com/team": "shop"},
+        "namespaceOverride": "storefront",
+        "extraObjects": [extra],
+    }
+    docs = render(helm, tmp_path, values)
+    assert "ci-extra" in [d["metadata"]["name"] for d in docs]
+    own = [d for d in docs if d["metadata"]["name"] != "ci-extra"]
+    assert {d["metadata"]["namespace"] for d in own} == {"storefront"}
+    assert all(d["metadata"]["labels"]["example.com/team"] == "shop" for d in own)
+    assert one(docs, "Deployment")["spec"]["template"]["metadata"]["labels"]["example.com/team"] == "shop"

@@ -187,10 +187,21 @@ in-flight requests. */}}
 {{/* Pod annotations that restart the pods when the config or the chart-made Secret changes. */}}
 {{- define "cc-sidecar.podAnnotations" -}}
 checksum/config: {{ include "cc-sidecar.configYaml" . | sha256sum }}
-{{- if .Values.secrets.existingSecret }}
+{{- if include "cc-sidecar.secretFiles" . }}
+checksum/secret: {{ printf "files:%s:%s" .Values.secrets.files.clientSecret .Values.secrets.files.sidecarSecret | sha256sum }}
+{{- else if .Values.secrets.existingSecret }}
 checksum/secret: {{ printf "existing:%s" .Values.secrets.existingSecret | sha256sum }}
 {{- else }}
 checksum/secret: {{ include "cc-sidecar.secretData" . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when both secrets come from files (secrets.files.*); one without the other is an error. */}}
+{{- define "cc-sidecar.secretFiles" -}}
+{{- $files := .Values.secrets.files }}
+{{- if and $files.clientSecret $files.sidecarSecret }}true
+{{- else if or $files.clientSecret $files.sidecarSecret }}
+{{- fail "secrets.files: give both clientSecret and sidecarSecret (paths in the container), or neither" }}
 {{- end }}
 {{- end }}
 
@@ -216,35 +227,58 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
+{{/* The cc-sidecar container's environment: the secrets (unless from files), the token store's
+passwords, extraEnv. */}}
+{{- define "cc-sidecar.env" -}}
+{{- if not (include "cc-sidecar.secretFiles" .) }}
+- name: CC_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "cc-sidecar.secretName" . }}
+      key: {{ .Values.secrets.clientSecretKey }}
+- name: CC_SIDECAR_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "cc-sidecar.secretName" . }}
+      key: {{ .Values.secrets.sidecarSecretKey }}
+{{- end }}
+{{- range $env, $ref := dict "REDIS_PASSWORD" .Values.tokenStoreSecrets.redisPassword "REDIS_SENTINEL_PASSWORD" .Values.tokenStoreSecrets.sentinelPassword }}
+{{- if $ref.secretName }}
+- name: {{ $env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.secretName }}
+      key: {{ required (printf "tokenStoreSecrets: the key of %s is required" $env) $ref.key }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* The cc-sidecar container: one list item for a pod's `containers:`. */}}
 {{- define "cc-sidecar.container" -}}
 - name: cc-sidecar
   image: {{ include "cc-sidecar.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
+  {{- if include "cc-sidecar.secretFiles" . }}
+  # Both secrets from files a CSI driver or a Vault agent mounts (secrets.files.*), read once at start
+  # into the variables the config names; `$(cat)` drops a trailing newline. A missing file stops
+  # the start (sh -e).
+  command:
+    - /bin/sh
+    - -ec
+    - 'CC_CLIENT_SECRET="$(cat "$1")"; CC_SIDECAR_SECRET="$(cat "$2")"; export CC_CLIENT_SECRET CC_SIDECAR_SECRET; shift 2; exec cc-sidecar "$@"'
+    - cc-sidecar
+    - {{ .Values.secrets.files.clientSecret | quote }}
+    - {{ .Values.secrets.files.sidecarSecret | quote }}
+  {{- end }}
   args: ["run", "--config", "/etc/cc-sidecar/sidecar.yaml"]
+  {{- $env := include "cc-sidecar.env" . | trim }}
+  {{- if $env }}
   env:
-    - name: CC_CLIENT_SECRET
-      valueFrom:
-        secretKeyRef:
-          name: {{ include "cc-sidecar.secretName" . }}
-          key: {{ .Values.secrets.clientSecretKey }}
-    - name: CC_SIDECAR_SECRET
-      valueFrom:
-        secretKeyRef:
-          name: {{ include "cc-sidecar.secretName" . }}
-          key: {{ .Values.secrets.sidecarSecretKey }}
-    {{- range $env, $ref := dict "REDIS_PASSWORD" .Values.tokenStoreSecrets.redisPassword "REDIS_SENTINEL_PASSWORD" .Values.tokenStoreSecrets.sentinelPassword }}
-    {{- if $ref.secretName }}
-    - name: {{ $env }}
-      valueFrom:
-        secretKeyRef:
-          name: {{ $ref.secretName }}
-          key: {{ required (printf "tokenStoreSecrets: the key of %s is required" $env) $ref.key }}
-    {{- end }}
-    {{- end }}
-    {{- with .Values.extraEnv }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+    {{- $env | nindent 4 }}
+  {{- end }}
   # Named cc-http/cc-admin, never "http": a Service's named targetPort goes to the first container
   # with that name, and a shop container (helm create's) calls its own port "http".
   ports:
