@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup lock test-latest demo test lint typecheck compile compile-deps clean-compiled unit unit-pure browser-deps redis-deps chart-check chart-schema bench bench-deps soak docs clean format
+.PHONY: setup lock test-latest demo test lint typecheck compile compile-deps clean-compiled unit unit-pure browser-deps redis-deps ts-deps chart-check chart-schema bench bench-deps soak docs clean format
 
 setup: $(STAMP)
 
@@ -33,7 +33,7 @@ LATEST := $(shell mktemp -u /tmp/cc-sidecar-latest.XXXXXX)
 test-latest:
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
-	$(LATEST)/bin/python -m pip install --quiet --upgrade '.[test]'
+	$(LATEST)/bin/python -m pip install --quiet --upgrade -e '.[test]'
 	$(LATEST)/bin/python -m pip freeze --exclude cc-sidecar > $(LATEST)/versions.txt
 	@echo "test-latest: the newest versions are in $(LATEST)/versions.txt"
 	$(LATEST)/bin/ruff check proxy tests bench setup.py
@@ -77,10 +77,10 @@ clean-compiled:
 
 # Every test on the compiled build, then again on the Python source (what a plain
 # `pip install` runs; CC_SIDECAR_PURE_PYTHON=1 imports it even with the compiled modules there).
-unit: setup compile browser-deps redis-deps
+unit: setup compile browser-deps redis-deps ts-deps
 	$(BIN)/pytest -q
 
-unit-pure: setup browser-deps redis-deps
+unit-pure: setup browser-deps redis-deps ts-deps
 	CC_SIDECAR_PURE_PYTHON=1 $(BIN)/pytest -q
 
 # The browser test drives Debian's Chromium; install it when missing (root, as in CI).
@@ -89,6 +89,21 @@ browser-deps:
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
 	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; \
 	  else echo "chromium missing and cannot install it: the browser test will be skipped"; fi; }
+
+# The page script's declarations (proxy/static/cc-user.d.ts) are checked with tsc against the vendor's
+# npm types: tests/typescript is a node project of its own, installed from its lock (npm ci); node and
+# npm from Debian when missing (root, as in CI).
+TS_STAMP := tests/typescript/node_modules/.installed-stamp
+
+ts-deps: $(TS_STAMP)
+
+$(TS_STAMP): tests/typescript/package.json tests/typescript/package-lock.json
+	@if ! command -v npm >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends nodejs npm; \
+	  else echo "npm missing and cannot install it: the TypeScript check will be skipped"; exit 0; fi; \
+	fi; \
+	cd tests/typescript && npm ci --no-audit --no-fund --loglevel=error && touch $(CURDIR)/$(TS_STAMP)
 
 # The shared token store's tests start Debian's redis-server and redis-sentinel (their own ports and
 # temp dirs, never the system service); installed when missing (root, as in CI).
@@ -133,4 +148,4 @@ docs: setup chart-schema
 	$(BIN)/cc-sidecar config-reference > docs/configuration.md
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tools build proxy/*.so cc_sidecar__mypyc.*.so
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .tools build tests/typescript/node_modules proxy/*.so cc_sidecar__mypyc.*.so

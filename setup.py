@@ -27,6 +27,7 @@ COMPILED_MODULES = [
     "proxy/injection.py",
     "proxy/log.py",
     "proxy/metrics.py",
+    "proxy/payload.py",
     "proxy/routing.py",
     "proxy/singleflight.py",
     "proxy/tokens.py",

@@ -36,6 +36,7 @@ from proxy.errors import ConfigError
 from proxy.handler import ShopHandler, build_storefront, shop_request
 from proxy.identity import GuestKeys
 from proxy.metrics import Metrics
+from proxy.payload import PayloadMaker, Tenants
 from proxy.routing import Router
 from proxy.store import TokenStore
 from proxy.store.memory import MemoryStore
@@ -89,12 +90,30 @@ async def shop_services(
             skew_s=settings.token_skew_s,
             lifetime_without_exp_s=cc.token_lifetime_without_exp_s,
             timeout_s=cc.timeout_s,
+            min_ttl_s=settings.min_token_ttl_s,
             store=store,
             clock=clock,
         )
         keys = GuestKeys(settings.secret.get_secret_value())
+        # Learnt in the background from now on: a page never waits for the tenant.
+        tenants = Tenants(cc.tenant_id, client.storefront_tenants)
+        tenants.start()
         storefronts = [
-            build_storefront(storefront, Upstream(storefront, session), keys, metrics, store, clock)
+            build_storefront(
+                storefront,
+                Upstream(storefront, session),
+                keys,
+                metrics,
+                store,
+                PayloadMaker(
+                    storefront.storefront_id,
+                    tenants,
+                    hub_url=cc.effective_hub_url,
+                    api_url=cc.api_url,
+                    clock=clock,
+                ),
+                clock,
+            )
             for storefront, session in zip(settings.storefronts, upstream_sessions, strict=True)
         ]
         handler = ShopHandler(
@@ -108,6 +127,7 @@ async def shop_services(
         )
         yield ShopServices(handler, client)
         await tokens.aclose()
+        await tenants.aclose()
     finally:
         for upstream_session in upstream_sessions:
             await upstream_session.close()

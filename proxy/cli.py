@@ -106,6 +106,12 @@ def _parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="emulator + demo shop + sidecar on loopback")
     demo.add_argument("--port", type=int, default=8080, help="the sidecar's port (the URL to open)")
+    demo.add_argument(
+        "--token-lifetime-s",
+        type=int,
+        default=3600,
+        help="lifetime of the emulator's customer tokens (60 shows a renewal within a minute)",
+    )
     demo.set_defaults(handler=_demo)
     return parser
 
@@ -151,6 +157,12 @@ def _check_config(args: argparse.Namespace) -> int:
             f"storefront {storefront.name} (id {storefront.storefront_id}): {selected} -> "
             f"{storefront.upstream}; user: {', '.join(identity) or 'guests only'}; "
             f"editor paths: {len(storefront.editor_paths)}; inject: {', '.join(storefront.inject) or 'none'}"
+        )
+    cc = settings.customers_canvas
+    if cc.tenant_id is None and any(storefront.injects_html for storefront in settings.storefronts):
+        print(
+            "tenant: customers_canvas.tenant_id is not set; editor pages carry the tenant the API"
+            " reports for each storefront (learnt at start-up; tenantId is null until then)"
         )
     redis = settings.token_store.redis
     if settings.token_store.backend == "redis" and redis is not None:

@@ -91,18 +91,27 @@ async def products(request: web.Request) -> web.Response:
 
 
 async def editor(request: web.Request) -> web.Response:
-    name = PRODUCTS.get(request.match_info["product"])
+    key = request.match_info["product"]
+    name = PRODUCTS.get(key)
     if name is None:
         raise web.HTTPNotFound(text="no such product")
+    # A Workflow Elements page: the editor element, the vendor's script (here the demo's stand-in,
+    # editor.js), and the one line that starts it with what cc-sidecar's page script gives.
     body = (
         f"<h1>Personalise: {html.escape(name)}</h1>"
         "<p id='status' data-state='loading'>loading…</p>"
+        "<au-demo-editor id='editor'></au-demo-editor>"
         "<dl><dt>Customer</dt><dd id='user-id'></dd><dt>Kind</dt><dd id='user-kind'></dd>"
-        "<dt>Storefront</dt><dd id='storefront-id'></dd><dt>Token expires</dt><dd id='expires'></dd>"
+        "<dt>Tenant</dt><dd id='tenant-id'></dd><dt>Storefront</dt><dd id='storefront-id'></dd>"
+        "<dt>API gateway</dt><dd id='gateway'></dd><dt>Token expires</dt><dd id='expires'></dd>"
         "<dt>Token</dt><dd><code id='token'></code></dd>"
         "<dt>Guest storage</dt><dd id='merged'>n/a (a guest)</dd></dl>"
-        "<button id='renew'>Renew token now</button>"
+        "<h2>Token renewals</h2><ol id='renewals'></ol>"
         "<script src='/static/editor.js'></script>"
+        "<script type='module'>const editor = document.getElementById('editor');\n"
+        "editor.init({integration: await ccSidecar.workflowElements(),"
+        f" input: {{productReferenceId: '{key}'}}}});"
+        "</script>"
     )
     return _page(f"Editor · {name}", body, request)
 
@@ -172,8 +181,12 @@ def create_demo_shop_app(merged_into: Callable[[str], list[str]] | None = None) 
     return app
 
 
-def demo_config(shop_url: str, api_url: str, port: int) -> dict[str, object]:
-    """The sidecar configuration of the demo (the same document a real deployment would write)."""
+def demo_config(shop_url: str, api_url: str, port: int, token_lifetime_s: int = 3600) -> dict[str, object]:
+    """The sidecar configuration of the demo (the same document a real deployment would write).
+
+    Short-lived tokens (``--token-lifetime-s``) get a ``token_skew_s`` below half their lifetime,
+    so that they are renewed at half-life and the page shows it.
+    """
     return {
         "listen": f"127.0.0.1:{port}",
         "admin_listen": "127.0.0.1:0",
@@ -185,6 +198,7 @@ def demo_config(shop_url: str, api_url: str, port: int) -> dict[str, object]:
             "timeout_s": 5,
         },
         "secret": secrets.token_urlsafe(24),
+        "token_skew_s": min(30, token_lifetime_s // 8),
         # The demo narrates the flow itself (narrate_call); a line per request would drown it.
         "access_log": False,
         "storefronts": [
@@ -201,7 +215,7 @@ def demo_config(shop_url: str, api_url: str, port: int) -> dict[str, object]:
                     }
                 },
                 "editor_paths": ["/editor/*"],
-                "inject": ["html"],
+                "inject": ["html", "script"],
             }
         ],
     }
@@ -270,7 +284,10 @@ async def running_demo(port: int, *, token_lifetime_s: int = 3600) -> AsyncItera
         api_port = await listen(app_runner(emulator_app), 0)
         shop_port = await listen(app_runner(create_demo_shop_app(_merged_into(state))), 0)
         settings = parse_settings(
-            demo_config(f"http://127.0.0.1:{shop_port}", f"http://127.0.0.1:{api_port}", port), {}
+            demo_config(
+                f"http://127.0.0.1:{shop_port}", f"http://127.0.0.1:{api_port}", port, token_lifetime_s
+            ),
+            {},
         )
         metrics = Metrics()
         services = await stack.enter_async_context(shop_services(settings, metrics=metrics))
@@ -284,8 +301,8 @@ async def running_demo(port: int, *, token_lifetime_s: int = 3600) -> AsyncItera
         )
 
 
-async def _run(port: int) -> int:
-    async with running_demo(port) as demo:
+async def _run(port: int, token_lifetime_s: int) -> int:
+    async with running_demo(port, token_lifetime_s=token_lifetime_s) as demo:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -296,7 +313,9 @@ async def _run(port: int) -> int:
             "  1. Open a product: as a guest you get an anonymous StorefrontUser and its token\n"
             "     (on a first visit the page names you and its script fetches the token).\n"
             "  2. Log in: the shop rotates its session; the sidecar merges your guest storage\n"
-            "     into your customer (MergeAnonymous) and hands you your own token.\n\n"
+            "     into your customer (MergeAnonymous) and hands you your own token.\n"
+            "  3. Leave the editor open: the page script brings a newer token at renewIn\n"
+            f"     (tokens live {token_lifetime_s} s here; --token-lifetime-s 60 shows one soon).\n\n"
             "What happens is logged below. Ctrl-C stops it.\n",
             flush=True,
         )
@@ -322,7 +341,7 @@ def run_demo(args: argparse.Namespace) -> int:
     port = int(args.port)
     if port and not _port_free(port):
         port = _free_port()
-    return asyncio.run(_run(port))
+    return asyncio.run(_run(port, int(args.token_lifetime_s)))
 
 
 def _port_free(port: int) -> bool:

@@ -5,7 +5,7 @@ request is counted and access-logged. One request, in order:
 1. Route to a storefront (421 if none); answer ``Expect: 100-continue`` (the header is per hop).
 2. Strip the identity header in every spelling unless the peer is trusted (before anything
    reads it), and the client's X-Forwarded-* likewise.
-3. ``/.cc-sidecar/*`` is answered here and never forwarded.
+3. ``/.cc-sidecar/*`` is answered by :mod:`proxy.sidecar_paths` and never forwarded.
 4. Editor GETs start the customer's token work at once, concurrently with the shop's
    response; a request that brings a guest cookie and a logged-in id starts the merge.
 5. The shop's response is streamed back; on an editor page with status 200 the token is
@@ -16,7 +16,6 @@ request is counted and access-logged. One request, in order:
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable
@@ -44,18 +43,17 @@ from proxy.identity import (
     valid_customer_id,
 )
 from proxy.injection import (
-    TOKEN_PATH,
     ContentDecoder,
     ContentEncoder,
     HtmlInjector,
-    TokenPayload,
-    inject_html,
+    inject_html_at,
     is_html,
-    render_element,
     response_coding,
 )
 from proxy.log import RequestContext, request_context
 from proxy.metrics import LatencyHistogram, Metrics
+from proxy.page_script import CSP_HEADER, CSP_REPORT_ONLY_HEADER, script_nonce, script_tag
+from proxy.payload import PayloadMaker, render_element
 from proxy.routing import (
     PathMatcher,
     Router,
@@ -66,6 +64,7 @@ from proxy.routing import (
     origin_form,
     parse_host,
 )
+from proxy.sidecar_paths import STATUS_HEADER, SidecarRequest, sidecar_paths
 from proxy.store import TokenStore
 from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, OutgoingHeaders, Upstream, is_websocket_upgrade, response_headers
@@ -76,7 +75,6 @@ access_log = logging.getLogger("proxy.access")
 TOKEN_COOKIE = "cc_user_token"  # noqa: S105 -- a cookie name, not a secret
 USER_ID_HEADER = "X-CC-User-Id"
 USER_TOKEN_HEADER = "X-CC-User-Token"  # noqa: S105 -- a header name
-STATUS_HEADER = "X-CC-Sidecar"
 REQUEST_ID_HEADER = "X-Request-Id"
 # Raw customer ids whose checks passed, kept so a returning customer's id is not checked again.
 _REMEMBERED_IDS = 4096
@@ -114,6 +112,7 @@ class Storefront:
     response_memory: ResponseHeaderMemory | None
     upstream_latency: LatencyHistogram
     counters: StorefrontCounters
+    payloads: PayloadMaker
     name: str = field(init=False)
     storefront_id: int = field(init=False)
     underscores_in_headers: bool = field(init=False)
@@ -122,6 +121,7 @@ class Storefront:
     strip_keys: frozenset[bytes] = field(init=False)
     response_header: str | None = field(init=False)
     html: bool = field(init=False)
+    script: bool = field(init=False)
     header: bool = field(init=False)
     cookie: bool = field(init=False)
     injects: bool = field(init=False)
@@ -137,7 +137,8 @@ class Storefront:
             {header_key(settings.user.header).encode()} if settings.user.header else ()
         )
         self.response_header = settings.user.response_header
-        self.html = "html" in settings.inject
+        self.html = settings.injects_html
+        self.script = "script" in settings.inject
         self.header = "header" in settings.inject
         self.cookie = "cookie" in settings.inject
         self.injects = self.html or self.header or self.cookie
@@ -162,6 +163,7 @@ def build_storefront(
     keys: GuestKeys,
     metrics: Metrics,
     store: TokenStore,
+    payloads: PayloadMaker,
     clock: Callable[[], float] = time.time,
 ) -> Storefront:
     """Compile one storefront's settings into what the request path reads."""
@@ -189,6 +191,7 @@ def build_storefront(
         response_memory=ResponseHeaderMemory(store) if settings.user.response_header else None,
         upstream_latency=metrics.upstream_seconds.labels(settings.name),
         counters=StorefrontCounters(metrics, settings.name),
+        payloads=payloads,
     )
 
 
@@ -223,8 +226,8 @@ class ShopHandler:
         self._tokens = tokens
         self._metrics = metrics
         self._api_timeout_s = api_timeout_s
-        self._retry_after = str(retry_after_s)
         self._clock = clock
+        self._sidecar_paths = sidecar_paths(self, retry_after_s=retry_after_s)
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one shop request: the one place errors become HTTP responses, counted and logged."""
@@ -319,8 +322,8 @@ class ShopHandler:
         if lenient is None:
             return _refused(400, "bad path\n")
         if is_sidecar_path(lenient):
-            return await self._sidecar_path(
-                request, storefront, trusted, host.authority if host is not None else None
+            return await self._sidecar_paths.answer(
+                SidecarRequest(request, storefront, trusted, host.authority if host is not None else None)
             )
 
         # An editor page is a path every server reads alike (servers disagree on "/a/..",
@@ -554,6 +557,7 @@ class ShopHandler:
         *,
         want_token: bool,
         remembered: str | None = None,
+        newer_when_due: bool = False,
     ) -> Attachment:
         """Resolve the customer, merge a guest at login, and get the token, within the API timeout.
 
@@ -564,7 +568,14 @@ class ShopHandler:
         try:
             async with asyncio.timeout(self._api_timeout_s):
                 await self._resolve(
-                    request, storefront, logged_in or remembered, secure, page_headers, attachment, want_token
+                    request,
+                    storefront,
+                    logged_in or remembered,
+                    secure,
+                    page_headers,
+                    attachment,
+                    want_token,
+                    newer_when_due,
                 )
         except TimeoutError:
             log.warning("token work timed out", extra={"timeout_s": self._api_timeout_s})
@@ -582,6 +593,7 @@ class ShopHandler:
         page_headers: OutgoingHeaders | None,
         attachment: Attachment,
         want_token: bool,
+        newer_when_due: bool,
     ) -> None:
         cookies = _cookies(request)
         guests = storefront.guests
@@ -623,7 +635,7 @@ class ShopHandler:
             storefront.counters.deferred_guests.inc()
             return
         try:
-            attachment.token = await self._tokens.token_for(customer)
+            attachment.token = await self._tokens.token_for(customer, newer_when_due=newer_when_due)
         except CircuitOpen:
             # The breaker logged the outage when it began and logs it when it ends, with the
             # count of pages like this one: a line per page would flood the log.
@@ -655,10 +667,17 @@ class ShopHandler:
                 return self._attach_deferred(request, storefront, headers, deferred_guest)
             headers[STATUS_HEADER] = "token-unavailable"
             storefront.counters.token_unavailable.inc()
+            if storefront.script and is_html(headers.get(hdrs.CONTENT_TYPE)):
+                # No element, but the page script, which asks tokenUrl until Customer's Canvas is back:
+                # the page's one line still finds ccSidecar.
+                return self._html_filter(request, headers, self._page_script_tag(headers))
             return None
         body_filter: BodyFilter | None = None
         if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
-            body_filter = self._html_filter(request, headers, _element(token))
+            element = storefront.payloads.element(token)
+            if storefront.script:
+                element += self._page_script_tag(headers)
+            body_filter = self._html_filter(request, headers, element)
             if body_filter is not None:
                 storefront.counters.html.inc()
         if storefront.header:
@@ -679,6 +698,15 @@ class ShopHandler:
             )
             storefront.counters.cookie.inc()
         return body_filter
+
+    @staticmethod
+    def _page_script_tag(headers: CIMultiDict[str]) -> bytes:
+        """The page script's tag, carrying the nonce of the page's own CSP when it has one."""
+        nonce = script_nonce(headers.getall(CSP_HEADER, ()))
+        if nonce is None:
+            # A policy only reported, not enforced, would still report the tag without its nonce.
+            nonce = script_nonce(headers.getall(CSP_REPORT_ONLY_HEADER, ()))
+        return script_tag(nonce)
 
     def _html_filter(
         self, request: web.BaseRequest, headers: CIMultiDict[str], element: bytes
@@ -705,24 +733,25 @@ class ShopHandler:
         """The guest id without a token: the element (null token), X-CC-User-Id; no token cookie."""
         body_filter: BodyFilter | None = None
         if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
-            body_filter = self._html_filter(
-                request, headers, render_element(_deferred_payload(storefront, guest_id))
-            )
+            element = render_element(storefront.payloads.for_deferred_guest(guest_id))
+            if storefront.script:
+                element += self._page_script_tag(headers)
+            body_filter = self._html_filter(request, headers, element)
         if storefront.header:
             headers[USER_ID_HEADER] = guest_id
         return body_filter
 
-    async def _sidecar_path(
-        self, request: web.BaseRequest, storefront: Storefront, trusted: bool, host: str | None
-    ) -> web.StreamResponse:
-        """Paths under ``/.cc-sidecar/``: only the token endpoint exists; nothing goes upstream.
+    async def token_endpoint_attachment(self, sidecar_request: SidecarRequest) -> Attachment:
+        """The token endpoint's customer and token, found as for a page (see :mod:`proxy.sidecar_paths`).
 
-        ``host`` is the normalised host the request was routed by (for the session check's Host).
+        The token is a newer one once the current is past its renewal point: the page was
+        told (``renewIn``) that from then on this answers with one.
         """
-        if request.path != TOKEN_PATH:
-            return web.Response(status=404, text="not found\n", headers={hdrs.CACHE_CONTROL: "no-store"})
-        if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={hdrs.ALLOW: "GET", hdrs.CACHE_CONTROL: "no-store"})
+        request, storefront, trusted = (
+            sidecar_request.request,
+            sidecar_request.storefront,
+            sidecar_request.trusted,
+        )
         logged_in = self._header_identity(request, storefront, trusted)
         remembered = None
         if logged_in is None and storefront.response_memory is not None:
@@ -733,7 +762,7 @@ class ShopHandler:
             storefront.upstream.request_headers(
                 request,
                 trusted=trusted,
-                host=host,
+                host=sidecar_request.host,
                 target=request.raw_path,
                 drop=() if trusted else storefront.strip_keys,
                 drop_cookie=TOKEN_COOKIE,
@@ -742,7 +771,7 @@ class ShopHandler:
             if storefront.session_check is not None
             else None
         )
-        attachment = await self._attachment(
+        return await self._attachment(
             request,
             storefront,
             logged_in,
@@ -750,20 +779,8 @@ class ShopHandler:
             page_headers,
             want_token=True,
             remembered=remembered,
+            newer_when_due=True,
         )
-        headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store"})
-        for cookie in attachment.set_cookies:
-            headers.add(hdrs.SET_COOKIE, cookie)
-        if attachment.token is not None:
-            payload = _payload(attachment.token)
-        elif attachment.deferred_guest is not None:
-            payload = _deferred_payload(storefront, attachment.deferred_guest)
-        else:
-            headers[hdrs.RETRY_AFTER] = self._retry_after
-            headers[STATUS_HEADER] = "token-unavailable"
-            return web.Response(status=503, text="customer token unavailable\n", headers=headers)
-        headers[hdrs.CONTENT_TYPE] = "application/json"
-        return web.Response(body=payload.to_json().encode(), headers=headers)
 
 
 class _TokenElementFilter:
@@ -788,10 +805,10 @@ class _TokenElementFilter:
     def whole(self, body: bytes) -> bytes:
         if self._decoder is not None:
             body = self._decoder.feed(body) + self._decoder.finish()
-        body = inject_html(body, self._element)
+        body, element_at = inject_html_at(body, self._element)
         if self._encoder is None:
             return body
-        return self._encoder.whole(body, self._element_in(body))
+        return self._encoder.whole(body, element_at)
 
     def feed(self, chunk: bytes) -> bytes:
         if self._decoder is not None:
@@ -801,7 +818,7 @@ class _TokenElementFilter:
             return injector.feed(chunk)
         was_in = injector.injected
         chunk = injector.feed(chunk)
-        return self._encoder.feed(chunk, None if was_in else self._element_in(chunk))
+        return self._encoder.feed(chunk, None if was_in else injector.element_at)
 
     def finish(self) -> bytes:
         injector = self._streaming()
@@ -812,12 +829,9 @@ class _TokenElementFilter:
             rest = injector.feed(self._decoder.finish()) + injector.finish()
         if self._encoder is None:
             return rest
-        return self._encoder.feed(rest, None if was_in else self._element_in(rest)) + self._encoder.finish()
-
-    def _element_in(self, output: bytes) -> slice | None:
-        """Where the element sits in this output, for the encoder to keep it apart (see ContentEncoder)."""
-        at = output.find(self._element)
-        return None if at < 0 else slice(at, at + len(self._element))
+        # The injector says where it put the element (not a search, which a page that echoes
+        # the element's text ahead of it could mislead), for the encoder to keep it apart.
+        return self._encoder.feed(rest, None if was_in else injector.element_at) + self._encoder.finish()
 
     def _streaming(self) -> HtmlInjector:
         """The streaming injector, made on first use (a page that is all here never needs one)."""
@@ -848,28 +862,6 @@ _UPSTREAM_TEXT = {
     502: "bad gateway: the shop did not answer\n",
     504: "gateway timeout: the shop was too slow\n",
 }
-
-
-def _element(token: CustomerToken) -> bytes:
-    """The rendered element of a token; cached, as one customer's token serves many pages."""
-    # Keyed by the fields themselves: lru_cache hashes and compares those in C, where a
-    # dataclass key would run its Python __hash__ and __eq__ on every page.
-    return _rendered(token.storefront_id, token.user_id, token.is_anonymous, token.token, token.expires_at)
-
-
-@functools.lru_cache(maxsize=4096)
-def _rendered(storefront_id: int, user_id: str, is_anonymous: bool, token: str, expires_at: int) -> bytes:
-    return render_element(TokenPayload(storefront_id, user_id, is_anonymous, token, expires_at))
-
-
-def _payload(token: CustomerToken) -> TokenPayload:
-    return TokenPayload(
-        storefront_id=token.storefront_id,
-        user_id=token.user_id,
-        is_anonymous=token.is_anonymous,
-        token=token.token,
-        expires_at=token.expires_at,
-    )
 
 
 def _guest_cookie(guests: GuestRecogniser, guest_id: str, secure: bool) -> str:
@@ -920,11 +912,6 @@ def shop_request(
         return web.BaseRequest(message, payload, protocol, writer, task, task.get_loop())
     message = message._replace(version=HttpVersion11, should_close=True)
     return UnsupportedVersionRequest(message, payload, protocol, writer, task, task.get_loop())
-
-
-def _deferred_payload(storefront: Storefront, guest_id: str) -> TokenPayload:
-    """A cookie-less guest's payload: the id, no token yet (not cached: every crawler hit is new)."""
-    return TokenPayload(storefront.storefront_id, guest_id, True, None, None)
 
 
 async def _answer_expect(request: web.BaseRequest) -> web.Response | None:

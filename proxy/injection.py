@@ -4,13 +4,9 @@ Pure functions and small classes over bytes and str; nothing here knows about ai
 request path wires them up and the tests run them in microseconds (contract, "Where the token
 goes"):
 
-- :class:`TokenPayload` is the JSON object the editor reads, both from the page and from
-  ``GET /.cc-sidecar/token``; :func:`render_element` wraps it in the
-  ``<script id="cc-storefront-user" type="application/json">`` element, escaped so that nothing
-  in it can end the element.
-- :class:`HtmlInjector` inserts that element exactly once into an HTML body streamed in chunks:
-  right before the first ``</head>``, else right after the opening ``<body ...>`` tag, else at
-  the start. :func:`inject_html` is the same for a body held whole.
+- :class:`HtmlInjector` inserts the token element (made by :mod:`proxy.payload`) exactly once
+  into an HTML body streamed in chunks (where: see its docstring). :func:`inject_html` is the
+  same for a body held whole.
 - :class:`ContentDecoder` undoes ``Content-Encoding`` (gzip, deflate, br, stacked) chunk by
   chunk, so a compressed page can be injected into without holding it whole;
   :func:`response_coding` picks the coding the rewritten page goes back out in, and
@@ -20,17 +16,13 @@ goes"):
 from __future__ import annotations
 
 import functools
-import json
 import re
 import zlib
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Protocol
 
 import brotli
 
-ELEMENT_ID = "cc-storefront-user"
-TOKEN_PATH = "/.cc-sidecar/token"  # noqa: S105 -- a URL path, not a secret
 # Held-back HTML above this makes the injector decide at once (see HtmlInjector).
 DEFAULT_MAX_HOLD = 1 << 20
 # Compression of rewritten editor pages, done once per page on the request path. zlib level 1, as
@@ -41,146 +33,134 @@ DEFAULT_MAX_HOLD = 1 << 20
 GZIP_LEVEL = 1
 BROTLI_QUALITY = 2
 
-_ELEMENT_OPEN = f'<script id="{ELEMENT_ID}" type="application/json">'.encode("ascii")
-_ELEMENT_CLOSE = b"</script>"
-
 # The whitespace HTML allows inside tags; "\s" would also take \v, which HTML does not.
-_WS = rb"[ \t\n\f\r]"
-# IGNORECASE on bytes is ASCII-only, which is exactly HTML's case-insensitivity for tag names.
-# "</head" is searched for alone and the whitespace allowed before its ">" ("</head >") checked
-# after it, so a long run of whitespace arriving in pieces is read once, not once per chunk.
-_HEAD_NAME = re.compile(rb"</head", re.IGNORECASE)
-_WS_RUN = re.compile(_WS + rb"*+")
-# A whole "</head>" (whitespace allowed before the ">"), for a body that is all in memory.
-_HEAD_END = re.compile(rb"</head" + _WS + rb"*+>", re.IGNORECASE)
-# The start of an opening body tag: "<body" followed by whitespace, "/" or ">" so that
-# "<bodyx" is not one ("<tbody" never contains "<body").
-_BODY_START = re.compile(rb"<body(?=[ \t\n\f\r/>])", re.IGNORECASE)
+_WS_RUN = re.compile(rb"[ \t\n\f\r]*+")
+# A tag name as far as it matters here: the names looked for are at most 8 letters, so a longer
+# one is read no further (a name arriving byte by byte is re-read at most this much).
+_NAME_LIMIT = 10
+_TAG_NAME = re.compile(rb"[A-Za-z][^\t\n\f\r />]{0,%d}" % (_NAME_LIMIT - 1))
 # Inside a tag, the characters that need a decision: ">" may end it, "=" may open a value.
 _TAG_PLAIN = re.compile(rb"[^>=]*+")
-# What the end of the buffer may hold of a name still arriving: a prefix of "</head" or of
-# "<body". Both start with the buffer's last "<", as neither name has a second one.
-_HEAD_PREFIX = re.compile(rb"<(?:/(?:h(?:e(?:a(?:d)?)?)?)?)?", re.IGNORECASE)
-_BODY_PREFIX = re.compile(rb"<(?:b(?:o(?:d(?:y)?)?)?)?", re.IGNORECASE)
+# A whole tag from after its name to its ">", by the same rule as HtmlInjector._tag_end: a quoted
+# value only right after "=" (and whitespace), and then closed. One match per tag for the common
+# case; a tag that does not match (open, or still arriving) is read by _tag_end's loop.
+_TAG_REST = re.compile(rb"(?:[^>=]++|=[ \t\n\f\r]*+(?:\"[^\"]*+\"|'[^']*+'|(?![ \t\n\f\r\"'])))*+>")
+# Everything that cannot hold the element's place, complete, in one match: text, comments,
+# declarations, tags other than <script, <body and </head>, and the text elements with their
+# content. The scanner skips it at once and reads tag by tag only from where it stops (something
+# that matters, or a construct still arriving); it consumes exactly what the scanner's own rules
+# would (the tests hold the two to one oracle).
+_WS_SET = rb"[ \t\n\f\r/>]"
+_SKIP = re.compile(
+    rb"(?:[^<]++"
+    rb"|<!(?=--)(?:[^-]++|-(?!->))*+-->"
+    rb"|<!(?!--)[^>]*+>"
+    rb"|<\?[^>]*+>"
+    rb"|</(?![A-Za-z])[^>]*+>"
+    rb"|<(?=[^A-Za-z!?/])"
+    rb"|</(?!head"
+    + _WS_SET
+    + rb")[A-Za-z][^ \t\n\f\r/>]*+"
+    + _TAG_REST.pattern
+    + rb"|<(?!(?:script|body|template|noscript|title|style|textarea)"
+    + _WS_SET
+    + rb")"
+    rb"[A-Za-z][^ \t\n\f\r/>]*+"
+    + _TAG_REST.pattern
+    + rb"|<(template|noscript|title|style|textarea)(?="
+    + _WS_SET
+    + rb")"
+    + _TAG_REST.pattern
+    + rb"(?:[^<]++|<(?!/\1"
+    + _WS_SET
+    + rb"))*+(?=</\1"
+    + _WS_SET
+    + rb")"
+    rb")*+",
+    re.IGNORECASE,
+)
+# Elements whose content is text to the page, not markup: a "<script" in them is no script of
+# the page (in <template> it is inert; <noscript> is raw text where scripts run).
+_RAW_TEXT = frozenset((b"template", b"noscript", b"title", b"style", b"textarea"))
+# IGNORECASE on bytes is ASCII-only, which is exactly HTML's case-insensitivity for tag names.
+_RAW_END = {name: re.compile(rb"</" + name + rb"(?=[ \t\n\f\r/>])", re.IGNORECASE) for name in _RAW_TEXT}
 
 
 class BodyDecodeError(ValueError):
     """A compressed body is corrupt or ends before its compressed stream does."""
 
 
-@dataclass(frozen=True, slots=True)
-class TokenPayload:
-    """What the editor learns about the current customer: who they are and their token.
-
-    ``token`` and ``expires_at`` are None for a guest whose request carried no cookie at all
-    (contract, "Identity"): the page's script then fetches ``tokenUrl``, which brings the
-    cookie back and makes the StorefrontUser.
-    """
-
-    storefront_id: int
-    user_id: str
-    is_anonymous: bool
-    token: str | None
-    expires_at: int | None
-
-    def to_json(self) -> str:
-        """The compact JSON object of the contract, ASCII only (anything else as ``\\uXXXX``)."""
-        return json.dumps(
-            {
-                "storefrontId": self.storefront_id,
-                "userId": self.user_id,
-                "isAnonymous": self.is_anonymous,
-                "token": self.token,
-                "expiresAt": self.expires_at,
-                "tokenUrl": TOKEN_PATH,
-            },
-            separators=(",", ":"),
-            # ASCII output escapes U+2028/U+2029 (line breaks to a JavaScript parser) and cannot
-            # fail to encode, even for a lone surrogate.
-            ensure_ascii=True,
-        )
-
-
-def render_element(payload: TokenPayload) -> bytes:
-    """The ``<script id="cc-storefront-user" type="application/json">`` element, UTF-8.
-
-    ``<``, ``>`` and ``&`` only ever occur inside JSON strings, where ``\\u003c`` and friends
-    mean the same, so escaping them leaves the JSON intact while nothing in it can close the
-    element (``</script>``) or open a comment (``<!--``) that would hide the close.
-    """
-    text = (
-        payload.to_json()
-        .replace("<", "\\u003c")
-        .replace(">", "\\u003e")
-        .replace("&", "\\u0026")
-        # to_json escapes these already; kept so the element stays safe if that ever changes.
-        .replace("\u2028", "\\u2028")
-        .replace("\u2029", "\\u2029")
-    )
-    return _ELEMENT_OPEN + text.encode("utf-8") + _ELEMENT_CLOSE
+# What the scanner is inside of (HtmlInjector._mode).
+_DATA = 0  # text between tags
+_COMMENT = 1  # <!-- ... -->
+_BOGUS = 2  # <!DOCTYPE ...>, <?...>, </ ...>: up to the next ">"
+_TAG = 3  # a tag's attributes, up to its ">" outside quoted values
+_RAW = 4  # the text of a _RAW_TEXT element, up to its end tag
+# What happens once a tag ends (HtmlInjector._then).
+_THEN_DATA = 0
+_THEN_INJECT = 1  # the body tag: the element goes right after it
+_THEN_RAW = 2
 
 
 class HtmlInjector:
     """Streaming: feed chunks of a decoded (identity) HTML body, get output chunks.
 
-    Exactly one element is inserted: right before the first ``</head>`` (any case, whitespace
-    allowed before the ``>``); if the body has none, right after the opening ``<body ...>`` tag;
-    if it has neither, at the very start. The body tag is the first ``<body`` followed by
-    whitespace, ``/`` or ``>`` (so not ``<bodyx`` or ``<tbody>``) and ends at the first ``>``
-    outside a quoted attribute value; one still open when the body ends is none. Tags are found
-    by scanning bytes, not by parsing HTML, so a ``</head>`` inside a comment or script counts.
+    Exactly one element is inserted where every script of the page can read it (contract,
+    "Where the token goes"): right before the first ``<script`` tag or the ``</head>`` tag,
+    whichever comes first (any case); if the body tag comes first (a page without a head), right
+    after the opening ``<body ...>`` tag; if there is none of them, at the very start. Markup
+    inside comments (``<!-- -->``), ``<!...>`` and ``<?...>`` declarations, attribute values, and
+    the text of ``<template>``, ``<noscript>``, ``<title>``, ``<style>`` and ``<textarea>`` does
+    not count, so a ``<!-- <script> -->`` or a ``<template><script>`` in the head is passed over.
+    Tags are found by a small scanner after the HTML tokenizer's rules (a tag name starts with a
+    letter and ends at whitespace, ``/`` or ``>``; a tag ends at the first ``>`` outside a quoted
+    attribute value, and a quote opens a value only right after ``=``), not by a full parser.
+    A tag or comment still open when the body ends is none (browsers drop it too).
 
-    The matches are found across any chunk split, each byte is scanned about once however the
-    body is split, and output goes out as early as the rule allows:
+    Nothing goes out before the place is found, since the element may belong at the start; then
+    everything up to it goes out with it, and later chunks pass straight through unscanned. The
+    scanner keeps its place across chunks, so each byte is read about once however the body is
+    split, and the output for any split equals :func:`inject_html` of the whole body, with one
+    deviation for pathological pages: held bytes never exceed ``max_hold``. When they would, the
+    element goes in at the start at once and everything is flushed.
 
-    - before either tag has been seen nothing can go out, since the element may belong at the
-      start;
-    - once a body tag has been seen (with no ``</head>`` before it) everything up to its end can
-      go out, and the rest is held until a ``</head>`` turns up or the body ends;
-    - once the element is in, chunks pass straight through unscanned.
-
-    The concatenated output for any chunk split equals :func:`inject_html` of the whole body,
-    with one deviation for pathological pages: held bytes never exceed ``max_hold``. When they
-    would, the injector decides at once (after the body tag if one was seen, else at the start)
-    and flushes, so a page with a ``</head>`` only after more than ``max_hold`` bytes gets the
-    element earlier than the rule says.
+    :attr:`element_at` says where the element sits in the output of the call that inserted it,
+    so an encoder can keep it apart from the page (see :class:`ContentEncoder`).
     """
 
     __slots__ = (
-        "_body_at",
-        "_body_seen",
+        "_after_eq",
         "_buf",
         "_element",
         "_finished",
-        "_head_at",
-        "_head_ws_at",
         "_injected",
         "_max_hold",
-        "_tag_after_eq",
-        "_tag_at",
-        "_tag_quote",
+        "_mode",
+        "_pos",
+        "_quote",
+        "_raw_back",
+        "_raw_end",
+        "_then",
+        "element_at",
     )
 
     def __init__(self, element: bytes, *, max_hold: int = DEFAULT_MAX_HOLD) -> None:
         self._element = element
         self._max_hold = max_hold
-        # Bytes received but not yet sent; it only ever loses a prefix, so offsets into it are
-        # shifted, never rescanned from the start.
+        # Bytes received but not yet sent; they only ever grow until the element goes in, so
+        # the scanner's position into them stays valid.
         self._buf = bytearray()
-        # No "</head>" match starts before _head_at, and no body tag match before _body_at.
-        self._head_at = 0
-        self._body_at = 0
-        # When "</head" sits at _head_at waiting for its ">", whitespace up to here has been read.
-        self._head_ws_at = 0
-        # The first "<body" has been read up to _tag_at (-1: none seen yet), inside the quoted
-        # value _tag_quote opened (0: none), or just after an "=" (a value may start).
-        self._tag_at = -1
-        self._tag_quote = 0
-        self._tag_after_eq = False
-        # True once the body tag has gone out: the held bytes then start right after it.
-        self._body_seen = False
+        self._pos = 0
+        self._mode = _DATA
+        # Inside a tag: the quote of the value being read (0: none), or just after an "=".
+        self._quote = 0
+        self._after_eq = False
+        self._then = _THEN_DATA
+        self._raw_end: re.Pattern[bytes] | None = None
+        self._raw_back = 0  # the length of "</" and its name
         self._injected = False
         self._finished = False
+        self.element_at: slice | None = None
 
     @property
     def injected(self) -> bool:
@@ -194,36 +174,13 @@ class HtmlInjector:
         if self._injected:
             # The fast path for the rest of every page: nothing left to look for.
             return chunk
-        buf = self._buf
-        buf += chunk
-
-        head = self._find_head_end(buf)
-        if head >= 0:
-            return self._inject_at(head)
-
-        out = b""
-        if not self._body_seen:
-            if self._tag_at < 0:
-                start = _BODY_START.search(buf, self._body_at)
-                if start is None:
-                    self._body_at = _prefix_start(buf, self._body_at, _BODY_PREFIX)
-                else:
-                    self._tag_at = start.end()
-            if self._tag_at >= 0:
-                end = self._find_body_tag_end(buf)
-                if end >= 0:
-                    out = bytes(buf[:end])
-                    del buf[:end]
-                    # A partial "</head" cannot start inside the tag: its ">" would complete it.
-                    self._head_at -= end
-                    if self._head_ws_at:
-                        self._head_ws_at -= end
-                    self._body_seen = True
-
-        if len(buf) > self._max_hold:
-            # Nothing went out yet unless the body tag did, so either point is still reachable.
-            return out + self._inject_at(0)
-        return out
+        self._buf += chunk
+        at = self._scan(self._buf)
+        if at >= 0:
+            return self._inject_at(at)
+        if len(self._buf) > self._max_hold:
+            return self._inject_at(0)
+        return b""
 
     def finish(self) -> bytes:
         """Return the rest of the output, inserting the element now if it is not in yet."""
@@ -232,38 +189,112 @@ class HtmlInjector:
         self._finished = True
         if self._injected:
             return b""
-        # feed() found every "</head>" and every complete body tag; a body tag still open at
-        # the end is no tag (browsers drop it too, with all it swallowed), so: the start.
+        # feed() found every complete tag; one still open at the end is none: the start.
         return self._inject_at(0)
 
-    def _find_head_end(self, buf: bytearray) -> int:
-        """Where the first ``</head>`` in the buffer starts, or -1 (remembering how far it read)."""
-        at = self._head_at
-        while (name := _HEAD_NAME.search(buf, at)) is not None:
-            start = name.start()
-            resume = self._head_ws_at if start == self._head_at else 0
-            gap = _skip_ws(buf, max(name.end(), resume))
-            if gap == len(buf):
-                self._head_at = start
-                self._head_ws_at = gap
-                return -1
-            if buf[gap] == 0x3E:  # ">"
-                return start
-            # Neither "head" nor whitespace holds a "<", so the next candidate is past them.
-            at = gap
-        self._head_at = _prefix_start(buf, at, _HEAD_PREFIX)
-        self._head_ws_at = 0
+    def _scan(self, buf: bytes | bytearray) -> int:
+        """Read on from where the last call stopped; the element's place, or -1 (not yet).
+
+        ``buf`` is everything held: the bytes since the start of the body.
+        """
+        size = len(buf)
+        pos = self._pos
+        mode = self._mode
+        while pos < size:
+            if mode == _DATA:
+                pos = _SKIP.match(buf, pos).end()  # type: ignore[union-attr]  # matches empty at least
+                lt = buf.find(b"<", pos)
+                if lt < 0 or lt + 1 == size:
+                    pos = size if lt < 0 else lt
+                    break
+                nxt = buf[lt + 1]
+                if nxt == 0x21:  # "<!"
+                    if size - lt < 4 and b"<!--".startswith(buf[lt:]):
+                        pos = lt  # may still become "<!--"
+                        break
+                    mode = _COMMENT if buf[lt : lt + 4] == b"<!--" else _BOGUS
+                    pos = lt + 2
+                elif nxt == 0x3F:  # "<?"
+                    mode, pos = _BOGUS, lt + 2
+                elif nxt == 0x2F:  # "</"
+                    if lt + 2 == size:
+                        pos = lt
+                        break
+                    name = _TAG_NAME.match(buf, lt + 2)
+                    if name is None:
+                        mode, pos = _BOGUS, lt + 2
+                        continue
+                    if name.end() == size and name.end() - name.start() < _NAME_LIMIT:
+                        pos = lt  # the name may go on
+                        break
+                    if name.group().lower() == b"head":
+                        return lt
+                    mode, pos, self._then = _TAG, name.end(), _THEN_DATA
+                else:
+                    name = _TAG_NAME.match(buf, lt + 1)
+                    if name is None:
+                        pos = lt + 1  # a "<" in text
+                        continue
+                    if name.end() == size and name.end() - name.start() < _NAME_LIMIT:
+                        pos = lt
+                        break
+                    tag = name.group().lower()
+                    if tag == b"script":
+                        return lt
+                    mode, pos = _TAG, name.end()
+                    if tag == b"body":
+                        self._then = _THEN_INJECT
+                    elif tag in _RAW_TEXT:
+                        self._then, self._raw_end = _THEN_RAW, _RAW_END[tag]
+                        self._raw_back = len(tag) + 2
+                    else:
+                        self._then = _THEN_DATA
+            elif mode == _COMMENT:
+                # From "<!" on, so "<!-->" and "<!--->" end where they begin, as in HTML.
+                end = buf.find(b"-->", pos)
+                if end < 0:
+                    pos = max(pos, size - 2)
+                    break
+                mode, pos = _DATA, end + 3
+            elif mode == _BOGUS:
+                end = buf.find(b">", pos)
+                if end < 0:
+                    pos = size
+                    break
+                mode, pos = _DATA, end + 1
+            elif mode == _TAG:
+                end = self._tag_end(buf, pos)
+                if end < 0:
+                    pos = size
+                    break
+                pos = end
+                if self._then == _THEN_INJECT:
+                    return end
+                mode = _RAW if self._then == _THEN_RAW else _DATA
+            else:  # _RAW
+                assert self._raw_end is not None
+                close = self._raw_end.search(buf, pos)
+                if close is None:
+                    # Its end tag may be arriving: read its start again with the next chunk.
+                    pos = max(pos, size - self._raw_back)
+                    break
+                # The end tag itself is read as a tag in text.
+                mode, pos = _DATA, close.start()
+        self._pos, self._mode = pos, mode
         return -1
 
-    def _find_body_tag_end(self, buf: bytearray) -> int:
-        """Where the first body tag ends, or -1 (remembering where it stopped reading).
+    def _tag_end(self, buf: bytes | bytearray, pos: int) -> int:
+        """Where the tag being read ends (just past its ">"), or -1 (remembering how far it read).
 
-        The tag ends at the first ">" outside a quoted attribute value. A quote opens a value only
-        right after "=" and whitespace, as in HTML, so a stray quote elsewhere cannot swallow the
-        page. Each byte of the tag is read once however the tag is split.
+        A quote opens a value only right after "=" and whitespace, as in HTML, so a stray quote
+        elsewhere cannot swallow the page. Each byte of the tag is read once however it is split.
         """
-        pos, quote, after_eq = self._tag_at, self._tag_quote, self._tag_after_eq
+        quote, after_eq = self._quote, self._after_eq
         size = len(buf)
+        if not quote and not after_eq:
+            whole = _TAG_REST.match(buf, pos)
+            if whole is not None:
+                return whole.end()
         while pos < size:
             if quote:
                 close = buf.find(quote, pos)
@@ -285,44 +316,41 @@ class HtmlInjector:
                 if pos == size:
                     break
                 if buf[pos] == 0x3E:  # ">"
+                    self._quote, self._after_eq = 0, False
                     return pos + 1
                 pos += 1  # "="
                 after_eq = True
-        self._tag_at, self._tag_quote, self._tag_after_eq = pos, quote, after_eq
+        self._quote, self._after_eq = quote, after_eq
         return -1
 
     def _inject_at(self, at: int) -> bytes:
         buf = self._buf
         out = b"".join((buf[:at], self._element, buf[at:]))
+        self.element_at = slice(at, at + len(self._element))
         self._buf = bytearray()
         self._injected = True
         return out
 
 
-def _skip_ws(buf: bytearray, pos: int) -> int:
+def _skip_ws(buf: bytes | bytearray, pos: int) -> int:
     """The first position at or after ``pos`` that is not HTML whitespace (or the end)."""
     run = _WS_RUN.match(buf, pos)
     return pos if run is None else run.end()
 
 
-def _prefix_start(buf: bytearray, scanned: int, prefix: re.Pattern[bytes]) -> int:
-    """Where a match that the buffer holds only the start of could begin (else its end)."""
-    lt = buf.rfind(b"<", scanned)
-    if lt >= 0 and prefix.fullmatch(buf, lt) is not None:
-        return lt
-    return len(buf)
-
-
 def inject_html(body: bytes, element: bytes) -> bytes:
     """Insert ``element`` into a whole HTML body by the rule of :class:`HtmlInjector`."""
-    # The common page: one search for "</head>", one copy of the page around the element.
-    head = _HEAD_END.search(body)
-    if head is not None:
-        page = memoryview(body)
-        return b"".join((page[: head.start()], element, page[head.start() :]))
-    # The whole body is in memory already, so holding it is free: no max_hold deviation.
-    injector = HtmlInjector(element, max_hold=len(body))
-    return injector.feed(body) + injector.finish()
+    return inject_html_at(body, element)[0]
+
+
+def inject_html_at(body: bytes, element: bytes) -> tuple[bytes, slice]:
+    """:func:`inject_html`, and where the element sits in the result."""
+    # The whole body is in memory already: scanned where it is (no copy, no max_hold deviation).
+    at = HtmlInjector(element)._scan(body)
+    if at < 0:
+        at = 0  # nothing decided: the start, as finish() does
+    page = memoryview(body)
+    return b"".join((page[:at], element, page[at:])), slice(at, at + len(element))
 
 
 @functools.lru_cache(maxsize=256)

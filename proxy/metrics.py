@@ -194,6 +194,12 @@ class Metrics:
             ["storefront", "outcome"],
             registry=r,
         )
+        self.token_renewals = Counter(
+            "cc_sidecar_token_renewals",
+            "Customer tokens renewed in the background ahead of time, by outcome (renewed, failed).",
+            ["outcome"],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "cc_sidecar_api_breaker_open",
             "1 while the Storefront API circuit breaker is open.",

@@ -32,6 +32,11 @@ class SingleFlight(Generic[K, V]):
             task.add_done_callback(functools.partial(self._finished, key))
         return task
 
+    def running(self, key: K) -> asyncio.Task[V] | None:
+        """The task in flight for ``key``, if any (not one that has finished)."""
+        task = self._tasks.get(key)
+        return None if task is None or task.done() else task
+
     def _finished(self, key: K, task: asyncio.Task[V]) -> None:
         if self._tasks.get(key) is task:
             del self._tasks[key]

@@ -297,6 +297,14 @@ class StorefrontApiClient:
             if len(page) < STOREFRONTS_PAGE_SIZE or (total is not None and len(storefronts) >= total):
                 return storefronts
 
+    async def storefront_tenants(self) -> dict[int, int | None]:
+        """Each storefront the account can see, with the tenant the API reports for it."""
+        return {
+            storefront.id: storefront.tenant_id
+            for storefront in await self.list_storefronts()
+            if storefront.id is not None
+        }
+
     async def get_user(self, storefront_id: int, user_id: str) -> StorefrontUser:
         """StorefrontUsers_Get; raises :class:`~proxy.errors.NotFound` when the user is missing."""
         return await self._call(

@@ -4,12 +4,22 @@ One :class:`TokenService` per sidecar. It keeps two things in memory:
 
 - one LRU cache of customers, bounded by ``token_cache_size`` and keyed by (tenant, storefront,
   user id) so two storefronts never share a token. An entry says the StorefrontUser is known to
-  exist (so a renewal or a login skips the Get that succeeded once) and holds its token until
-  the token's ``exp`` less ``token_skew_s``; a stale token is replaced on the next request, and
-  the least recently used customer goes first when the cache is full. One entry per customer,
-  not one per token plus one per known user, keeps a cached customer near 1 KB;
+  exist (so a renewal or a login skips the Get that succeeded once) and holds its token while it
+  may be handed out, and the least recently used customer goes first when the cache is full.
+  One entry per customer, not one per token plus one per known user, keeps a cached customer
+  near 1 KB;
 - the work in flight: concurrent requests that need the same missing thing (a token, a user, a
   merge) share one :class:`asyncio.Task`, so 200 concurrent first requests cost one GetToken.
+
+Tokens fresh enough for an editing session (contract): an editor keeps the token it opened
+with, so no token is handed out with less than ``min(min_token_ttl_s, lifetime / 2)`` left
+(never less than ``token_skew_s``). A cached token is renewed ahead of that, off the request
+path: the first request that finds it past its renewal point starts one GetToken in the
+background (one per customer, across replicas under the same claim as a first fetch) and is
+served the current token; only a page that finds the token already below the minimum waits.
+The token endpoint, asked at or after the renewal point (``renewIn`` on the page), waits for the
+newer token instead, so ``renewIn`` keeps its promise. See :meth:`TokenService._read_token` for
+the arithmetic.
 
 Every public call is bounded by ``timeout_s``. A shared task is shielded from the request that
 started it, so one client going away never cancels the work the others wait for; the task is
@@ -42,8 +52,10 @@ from typing import Any, NamedTuple, Protocol, TypeVar
 import jwt
 from cachetools import LRUCache
 
+from proxy.config.model import DEFAULT_MIN_TOKEN_TTL_S
 from proxy.errors import (
     BadResponse,
+    CircuitOpen,
     NotFound,
     StorefrontApiError,
     StorefrontUnavailable,
@@ -85,6 +97,8 @@ class CustomerToken:
     is_anonymous: bool
     token: str
     expires_at: int
+    # Clock time (Unix s) from which the token endpoint answers with a newer token.
+    renew_at: float
 
     def __repr__(self) -> str:
         # The dataclass repr would print the token; a repr can end up in a log or a traceback.
@@ -124,10 +138,10 @@ class MergeOutcome(enum.Enum):
 
 
 class _Known(NamedTuple):
-    """A customer known to exist, with their token while it is fresh."""
+    """A customer known to exist, with their token while it may be handed out."""
 
     token: CustomerToken | None
-    renew_at: float  # clock time from which the token is stale
+    stale_at: float  # clock time from which the token is no longer handed out (token.renew_at: renewed)
 
 
 # A customer that exists but has no usable token (found by a Get, or a token not worth caching).
@@ -149,6 +163,7 @@ class TokenService:
         skew_s: float,
         lifetime_without_exp_s: float,
         timeout_s: float,
+        min_ttl_s: float = DEFAULT_MIN_TOKEN_TTL_S,
         store: TokenStore | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -160,9 +175,13 @@ class TokenService:
         self._skew_s = skew_s
         self._lifetime_without_exp_s = lifetime_without_exp_s
         self._timeout_s = timeout_s
+        self._min_ttl_s = min_ttl_s
         self._clock = clock
         self._known: LRUCache[_UserKey, _Known] = LRUCache(maxsize=cache_size)
         self._token_flights: SingleFlight[_UserKey, CustomerToken] = SingleFlight()
+        # Renewals of a cached token, started by the request that found it due; tracked so that
+        # a page that must wait joins the one in flight and aclose() stops them.
+        self._renewals: SingleFlight[_UserKey, CustomerToken] = SingleFlight()
         self._lookup_flights: SingleFlight[_UserKey, bool] = SingleFlight()
         self._ensure_flights: SingleFlight[_UserKey, None] = SingleFlight()
         self._merge_flights: SingleFlight[_UserKey, MergeOutcome] = SingleFlight()
@@ -170,23 +189,35 @@ class TokenService:
     # -- public -------------------------------------------------------------------------------
 
     def cached(self, customer: Customer) -> CustomerToken | None:
-        """The cached, not yet due token for ``customer``, if any; no I/O, counts nothing."""
+        """The cached token for ``customer`` while it may be handed out; no I/O, counts nothing."""
         key = self._user_key(customer.storefront_id, customer.user_id)
-        return self._fresh(key, customer.is_anonymous)
+        entry = self._handable(key, customer.is_anonymous)
+        return None if entry is None else entry.token
 
     def cached_hit(self, storefront_id: int, user_id: str, *, is_anonymous: bool) -> CustomerToken | None:
         """The cached token counted as a cache hit, or None (uncounted: call token_for).
 
         Every editor page of a returning customer asks this: it takes the customer's fields
-        rather than a :class:`Customer` made for the purpose.
+        rather than a :class:`Customer` made for the purpose. A token past its renewal point is
+        still returned, and its renewal started in the background.
         """
-        token = self._fresh(self._user_key(storefront_id, user_id), is_anonymous)
-        if token is not None:
-            self._metrics.token_cache_hits.inc()
+        key = self._user_key(storefront_id, user_id)
+        entry = self._handable(key, is_anonymous)
+        if entry is None:
+            return None
+        token = entry.token
+        assert token is not None
+        if token.renew_at <= self._clock():
+            self._renew_in_background(key, Customer(storefront_id, user_id, is_anonymous))
+        self._metrics.token_cache_hits.inc()
         return token
 
-    async def token_for(self, customer: Customer) -> CustomerToken:
+    async def token_for(self, customer: Customer, *, newer_when_due: bool = False) -> CustomerToken:
         """A token for ``customer``: from the cache, else made sure of the user and fetched.
+
+        A cached token past its renewal point is returned while it may still be handed out, its
+        renewal started in the background; with ``newer_when_due`` (the token endpoint, which
+        promised a newer token from then on) the call waits for the renewal instead.
 
         Raises :class:`~proxy.errors.StorefrontUnavailable` when the work takes longer than
         ``timeout_s``, and any other :class:`~proxy.errors.StorefrontApiError` as the API gave it.
@@ -194,13 +225,31 @@ class TokenService:
         a fetch already in flight).
         """
         key = self._user_key(customer.storefront_id, customer.user_id)
-        token = self._fresh(key, customer.is_anonymous)
-        if token is not None:
-            self._metrics.token_cache_hits.inc()
-            return token
+        entry = self._handable(key, customer.is_anonymous)
+        if entry is not None:
+            token = entry.token
+            assert token is not None
+            if token.renew_at > self._clock():
+                self._metrics.token_cache_hits.inc()
+                return token
+            if not newer_when_due:
+                self._renew_in_background(key, customer)
+                self._metrics.token_cache_hits.inc()
+                return token
+            self._metrics.token_cache_misses.inc()
+            return await self._newer(key, customer, token)
         self._metrics.token_cache_misses.inc()
-        task = self._token_flights.run(key, lambda: self._bounded("token", self._fetch_token(key, customer)))
-        return await self._wait(asyncio.shield(task), "token")
+        # A page that must wait joins the renewal in flight rather than start a second GetToken.
+        task = self._renewals.running(key) or self._token_flights.run(
+            key, lambda: self._bounded("token", self._fetch_token(key, customer, accept_due=True))
+        )
+        token = await self._wait(asyncio.shield(task), "token")
+        if token.renew_at <= self._clock() and self._handable(key, customer.is_anonymous) is not None:
+            # Another replica's token, due: it serves this request, and a newer one is fetched.
+            if newer_when_due:
+                return await self._newer(key, customer, token)
+            self._renew_in_background(key, customer)
+        return token
 
     async def user_exists(self, storefront_id: int, user_id: str) -> bool:
         """Whether the StorefrontUser exists: known ones without a call, else by a Get.
@@ -233,9 +282,10 @@ class TokenService:
             return MergeOutcome.FAILED
 
     async def aclose(self) -> None:
-        """Cancel the API work still in flight (at shutdown)."""
+        """Cancel the API work still in flight (at shutdown), background renewals included."""
         for flights in (
             self._merge_flights,
+            self._renewals,
             self._token_flights,
             self._ensure_flights,
             self._lookup_flights,
@@ -244,32 +294,79 @@ class TokenService:
 
     # -- tokens -------------------------------------------------------------------------------
 
-    def _fresh(self, key: _UserKey, is_anonymous: bool) -> CustomerToken | None:
-        """The customer's token while it is before its renewal time (a read counts as a use)."""
+    def _handable(self, key: _UserKey, is_anonymous: bool) -> _Known | None:
+        """The customer's entry while its token may be handed out (a read counts as a use)."""
         entry = self._known.get(key)
-        if entry is None or entry.token is None or entry.renew_at <= self._clock():
+        if entry is None or entry.token is None or entry.stale_at <= self._clock():
             return None
         # One id is one StorefrontUser; a token fetched under the other guest flag would carry
         # the wrong isAnonymous, so it is fetched again (identity rules make this impossible).
-        return entry.token if entry.token.is_anonymous == is_anonymous else None
+        return entry if entry.token.is_anonymous == is_anonymous else None
+
+    def _renew_in_background(self, key: _UserKey, customer: Customer) -> None:
+        """Start the customer's renewal unless one runs; its outcome is counted, never raised."""
+        if self._renewals.running(key) is not None:
+            return
+        task = self._renewals.run(
+            key, lambda: self._bounded("token", self._fetch_token(key, customer, accept_due=False))
+        )
+        task.add_done_callback(self._renewal_done)
+
+    def _renewal_done(self, task: asyncio.Task[CustomerToken]) -> None:
+        if task.cancelled():
+            return
+        error = task.exception()
+        if error is None:
+            self._metrics.token_renewals.labels("renewed").inc()
+            return
+        self._metrics.token_renewals.labels("failed").inc()
+        if isinstance(error, CircuitOpen):
+            return  # the breaker logs the outage as it begins and ends, not once per page
+        if isinstance(error, StorefrontApiError):
+            # The current token serves on; the next request past the renewal point tries again.
+            log.warning("background token renewal failed: %s", error, extra={"error": type(error).__name__})
+        else:
+            log.error("background token renewal failed unexpectedly", exc_info=error)
+
+    async def _newer(self, key: _UserKey, customer: Customer, current: CustomerToken) -> CustomerToken:
+        """The token that replaces ``current`` (due): the renewal in flight, else one started now.
+
+        If the renewal fails, ``current`` is still good enough to hand out, or the error is raised.
+        """
+        self._renew_in_background(key, customer)
+        task = self._renewals.running(key)
+        assert task is not None  # just started, or in flight
+        try:
+            return await self._wait(asyncio.shield(task), "token")
+        except StorefrontApiError:
+            if self._handable(key, customer.is_anonymous) is None:
+                raise
+            return current
 
     def _remember(self, key: _UserKey, entry: _Known) -> None:
         self._known[key] = entry
         self._metrics.token_cache_entries.set(len(self._known))
 
-    async def _fetch_token(self, key: _UserKey, customer: Customer) -> CustomerToken:
-        """The shared work behind a miss: from the shared store, else from the API once for all."""
+    async def _fetch_token(self, key: _UserKey, customer: Customer, *, accept_due: bool) -> CustomerToken:
+        """The shared work behind a miss or a renewal: from the shared store, else from the API.
+
+        ``accept_due``: a token another replica stored that is past its renewal point (but may
+        still be handed out) will do: a page is served it while it is renewed. A renewal wants
+        a token that is not due, so it takes only one another replica has renewed already.
+        """
         if self._shared is None:
             return await self._fetch_token_from_api(key, customer)
         return await self._once_across_replicas(
             StoreKey("lock", _store_name(key)),
-            lambda: self._shared_token(key, customer),
+            lambda: self._shared_token(key, customer, accept_due=accept_due),
             lambda: self._fetch_and_share_token(key, customer),
             "token",
         )
 
-    async def _shared_token(self, key: _UserKey, customer: Customer) -> CustomerToken | None:
-        """The customer's fresh token as another replica stored it (kept in the LRU too), or None."""
+    async def _shared_token(
+        self, key: _UserKey, customer: Customer, *, accept_due: bool
+    ) -> CustomerToken | None:
+        """The customer's token as another replica stored it (kept in the LRU too), or None."""
         assert self._shared is not None
         raw = await self._shared.get(StoreKey("customer", _store_name(key)))
         if raw is None:
@@ -281,27 +378,33 @@ class TokenService:
             is_anonymous=bool(entry["anonymous"]),
             token=entry["token"],
             expires_at=int(entry["expires_at"]),
+            renew_at=float(entry["renew_at"]),
         )
-        renew_at = float(entry["renew_at"])
-        if renew_at <= self._clock() or token.is_anonymous != customer.is_anonymous:
+        # An entry of an earlier version has no stale_at: it was stale from renew_at on.
+        stale_at = float(entry.get("stale_at", token.renew_at))
+        now = self._clock()
+        if stale_at <= now or token.is_anonymous != customer.is_anonymous:
             return None
-        self._remember(key, _Known(token, renew_at))
+        if not accept_due and token.renew_at <= now:
+            return None
+        self._remember(key, _Known(token, stale_at))
         return token
 
     async def _fetch_and_share_token(self, key: _UserKey, customer: Customer) -> CustomerToken:
-        """Fetch from the API and store the token for the other replicas until it is due."""
+        """Fetch from the API and store the token for the other replicas while it may be handed out."""
         token = await self._fetch_token_from_api(key, customer)
         entry = self._known.get(key)
         if self._shared is not None and entry is not None and entry.token is token:
-            ttl_s = entry.renew_at - self._clock()
+            ttl_s = entry.stale_at - self._clock()
             value = {
                 "token": token.token,
                 "expires_at": token.expires_at,
                 "anonymous": token.is_anonymous,
-                "renew_at": entry.renew_at,
+                "renew_at": token.renew_at,
+                "stale_at": entry.stale_at,
             }
             with contextlib.suppress(StoreUnavailable):
-                # Expires when the token goes stale, never after its exp.
+                # Expires when the token may no longer be handed out, never after its exp.
                 await self._shared.put(
                     StoreKey("customer", _store_name(key)), json.dumps(value).encode(), ttl_s
                 )
@@ -312,18 +415,36 @@ class TokenService:
         await self._ensure(customer.storefront_id, customer.user_id, customer.is_anonymous)
         raw = await self._api.get_token(customer.storefront_id, customer.user_id)
         now = self._clock()
-        token, renew_at = self._read_token(customer, raw, now)
-        if renew_at > now:
-            self._remember(key, _Known(token, renew_at))
+        token, stale_at = self._read_token(customer, raw, now)
+        if stale_at > now:
+            self._remember(key, _Known(token, stale_at))
         else:
             log.info(
-                "customer token arrived within the renewal skew of its exp; not cached",
+                "customer token arrived with less life than a token is handed out with; not cached",
                 extra={"skew_s": self._skew_s, "expires_in_s": round(token.expires_at - now, 3)},
             )
         return token
 
     def _read_token(self, customer: Customer, raw: str, now: float) -> tuple[CustomerToken, float]:
-        """The token with its ``exp``, and the clock time from which it must be renewed."""
+        """The token with its ``exp`` and renewal point, and the clock time from which it is stale.
+
+        With ``L`` the token's lifetime (``exp - iat`` as issued; from now if it has no ``iat``):
+
+        - it is handed out while it has at least ``floor = max(min(min_token_ttl_s, L/2),
+          token_skew_s)`` left, i.e. until ``stale_at = exp - floor``;
+        - its renewal is due ``margin = min(timeout_s, L/20)`` before that. A renewal's GetToken
+          is bounded by ``timeout_s``, so with ``L >= 20 * timeout_s`` (100 s with the default
+          timeout) the newer token is in before the current one goes stale and nobody who keeps
+          browsing waits; with shorter lifetimes a slow renewal may make a page wait.
+        - A customer who browses all along thus costs one GetToken every ``L - floor - margin``:
+          with 1-hour tokens and the defaults (floor 1800 s, margin 5 s) every 1795 s, 2.006 per
+          lifetime; with ``L/2 <= min_token_ttl_s`` in general ``L / (L/2 - margin)``, at most
+          2.22 per lifetime (``margin = L/20``), and fewer as ``min_token_ttl_s`` drops below
+          ``L/2``. (Exactly 2 would need the renewal to start at the very moment the token goes
+          stale, when the current token can no longer be served.)
+        - The renewal point is never earlier than halfway from now to ``stale_at``, so a token
+          whose lifetime is too short for the margin is not renewed by every request.
+        """
         claims: dict[str, Any] | None = None
         # Not ours to verify (the sidecar is not its audience): read the claims only.
         with contextlib.suppress(jwt.InvalidTokenError):
@@ -345,15 +466,23 @@ class TokenService:
         exp = _number_claim(claims, "exp")
         iat = _number_claim(claims, "iat")
         if exp is None:
-            renew_at = now + self._lifetime_without_exp_s
-            expires_at = int(renew_at)
+            lifetime = self._lifetime_without_exp_s
+            ends_at = now + lifetime
+            expires_at = int(ends_at)
         else:
             expires_at = int(exp)
-            renew_at = exp - self._skew_s
+            ends_at = exp
             if iat is not None and iat <= exp:
+                lifetime = exp - iat
                 # If this clock lags the issuer's, exp is later than it looks; the lifetime the
                 # issuer granted, counted from now, keeps a token from outliving its real exp.
-                renew_at = min(renew_at, now + (exp - iat) - self._skew_s)
+                ends_at = min(ends_at, now + lifetime)
+            else:
+                lifetime = max(0.0, exp - now)
+        floor = max(min(self._min_ttl_s, lifetime / 2), self._skew_s)
+        stale_at = ends_at - floor
+        margin = min(self._timeout_s, lifetime / 20)
+        renew_at = max(stale_at - margin, now + (stale_at - now) / 2)
         # nbf is not used: a token that is "not yet valid" by this clock only shows that clocks
         # differ, and the issuer, not the sidecar, judges it.
         token = CustomerToken(
@@ -362,8 +491,9 @@ class TokenService:
             is_anonymous=customer.is_anonymous,
             token=raw,
             expires_at=expires_at,
+            renew_at=renew_at,
         )
-        return token, renew_at
+        return token, stale_at
 
     # -- users --------------------------------------------------------------------------------
 

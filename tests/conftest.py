@@ -40,6 +40,7 @@ if os.environ.get(PURE_PYTHON_ENV) != "1" and (_stale := _stale_compiled_modules
     )
 
 pytest_plugins = [
+    "tests.fixtures.browser",
     "tests.fixtures.emulator",
     "tests.fixtures.raw_shop",
     "tests.fixtures.shop",

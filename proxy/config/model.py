@@ -34,8 +34,11 @@ DEFAULT_BREAKER_OPEN_S = 10.0
 DEFAULT_TOKEN_LIFETIME_WITHOUT_EXP_S = 300.0
 # Cached customer tokens; least recently used dropped first.
 DEFAULT_TOKEN_CACHE_SIZE = 100_000
-# A token is renewed this long before its ``exp``.
+# No token is handed out this close to its ``exp`` (whatever min_token_ttl_s says).
 DEFAULT_TOKEN_SKEW_S = 30.0
+# No customer token is handed out with less than min(this, half its lifetime) left: an editor
+# takes its token when it opens and cannot take a newer one, so this is an editing session.
+DEFAULT_MIN_TOKEN_TTL_S = 1800.0
 # In-flight requests may finish for this long after SIGTERM.
 DEFAULT_SHUTDOWN_GRACE_S = 20.0
 # No response headers from the shop within this: 504.
@@ -48,7 +51,7 @@ DEFAULT_SESSION_CHECK_TTL_S = 60.0
 DEFAULT_STORE_TIMEOUT_S = 0.25
 # Every key the shared token store writes starts with this (several sidecars can share one Redis).
 DEFAULT_STORE_KEY_PREFIX = "cc-sidecar:"
-InjectMode = Literal["html", "header", "cookie"]
+InjectMode = Literal["html", "header", "cookie", "script"]
 DEFAULT_INJECT: tuple[InjectMode, ...] = ("html",)
 
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
@@ -72,6 +75,15 @@ def split_listen(value: str) -> tuple[str, int]:
     if not host or any(c.isspace() for c in host) or "/" in host:
         raise ValueError("not a host:port address")
     return host, port
+
+
+def _hub_url_of(api_url: str) -> str:
+    """``api_url`` without a leading ``api.`` host label (a self-hosted gateway keeps its URL)."""
+    parts = urlsplit(api_url)
+    host = parts.netloc
+    if host[:4].lower() == "api." and len(host) > 4 and host[4] not in ":.":
+        return parts._replace(netloc=host[4:]).geturl().rstrip("/")
+    return api_url.rstrip("/")
 
 
 def _check_listen(value: str) -> str:
@@ -168,7 +180,22 @@ class CustomersCanvasSettings(_Frozen):
     )
     client_id: str = Field(min_length=1, description="External App client id.")
     client_secret: SecretStr = Field(description="External App client secret; use ${ENV}.")
-    tenant_id: int | None = Field(None, ge=1, description="Sent as tenantId when set.")
+    tenant_id: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Sent as tenantId when set, and goes on editor pages; unset, pages carry the tenant the"
+            " API reports for the storefront (Storefronts_GetAll, asked at start-up)."
+        ),
+    )
+    hub_url: HttpUrl | None = Field(
+        None,
+        description=(
+            "The Customer's Canvas hub, cchubUrl on editor pages; default: api_url without a leading"
+            ' "api." host label (https://api.eu.customerscanvashub.com gives'
+            " https://eu.customerscanvashub.com; a gateway without one is its own hub URL)."
+        ),
+    )
     scope: str | None = Field(None, description="OAuth2 scopes, space separated; omitted = all allowed.")
     timeout_s: PositiveSeconds = Field(
         DEFAULT_API_TIMEOUT_S, description="The whole token work of one request."
@@ -190,6 +217,11 @@ class CustomersCanvasSettings(_Frozen):
     def effective_token_url(self) -> str:
         """The token endpoint, defaulting to ``{api_url}/connect/token``."""
         return self.token_url or f"{self.api_url}/connect/token"
+
+    @property
+    def effective_hub_url(self) -> str:
+        """The hub URL, defaulting to ``api_url`` without a leading ``api.`` host label."""
+        return self.hub_url or _hub_url_of(self.api_url)
 
 
 class SessionCheck(_Frozen):
@@ -256,7 +288,11 @@ class StorefrontSettings(_Frozen):
     session_cookie: CookieName | None = Field(None, description="The shop's session cookie, e.g. PHPSESSID.")
     editor_paths: tuple[PathGlob, ...] = Field((), description="Globs; * stays in one segment, ** crosses.")
     inject: tuple[InjectMode, ...] = Field(
-        DEFAULT_INJECT, description="Where the token goes on editor pages: any of html, header, cookie."
+        DEFAULT_INJECT,
+        description=(
+            "Where the token goes on editor pages: any of html, header, cookie, script (the page"
+            " script's tag after the html element, with the nonce of the page's CSP; implies html)."
+        ),
     )
     underscores_in_headers: bool = Field(
         False,
@@ -272,6 +308,11 @@ class StorefrontSettings(_Frozen):
     @classmethod
     def _unique_modes(cls, value: tuple[InjectMode, ...]) -> tuple[InjectMode, ...]:
         return tuple(dict.fromkeys(value))
+
+    @property
+    def injects_html(self) -> bool:
+        """Editor pages get the token element (``script`` implies ``html``: its tag goes after it)."""
+        return "html" in self.inject or "script" in self.inject
 
 
 def _check_redis_url(value: str) -> str:
@@ -369,7 +410,20 @@ class Settings(_Frozen):
         description="Cached customer tokens; the least recently used are dropped first.",
     )
     token_skew_s: float = Field(
-        DEFAULT_TOKEN_SKEW_S, ge=0, description="A token is renewed this many seconds before its exp."
+        DEFAULT_TOKEN_SKEW_S,
+        ge=0,
+        description=(
+            "No token is handed out within this many seconds of its exp; one that arrives so serves"
+            " its request and is not cached."
+        ),
+    )
+    min_token_ttl_s: float = Field(
+        DEFAULT_MIN_TOKEN_TTL_S,
+        ge=0,
+        description=(
+            "No token is handed out (page, header, cookie, token endpoint) with less than min(this,"
+            " half its lifetime exp - iat) left; renewed ahead of that in the background."
+        ),
     )
     shutdown_grace_s: float = Field(
         DEFAULT_SHUTDOWN_GRACE_S, ge=0, description="Seconds in-flight requests may finish after SIGTERM."

@@ -1,8 +1,27 @@
-// The demo editor page's own script: what a shop's page does with what cc-sidecar injected.
+// The demo shop's stand-in for a Workflow Elements editor (<au-handy-editor> and its kin): an element
+// whose init() takes the `integration` of the vendor's IWorkflowElementIntegration and shows it. The
+// editor page starts it with the one line a shop writes (see the page's module script):
+//   editor.init({integration: await ccSidecar.workflowElements(), input: {...}})
+// ccSidecar is cc-sidecar's page script (/.cc-sidecar/v1/cc-user.js, injected with `inject: [script]`):
+// it reads the token element, asks /.cc-sidecar/token on a first visit, and renews at renewIn.
 (function () {
   "use strict";
   var status = document.getElementById("status");
   var renewals = 0;
+
+  function setStatus(state, text) {
+    status.dataset.state = state;
+    status.textContent = text;
+  }
+
+  function text(id, value) {
+    document.getElementById(id).textContent = value;
+  }
+
+  function showToken(token, expiresAt) {
+    text("token", token.slice(0, 24) + "\u2026");
+    text("expires", new Date(expiresAt * 1000).toISOString());
+  }
 
   function showMerges(user) {
     // Demo only: a real shop never asks; the demo shop asks its emulator what MergeAnonymous moved.
@@ -10,81 +29,48 @@
     fetch("/account/merges", {credentials: "same-origin", cache: "no-store"})
       .then(function (response) { return response.json(); })
       .then(function (answer) {
-        document.getElementById("merged").textContent = answer.merged.length
+        text("merged", answer.merged.length
           ? "guest " + answer.merged.join(", ") + " merged into this account at login (MergeAnonymous)"
-          : "nothing merged (no guest storage before login)";
+          : "nothing merged (no guest storage before login)");
       });
   }
 
-  function show(user) {
-    document.getElementById("user-id").textContent = user.userId;
-    document.getElementById("user-kind").textContent = user.isAnonymous ? "guest" : "logged-in customer";
-    document.getElementById("storefront-id").textContent = String(user.storefrontId);
-    document.getElementById("expires").textContent = new Date(user.expiresAt * 1000).toISOString();
-    document.getElementById("token").textContent = user.token.slice(0, 24) + "\u2026";
-    // A real page would now start the editor, e.g. Workflow Elements:
-    // init({integration: {tenantId, storefrontId: user.storefrontId, user: {id: user.userId, token: user.token}}})
-  }
-
-  // The token endpoint answers the same object as the element; it is how a page renews a token,
-  // and how a first visit gets one at all.
-  function fetchUser() {
-    return fetch(window.ccUser.tokenUrl, {credentials: "same-origin", cache: "no-store"})
-      .then(function (response) {
-        if (!response.ok) { throw new Error("token endpoint answered " + response.status); }
-        return response.json();
-      })
-      .then(function (user) {
-        if (user.token === null) { throw new Error("no token: this browser keeps no cookies"); }
+  customElements.define("au-demo-editor", class extends HTMLElement {
+    init(configuration) {
+      var integration = configuration.integration;
+      this.integration = integration;
+      text("user-id", integration.user.id);
+      text("tenant-id", String(integration.tenantId));
+      text("storefront-id", String(integration.storefrontId));
+      text("gateway", integration.cchubApiGatewayUrl);
+      ccSidecar.user().then(function (user) {
         window.ccUser = user;
-        show(user);
-        return user;
+        text("user-kind", user.isAnonymous ? "guest" : "logged-in customer");
+        showToken(user.token, user.expiresAt);
+        showMerges(user);
+        setStatus("token", "editor started with the customer's token");
       });
-  }
+    }
 
-  function renew() {
-    return fetchUser()
-      .then(function () {
-        renewals += 1;
-        status.textContent = "token renewed (" + renewals + ")";
-        status.dataset.state = "renewed";
-      })
-      .catch(function (error) {
-        status.textContent = "renewal failed: " + error.message;
-        status.dataset.state = "renew-failed";
-      });
-  }
+    update(configuration) {
+      this.init(configuration);
+    }
+  });
 
-  function start() {
-    status.textContent = "token received";
-    status.dataset.state = "token";
-    document.getElementById("renew").addEventListener("click", renew);
-    // Renew a little before expiry, as the editor would on a page left open.
-    var lead = Math.max(5, window.ccUser.expiresAt - Date.now() / 1000 - 60);
-    window.setTimeout(renew, lead * 1000);
-    if (location.hash === "#renew-now") { renew(); }
-  }
-
-  var element = document.getElementById("cc-storefront-user");
-  if (!element) {
-    status.textContent = "no token on this page (Customer's Canvas unavailable?)";
-    status.dataset.state = "no-token";
-    return;
-  }
-  window.ccUser = JSON.parse(element.textContent);
-  if (window.ccUser.token !== null) {
-    show(window.ccUser);
-    showMerges(window.ccUser);
-    start();
-    return;
-  }
-  // A first visit (the request carried no cookie): the sidecar named the guest but made no
-  // Customer's Canvas user for a client that may keep no cookies (a crawler). This call brings
-  // the guest cookie back, and the sidecar makes the user and its token now.
-  status.textContent = "fetching the token\u2026";
-  status.dataset.state = "fetching";
-  fetchUser().then(start, function (error) {
-    status.textContent = "no token: " + error.message;
-    status.dataset.state = "no-token";
+  // A newer token, ahead of the old one's expiry. An open Workflow Elements editor keeps the token it
+  // started with; the next editor the page opens (or update()) takes this one.
+  ccSidecar.onToken(function (user) {
+    var editor = document.getElementById("editor");
+    if (!editor.integration || editor.integration.user.token === user.token) {
+      return; // the token the editor started with (a first visit's came this way)
+    }
+    window.ccUser = user;
+    renewals += 1;
+    showToken(user.token, user.expiresAt);
+    var item = document.createElement("li");
+    item.textContent = new Date().toLocaleTimeString() + ": a newer token, " + user.expiresIn +
+      " s left, next renewal in " + user.renewIn + " s";
+    document.getElementById("renewals").appendChild(item);
+    setStatus("renewed", "token renewed (" + renewals + ")");
   });
 })();

@@ -2,136 +2,59 @@
 
 from __future__ import annotations
 
-import asyncio
-import itertools
 import json
-import shutil
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
-from typing import Any
 
-import aiohttp
 import pytest
 
 from proxy.demo import running_demo
 from proxy.emulator import EMULATOR_STATE
+from tests.fixtures.browser import DevTools, needs_chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-pytestmark = [
-    pytest.mark.browser,
-    pytest.mark.skipif(CHROMIUM is None, reason="Chromium is not installed (make test installs it)"),
-    pytest.mark.timeout(90),
-]
-# The flags this machine needs: no sandbox as root, and no background calls to the internet.
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--disable-dev-shm-usage",
-    "--remote-debugging-port=0",
-)
+pytestmark = [*needs_chromium, pytest.mark.timeout(90)]
 
 
-class DevTools:
-    """A minimal Chrome DevTools Protocol client over one WebSocket (flattened sessions)."""
-
-    def __init__(self, ws: aiohttp.ClientWebSocketResponse) -> None:
-        self._ws = ws
-        self._ids = itertools.count(1)
-
-    async def call(self, method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
-        message_id = next(self._ids)
-        message: dict[str, Any] = {"id": message_id, "method": method, "params": params}
-        if session:
-            message["sessionId"] = session
-        await self._ws.send_str(json.dumps(message))
-        while True:
-            reply = json.loads((await self._ws.receive(timeout=30)).data)
-            if reply.get("id") == message_id:
-                if "error" in reply:
-                    raise AssertionError(f"{method}: {reply['error']}")
-                result: dict[str, Any] = reply["result"]
-                return result
-
-    async def evaluate(self, session: str, expression: str) -> Any:
-        result = await self.call(
-            "Runtime.evaluate",
-            session,
-            expression=expression,
-            returnByValue=True,
-            awaitPromise=True,
-        )
-        return result["result"].get("value")
-
-    async def wait_for(self, session: str, expression: str, expected: Any, timeout_s: float = 20) -> None:
-        deadline = time.monotonic() + timeout_s
-        value = None
-        while time.monotonic() < deadline:
-            value = await self.evaluate(session, expression)
-            if value == expected:
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"{expression} stayed {value!r}, expected {expected!r}")
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[tuple[DevTools, str]]:
-    assert CHROMIUM is not None
-    process = await asyncio.create_subprocess_exec(
-        CHROMIUM,
-        *CHROMIUM_FLAGS,
-        f"--user-data-dir={tmp_path / 'profile'}",
-        "about:blank",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-    try:
-        assert process.stderr is not None
-        ws_url = None
-        while ws_url is None:
-            line = (await asyncio.wait_for(process.stderr.readline(), timeout=30)).decode()
-            if not line:
-                raise AssertionError("Chromium exited before DevTools listened")
-            if "DevTools listening on " in line:
-                ws_url = line.split("DevTools listening on ", 1)[1].strip()
-        async with (
-            aiohttp.ClientSession() as client,
-            client.ws_connect(ws_url, max_msg_size=0) as ws,
-        ):
-            devtools = DevTools(ws)
-            target = await devtools.call("Target.createTarget", url="about:blank")
-            attached = await devtools.call("Target.attachToTarget", targetId=target["targetId"], flatten=True)
-            session = attached["sessionId"]
-            await devtools.call("Page.enable", session)
-            await devtools.call("Runtime.enable", session)
-            yield devtools, session
-    finally:
-        process.kill()
-        await process.wait()
-
-
+@pytest.mark.timeout(150)
 async def test_demo_editor_page_gets_and_renews_a_token_then_login_merges(
     browser: tuple[DevTools, str],
 ) -> None:
-    """In Chromium the editor script finds the guest's token, renews it, and after login gets the customer's."""
+    """With 40-second tokens the demo's Workflow Elements page starts its editor with the guest's
+    token, the page script brings a different one before it expires, and after login the editor
+    gets the customer's."""
     devtools, session = browser
-    async with running_demo(0) as demo:
+    lifetime_s = 40
+    async with running_demo(0, token_lifetime_s=lifetime_s) as demo:
         url = demo.url
         state = demo.emulator_app[EMULATOR_STATE]
-        await devtools.call("Page.navigate", session, url=url + "editor/mug#renew-now")
-        await devtools.wait_for(session, "document.getElementById('status').dataset.state", "renewed")
-        guest = await devtools.evaluate(session, "JSON.stringify(window.ccUser)")
-        guest_user = json.loads(guest)
+        await devtools.call("Page.navigate", session, url=url + "editor/mug")
+        await devtools.wait_for(session, "document.getElementById('status').dataset.state", "token")
+        started = await devtools.evaluate(session, "document.getElementById('editor').integration")
+        guest_user = json.loads(await devtools.evaluate(session, "JSON.stringify(window.ccUser)"))
+        assert started == {
+            "tenantId": 1,
+            "storefrontId": 1,
+            "user": {"id": guest_user["userId"], "token": guest_user["token"]},
+            "cchubApiGatewayUrl": guest_user["cchubApiGatewayUrl"],
+        }
         assert guest_user["userId"].startswith("anon-")
         assert guest_user["isAnonymous"] is True
         assert guest_user["tokenUrl"] == "/.cc-sidecar/token"
         assert await devtools.evaluate(session, "document.getElementById('user-kind').textContent") == "guest"
+        shown = await devtools.evaluate(session, "document.getElementById('token').textContent")
+        assert shown == guest_user["token"][:24] + "\u2026"
+
+        await devtools.wait_for(
+            session, "document.getElementById('status').dataset.state", "renewed", timeout_s=lifetime_s
+        )
+        renewed = json.loads(await devtools.evaluate(session, "JSON.stringify(window.ccUser)"))
+        assert renewed["userId"] == guest_user["userId"]
+        assert renewed["token"] != guest_user["token"]
+        assert time.time() < guest_user["expiresAt"]
+        assert await devtools.evaluate(session, "document.getElementById('token').textContent") == (
+            renewed["token"][:24] + "\u2026"
+        )
+        assert await devtools.evaluate(session, "document.getElementById('renewals').children.length") == 1
+        assert state.count("StorefrontUsers_GetToken") == 2
 
         await devtools.call("Page.navigate", session, url=url + "login")
         await devtools.wait_for(session, "document.readyState", "complete")

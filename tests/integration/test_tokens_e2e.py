@@ -16,8 +16,10 @@ import brotli
 import jwt
 import pytest
 
+from proxy.emulator import EmulatorOptions
 from proxy.identity import GUEST_COOKIE
 from proxy.metrics import Metrics
+from tests.fixtures.emulator import start_emulator
 from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
 
 ELEMENT = re.compile(rb'<script id="cc-storefront-user" type="application/json">(.*?)</script>', re.S)
@@ -158,25 +160,60 @@ async def test_200_concurrent_first_requests_make_one_chain_of_calls(
     assert emulator.state.count("StorefrontUsers_Create") <= 1
 
 
-async def test_cached_token_until_exp_less_skew_then_one_more_call(
+async def test_cached_token_until_its_renewal_point_then_one_renewal_behind_the_page(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory
 ) -> None:
-    """No call while the token is fresh; past exp - token_skew_s exactly one more GetToken."""
+    """No call before renewIn; the page at renewIn gets the current token and one GetToken runs behind it."""
     clock = Clock()
     emulator.state.clock = clock  # the emulator signs exp with the same moved time
     sidecar = await make_sidecar(config(shop, emulator), clock=clock)
     headers = {USER_HEADER: "clocked@example.com"}
+    started = clock.now
     _, body = await get(sidecar, "/editor/mug", headers=headers)
     first = element_of(body)
     for _ in range(5):
         await get(sidecar, "/editor/mug", headers=headers)
     assert emulator.state.count("StorefrontUsers_GetToken") == 1
-    clock.now = first["expiresAt"] - 31  # token_skew_s is 30: still fresh
-    await get(sidecar, "/editor/mug", headers=headers)
-    assert emulator.state.count("StorefrontUsers_GetToken") == 1
-    clock.now = first["expiresAt"] - 29
+    # 1-hour tokens, min_token_ttl_s 1800: handed out with at least half their life left.
+    assert 1790 <= first["renewIn"] < 1800
+    clock.now = started + first["renewIn"] - 1
     _, body = await get(sidecar, "/editor/mug", headers=headers)
-    await get(sidecar, "/editor/mug", headers=headers)
+    assert element_of(body)["token"] == first["token"]
+    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+    clock.now = started + first["renewIn"]
+    _, body = await get(sidecar, "/editor/mug", headers=headers)
+    served = element_of(body)
+    assert (served["token"], served["renewIn"]) == (first["token"], 0)
+    assert served["expiresIn"] >= 1800
+    for _ in range(100):
+        if emulator.state.count("StorefrontUsers_GetToken") == 2:
+            break
+        await asyncio.sleep(0.01)
+    _, body = await get(sidecar, "/editor/mug", headers=headers)
+    renewed = element_of(body)
+    assert renewed["token"] != first["token"]
+    assert renewed["expiresIn"] in (3599, 3600)
+    assert emulator.state.count("StorefrontUsers_GetToken") == 2
+
+
+async def test_token_endpoint_at_renew_in_answers_with_a_newer_token(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """tokenUrl asked renewIn seconds after the page answers with a different, full-lifetime token."""
+    clock = Clock()
+    emulator.state.clock = clock
+    sidecar = await make_sidecar(config(shop, emulator), clock=clock)
+    headers = {USER_HEADER: "renewing@example.com"}
+    started = clock.now
+    _, body = await get(sidecar, "/editor/mug", headers=headers)
+    first = element_of(body)
+    clock.now = started + first["renewIn"]
+    response, body = await get(sidecar, "/.cc-sidecar/token", headers=headers)
+    newer = json.loads(body)
+    assert response.status == 200
+    assert newer["token"] != first["token"]
+    assert newer["expiresIn"] in (3599, 3600)
+    assert newer["renewIn"] > 1700
     assert emulator.state.count("StorefrontUsers_GetToken") == 2
 
 
@@ -418,6 +455,26 @@ async def test_header_and_cookie_modes(shop: Shop, emulator: Any, make_sidecar: 
     assert response.headers["Cache-Control"] == "private, no-store"
 
 
+async def test_without_tenant_id_the_page_carries_the_tenant_the_api_reports(
+    shop: Shop, aiohttp_server: Any, make_sidecar: SidecarFactory
+) -> None:
+    """tenant_id unset: the element's tenantId is the storefront's tenant from Storefronts_GetAll."""
+    running = await start_emulator(aiohttp_server, EmulatorOptions(tenant_id=42, storefront_ids=(1,)))
+    document = config(shop, running)
+    del document["customers_canvas"]["tenant_id"]
+    sidecar = await make_sidecar(document)
+    headers = {USER_HEADER: "tenant@example.com"}
+    for _ in range(100):
+        _, body = await get(sidecar, "/editor/mug", headers=headers)
+        if element_of(body)["tenantId"] is not None:
+            break
+        await asyncio.sleep(0.01)
+    assert element_of(body)["tenantId"] == 42
+    _, body = await get(sidecar, "/.cc-sidecar/token", headers=headers)
+    assert json.loads(body)["tenantId"] == 42
+    assert running.state.count("Storefronts_GetAll") == 1
+
+
 async def test_token_endpoint_answers_for_the_current_customer(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory
 ) -> None:
@@ -427,14 +484,21 @@ async def test_token_endpoint_answers_for_the_current_customer(
     assert response.status == 200
     assert response.headers["Cache-Control"] == "no-store"
     payload = json.loads(body)
-    assert set(payload) == {
+    assert list(payload) == [
         "storefrontId",
+        "tenantId",
         "userId",
         "isAnonymous",
         "token",
         "expiresAt",
+        "expiresIn",
+        "renewIn",
         "tokenUrl",
-    }
+        "cchubUrl",
+        "cchubApiGatewayUrl",
+    ]
+    assert payload["tenantId"] == 1
+    assert payload["cchubApiGatewayUrl"] == emulator.url
     assert payload["userId"] == "t@example.com"
     assert shop.state.requests == []
 

@@ -1,12 +1,11 @@
-"""proxy.injection: the token element, inserting it into HTML in chunks, decoding bodies."""
+"""proxy.injection: inserting the token element into HTML in chunks, decoding and encoding bodies."""
 
 from __future__ import annotations
 
 import gzip
-import json
+import time
 import zlib
 from collections.abc import Callable
-from html.parser import HTMLParser
 
 import brotli
 import pytest
@@ -14,33 +13,18 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proxy.injection import (
-    ELEMENT_ID,
-    TOKEN_PATH,
     BodyDecodeError,
     ContentDecoder,
     ContentEncoder,
     HtmlInjector,
-    TokenPayload,
     decodable_accept_encoding,
     inject_html,
     is_html,
-    render_element,
     response_coding,
 )
 
 E = b"<!--E-->"
-OPEN = b'<script id="cc-storefront-user" type="application/json">'
 WS = b" \t\n\f\r"
-
-
-def payload(user_id: str = "customer-42", token: str = "tok.en.value") -> TokenPayload:
-    return TokenPayload(
-        storefront_id=12,
-        user_id=user_id,
-        is_anonymous=False,
-        token=token,
-        expires_at=1_700_000_000,
-    )
 
 
 def stream(body: bytes, sizes: list[int], element: bytes = E, **kwargs: int) -> list[bytes]:
@@ -58,31 +42,12 @@ def stream(body: bytes, sizes: list[int], element: bytes = E, **kwargs: int) -> 
 
 
 # An implementation of the insertion rule written independently of proxy.injection (plain
-# loops, no regular expressions), to check the streaming one against.
+# loops over the whole document, no regular expressions), to check the streaming one against.
+RAW_TEXT = (b"template", b"noscript", b"title", b"style", b"textarea")
 
 
-def oracle_head(doc: bytes) -> int | None:
-    low = doc.lower()
-    at = low.find(b"</head")
-    while at >= 0:
-        end = at + 6
-        while end < len(doc) and doc[end] in WS:
-            end += 1
-        if end < len(doc) and doc[end] == ord(">"):
-            return at
-        at = low.find(b"</head", at + 1)
-    return None
-
-
-def oracle_body_tag_end(doc: bytes) -> int | None:
-    low = doc.lower()
-    at = low.find(b"<body")
-    while at >= 0 and not (at + 5 < len(doc) and doc[at + 5] in WS + b"/>"):
-        at = low.find(b"<body", at + 1)
-    if at < 0:
-        return None
-    # The first body tag decides; left open at the end, it is none.
-    pos = at + 5
+def oracle_tag_end(doc: bytes, pos: int) -> int | None:
+    """Just past the ">" ending the tag whose attributes start at ``pos``; None if left open."""
     while pos < len(doc):
         char = doc[pos]
         if char == ord(">"):
@@ -97,10 +62,62 @@ def oracle_body_tag_end(doc: bytes) -> int | None:
     return None
 
 
+def oracle_place(doc: bytes) -> int:
+    low = doc.lower()
+    pos = 0
+    while True:
+        lt = doc.find(b"<", pos)
+        if lt < 0 or lt + 1 >= len(doc):
+            return 0
+        after = doc[lt + 1 : lt + 2]
+        if doc.startswith(b"<!--", lt):
+            end = doc.find(b"-->", lt + 2)
+            if end < 0:
+                return 0
+            pos = end + 3
+            continue
+        if after in (b"!", b"?") or (after == b"/" and not doc[lt + 2 : lt + 3].isalpha()):
+            end = doc.find(b">", lt + 2)
+            if end < 0:
+                return 0
+            pos = end + 1
+            continue
+        closing = after == b"/"
+        start = lt + 2 if closing else lt + 1
+        if not doc[start : start + 1].isalpha():
+            pos = lt + 1
+            continue
+        end_of_name = start
+        while end_of_name < len(doc) and doc[end_of_name] not in WS + b"/>":
+            end_of_name += 1
+        name = low[start:end_of_name]
+        if end_of_name == len(doc):
+            return 0
+        if closing and name == b"head":
+            return lt
+        if not closing and name == b"script":
+            return lt
+        tag_end = oracle_tag_end(doc, end_of_name)
+        if tag_end is None:
+            return 0
+        if not closing and name == b"body":
+            return tag_end
+        pos = tag_end
+        if not closing and name in RAW_TEXT:
+            close = pos
+            while True:
+                close = low.find(b"</" + name, close)
+                if close < 0:
+                    return 0
+                follower = doc[close + len(name) + 2 : close + len(name) + 3]
+                if follower and follower in WS + b"/>":
+                    break
+                close += 1
+            pos = close
+
+
 def oracle(doc: bytes, element: bytes) -> bytes:
-    at = oracle_head(doc)
-    if at is None:
-        at = oracle_body_tag_end(doc) or 0
+    at = oracle_place(doc)
     return doc[:at] + element + doc[at:]
 
 
@@ -115,6 +132,12 @@ FRAGMENTS = [
     b"</headx>",
     b"</he",
     b"ad>",
+    b"<script>",
+    b"<SCRIPT src='a.js'>",
+    b"<scriptx>",
+    b"<scr",
+    b"ipt>",
+    b"</script>",
     b"<body>",
     b"<body class='a'>",
     b'<BODY onload="x>y">',
@@ -126,6 +149,24 @@ FRAGMENTS = [
     b"<body b='",
     b"<tbody>",
     b"<bodyx>",
+    b"<!--",
+    b"-->",
+    b"<!-->",
+    b"<!DOCTYPE html>",
+    b"<?xml?>",
+    b"</ x>",
+    b"<template>",
+    b"</template>",
+    b"<noscript>",
+    b"</noscript>",
+    b"<title>",
+    b"</title>",
+    b"<style>",
+    b"</style >",
+    b"<textarea>",
+    b"</TEXTAREA>",
+    b'<meta charset="utf-8">',
+    b'<meta content="<script>">',
     b" ",
     b"=",
     b'"',
@@ -133,7 +174,6 @@ FRAGMENTS = [
     b"<",
     b">",
     b"a < b > c",
-    b"<title>x</title>",
     b"</html>",
 ]
 documents = st.lists(st.one_of(st.sampled_from(FRAGMENTS), st.binary(max_size=6)), max_size=20).map(b"".join)
@@ -151,128 +191,6 @@ def split_document(draw: st.DrawFn) -> tuple[bytes, list[int]]:
     return doc, sizes
 
 
-class TestTokenPayload:
-    def test_to_json_is_the_contract_object(self) -> None:
-        """to_json gives exactly the contract's keys and values, compact."""
-        text = payload().to_json()
-        assert json.loads(text) == {
-            "storefrontId": 12,
-            "userId": "customer-42",
-            "isAnonymous": False,
-            "token": "tok.en.value",
-            "expiresAt": 1_700_000_000,
-            "tokenUrl": "/.cc-sidecar/token",
-        }
-        assert " " not in text
-        assert TOKEN_PATH == "/.cc-sidecar/token"
-
-    def test_guest_without_a_token_has_null_token_and_expiry(self) -> None:
-        """A deferred guest's payload writes token and expiresAt as JSON null."""
-        deferred = TokenPayload(
-            storefront_id=12, user_id="anon-1", is_anonymous=True, token=None, expires_at=None
-        )
-        assert json.loads(render_element(deferred)[len(OPEN) : -len(b"</script>")]) == {
-            "storefrontId": 12,
-            "userId": "anon-1",
-            "isAnonymous": True,
-            "token": None,
-            "expiresAt": None,
-            "tokenUrl": "/.cc-sidecar/token",
-        }
-
-    def test_to_json_keeps_key_order(self) -> None:
-        """The keys come in the contract's order, storefrontId first and tokenUrl last."""
-        keys = list(json.loads(payload().to_json()))
-        assert keys == ["storefrontId", "userId", "isAnonymous", "token", "expiresAt", "tokenUrl"]
-
-
-class ScriptFinder(HTMLParser):
-    """Collects the text of every cc-storefront-user element the way a browser splits it."""
-
-    def __init__(self) -> None:
-        super().__init__(convert_charrefs=False)
-        self.inside = False
-        self.elements: list[str] = []
-
-    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag == "script" and ("id", ELEMENT_ID) in attrs:
-            self.inside = True
-            self.elements.append("")
-
-    def handle_endtag(self, tag: str) -> None:
-        if tag == "script":
-            self.inside = False
-
-    def handle_data(self, data: str) -> None:
-        if self.inside:
-            self.elements[-1] += data
-
-
-def elements_in(page: bytes) -> list[str]:
-    finder = ScriptFinder()
-    finder.feed(page.decode("utf-8"))
-    finder.close()
-    return finder.elements
-
-
-HOSTILE_IDS = [
-    "</script><script>alert(1)</script>",
-    "<!--<script>",
-    "</SCRIPT >",
-    "\"'`\\",
-    "a&amp;b",
-    "zwölf \u2028\u2029 \U0001f600",
-    "x" * 10_000 + "</script>",
-    "\ud800 lone surrogate",
-]
-
-
-class TestRenderElement:
-    def test_element_shape(self) -> None:
-        """The element is the script tag with the id and JSON type, the JSON, and its end tag."""
-        element = render_element(payload())
-        assert element.startswith(OPEN)
-        assert element.endswith(b"</script>")
-        assert json.loads(element[len(OPEN) : -len(b"</script>")]) == json.loads(payload().to_json())
-
-    def test_markup_characters_are_escaped(self) -> None:
-        """<, > and & are written as \\u003c, \\u003e, \\u0026 inside the element."""
-        element = render_element(payload(user_id="<a>&"))
-        assert b"\\u003ca\\u003e\\u0026" in element
-        assert element.count(b"<") == 2
-        assert b"&" not in element
-
-    def test_line_separators_are_escaped(self) -> None:
-        """U+2028 and U+2029 appear only as \\u2028 and \\u2029 escapes."""
-        element = render_element(payload(user_id="a\u2028b\u2029c"))
-        assert b"a\\u2028b\\u2029c" in element
-        assert "\u2028".encode() not in element
-        assert "\u2029".encode() not in element
-
-    @pytest.mark.parametrize("user_id", HOSTILE_IDS)
-    def test_hostile_user_id_stays_inside(self, user_id: str) -> None:
-        """A hostile user id cannot end the element: a parser finds one element whose JSON
-        round-trips, and "</script" occurs once per element."""
-        hostile = payload(user_id=user_id, token=user_id)
-        page = inject_html(b"<html><head></head><body></body></html>", render_element(hostile))
-        found = elements_in(page)
-        assert len(found) == 1
-        assert json.loads(found[0]) == json.loads(hostile.to_json())
-        assert json.loads(found[0])["userId"] == user_id
-        assert page.lower().count(b"</script") == 1
-
-    @given(st.text(), st.text())
-    def test_any_text_round_trips(self, user_id: str, token: str) -> None:
-        """For any user id and token the element's JSON parses back to the payload."""
-        element = render_element(payload(user_id=user_id, token=token))
-        content = elements_in(element)
-        assert len(content) == 1
-        assert json.loads(content[0])["userId"] == user_id
-        assert json.loads(content[0])["token"] == token
-        assert element.lower().count(b"</script") == 1
-        assert b"<" not in element[len(OPEN) : -len(b"</script>")]
-
-
 class TestInsertionRule:
     def test_before_head_end(self) -> None:
         """The element goes right before </head>."""
@@ -288,9 +206,51 @@ class TestInsertionRule:
         """With two </head>, the element goes before the first only."""
         assert inject_html(b"a</head>b</head>", E) == b"a" + E + b"</head>b</head>"
 
-    def test_head_end_wins_over_earlier_body(self) -> None:
-        """A </head> after the body tag still wins over the body tag."""
-        assert inject_html(b"<body>x</head>y", E) == b"<body>x" + E + b"</head>y"
+    def test_body_tag_before_head_end_wins(self) -> None:
+        """A body tag ahead of any </head> or <script> is where the head ended: right after it."""
+        assert inject_html(b"<body>x</head>y", E) == b"<body>" + E + b"x</head>y"
+
+    @pytest.mark.parametrize("script", [b"<script>", b"<SCRIPT src=a.js>", b"<script\ntype=module>"])
+    def test_before_the_first_head_script(self, script: bytes) -> None:
+        """The element goes right before the head's first <script tag (any case), so it can read it."""
+        doc = b'<html><head><meta charset="utf-8"><title>t</title>' + script + b"</script></head>"
+        at = doc.index(script)
+        assert inject_html(doc, E) == doc[:at] + E + doc[at:]
+
+    def test_meta_charset_ahead_stays_ahead(self) -> None:
+        """A <meta charset> before the first script stays ahead of the element."""
+        out = inject_html(b'<head><meta charset="utf-8"><script src="x.js"></script></head>', E)
+        assert out.index(b"<meta charset") < out.index(E) < out.index(b"<script")
+
+    @pytest.mark.parametrize(
+        "hidden",
+        [
+            b"<!-- <script>x</script> </head> <body> -->",
+            b"<!--><script>",  # "<!-->" is a whole comment: the <script> after it counts
+            b"<template><script>a()</script></template>",
+            b"<noscript><script>a()</script></noscript>",
+            b"<title>a <script> b </head></title>",
+            b"<style>p::before{content:'<script>'}</style>",
+            b"<textarea></head><script></textarea>",
+            b'<meta content="<script>" name="</head>">',
+            b"<!DOCTYPE html>",
+            b"<?xml version='1.0'?>",
+        ],
+    )
+    def test_markup_in_comments_and_text_elements_does_not_count(self, hidden: bytes) -> None:
+        """A <script, </head> or <body inside a comment, a text element or an attribute is passed over."""
+        doc = b"<html><head>" + hidden + b"<link rel=x></head><body></body>"
+        out = inject_html(doc, E)
+        # The <script> after a "<!-->", else the page's own </head> (the last one).
+        at = doc.index(b"<script>") if hidden.startswith(b"<!--><script>") else doc.rindex(b"</head>")
+        assert out == doc[:at] + E + doc[at:]
+
+    def test_the_page_naming_the_element_id_still_gets_one(self) -> None:
+        """A page with its own id="cc-storefront-user" gets exactly one element, in the head."""
+        doc = b'<head><script id="cc-storefront-user">x</script></head><div id="cc-storefront-user">'
+        out = b"".join(stream(doc, [1] * len(doc)))
+        assert out == b"<head>" + E + doc[len(b"<head>") :]
+        assert out.count(E) == 1
 
     @pytest.mark.parametrize(
         "tag", [b"<body>", b"<BODY>", b"<body class='a' id=\"b\">", b"<body\n>", b"<body/>"]
@@ -310,8 +270,9 @@ class TestInsertionRule:
         assert inject_html(doc, E) == E + doc
 
     def test_not_a_head_end(self) -> None:
-        """</headx> and </head/> are not </head>."""
-        assert inject_html(b"</headx></head/>", E) == E + b"</headx></head/>"
+        """</headx> is not </head>; </head/> is (an end tag's name ends at "/")."""
+        assert inject_html(b"</headx></head/>", E) == b"</headx>" + E + b"</head/>"
+        assert inject_html(b"</headx>", E) == E + b"</headx>"
 
     def test_unclosed_body_tag_is_no_tag(self) -> None:
         """A body tag left open at the end (open quote) is none, nor is a "<body" inside it."""
@@ -350,29 +311,29 @@ class TestStreaming:
     def test_body_tag_split_across_chunks(self) -> None:
         """A body tag split as "<bo" + "dy class=\"x\">" is found and goes out once complete."""
         outputs = stream(b"<bo" + b'dy class="x">hello', [3, 14])
-        assert outputs == [b"", b'<body class="x">', b"", E + b"hello"]
+        assert outputs == [b"", b'<body class="x">' + E + b"h", b"ello", b""]
 
-    def test_head_end_whitespace_across_chunks(self) -> None:
-        """Whitespace between "</head" and ">" may arrive over several chunks."""
-        assert stream(b"<head></head  \n >x", [12, 2, 1, 1]) == [
+    def test_script_tag_split_across_chunks(self) -> None:
+        """A "<script" split as "<scr" + "ipt>" is found once its name is complete."""
+        assert stream(b"<head><scr" + b"ipt>x", [10, 1, 3]) == [
             b"",
             b"",
-            b"",
-            b"",
-            b"<head>" + E + b"</head  \n >x",
+            b"<head>" + E + b"<script>",
+            b"x",
             b"",
         ]
 
-    def test_broken_head_end_then_real_one(self) -> None:
-        """ "</head" followed by something other than whitespace and ">" is skipped."""
-        assert stream(b"</head x</head>", [7, 1]) == [b"", b"", b"</head x" + E + b"</head>", b""]
+    def test_comment_end_split_across_chunks(self) -> None:
+        """A "-->" split over chunks ends the comment; the script after it counts."""
+        doc = b"<!-- <script> --><script>"
+        assert stream(doc, [15, 1]) == [b"", b"", b"<!-- <script> -->" + E + b"<script>", b""]
 
     def test_open_body_tag_waits_for_its_end(self) -> None:
         """A "<body" inside a body tag still open is not taken for the tag while it may close."""
         injector = HtmlInjector(E)
         assert injector.feed(b'<body a="x<body>') == b""
-        assert injector.feed(b'">rest') == b'<body a="x<body>">'
-        assert injector.finish() == E + b"rest"
+        assert injector.feed(b'">rest') == b'<body a="x<body>">' + E + b"rest"
+        assert injector.finish() == b""
 
     def test_nothing_before_either_tag(self) -> None:
         """Until </head> or a body tag appears, feed returns nothing."""
@@ -389,19 +350,20 @@ class TestStreaming:
         assert injector.feed(chunk) is chunk
         assert injector.finish() == b""
 
-    def test_holds_after_body_tag_until_end(self) -> None:
-        """After a body tag the rest is held, and finish puts the element after the tag."""
+    def test_body_tag_decides_at_once(self) -> None:
+        """Once the body tag is complete the element goes in after it; nothing more is held."""
         injector = HtmlInjector(E)
-        assert injector.feed(b"<body>a") == b"<body>"
-        assert injector.feed(b"b") == b""
-        assert injector.finish() == E + b"ab"
-
-    def test_head_end_after_body_tag_while_holding(self) -> None:
-        """A </head> arriving after the body tag went out still gets the element."""
-        injector = HtmlInjector(E)
-        assert injector.feed(b"<body>a</he") == b"<body>"
-        assert injector.feed(b"ad>b") == b"a" + E + b"</head>b"
+        assert injector.feed(b"<body>a") == b"<body>" + E + b"a"
+        assert injector.feed(b"</head>") == b"</head>"
         assert injector.finish() == b""
+
+    def test_element_at_says_where_the_element_went(self) -> None:
+        """element_at is the element's slice in the output of the call that inserted it."""
+        injector = HtmlInjector(E)
+        assert injector.feed(b"<head>") == b""
+        out = injector.feed(b"<script>")
+        assert injector.element_at is not None
+        assert out[injector.element_at] == E
 
     def test_exactly_one_element(self) -> None:
         """Many candidate places still get one element."""
@@ -427,12 +389,11 @@ class TestMaxHold:
         assert injector.feed(b"</head>") == b"</head>"
         assert injector.finish() == b""
 
-    def test_after_body_tag_inserts_after_it(self) -> None:
-        """Past max_hold after a body tag, the element goes right after the tag."""
-        injector = HtmlInjector(E, max_hold=4)
-        assert injector.feed(b"<body>1234") == b"<body>"
-        assert injector.feed(b"5") == E + b"12345"
-        assert injector.feed(b"</head>") == b"</head>"
+    def test_in_a_long_comment_inserts_at_start(self) -> None:
+        """Past max_hold inside a comment, the element goes first and the bytes go out."""
+        injector = HtmlInjector(E, max_hold=8)
+        assert injector.feed(b"<!-- 123") == b""
+        assert injector.feed(b"4") == E + b"<!-- 1234"
 
     def test_body_tag_and_overflow_in_one_chunk(self) -> None:
         """A chunk with a body tag and too much after it gives tag, element and rest at once."""
@@ -449,6 +410,14 @@ class TestMaxHold:
         """inject_html follows the rule even for a </head> more than 1 MiB in."""
         doc = b"x" * (2 << 20) + b"</head>"
         assert inject_html(doc, E) == b"x" * (2 << 20) + E + b"</head>"
+
+    def test_one_byte_chunks_read_each_byte_about_once(self) -> None:
+        """A long comment fed byte by byte is scanned incrementally (a second at most for 200 KB)."""
+        doc = b"<head><!--" + b"x" * 200_000 + b"--><script>"
+        started = time.perf_counter()
+        out = b"".join(stream(doc, [1] * len(doc)))
+        assert out == doc[: -len(b"<script>")] + E + b"<script>"
+        assert time.perf_counter() - started < 5
 
     @given(split_document(), st.integers(min_value=0, max_value=16))
     @settings(max_examples=300)
@@ -668,6 +637,24 @@ class TestContentEncoder:
         pieces.append(encoder.feed(injector.feed(decoder.finish()) + injector.finish()))
         pieces.append(encoder.finish())
         assert DECOMPRESS[out](b"".join(pieces)) == inject_html(PAGE, E)
+
+    @pytest.mark.parametrize("coding", ["gzip", "deflate", "br"])
+    def test_compressed_page_in_one_byte_chunks_gets_the_element_before_its_first_script(
+        self, coding: str
+    ) -> None:
+        """A compressed page with decoy scripts in a comment and a template, fed 1 byte at a time."""
+        page = (
+            b'<!DOCTYPE html><html><head><meta charset="utf-8"><!-- <script>x</script> -->'
+            b"<template><script>y()</script></template><script src=/app.js></script></head>"
+            b"<body>" + b"product " * 500 + b"</body></html>"
+        )
+        encoded = ENCODERS[coding](page)
+        decoder = ContentDecoder(coding)
+        injector = HtmlInjector(E)
+        out = b"".join(injector.feed(decoder.feed(encoded[at : at + 1])) for at in range(len(encoded)))
+        out += injector.feed(decoder.finish()) + injector.finish()
+        at = page.index(b"<script src=/app.js>")
+        assert out == page[:at] + E + page[at:]
 
 
 SECRET = b'<script id="cc-storefront-user">{"token":"eyJhbGciOiJSUzI1NiJ9.q8Zk3vT0pWm"}</script>'

@@ -14,6 +14,7 @@ import pytest
 
 from proxy.errors import (
     BadResponse,
+    CircuitOpen,
     NotFound,
     StorefrontApiError,
     StorefrontUnavailable,
@@ -214,42 +215,192 @@ async def test_token_carries_the_customer_and_its_own_exp(service: TokenService,
         is_anonymous=False,
         token=token.token,
         expires_at=int(START) + LIFETIME_S,
+        renew_at=token.renew_at,
     )
     assert claims["exp"] == token.expires_at
 
 
-async def test_cached_token_is_served_without_calls_until_exp_less_skew(
+# 1-hour tokens, min_token_ttl_s 1800, timeout 5 s: handed out while at least 1800 s are left,
+# renewed from 1805 s left on (see TokenService._read_token).
+STALE_AFTER_S = LIFETIME_S / 2
+RENEW_AFTER_S = STALE_AFTER_S - 5.0
+
+
+async def test_cached_token_is_served_without_calls_until_its_renewal_point(
     service: TokenService, api: FakeUsersApi, metrics: Metrics, clock: FakeClock
 ) -> None:
-    """A token is served from the cache until exp - skew, then fetched again exactly once."""
+    """A token is served from the cache without a call until lifetime/2 + 5 s are left."""
     first = await service.token_for(ALICE)
     calls_after_first = len(api.calls)
+    assert first.renew_at == START + RENEW_AFTER_S
 
-    clock.now = first.expires_at - SKEW_S - 0.001
+    clock.now = START + RENEW_AFTER_S - 0.001
     assert await service.token_for(ALICE) is first
-    assert await service.token_for(ALICE) is first
+    await settle()
     assert len(api.calls) == calls_after_first
+    assert (misses(metrics), hits(metrics)) == (1, 1)
 
-    clock.now = first.expires_at - SKEW_S
+
+async def test_the_renewal_point_serves_the_current_token_and_renews_once_in_the_background(
+    service: TokenService, api: FakeUsersApi, metrics: Metrics, clock: FakeClock
+) -> None:
+    """Past the renewal point, concurrent pages get the current token; one GetToken runs behind them."""
+    first = await service.token_for(ALICE)
+    calls_after_first = len(api.calls)
+    clock.now = START + RENEW_AFTER_S
+    api.gate = asyncio.Event()
+
+    served = await asyncio.gather(*(service.token_for(ALICE) for _ in range(20)))
+    assert [service.cached_hit(1, ALICE.user_id, is_anonymous=False) for _ in range(5)] == [first] * 5
+    assert all(token is first for token in served)
+    api.gate.set()
+    await settle()
+
     renewed = await service.token_for(ALICE)
     assert renewed.token != first.token
-    # The user is known to exist now: the renewal is one GetToken and nothing else.
+    # The user is known to exist: the renewal is one GetToken and nothing else.
     assert api.calls[calls_after_first:] == [("get_token", 1, "alice@example.com")]
-    assert await service.token_for(ALICE) is renewed
-    assert (misses(metrics), hits(metrics)) == (2, 3)
+    assert renewed.renew_at == clock.now + RENEW_AFTER_S
+    assert sample(metrics, "cc_sidecar_token_renewals_total", outcome="renewed") == 1
+
+
+async def test_the_token_endpoint_asked_at_renew_in_gets_a_newer_token(
+    service: TokenService, api: FakeUsersApi, clock: FakeClock
+) -> None:
+    """newer_when_due at the renewal point waits for one GetToken and returns the new token."""
+    first = await service.token_for(ALICE)
+    clock.now = first.renew_at
+    newer, page = await asyncio.gather(
+        service.token_for(ALICE, newer_when_due=True), service.token_for(ALICE, newer_when_due=True)
+    )
+    assert newer.token != first.token
+    assert page is newer
+    assert api.count("get_token") == 2
+    assert await service.token_for(ALICE, newer_when_due=True) is newer
+
+
+async def test_a_page_below_the_minimum_waits_for_the_renewal_in_flight(
+    service: TokenService, api: FakeUsersApi, clock: FakeClock
+) -> None:
+    """Once the token has less than the minimum left a page waits, joining the renewal (no 2nd call)."""
+    first = await service.token_for(ALICE)
+    clock.now = first.renew_at
+    api.gate = asyncio.Event()
+    assert await service.token_for(ALICE) is first  # starts the renewal
+    clock.now = START + STALE_AFTER_S
+    assert service.cached(ALICE) is None
+    waiting = asyncio.create_task(service.token_for(ALICE))
+    await settle()
+    assert not waiting.done()
+    api.gate.set()
+    renewed = await waiting
+    assert renewed.token != first.token
+    assert api.count("get_token") == 2
+
+
+async def test_a_failed_background_renewal_is_counted_and_the_current_token_serves_on(
+    service: TokenService,
+    api: FakeUsersApi,
+    metrics: Metrics,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A renewal that fails raises nothing: metrics count it, the log names no token, the page is served."""
+    first = await service.token_for(ALICE)
+    clock.now = first.renew_at
+    api.failures["get_token"] = StorefrontUnavailable("token", "down", 503)
+    assert await service.token_for(ALICE) is first
+    await settle()
+    assert sample(metrics, "cc_sidecar_token_renewals_total", outcome="failed") == 1
+    assert await service.token_for(ALICE) is first
+    assert first.token not in caplog.text
+    assert "background token renewal failed" in caplog.text
+
+
+async def test_a_renewal_held_back_by_the_breaker_is_counted_but_not_logged(
+    service: TokenService,
+    api: FakeUsersApi,
+    metrics: Metrics,
+    clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """While the circuit is open each page past the renewal point counts a failed renewal, logging nothing."""
+    first = await service.token_for(ALICE)
+    clock.now = first.renew_at
+    api.failures["get_token"] = CircuitOpen("token", "circuit open")
+    for _ in range(3):
+        assert await service.token_for(ALICE) is first
+        await settle()
+    assert sample(metrics, "cc_sidecar_token_renewals_total", outcome="failed") == 3
+    assert "renewal" not in caplog.text
+
+
+async def test_aclose_cancels_a_background_renewal(
+    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
+) -> None:
+    """aclose() stops a renewal waiting on the API; nothing is counted as failed."""
+    service = make_service(api, metrics, clock)
+    first = await service.token_for(ALICE)
+    clock.now = first.renew_at
+    api.gate = asyncio.Event()
+    service.cached_hit(1, ALICE.user_id, is_anonymous=False)
+    await settle()
+    assert api.count("get_token") == 2
+    await service.aclose()
+    assert sample(metrics, "cc_sidecar_token_renewals_total", outcome="failed") == 0
+
+
+async def test_browsing_over_three_lifetimes_keeps_half_the_lifetime_and_two_calls_per_lifetime(
+    service: TokenService, api: FakeUsersApi, clock: FakeClock
+) -> None:
+    """A customer browsing every 7 s for 3 hours: every token has >= 1800 s left; <= 2 GetToken per hour."""
+    ends = START + 3 * LIFETIME_S
+    while clock.now < ends:
+        token = await service.token_for(ALICE)
+        assert token.expires_at - clock.now >= LIFETIME_S / 2
+        await settle()
+        clock.advance(7)
+    # The first token, then one every 1795 s: 2.006 per lifetime.
+    assert api.count("get_token") == 1 + int(3 * LIFETIME_S // RENEW_AFTER_S)
+    assert api.count("get_token") <= 2 * 3 + 1
+
+
+async def test_a_smaller_min_token_ttl_renews_later(
+    api: FakeUsersApi, metrics: Metrics, clock: FakeClock
+) -> None:
+    """With min_token_ttl_s 600 a 1-hour token is handed out until 600 s are left, renewed from 605 s."""
+    service = TokenService(
+        _conforms(api),
+        metrics,
+        tenant_id=7,
+        cache_size=10,
+        skew_s=SKEW_S,
+        lifetime_without_exp_s=NO_EXP_LIFETIME_S,
+        timeout_s=5.0,
+        min_ttl_s=600,
+        clock=clock,
+    )
+    first = await service.token_for(ALICE)
+    assert first.renew_at == START + LIFETIME_S - 605
+    clock.now = START + LIFETIME_S - 600 - 0.001
+    assert service.cached(ALICE) is first
+    clock.now += 0.001
+    assert service.cached(ALICE) is None
+    await service.aclose()
 
 
 async def test_token_without_exp_lives_the_configured_lifetime(
     service: TokenService, api: FakeUsersApi, clock: FakeClock
 ) -> None:
-    """A token without exp is cached for lifetime_without_exp_s from its arrival."""
+    """A token without exp lives lifetime_without_exp_s from its arrival: handed out for half of it."""
     api.lifetime_s = None
     first = await service.token_for(ALICE)
     assert first.expires_at == int(START + NO_EXP_LIFETIME_S)
 
-    clock.advance(NO_EXP_LIFETIME_S - 0.001)
-    assert await service.token_for(ALICE) is first
+    clock.advance(NO_EXP_LIFETIME_S / 2 - 0.001)
+    assert service.cached(ALICE) is first
     clock.advance(0.001)
+    assert service.cached(ALICE) is None
     assert (await service.token_for(ALICE)).token != first.token
     assert api.count("get_token") == 2
 
@@ -273,14 +424,15 @@ async def test_token_inside_the_skew_is_served_but_not_cached(
 async def test_a_token_is_renewed_early_when_this_clock_lags_the_issuer(
     service: TokenService, api: FakeUsersApi, clock: FakeClock
 ) -> None:
-    """With iat ahead of this clock, renewal comes after the issued lifetime, not at exp."""
+    """With iat ahead of this clock, the issued lifetime counts from arrival, not up to exp."""
     api.clock = FakeClock(START + 600)  # the issuer's clock runs 10 minutes ahead
     first = await service.token_for(ALICE)
     assert first.expires_at == int(START) + 600 + LIFETIME_S
 
-    clock.advance(LIFETIME_S - SKEW_S - 0.001)
-    assert await service.token_for(ALICE) is first
+    clock.advance(STALE_AFTER_S - 0.001)
+    assert service.cached(ALICE) is first
     clock.advance(0.001)
+    assert service.cached(ALICE) is None
     assert await service.token_for(ALICE) is not first
     assert api.count("get_token") == 2
 

@@ -209,6 +209,7 @@ def test_config_schema_describes_every_top_level_key(capsys: pytest.CaptureFixtu
         "secret",
         "token_cache_size",
         "token_skew_s",
+        "min_token_ttl_s",
         "shutdown_grace_s",
         "access_log",
         "log_level",
@@ -217,3 +218,45 @@ def test_config_schema_describes_every_top_level_key(capsys: pytest.CaptureFixtu
     }
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {"customers_canvas", "secret", "storefronts"}
+
+
+def test_min_token_ttl_and_hub_url_defaults() -> None:
+    """min_token_ttl_s defaults to 1800; hub_url to api_url without its "api." host label."""
+    settings = parse_settings(copy.deepcopy(VALID), ENV)
+    assert settings.min_token_ttl_s == 1800
+    assert settings.customers_canvas.hub_url is None
+    assert settings.customers_canvas.effective_hub_url == "https://customerscanvashub.com"
+
+
+def test_min_token_ttl_must_not_be_negative() -> None:
+    """A negative min_token_ttl_s is refused, naming the key."""
+    found = problems(with_change("min_token_ttl_s", -1))
+    assert found == ["min_token_ttl_s: must be at least 0"]
+
+
+def test_hub_url_must_be_an_http_url() -> None:
+    """customers_canvas.hub_url is checked like api_url."""
+    found = problems(with_change("customers_canvas.hub_url", "ftp://hub.example.com"))
+    assert found == ["customers_canvas.hub_url: not an http(s) URL"]
+
+
+def test_check_config_says_where_the_tenant_comes_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """With HTML injection on and no tenant_id, check-config's summary says the tenant is learnt."""
+    path = tmp_path / "sidecar.yaml"
+    document = copy.deepcopy(VALID)
+    document["customers_canvas"]["client_secret"] = "s3cret"
+    path.write_text(json.dumps(document))
+    assert main(["check-config", "--config", str(path)]) == 0
+    unset = capsys.readouterr().out.splitlines()
+    document["customers_canvas"]["tenant_id"] = 7
+    path.write_text(json.dumps(document))
+    assert main(["check-config", "--config", str(path)]) == 0
+    configured = capsys.readouterr().out.splitlines()
+    tenant_line = (
+        "tenant: customers_canvas.tenant_id is not set; editor pages carry the tenant the API"
+        " reports for each storefront (learnt at start-up; tenantId is null until then)"
+    )
+    assert tenant_line in unset
+    assert [line for line in configured if line.startswith("tenant:")] == []

@@ -120,7 +120,7 @@ CATALOGUE: list[tuple[str, dict[str, Any], list[str]]] = [
     (
         "an inject mode that does not exist",
         {"storefronts.0.inject": ["html", "htm"]},
-        ["storefronts[0].inject[1]: must be one of html, header, cookie, not 'htm'"],
+        ["storefronts[0].inject[1]: must be one of html, header, cookie, script, not 'htm'"],
     ),
     (
         "editor paths without / and of the wrong type",
