@@ -190,7 +190,7 @@ def _helm_create_shop(helm: Path, tmp_path: Path) -> Path:
     subprocess.run(["cp", "-r", str(CHART), str(shop / "charts" / "cc-sidecar")], check=True)
     chart_yaml = shop / "Chart.yaml"
     chart_yaml.write_text(
-        chart_yaml.read_text() + "dependencies:\n  - name: cc-sidecar\n    version: 0.1.0\n"
+        chart_yaml.read_text() + "dependencies:\n  - name: cc-sidecar\n    version: 0.2.0\n"
     )
     values = yaml.safe_load((shop / "values.yaml").read_text())
     values.update(yaml.safe_load(README_VALUES))
