@@ -4,9 +4,11 @@
         Every pod that runs cc-sidecar: probes on the admin port, the hardened securityContext, both
         secrets from secretKeyRef, the config volume from a rendered ConfigMap (or a Secret-less
         external one), checksum annotations, a termination grace longer than shutdown_grace_s plus
-        the preStop sleep; every Service sends traffic to cc-sidecar's ports only; a ServiceMonitor
-        selects a Service that has its port. Each rendered sidecar.yaml passes
-        `cc-sidecar check-config` with the environment the container would have.
+        the preStop sleep; every other container of the pod (the shop) has a preStop that outlasts
+        cc-sidecar's preStop and drain; every Service port lands on a cc-sidecar container port,
+        resolved as Kubernetes resolves it (a named targetPort goes to the first container that has
+        the name); a ServiceMonitor selects a Service that has its port. Each rendered sidecar.yaml
+        passes `cc-sidecar check-config` with the environment the container would have.
     chart_assert.py checksum-differs A.yaml B.yaml
         The pod's checksum/config annotation differs between two renderings.
     chart_assert.py shop RENDERED.yaml --security-context JSON|hardened --probes NAMES
@@ -53,11 +55,71 @@ def pods(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [doc for doc in docs if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet")]
 
 
+def sidecar_of(spec: dict[str, Any]) -> dict[str, Any] | None:
+    """The cc-sidecar container of a pod spec: a regular one, or a native sidecar (init container)."""
+    for container in spec["containers"] + spec.get("initContainers", []):
+        if container["name"] == CONTAINER:
+            return container
+    return None
+
+
+def target_container(spec: dict[str, Any], target: int | str) -> str | None:
+    """The container a Service's targetPort reaches in this pod, as the endpoints controller finds it:
+    a number is the port itself (the container that declares it); a name is the first container of
+    `containers` with a port of that name (native sidecars' names resolve only from 1.32: not here)."""
+    for container in spec["containers"] + spec.get("initContainers", []):
+        for port in container.get("ports", []):
+            if port["containerPort"] == target:
+                return str(container["name"])
+    for container in spec["containers"]:
+        for port in container.get("ports", []):
+            if port.get("name") == target:
+                return str(container["name"])
+    return None
+
+
+def _selected(selector: dict[str, str], workloads: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        w
+        for w in workloads
+        if selector and selector.items() <= (w["spec"]["template"]["metadata"].get("labels") or {}).items()
+    ]
+
+
+def check_services(path: str, docs: list[dict[str, Any]]) -> list[str]:
+    """Every port of every Service that selects a pod lands on that pod's cc-sidecar container."""
+    problems = []
+    workloads = pods(docs)
+    for service in (doc for doc in docs if doc["kind"] == "Service"):
+        chosen = _selected(service["spec"].get("selector") or {}, workloads)
+        if not chosen:
+            problems.append(f"{path}: Service/{service['metadata']['name']} selects no rendered pod")
+        for workload in chosen:
+            spec = workload["spec"]["template"]["spec"]
+            for port in service["spec"]["ports"]:
+                target = port.get("targetPort", port["port"])
+                reached = target_container(spec, target)
+                if reached != CONTAINER:
+                    problems.append(
+                        f"{path}: Service/{service['metadata']['name']} port {port.get('name')} "
+                        f"(targetPort {target!r}) reaches container {reached!r} of "
+                        f"{workload['kind']}/{workload['metadata']['name']}, not {CONTAINER}"
+                    )
+    return problems
+
+
+def _prestop_sleep(container: dict[str, Any]) -> float:
+    pre_stop = (container.get("lifecycle") or {}).get("preStop") or {}
+    if "sleep" in pre_stop:
+        return float(pre_stop["sleep"]["seconds"])
+    command = (pre_stop.get("exec") or {}).get("command", [])
+    return float(command[1]) if command[:1] == ["sleep"] else 0.0
+
+
 def check(path: str, containers: list[str] | None) -> list[str]:
     docs = load(path)
     problems: list[str] = []
     configmaps = {doc["metadata"]["name"]: doc for doc in docs if doc["kind"] == "ConfigMap"}
-    sidecar_ports: set[str | int] = set()
     workloads = pods(docs)
     if containers is not None and not workloads:
         problems.append(f"{path}: no workload rendered")
@@ -68,20 +130,25 @@ def check(path: str, containers: list[str] | None) -> list[str]:
         names = [c["name"] for c in spec["containers"]]
         if containers is not None and names != containers:
             problems.append(f"{name}: containers {names}, expected {containers}")
-        sidecar = next((c for c in spec["containers"] if c["name"] == CONTAINER), None)
+        sidecar = sidecar_of(spec)
         if sidecar is None:
             continue
+        if sidecar not in spec["containers"] and sidecar.get("restartPolicy") != "Always":
+            problems.append(f"{name}: cc-sidecar is an init container without restartPolicy Always")
         annotations = template["metadata"].get("annotations") or {}
         for key in ("checksum/config", "checksum/secret"):
             if key not in annotations:
                 problems.append(f"{name}: pod annotation {key} missing")
         ports = {p["name"]: p["containerPort"] for p in sidecar.get("ports", [])}
-        sidecar_ports.update(ports)
-        sidecar_ports.update(ports.values())
-        for probe, url in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        if set(ports) != {"cc-http", "cc-admin"}:
+            problems.append(f"{name}: cc-sidecar's ports are named {sorted(ports)}, not cc-http, cc-admin")
+        probes = [("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")]
+        if sidecar not in spec["containers"]:
+            probes.append(("startupProbe", "/readyz"))
+        for probe, url in probes:
             get = (sidecar.get(probe) or {}).get("httpGet") or {}
-            if get.get("path") != url or get.get("port") not in ("admin", ports.get("admin")):
-                problems.append(f"{name}: {probe} is not GET {url} on the admin port")
+            if get.get("path") != url or get.get("port") != ports.get("cc-admin"):
+                problems.append(f"{name}: {probe} is not GET {url} on the admin port's number")
         context = sidecar.get("securityContext") or {}
         for key, want in HARDENED.items():
             if context.get(key) != want:
@@ -89,7 +156,9 @@ def check(path: str, containers: list[str] | None) -> list[str]:
         if not isinstance(context.get("runAsUser"), int) or context["runAsUser"] == 0:
             problems.append(f"{name}: securityContext.runAsUser must be a non-zero uid")
         env = {e["name"]: e for e in sidecar.get("env", [])}
-        for secret in SECRET_ENV:
+        # secrets.files: the container's shell reads both secrets from files (no env, no Secret).
+        from_files = sidecar.get("command", [])[:2] == ["/bin/sh", "-ec"]
+        for secret in () if from_files else SECRET_ENV:
             if "secretKeyRef" not in (env.get(secret, {}).get("valueFrom") or {}):
                 problems.append(f"{name}: env {secret} does not come from a secretKeyRef")
         for item in env.values():
@@ -97,13 +166,7 @@ def check(path: str, containers: list[str] | None) -> list[str]:
                 problems.append(f"{name}: env {item['name']} has an inline value")
         problems += _check_grace(name, spec, sidecar, configmaps)
         problems += _check_config(name, spec, sidecar, env, configmaps)
-    for service in (doc for doc in docs if doc["kind"] == "Service"):
-        for port in service["spec"]["ports"]:
-            if port["targetPort"] not in sidecar_ports:
-                problems.append(
-                    f"{path}: Service/{service['metadata']['name']} port {port['name']} targets "
-                    f"{port['targetPort']!r}, not a port of cc-sidecar"
-                )
+    problems += check_services(path, docs)
     problems += _check_service_monitors(path, docs)
     return problems
 
@@ -122,14 +185,22 @@ def _check_grace(
 ) -> list[str]:
     text = _config_of(spec, sidecar, configmaps)
     grace = float((yaml.safe_load(text) or {}).get("shutdown_grace_s", 20)) if text else 20.0
-    command = ((sidecar.get("lifecycle") or {}).get("preStop") or {}).get("exec", {}).get("command", [])
-    sleep = float(command[1]) if command[:1] == ["sleep"] else 0.0
+    sleep = _prestop_sleep(sidecar)
     period = spec.get("terminationGracePeriodSeconds", 30)
+    problems = []
     if not period > grace + sleep:
-        return [
+        problems.append(
             f"{name}: terminationGracePeriodSeconds {period} <= shutdown_grace_s {grace} + preStop {sleep}"
-        ]
-    return []
+        )
+    # The shop's containers get SIGTERM with cc-sidecar's: they must stay up while it takes traffic
+    # (its preStop) and drains (shutdown_grace_s).
+    for container in spec["containers"]:
+        if container is not sidecar and _prestop_sleep(container) < grace + sleep:
+            problems.append(
+                f"{name}: container {container['name']} stops before cc-sidecar has drained "
+                f"(preStop sleep {_prestop_sleep(container)} < {grace + sleep})"
+            )
+    return problems
 
 
 def _check_config(

@@ -113,9 +113,24 @@ def _port(description: str) -> dict[str, Any]:
     return _integer(description, minimum=1, maximum=65535)
 
 
+def _chart_config() -> dict[str, Any]:
+    """`config` as the chart needs it: shutdown_grace_s a plain number, since the chart computes the
+    pod's grace period and the shop's preStop from it (a ${VAR} there cannot be added up)."""
+    schema = config_schema()
+    grace = schema["properties"]["shutdown_grace_s"]
+    (number,) = [branch for branch in grace.pop("anyOf") if branch is not ENV_REFERENCE]
+    grace.update(number)
+    grace["description"] = grace.get("description", "") + " A number here (the chart adds it up)."
+    return schema
+
+
 def values_schema() -> dict[str, Any]:
     """The whole values.schema.json."""
-    probe_timings = _object("Probe timings (periodSeconds, timeoutSeconds, failureThreshold, ...).")
+    probe = _object(
+        "Timings of the chart's httpGet probe (periodSeconds, timeoutSeconds, failureThreshold, ...),"
+        " or a whole probe with its own handler (httpGet, exec, tcpSocket, grpc), which replaces it."
+    )
+    labels = {"type": "object", "additionalProperties": {"type": "string"}}
     root = _closed(
         {
             # Helm hands a subchart the parent's `global` values.
@@ -123,11 +138,16 @@ def values_schema() -> dict[str, Any]:
             "mode": {"enum": ["standalone", "sidecar"], "description": "standalone or sidecar."},
             "nameOverride": _string("Overrides the chart name part of resource names."),
             "fullnameOverride": _string("Overrides the full resource name prefix."),
+            "namespaceOverride": _string("metadata.namespace of every object (default: the release's)."),
+            "commonLabels": {**labels, "description": "Labels added to every object and pod."},
             "image": _closed(
                 {
                     "repository": _string("Image repository of cc-sidecar.", minLength=1),
                     "tag": _string("Image tag; empty means the chart's appVersion."),
-                    "digest": _string("Image digest (sha256:...)."),
+                    "digest": _string(
+                        "Image digest: sha256: and 64 lowercase hex digits (or empty).",
+                        pattern="^(sha256:[0-9a-f]{64})?$",
+                    ),
                     "pullPolicy": {"enum": ["Always", "IfNotPresent", "Never"]},
                 }
             ),
@@ -140,7 +160,9 @@ def values_schema() -> dict[str, Any]:
                     "admin": _port("Container port of /healthz, /readyz and /metrics."),
                 }
             ),
-            "config": config_schema(),
+            "listenAddress": _string("Address both listeners bind: 0.0.0.0, or :: for IPv6.", minLength=1),
+            "nativeSidecar": _boolean("Run cc-sidecar as a native sidecar (init container, 1.29+)."),
+            "config": _chart_config(),
             "secrets": _closed(
                 {
                     "existingSecret": _string("Name of an existing Secret with the two keys."),
@@ -149,6 +171,12 @@ def values_schema() -> dict[str, Any]:
                     "clientSecret": _string("Client secret, when the chart makes the Secret."),
                     "sidecarSecret": _string(
                         "Sidecar secret (at least 16 characters), when the chart makes the Secret."
+                    ),
+                    "files": _closed(
+                        {
+                            "clientSecret": _string("Path of the client secret's file in the container."),
+                            "sidecarSecret": _string("Path of the sidecar secret's file in the container."),
+                        }
                     ),
                 }
             ),
@@ -175,6 +203,15 @@ def values_schema() -> dict[str, Any]:
                 }
             ),
             "extraEnv": _list("Extra environment variables of the cc-sidecar container."),
+            "extraVolumes": _list("Extra volumes of the pod."),
+            "extraVolumeMounts": _list("Extra volume mounts of the cc-sidecar container."),
+            "extraObjects": _list("Extra manifests rendered with the release."),
+            "tmpDir": _closed(
+                {
+                    "enabled": _boolean("Mount an emptyDir at /tmp of cc-sidecar."),
+                    "sizeLimit": {"type": ["string", "integer"], "description": "Its size limit."},
+                }
+            ),
             "preStopSleepSeconds": _integer("Seconds of the preStop sleep; 0 disables it.", minimum=0),
             "terminationGracePeriodSeconds": {
                 "type": ["integer", "null"],
@@ -183,20 +220,36 @@ def values_schema() -> dict[str, Any]:
             },
             "resources": _object("Resources of the cc-sidecar container."),
             "runAsUser": _integer("User and group id cc-sidecar runs as.", minimum=1),
-            "livenessProbe": probe_timings,
-            "readinessProbe": probe_timings,
+            "livenessProbe": probe,
+            "readinessProbe": probe,
+            "startupProbe": probe,
             "podAnnotations": _object("Extra annotations of the pods."),
             "podLabels": _object("Extra labels of the pods."),
             "nodeSelector": _object("Node selector of the pods."),
             "tolerations": _list("Tolerations of the pods."),
             "affinity": _object("Affinity of the pods."),
             "topologySpreadConstraints": _list("Topology spread constraints of the pods."),
+            "defaultTopologySpread": _boolean("Soft spread over nodes and zones without constraints."),
             "priorityClassName": _string("Priority class of the pods."),
+            "strategy": _object("Deployment strategy."),
+            "revisionHistoryLimit": _integer("Old ReplicaSets kept.", minimum=0),
+            "minReadySeconds": _integer("Seconds ready before available.", minimum=0),
+            "serviceAccount": _closed(
+                {
+                    "create": _boolean("Make a ServiceAccount."),
+                    "name": _string("Its name, or an existing one's."),
+                    "annotations": _object("Its annotations."),
+                    "automountToken": _boolean("Mount its API token into the pods."),
+                }
+            ),
             "service": _closed(
                 {
                     "type": {"enum": ["ClusterIP", "NodePort", "LoadBalancer"]},
                     "port": _port("Service port of shop traffic."),
                     "annotations": _object("Extra annotations of the Service."),
+                    "externalTrafficPolicy": {"enum": ["Local", "Cluster"]},
+                    "loadBalancerSourceRanges": {"type": "array", "items": {"type": "string"}},
+                    "ipFamilyPolicy": {"enum": ["", "SingleStack", "PreferDualStack", "RequireDualStack"]},
                 }
             ),
             "metrics": _closed(
@@ -210,12 +263,56 @@ def values_schema() -> dict[str, Any]:
                             "labels": _object("Extra labels of the ServiceMonitor."),
                         }
                     ),
+                    "prometheusRule": _closed(
+                        {
+                            "enabled": _boolean("Make a PrometheusRule with the documented alerts."),
+                            "for": _string("How long a condition holds before it fires."),
+                            "apiFailureRatio": {"type": "number", "minimum": 0, "maximum": 1},
+                            "errorRatio": {"type": "number", "minimum": 0, "maximum": 1},
+                            "scope": {"enum": ["namespace", "cluster"]},
+                            "labels": _object("Extra labels of the PrometheusRule."),
+                            "extraRules": _list("More rules for the group."),
+                        }
+                    ),
+                    "dashboard": _closed(
+                        {
+                            "enabled": _boolean("Make a Grafana dashboard ConfigMap."),
+                            "label": _string("The label Grafana's dashboard sidecar watches.", minLength=1),
+                            "labelValue": _string("Its value."),
+                            "namespace": _string("Namespace of the ConfigMap (empty: the release's)."),
+                            "annotations": _object("Annotations of the ConfigMap."),
+                        }
+                    ),
+                    "podMonitor": _closed(
+                        {
+                            "enabled": _boolean("Make a PodMonitor."),
+                            "interval": _string("Scrape interval."),
+                            "scrapeTimeout": _string("Scrape timeout."),
+                            "labels": _object("Extra labels of the PodMonitor."),
+                            "podSelector": _object("Labels of the pods to scrape."),
+                        }
+                    ),
+                }
+            ),
+            "networkPolicy": _closed(
+                {
+                    "enabled": _boolean("Make a NetworkPolicy."),
+                    "ingressNamespaceSelector": _object("Namespace labels of the ingress controller."),
+                    "ingressPodSelector": _object("Pod labels of the ingress controller."),
+                    "metricsNamespaceSelector": _object("Namespace labels of Prometheus."),
+                    "allowApiEgress": _boolean("Egress to port 443 (the Customer's Canvas API)."),
+                    "redisNamespaceSelector": _object("Namespace labels of Redis (empty: no egress)."),
+                    "extraIngress": _list("Extra ingress rules."),
+                    "extraEgress": _list("Extra egress rules."),
                 }
             ),
             "podDisruptionBudget": _closed(
                 {
                     "enabled": _boolean("Make a PodDisruptionBudget."),
-                    "minAvailable": {"type": ["integer", "string"], "description": "Pods that must stay up."},
+                    "minAvailable": {
+                        "type": ["integer", "string", "null"],
+                        "description": "Pods that must stay up (fewer than the pods).",
+                    },
                     "maxUnavailable": {
                         "type": ["integer", "string", "null"],
                         "description": "Pods that may be down at once.",
@@ -228,6 +325,8 @@ def values_schema() -> dict[str, Any]:
                     "minReplicas": _integer("Fewest pods.", minimum=1),
                     "maxReplicas": _integer("Most pods.", minimum=1),
                     "targetCPUUtilizationPercentage": _integer("CPU utilisation to aim for.", minimum=1),
+                    "metric": {"enum": ["auto", "Resource", "ContainerResource"]},
+                    "behavior": _object("HPA scaling behavior."),
                 }
             ),
             "shop": _closed(
@@ -245,6 +344,7 @@ def values_schema() -> dict[str, Any]:
                     "args": _list("Args of the shop container."),
                     "env": _list("Environment of the shop container."),
                     "resources": _object("Resources of the shop container."),
+                    "lifecycle": _object("lifecycle of the shop container (empty: the chart's preStop)."),
                     "volumeMounts": _list("Extra volume mounts of the shop container."),
                     "volumes": _list("Extra volumes of the pod."),
                     "securityContext": _object("securityContext of the shop container."),

@@ -373,6 +373,15 @@ class RedisSettings(_Frozen):
     ca_file: str | None = Field(
         None, min_length=1, description="PEM file of the CA that signs Redis' certificate (rediss://)."
     )
+    # Any character may be in it: a password expanded into the url must be percent-encoded (a "/",
+    # "@" or "#" there breaks the url), so a generated one belongs here.
+    password: SecretStr | None = Field(
+        None,
+        description=(
+            "Redis' password (AUTH), e.g. ${REDIS_PASSWORD}, taken as it is; instead of one in the url"
+            " (where it must be percent-encoded)."
+        ),
+    )
 
 
 class TokenStoreSettings(_Frozen):

@@ -93,6 +93,8 @@ def check_token_store(settings: Settings) -> list[str]:
         )
     if redis.cluster and urlsplit(redis.url).path.strip("/") not in ("", "0"):
         problems.append("token_store.redis.url: a Cluster has only database 0")
+    if redis.password is not None and urlsplit(redis.url).password is not None:
+        problems.append("token_store.redis.password: the url has a password too; give it in one place")
     if redis.ca_file is not None:
         if urlsplit(redis.url).scheme != "rediss":
             problems.append("token_store.redis.ca_file: needs a rediss:// url (TLS)")

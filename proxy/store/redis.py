@@ -91,9 +91,12 @@ def create_client(settings: RedisSettings) -> Any:
         "socket_connect_timeout": settings.timeout_s,
     }
     tls: dict[str, Any] = {"ssl_ca_certs": settings.ca_file} if settings.ca_file else {}
+    # token_store.redis.password, as given (check-config refuses one in the url as well, whose
+    # options from_url would prefer).
+    auth: dict[str, Any] = {"password": settings.password.get_secret_value()} if settings.password else {}
     if settings.cluster:
         return redis.asyncio.cluster.RedisCluster.from_url(
-            settings.url, **bounds, **tls, retry=Retry(NoBackoff(), 0), cluster_error_retry_attempts=1
+            settings.url, **bounds, **tls, **auth, retry=Retry(NoBackoff(), 0), cluster_error_retry_attempts=1
         )
     if settings.sentinel is not None:
         sentinel = settings.sentinel
@@ -107,6 +110,7 @@ def create_client(settings: RedisSettings) -> Any:
             "db": int(parts.path.strip("/") or 0),
             "username": unquote(parts.username) if parts.username else None,
             "password": unquote(parts.password) if parts.password else None,
+            **auth,
         }
         # rediss:// means TLS to the sentinels as well as to the master (one CA for both).
         encryption: dict[str, Any] = {"ssl": True, **tls} if parts.scheme == "rediss" else {}
@@ -118,7 +122,7 @@ def create_client(settings: RedisSettings) -> Any:
             **encryption,
         )
         return watchers.master_for(sentinel.master_name)
-    return redis.asyncio.Redis.from_url(settings.url, **bounds, **tls, retry=Retry(NoBackoff(), 0))
+    return redis.asyncio.Redis.from_url(settings.url, **bounds, **tls, **auth, retry=Retry(NoBackoff(), 0))
 
 
 class RedisStore:

@@ -1,13 +1,16 @@
 {{/*
-Named templates of cc-sidecar. The two meant for other charts are `cc-sidecar.container` (one list
-item for a pod's `containers:`) and `cc-sidecar.volume` (its items for `volumes:`), plus
-`cc-sidecar.podAnnotations` (the checksum annotations). A shop chart that has this chart as a
+Named templates of cc-sidecar. Those meant for other charts are `cc-sidecar.container` (one list
+item for a pod's `containers:`, or `initContainers:` with nativeSidecar), `cc-sidecar.volume` (its
+items for `volumes:`), `cc-sidecar.podAnnotations` (the checksum annotations),
+`cc-sidecar.terminationGrace` and `cc-sidecar.shopLifecycle` (the shop container's `lifecycle:`, a
+preStop that keeps the shop up until cc-sidecar has drained). A shop chart that has this chart as a
 dependency calls them with this chart's own context, which Helm hands out as .Subcharts:
 
   {{- $cc := index .Subcharts "cc-sidecar" }}
   annotations: {{- include "cc-sidecar.podAnnotations" $cc | nindent 8 }}
   containers:
     - name: shop ...
+      lifecycle: {{- include "cc-sidecar.shopLifecycle" $cc | nindent 8 }}
     {{- include "cc-sidecar.container" $cc | nindent 4 }}
   volumes:
     {{- include "cc-sidecar.volume" $cc | nindent 4 }}
@@ -47,6 +50,47 @@ helm.sh/chart: {{ include "cc-sidecar.chart" . }}
 {{ include "cc-sidecar.selectorLabels" . }}
 app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- with .Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/* metadata.namespace of every object: the release's unless namespaceOverride names another. */}}
+{{- define "cc-sidecar.namespace" -}}
+{{- default .Release.Namespace .Values.namespaceOverride | trunc 63 | trimSuffix "-" }}
+{{- end }}
+
+{{/* host:port of a listener: listenAddress with the port, an IPv6 address in brackets. */}}
+{{- define "cc-sidecar.listenAddress" -}}
+{{- $host := .root.Values.listenAddress }}
+{{- if contains ":" $host }}{{ printf "[%s]:%d" $host (int .port) }}{{ else }}{{ printf "%s:%d" $host (int .port) }}{{ end }}
+{{- end }}
+
+{{/* Pods the chart runs when nothing scales them: replicaCount, or the HPA's floor. */}}
+{{- define "cc-sidecar.replicas" -}}
+{{- if .Values.autoscaling.enabled }}{{ int .Values.autoscaling.minReplicas }}{{ else }}{{ int .Values.replicaCount }}{{ end }}
+{{- end }}
+
+{{/* Seconds the shop's preStop sleeps: cc-sidecar's own preStop sleep plus its drain, so the shop
+answers every request cc-sidecar still takes or finishes. */}}
+{{- define "cc-sidecar.shopPreStopSeconds" -}}
+{{- add (int (include "cc-sidecar.shutdownGrace" .)) (int .Values.preStopSleepSeconds) }}
+{{- end }}
+
+{{/* The shop container's `lifecycle:` (shop.lifecycle when set, else a preStop sleep of
+shutdown_grace_s + preStopSleepSeconds). php-fpm, nginx and Apache stop at SIGTERM, which the pod's
+containers all get together; without the sleep the shop is gone while cc-sidecar still takes
+traffic for its preStop and drains. For a shop chart's own shop container:
+  lifecycle:
+    {{- include "cc-sidecar.shopLifecycle" $cc | nindent 12 }} */}}
+{{- define "cc-sidecar.shopLifecycle" -}}
+{{- if .Values.shop.lifecycle }}
+{{- toYaml .Values.shop.lifecycle }}
+{{- else -}}
+preStop:
+  exec:
+    command: ["sleep", "{{ include "cc-sidecar.shopPreStopSeconds" . }}"]
+{{- end }}
 {{- end }}
 
 {{- define "cc-sidecar.secretName" -}}
@@ -105,8 +149,8 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 {{- $_ := unset $cfg "customers_canvas" }}
 {{- $_ := unset $cfg "storefronts" }}
-listen: {{ printf "0.0.0.0:%d" (int .Values.ports.http) }}
-admin_listen: {{ printf "0.0.0.0:%d" (int .Values.ports.admin) }}
+listen: {{ include "cc-sidecar.listenAddress" (dict "root" . "port" .Values.ports.http) | quote }}
+admin_listen: {{ include "cc-sidecar.listenAddress" (dict "root" . "port" .Values.ports.admin) | quote }}
 secret: ${CC_SIDECAR_SECRET}
 customers_canvas:
   {{- toYaml $cc | nindent 2 }}
@@ -119,7 +163,12 @@ storefronts:
 
 {{- define "cc-sidecar.shutdownGrace" -}}
 {{- $cfg := default dict .Values.config }}
-{{- if hasKey $cfg "shutdown_grace_s" }}{{ $cfg.shutdown_grace_s | ceil | int }}{{ else }}20{{ end }}
+{{- if hasKey $cfg "shutdown_grace_s" }}
+{{- if not (or (kindIs "float64" $cfg.shutdown_grace_s) (kindIs "int" $cfg.shutdown_grace_s) (kindIs "int64" $cfg.shutdown_grace_s)) }}
+{{- fail (printf "config.shutdown_grace_s: must be a number of seconds (the chart derives the pod's grace period and the shop's preStop from it), not %v" $cfg.shutdown_grace_s) }}
+{{- end }}
+{{- $cfg.shutdown_grace_s | ceil | int }}
+{{- else }}20{{ end }}
 {{- end }}
 
 {{/* terminationGracePeriodSeconds: longer than preStop sleep + shutdown_grace_s, or the kubelet kills
@@ -138,10 +187,21 @@ in-flight requests. */}}
 {{/* Pod annotations that restart the pods when the config or the chart-made Secret changes. */}}
 {{- define "cc-sidecar.podAnnotations" -}}
 checksum/config: {{ include "cc-sidecar.configYaml" . | sha256sum }}
-{{- if .Values.secrets.existingSecret }}
+{{- if include "cc-sidecar.secretFiles" . }}
+checksum/secret: {{ printf "files:%s:%s" .Values.secrets.files.clientSecret .Values.secrets.files.sidecarSecret | sha256sum }}
+{{- else if .Values.secrets.existingSecret }}
 checksum/secret: {{ printf "existing:%s" .Values.secrets.existingSecret | sha256sum }}
 {{- else }}
 checksum/secret: {{ include "cc-sidecar.secretData" . | sha256sum }}
+{{- end }}
+{{- end }}
+
+{{/* "true" when both secrets come from files (secrets.files.*); one without the other is an error. */}}
+{{- define "cc-sidecar.secretFiles" -}}
+{{- $files := .Values.secrets.files }}
+{{- if and $files.clientSecret $files.sidecarSecret }}true
+{{- else if or $files.clientSecret $files.sidecarSecret }}
+{{- fail "secrets.files: give both clientSecret and sidecarSecret (paths in the container), or neither" }}
 {{- end }}
 {{- end }}
 
@@ -167,52 +227,91 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
+{{/* The cc-sidecar container's environment: the secrets (unless from files), the token store's
+passwords, extraEnv. */}}
+{{- define "cc-sidecar.env" -}}
+{{- if not (include "cc-sidecar.secretFiles" .) }}
+- name: CC_CLIENT_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "cc-sidecar.secretName" . }}
+      key: {{ .Values.secrets.clientSecretKey }}
+- name: CC_SIDECAR_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ include "cc-sidecar.secretName" . }}
+      key: {{ .Values.secrets.sidecarSecretKey }}
+{{- end }}
+{{- range $env, $ref := dict "REDIS_PASSWORD" .Values.tokenStoreSecrets.redisPassword "REDIS_SENTINEL_PASSWORD" .Values.tokenStoreSecrets.sentinelPassword }}
+{{- if $ref.secretName }}
+- name: {{ $env }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.secretName }}
+      key: {{ required (printf "tokenStoreSecrets: the key of %s is required" $env) $ref.key }}
+{{- end }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
 {{/* The cc-sidecar container: one list item for a pod's `containers:`. */}}
 {{- define "cc-sidecar.container" -}}
 - name: cc-sidecar
   image: {{ include "cc-sidecar.image" . }}
   imagePullPolicy: {{ .Values.image.pullPolicy }}
+  {{- if include "cc-sidecar.secretFiles" . }}
+  # Both secrets from files a CSI driver or a Vault agent mounts (secrets.files.*), read once at start
+  # into the variables the config names; `$(cat)` drops a trailing newline. A missing file stops
+  # the start (sh -e).
+  command:
+    - /bin/sh
+    - -ec
+    - 'CC_CLIENT_SECRET="$(cat "$1")"; CC_SIDECAR_SECRET="$(cat "$2")"; export CC_CLIENT_SECRET CC_SIDECAR_SECRET; shift 2; exec cc-sidecar "$@"'
+    - cc-sidecar
+    - {{ .Values.secrets.files.clientSecret | quote }}
+    - {{ .Values.secrets.files.sidecarSecret | quote }}
+  {{- end }}
   args: ["run", "--config", "/etc/cc-sidecar/sidecar.yaml"]
+  {{- $env := include "cc-sidecar.env" . | trim }}
+  {{- if $env }}
   env:
-    - name: CC_CLIENT_SECRET
-      valueFrom:
-        secretKeyRef:
-          name: {{ include "cc-sidecar.secretName" . }}
-          key: {{ .Values.secrets.clientSecretKey }}
-    - name: CC_SIDECAR_SECRET
-      valueFrom:
-        secretKeyRef:
-          name: {{ include "cc-sidecar.secretName" . }}
-          key: {{ .Values.secrets.sidecarSecretKey }}
-    {{- range $env, $ref := dict "REDIS_PASSWORD" .Values.tokenStoreSecrets.redisPassword "REDIS_SENTINEL_PASSWORD" .Values.tokenStoreSecrets.sentinelPassword }}
-    {{- if $ref.secretName }}
-    - name: {{ $env }}
-      valueFrom:
-        secretKeyRef:
-          name: {{ $ref.secretName }}
-          key: {{ required (printf "tokenStoreSecrets: the key of %s is required" $env) $ref.key }}
-    {{- end }}
-    {{- end }}
-    {{- with .Values.extraEnv }}
-    {{- toYaml . | nindent 4 }}
-    {{- end }}
+    {{- $env | nindent 4 }}
+  {{- end }}
+  # Named cc-http/cc-admin, never "http": a Service's named targetPort goes to the first container
+  # with that name, and a shop container (helm create's) calls its own port "http".
   ports:
-    - name: http
+    - name: cc-http
       containerPort: {{ int .Values.ports.http }}
       protocol: TCP
-    - name: admin
+    - name: cc-admin
       containerPort: {{ int .Values.ports.admin }}
       protocol: TCP
-  livenessProbe:
+  {{- /* Probes on the numeric port (a named port of a native sidecar resolves only from 1.32). A
+  value with its own handler (httpGet, exec, tcpSocket, grpc) replaces the chart's; else it gives
+  the timings of the chart's httpGet. */}}
+  {{- range $probe, $path := dict "livenessProbe" "/healthz" "readinessProbe" "/readyz" "startupProbe" "/readyz" }}
+  {{- $value := index $.Values $probe }}
+  {{- if or (ne $probe "startupProbe") $.Values.nativeSidecar }}
+  {{ $probe }}:
+    {{- if or $value.httpGet $value.exec $value.tcpSocket $value.grpc }}
+    {{- toYaml $value | nindent 4 }}
+    {{- else }}
     httpGet:
-      path: /healthz
-      port: admin
-    {{- toYaml .Values.livenessProbe | nindent 4 }}
-  readinessProbe:
-    httpGet:
-      path: /readyz
-      port: admin
-    {{- toYaml .Values.readinessProbe | nindent 4 }}
+      path: {{ $path }}
+      port: {{ int $.Values.ports.admin }}
+    {{- with $value }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
+    {{- end }}
+  {{- end }}
+  {{- end }}
+  {{- if .Values.nativeSidecar }}
+  # A native sidecar (Kubernetes 1.29+): started before the shop's containers and kept running
+  # beside them; the pod's main containers start once its startupProbe passes.
+  restartPolicy: Always
+  {{- end }}
   {{- if gt (int .Values.preStopSleepSeconds) 0 }}
   lifecycle:
     preStop:
@@ -232,6 +331,14 @@ seccompProfile:
       mountPath: /etc/cc-sidecar-redis-ca
       readOnly: true
     {{- end }}
+    {{- if .Values.tmpDir.enabled }}
+    # The root filesystem is read-only; anything that needs a scratch directory gets /tmp.
+    - name: cc-sidecar-tmp
+      mountPath: /tmp
+    {{- end }}
+    {{- with .Values.extraVolumeMounts }}
+    {{- toYaml . | nindent 4 }}
+    {{- end }}
 {{- end }}
 
 {{/* The volumes the container mounts, list items for a pod's `volumes:`: the ConfigMap, and the
@@ -250,11 +357,24 @@ Redis CA's Secret when tokenStoreSecrets.caCertificate names one. */}}
         path: {{ .key }}
 {{- end }}
 {{- end }}
+{{- if .Values.tmpDir.enabled }}
+- name: cc-sidecar-tmp
+  emptyDir:
+    sizeLimit: {{ .Values.tmpDir.sizeLimit }}
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
 
 {{/* Pod-level settings shared by the standalone and the sidecar Deployment. */}}
 {{- define "cc-sidecar.podSpecCommon" -}}
-automountServiceAccountToken: false
+{{- if .Values.serviceAccount.create }}
+serviceAccountName: {{ include "cc-sidecar.serviceAccountName" . }}
+{{- else if .Values.serviceAccount.name }}
+serviceAccountName: {{ .Values.serviceAccount.name }}
+{{- end }}
+automountServiceAccountToken: {{ .Values.serviceAccount.automountToken }}
 terminationGracePeriodSeconds: {{ include "cc-sidecar.terminationGrace" . }}
 {{- if eq .Values.mode "sidecar" }}
 {{- /* The pod is the shop's too: nothing forced on its containers (cc-sidecar's own container
@@ -291,10 +411,25 @@ tolerations:
 affinity:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.topologySpreadConstraints }}
+{{- if .Values.topologySpreadConstraints }}
 topologySpreadConstraints:
-  {{- toYaml . | nindent 2 }}
+  {{- toYaml .Values.topologySpreadConstraints | nindent 2 }}
+{{- else if .Values.defaultTopologySpread }}
+{{- /* Soft (ScheduleAnyway): spread over nodes and zones where it can, never left Pending for it. */}}
+topologySpreadConstraints:
+  {{- range $key := list "kubernetes.io/hostname" "topology.kubernetes.io/zone" }}
+  - maxSkew: 1
+    topologyKey: {{ $key }}
+    whenUnsatisfiable: ScheduleAnyway
+    labelSelector:
+      matchLabels:
+        {{- include "cc-sidecar.selectorLabels" $ | nindent 8 }}
+  {{- end }}
 {{- end }}
+{{- end }}
+
+{{- define "cc-sidecar.serviceAccountName" -}}
+{{- default (include "cc-sidecar.fullname" .) .Values.serviceAccount.name }}
 {{- end }}
 
 {{/* Whether this release runs pods of its own (standalone, or sidecar with the demo/own shop). */}}
