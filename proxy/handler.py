@@ -590,6 +590,7 @@ class ShopHandler:
             if session_key is not None:
                 logged_in = await storefront.session_check.customer_id(session_key, page_headers)
         guest_id: str | None = None
+        first_visit = False
         if logged_in is not None:
             customer = Customer(storefront.storefront_id, logged_in, is_anonymous=False)
             cookie_guest = guests.cookie_guest(cookies)
@@ -610,14 +611,17 @@ class ShopHandler:
                     delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure)
                 )
         else:
-            guest_id = guests.guest(cookies).user_id
+            guest = guests.guest(cookies)
+            guest_id = guest.user_id
+            first_visit = guest.minted
             customer = Customer(storefront.storefront_id, guest_id, is_anonymous=True)
         if not want_token:
             return
-        if guest_id is not None and next(iter(cookies), None) is None:
-            # No cookie at all: a first visit, or a client that keeps none (a crawler). It gets
-            # its guest id and cookie but no StorefrontUser: the request that brings the cookie
-            # back (the page script's call to tokenUrl) makes one (contract, "Identity").
+        if first_visit and guest_id is not None:
+            # Neither the shop's session cookie nor a valid guest cookie, whatever other cookies
+            # came (a first visit, a crawler, a client making cookies up): the guest id and cookie
+            # but no StorefrontUser. The request that brings the cookie back (the page script's
+            # call to tokenUrl) makes one (contract, "Identity").
             attachment.deferred_guest = guest_id
             attachment.set_cookies.append(_guest_cookie(guests, guest_id, secure))
             storefront.counters.deferred_guests.inc()

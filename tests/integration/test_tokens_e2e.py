@@ -680,17 +680,35 @@ async def test_the_guest_cookie_brought_back_makes_one_user_and_token_for_the_sa
     assert emulator.state.count("StorefrontUsers_GetToken") == 1
 
 
-async def test_a_request_with_only_an_unrelated_cookie_gets_its_token_at_once(
+@pytest.mark.parametrize("cookie", ["junk=1", "csrftoken=abc; _ga=GA1.2.3", f"{GUEST_COOKIE}=anon-x.forged"])
+async def test_a_request_with_only_unrelated_cookies_is_a_first_visit(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory, cookie: str
+) -> None:
+    """Cookies that are neither the shop's session nor a valid guest cookie: a minted guest id, the
+    guest cookie, a null token, and no API call, on the editor page and on the token endpoint."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get(sidecar, "/editor/mug", headers={"Cookie": cookie})
+    payload = element_of(body)
+    assert (payload["isAnonymous"], payload["token"], payload["expiresAt"]) == (True, None, None)
+    assert guest_cookie_value(response).startswith(payload["userId"] + ".")
+    response, body = await get(sidecar, "/.cc-sidecar/token", headers={"Cookie": cookie})
+    answer = json.loads(body)
+    assert (response.status, answer["token"], answer["expiresAt"]) == (200, None, None)
+    assert answer["userId"] != payload["userId"]
+    assert emulator.state.calls == []
+
+
+async def test_200_requests_with_a_junk_cookie_make_no_storefront_user(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory
 ) -> None:
-    """A client that sent any cookie keeps them: its first editor page has the guest's token."""
+    """200 requests with `Cookie: junk=1` to the token endpoint and editor pages: 0 StorefrontUsers."""
     sidecar = await make_sidecar(config(shop, emulator))
-    response, body = await get(sidecar, "/editor/mug", headers={"Cookie": "csrftoken=abc"})
-    payload = element_of(body)
-    assert payload["isAnonymous"] is True
-    assert claims(payload["token"])["sub"] == payload["userId"]
-    assert len(guest_cookie_lines(response)) == 1
-    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+    for number in range(200):
+        path = "/.cc-sidecar/token" if number % 2 else "/editor/mug"
+        response, _ = await get(sidecar, path, headers={"Cookie": "junk=1"})
+        assert response.status == 200
+    assert emulator.state.users == {}
+    assert emulator.state.calls == []
 
 
 async def test_token_endpoint_without_a_cookie_answers_the_guest_id_without_a_token(

@@ -241,8 +241,8 @@ async def test_customer_id_colliding_with_a_route_is_a_guest(
     rig: Rig, value: str, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An id that would name another Storefront API path is ignored with a warning: a guest's page,
-    and the only StorefrontUser made is that guest (the unrelated cookie gets it one at once)."""
-    answer = await fetch(rig.sidecar, "/editor/mug", headers={USER_HEADER: value, "Cookie": "csrftoken=c"})
+    and the only StorefrontUser made is that guest (the session cookie gets it one at once)."""
+    answer = await fetch(rig.sidecar, "/editor/mug", headers={USER_HEADER: value, "Cookie": "PHPSESSID=c"})
     payload = element_of(answer.body)
     assert payload["isAnonymous"] is True
     assert GUEST_ID.fullmatch(payload["userId"])
