@@ -55,6 +55,7 @@ from proxy.injection import (
     response_coding,
 )
 from proxy.log import RequestContext, request_context
+from proxy.merged_sessions import MergedSessions, session_of
 from proxy.metrics import LatencyHistogram, Metrics
 from proxy.routing import (
     PathMatcher,
@@ -112,6 +113,7 @@ class Storefront:
     editor_paths: PathMatcher
     session_check: SessionChecker | None
     response_memory: ResponseHeaderMemory | None
+    merged_sessions: MergedSessions
     upstream_latency: LatencyHistogram
     counters: StorefrontCounters
     name: str = field(init=False)
@@ -187,6 +189,7 @@ def build_storefront(
             else None
         ),
         response_memory=ResponseHeaderMemory(store) if settings.user.response_header else None,
+        merged_sessions=MergedSessions(store),
         upstream_latency=metrics.upstream_seconds.labels(settings.name),
         counters=StorefrontCounters(metrics, settings.name),
     )
@@ -595,13 +598,22 @@ class ShopHandler:
             customer = Customer(storefront.storefront_id, logged_in, is_anonymous=False)
             cookie_guest = guests.cookie_guest(cookies)
             if cookie_guest is not None:
-                outcome = await self._tokens.merge_guest(
-                    storefront.storefront_id,
-                    cookie_guest,
-                    logged_in,
-                    storefront_name=storefront.settings.name,
-                )
-                if outcome is not MergeOutcome.FAILED:
+                session = session_of(storefront.storefront_id, guests.session_key(cookies), logged_in)
+                if await storefront.merged_sessions.admit(session, cookie_guest):
+                    outcome = await self._tokens.merge_guest(
+                        storefront.storefront_id,
+                        cookie_guest,
+                        logged_in,
+                        storefront_name=storefront.settings.name,
+                    )
+                else:
+                    # A second guest in a session that merged one: only tampering brings it.
+                    outcome = MergeOutcome.SECOND_GUEST
+                    self._tokens.count_merge(storefront.settings.name, outcome)
+                    log.info("cleared a second guest cookie of a logged-in session without a merge")
+                if outcome is MergeOutcome.FAILED:
+                    await storefront.merged_sessions.failed(session)
+                else:
                     attachment.set_cookies.append(
                         delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure)
                     )

@@ -121,6 +121,8 @@ class MergeOutcome(enum.Enum):
     FINAL = "final"  # 404/409: one side is gone or it was merged already: clear the cookie
     NO_GUEST = "no_guest"  # the guest StorefrontUser never existed: clear, nothing to move
     FAILED = "failed"  # the API failed or was too slow: keep the cookie, a later request retries
+    # Another guest cookie in a logged-in session that merged one already: cleared, no merge.
+    SECOND_GUEST = "second_guest"
 
 
 class _Known(NamedTuple):
@@ -231,6 +233,10 @@ class TokenService:
         except StorefrontUnavailable:
             # The shared merge runs on, bounded by the same timeout, and counts its own outcome.
             return MergeOutcome.FAILED
+
+    def count_merge(self, storefront_name: str, outcome: MergeOutcome) -> None:
+        """Count a login's guest that was settled without a merge being attempted."""
+        self._metrics.merges.labels(storefront=storefront_name, outcome=outcome.value).inc()
 
     async def aclose(self) -> None:
         """Cancel the API work still in flight (at shutdown)."""

@@ -272,6 +272,28 @@ async def test_guest_keeps_id_across_session_rotation_and_merges_once_at_login(
     }
 
 
+async def test_one_login_with_30_swapped_guest_cookies_merges_once(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """30 harvested guest cookies (each with its StorefrontUser) swapped into one logged-in session:
+    one MergeAnonymous; every other guest cookie is cleared without a merge."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    harvested = []
+    for _ in range(30):
+        response, _ = await get_raw(sidecar, "/editor/mug", None)
+        cookie = f"{GUEST_COOKIE}={guest_cookie_value(response)}"
+        await get(sidecar, "/.cc-sidecar/token", headers={"Cookie": cookie})
+        harvested.append(cookie)
+    assert emulator.state.count("StorefrontUsers_Create") == 30
+    for cookie in harvested:
+        response, _ = await get(
+            sidecar, "/plain", headers={USER_HEADER: "eve@example.com", "Cookie": f"PHPSESSID=eve; {cookie}"}
+        )
+        [cleared] = guest_cookie_lines(response)
+        assert "Max-Age=0" in cleared
+    assert emulator.state.count("StorefrontUsers_MergeAnonymous") == 1
+
+
 async def test_failing_merge_keeps_the_page_and_is_retried(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory
 ) -> None:
