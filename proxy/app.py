@@ -29,6 +29,7 @@ from aiohttp import web
 
 import proxy.handler
 from proxy.admin import Readiness, create_admin_app
+from proxy.budget import Budget
 from proxy.compiled import is_compiled
 from proxy.config import Settings
 from proxy.config.model import split_listen
@@ -91,6 +92,7 @@ async def shop_services(
             timeout_s=cc.timeout_s,
             store=store,
             clock=clock,
+            concurrent_new_customers=settings.budget.concurrent_new_customers,
         )
         keys = GuestKeys(settings.secret.get_secret_value())
         storefronts = [
@@ -105,6 +107,7 @@ async def shop_services(
             retry_after_s=max(1, round(cc.breaker.open_s)),
             clock=clock,
             access_log=settings.access_log,
+            budget=Budget(settings.budget, store, metrics),
         )
         yield ShopServices(handler, client)
         await tokens.aclose()

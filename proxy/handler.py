@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -29,9 +30,17 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
+from proxy.budget import Budget, client_address
 from proxy.config import StorefrontSettings
 from proxy.cookies import CookieSet, RequestCookies, cookie_set, delete_cookie_value, set_cookie_value
-from proxy.errors import CircuitOpen, InvalidIdentity, SidecarError, StorefrontApiError, UpstreamError
+from proxy.errors import (
+    CircuitOpen,
+    InvalidIdentity,
+    OverBudget,
+    SidecarError,
+    StorefrontApiError,
+    UpstreamError,
+)
 from proxy.identity import (
     GUEST_COOKIE,
     GUEST_COOKIE_MAX_AGE_S,
@@ -68,7 +77,7 @@ from proxy.routing import (
     parse_host,
 )
 from proxy.store import TokenStore
-from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
+from proxy.tokens import Charge, Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, OutgoingHeaders, Upstream, is_websocket_upgrade, response_headers
 
 log = logging.getLogger("proxy.handler")
@@ -202,6 +211,8 @@ class Attachment:
     token: CustomerToken | None = None
     # A guest whose request carried no cookie: their id, with no StorefrontUser and no token yet.
     deferred_guest: str | None = None
+    # Over budget (a new user or merge held back): seconds until the client may try again.
+    over_budget_s: float | None = None
     set_cookies: list[str] = field(default_factory=list)
 
 
@@ -218,8 +229,10 @@ class ShopHandler:
         retry_after_s: int,
         clock: Callable[[], float] = time.time,
         access_log: bool = False,
+        budget: Budget | None = None,
     ) -> None:
         self._router = router
+        self._budget = budget
         self._requests = metrics.requests
         self._valid_ids: dict[str, str] = {}
         self._access_log = access_log
@@ -364,6 +377,7 @@ class ShopHandler:
         work: asyncio.Task[Attachment] | None = None
         token: CustomerToken | None = None
         deferred_guest: str | None = None
+        over_budget = False
         if storefront.response_header is None:
             if editor:
                 token = self._cached_token(request, storefront, logged_in)
@@ -408,13 +422,16 @@ class ShopHandler:
                 attachment = await work
                 token = attachment.token
                 deferred_guest = attachment.deferred_guest
+                over_budget = attachment.over_budget_s is not None
                 for cookie in attachment.set_cookies:
                     headers.add(hdrs.SET_COOKIE, cookie)
         # An editor page's token came from the cache or from the work just awaited (None: unavailable,
         # or a cookie-less guest's whose StorefrontUser waits for the cookie to come back).
         body_filter: BodyFilter | None = None
         if editor and shop.status == 200:
-            body_filter = self._attach(request, trusted, storefront, headers, token, deferred_guest)
+            body_filter = self._attach(
+                request, trusted, storefront, headers, token, deferred_guest, over_budget=over_budget
+            )
         elif editor_path and shop.status == 200:
             # HEAD of an editor page: no token, but the headers a cache would refresh its GET with
             # say what the GET's say (private, no validators).
@@ -605,13 +622,14 @@ class ShopHandler:
                         cookie_guest,
                         logged_in,
                         storefront_name=storefront.settings.name,
+                        charge=self._charge(request, storefront),
                     )
                 else:
                     # A second guest in a session that merged one: only tampering brings it.
                     outcome = MergeOutcome.SECOND_GUEST
                     self._tokens.count_merge(storefront.settings.name, outcome)
                     log.info("cleared a second guest cookie of a logged-in session without a merge")
-                if outcome is MergeOutcome.FAILED:
+                if not outcome.settled:
                     await storefront.merged_sessions.failed(session)
                 else:
                     attachment.set_cookies.append(
@@ -639,7 +657,10 @@ class ShopHandler:
             storefront.counters.deferred_guests.inc()
             return
         try:
-            attachment.token = await self._tokens.token_for(customer)
+            attachment.token = await self._tokens.token_for(customer, self._charge(request, storefront))
+        except OverBudget as exc:
+            attachment.over_budget_s = exc.retry_after_s
+            return
         except CircuitOpen:
             # The breaker logged the outage when it began and logs it when it ends, with the
             # count of pages like this one: a line per page would flood the log.
@@ -652,6 +673,19 @@ class ShopHandler:
             # token (contract), so it names a user that exists.
             attachment.set_cookies.append(_guest_cookie(guests, guest_id, secure))
 
+    def _charge(self, request: web.BaseRequest, storefront: Storefront) -> Charge | None:
+        """What charges a new user or merge of this request to its client and storefront."""
+        budget = self._budget
+        if budget is None:
+            return None
+
+        async def charge() -> None:
+            forwarded_for = request.headers.getall(hdrs.X_FORWARDED_FOR, ())
+            client = client_address(request.remote, forwarded_for, storefront.trusted)
+            await budget.charge(storefront.name, client)
+
+        return charge
+
     def _attach(
         self,
         request: web.BaseRequest,
@@ -660,6 +694,8 @@ class ShopHandler:
         headers: CIMultiDict[str],
         token: CustomerToken | None,
         deferred_guest: str | None = None,
+        *,
+        over_budget: bool = False,
     ) -> BodyFilter | None:
         """Put the token on an editor page's response; returns the HTML body filter, if any.
 
@@ -669,6 +705,10 @@ class ShopHandler:
         if token is None:
             if deferred_guest is not None:
                 return self._attach_deferred(request, storefront, headers, deferred_guest)
+            if over_budget:
+                # The budget counted it; the page script asks tokenUrl, which says when to retry.
+                headers[STATUS_HEADER] = "token-deferred"
+                return None
             headers[STATUS_HEADER] = "token-unavailable"
             storefront.counters.token_unavailable.inc()
             return None
@@ -774,6 +814,10 @@ class ShopHandler:
             payload = _payload(attachment.token)
         elif attachment.deferred_guest is not None:
             payload = _deferred_payload(storefront, attachment.deferred_guest)
+        elif attachment.over_budget_s is not None:
+            headers[hdrs.RETRY_AFTER] = str(max(1, math.ceil(attachment.over_budget_s)))
+            headers[STATUS_HEADER] = "token-deferred"
+            return web.Response(status=429, text="too many new customers; retry later\n", headers=headers)
         else:
             headers[hdrs.RETRY_AFTER] = self._retry_after
             headers[STATUS_HEADER] = "token-unavailable"

@@ -45,6 +45,7 @@ from cachetools import LRUCache
 from proxy.errors import (
     BadResponse,
     NotFound,
+    OverBudget,
     StorefrontApiError,
     StorefrontUnavailable,
     StoreUnavailable,
@@ -121,8 +122,14 @@ class MergeOutcome(enum.Enum):
     FINAL = "final"  # 404/409: one side is gone or it was merged already: clear the cookie
     NO_GUEST = "no_guest"  # the guest StorefrontUser never existed: clear, nothing to move
     FAILED = "failed"  # the API failed or was too slow: keep the cookie, a later request retries
+    DEFERRED = "deferred"  # over budget: keep the cookie, a later request retries
     # Another guest cookie in a logged-in session that merged one already: cleared, no merge.
     SECOND_GUEST = "second_guest"
+
+    @property
+    def settled(self) -> bool:
+        """Whether the guest cookie goes: the merge happened or never will (not failed, not deferred)."""
+        return self not in (MergeOutcome.FAILED, MergeOutcome.DEFERRED)
 
 
 class _Known(NamedTuple):
@@ -131,6 +138,9 @@ class _Known(NamedTuple):
     token: CustomerToken | None
     renew_at: float  # clock time from which the token is stale
 
+
+# Charges the budget for API work on a customer not yet known; raises OverBudget past it.
+Charge = Callable[[], Awaitable[None]]
 
 # A customer that exists but has no usable token (found by a Get, or a token not worth caching).
 _NO_TOKEN = _Known(None, -math.inf)
@@ -153,8 +163,14 @@ class TokenService:
         timeout_s: float,
         store: TokenStore | None = None,
         clock: Callable[[], float] = time.time,
+        concurrent_new_customers: int | None = None,
     ) -> None:
         self._api = api
+        # API work for customers not yet known runs a few at a time, so a flood of new ones never
+        # takes the API client's connections from known customers' renewals (which skip this).
+        self._new_customers = (
+            asyncio.Semaphore(concurrent_new_customers) if concurrent_new_customers is not None else None
+        )
         # Only a store other replicas see adds anything to the LRU below.
         self._shared = store if store is not None and store.shared else None
         self._metrics = metrics
@@ -187,13 +203,15 @@ class TokenService:
             self._metrics.token_cache_hits.inc()
         return token
 
-    async def token_for(self, customer: Customer) -> CustomerToken:
+    async def token_for(self, customer: Customer, charge: Charge | None = None) -> CustomerToken:
         """A token for ``customer``: from the cache, else made sure of the user and fetched.
 
         Raises :class:`~proxy.errors.StorefrontUnavailable` when the work takes longer than
         ``timeout_s``, and any other :class:`~proxy.errors.StorefrontApiError` as the API gave it.
-        Each call counts once: a hit when served from the cache, else a miss (also when it joins
-        a fetch already in flight).
+        ``charge`` is called before API work on a customer not yet known (never for a known
+        one); its :class:`~proxy.errors.OverBudget` is raised here, and to the requests that
+        joined the same work. Each call counts once: a hit when served from the cache, else a
+        miss (also when it joins a fetch already in flight).
         """
         key = self._user_key(customer.storefront_id, customer.user_id)
         token = self._fresh(key, customer.is_anonymous)
@@ -201,7 +219,9 @@ class TokenService:
             self._metrics.token_cache_hits.inc()
             return token
         self._metrics.token_cache_misses.inc()
-        task = self._token_flights.run(key, lambda: self._bounded("token", self._fetch_token(key, customer)))
+        task = self._token_flights.run(
+            key, lambda: self._bounded("token", self._fetch_token(key, customer, charge))
+        )
         return await self._wait(asyncio.shield(task), "token")
 
     async def user_exists(self, storefront_id: int, user_id: str) -> bool:
@@ -217,16 +237,24 @@ class TokenService:
             raise StorefrontUnavailable(exc.operation, exc.detail, exc.status) from exc
 
     async def merge_guest(
-        self, storefront_id: int, guest_user_id: str, regular_user_id: str, *, storefront_name: str
+        self,
+        storefront_id: int,
+        guest_user_id: str,
+        regular_user_id: str,
+        *,
+        storefront_name: str,
+        charge: Charge | None = None,
     ) -> MergeOutcome:
         """Move a guest's data to the customer who just logged in; never raises an API error.
 
         Concurrent calls for one guest share one merge. ``storefront_name`` labels the metric,
-        like every other metric of a storefront.
+        like every other metric of a storefront. ``charge`` is called before the merge's API
+        work; over budget the outcome is DEFERRED.
         """
         key = (self._tenant_id, storefront_id, guest_user_id)
         task = self._merge_flights.run(
-            key, lambda: self._merge_once(storefront_id, guest_user_id, regular_user_id, storefront_name)
+            key,
+            lambda: self._merge_once(storefront_id, guest_user_id, regular_user_id, storefront_name, charge),
         )
         try:
             return await self._wait(asyncio.shield(task), "merge_anonymous")
@@ -263,14 +291,14 @@ class TokenService:
         self._known[key] = entry
         self._metrics.token_cache_entries.set(len(self._known))
 
-    async def _fetch_token(self, key: _UserKey, customer: Customer) -> CustomerToken:
+    async def _fetch_token(self, key: _UserKey, customer: Customer, charge: Charge | None) -> CustomerToken:
         """The shared work behind a miss: from the shared store, else from the API once for all."""
         if self._shared is None:
-            return await self._fetch_token_from_api(key, customer)
+            return await self._fetch_token_from_api(key, customer, charge)
         return await self._once_across_replicas(
             StoreKey("lock", _store_name(key)),
             lambda: self._shared_token(key, customer),
-            lambda: self._fetch_and_share_token(key, customer),
+            lambda: self._fetch_and_share_token(key, customer, charge),
             "token",
         )
 
@@ -294,9 +322,11 @@ class TokenService:
         self._remember(key, _Known(token, renew_at))
         return token
 
-    async def _fetch_and_share_token(self, key: _UserKey, customer: Customer) -> CustomerToken:
+    async def _fetch_and_share_token(
+        self, key: _UserKey, customer: Customer, charge: Charge | None
+    ) -> CustomerToken:
         """Fetch from the API and store the token for the other replicas until it is due."""
-        token = await self._fetch_token_from_api(key, customer)
+        token = await self._fetch_token_from_api(key, customer, charge)
         entry = self._known.get(key)
         if self._shared is not None and entry is not None and entry.token is token:
             ttl_s = entry.renew_at - self._clock()
@@ -313,10 +343,21 @@ class TokenService:
                 )
         return token
 
-    async def _fetch_token_from_api(self, key: _UserKey, customer: Customer) -> CustomerToken:
-        """Ensure the user, get the token, cache it if worth it."""
-        await self._ensure(customer.storefront_id, customer.user_id, customer.is_anonymous)
-        raw = await self._api.get_token(customer.storefront_id, customer.user_id)
+    async def _fetch_token_from_api(
+        self, key: _UserKey, customer: Customer, charge: Charge | None
+    ) -> CustomerToken:
+        """Ensure the user, get the token, cache it if worth it.
+
+        A customer not yet known is charged first, and its work waits its turn among the new.
+        """
+        if key in self._known:
+            raw = await self._api.get_token(customer.storefront_id, customer.user_id)
+        else:
+            if charge is not None:
+                await charge()
+            async with self._new_customer_turn():
+                await self._ensure(customer.storefront_id, customer.user_id, customer.is_anonymous)
+                raw = await self._api.get_token(customer.storefront_id, customer.user_id)
         now = self._clock()
         token, renew_at = self._read_token(customer, raw, now)
         if renew_at > now:
@@ -436,18 +477,23 @@ class TokenService:
     # -- merges -------------------------------------------------------------------------------
 
     async def _merge_once(
-        self, storefront_id: int, guest_user_id: str, regular_user_id: str, storefront_name: str
+        self,
+        storefront_id: int,
+        guest_user_id: str,
+        regular_user_id: str,
+        storefront_name: str,
+        charge: Charge | None,
     ) -> MergeOutcome:
         """One merge per guest across replicas: run it here, or learn another replica's outcome."""
         if self._shared is None:
-            return await self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name)
+            return await self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name, charge)
         name = _store_name(self._user_key(storefront_id, guest_user_id))
         try:
             return await self._once_across_replicas(
                 StoreKey("merge", name),
                 lambda: self._shared_merge_outcome(storefront_id, guest_user_id, name),
                 lambda: self._merge_and_share(
-                    storefront_id, guest_user_id, regular_user_id, storefront_name, name
+                    storefront_id, guest_user_id, regular_user_id, storefront_name, name, charge
                 ),
                 "merge_anonymous",
             )
@@ -466,11 +512,17 @@ class TokenService:
         return MergeOutcome(raw.decode())
 
     async def _merge_and_share(
-        self, storefront_id: int, guest_user_id: str, regular_user_id: str, storefront_name: str, name: str
+        self,
+        storefront_id: int,
+        guest_user_id: str,
+        regular_user_id: str,
+        storefront_name: str,
+        name: str,
+        charge: Charge | None,
     ) -> MergeOutcome:
         """Merge here; store a final outcome for the others (a failed one is left for a retry)."""
-        outcome = await self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name)
-        if self._shared is not None and outcome is not MergeOutcome.FAILED:
+        outcome = await self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name, charge)
+        if self._shared is not None and outcome.settled:
             with contextlib.suppress(StoreUnavailable):
                 await self._shared.put(StoreKey("merged", name), outcome.value.encode(), _MERGE_OUTCOME_TTL_S)
                 # The guest is gone: its token is void on every replica.
@@ -480,12 +532,23 @@ class TokenService:
         return outcome
 
     async def _merge(
-        self, storefront_id: int, guest_user_id: str, regular_user_id: str, storefront_name: str
+        self,
+        storefront_id: int,
+        guest_user_id: str,
+        regular_user_id: str,
+        storefront_name: str,
+        charge: Charge | None,
     ) -> MergeOutcome:
-        """The shared work of one merge; counts and logs its outcome once."""
+        """The shared work of one merge; counts and logs its outcome once (the budget logs its own)."""
         error: StorefrontApiError | None = None
         try:
-            async with asyncio.timeout(self._timeout_s):
+            if charge is not None:
+                await charge()
+        except OverBudget:
+            self._metrics.merges.labels(storefront=storefront_name, outcome=MergeOutcome.DEFERRED.value).inc()
+            return MergeOutcome.DEFERRED
+        try:
+            async with asyncio.timeout(self._timeout_s), self._new_customer_turn():
                 outcome = await self._attempt_merge(storefront_id, guest_user_id, regular_user_id)
         except TimeoutError:
             outcome = MergeOutcome.FAILED
@@ -526,6 +589,12 @@ class TokenService:
             raise StorefrontUnavailable(exc.operation, exc.detail, exc.status) from exc
         await self._api.merge_anonymous(storefront_id, guest_user_id, regular_user_id)
         return MergeOutcome.MERGED
+
+    def _new_customer_turn(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Wait for a turn among the API work on customers not yet known (see __init__)."""
+        if self._new_customers is None:
+            return contextlib.nullcontext()
+        return self._new_customers
 
     # -- across replicas ----------------------------------------------------------------------
 

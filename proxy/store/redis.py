@@ -52,6 +52,23 @@ _KEY_NAME_HEX = 32  # 128 bits of HMAC-SHA256 in a key name
 # empty has no script cache, and the script is shorter than a NOSCRIPT round trip.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
+# A token bucket as GCRA (see TokenStore.spend) on Redis' own clock, so replicas whose clocks
+# differ share one bucket; atomic as one script. ARGV: interval_s, burst. Returns "0" when a unit
+# was taken, else the seconds to wait.
+_SPEND = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local held = redis.call('GET', KEYS[1])
+local due = now
+if held then due = math.max(tonumber(held), now) end
+local wait = due + interval - tonumber(ARGV[2]) * interval - now
+if wait > 0 then return string.format('%.6f', wait) end
+due = due + interval
+redis.call('SET', KEYS[1], string.format('%.6f', due), 'PX', math.ceil((due - now) * 1000))
+return '0'
+"""
+
 T = TypeVar("T")
 
 
@@ -190,6 +207,12 @@ class RedisStore:
         name = self._keys.name(claim.key)
         await self._call("release", lambda: self._client.eval(_RELEASE, 1, name, claim.owner))
         self._metrics.store_operations.labels("release", "ok").inc()
+
+    async def spend(self, key: StoreKey, interval_s: float, burst: int) -> float:
+        name = self._keys.name(key)
+        wait = await self._call("spend", lambda: self._client.eval(_SPEND, 1, name, repr(interval_s), burst))
+        self._metrics.store_operations.labels("spend", "ok").inc()
+        return float(wait)
 
     async def aclose(self) -> None:
         await self._client.aclose()

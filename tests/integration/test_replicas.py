@@ -22,6 +22,7 @@ from tests.fixtures.emulator import RunningEmulator
 from tests.fixtures.process import free_port, start_sidecar, wait_ready
 from tests.fixtures.redis import RedisProcess, SentinelSet
 from tests.fixtures.shop import Shop, sidecar_config
+from tests.integration.test_budget import harvest_guest_cookies
 
 ELEMENT = re.compile(rb'<script id="cc-storefront-user" type="application/json">(.*?)</script>', re.S)
 USER_HEADER = "X-Shop-User"
@@ -348,3 +349,33 @@ async def test_replicas_share_customers_through_a_redis_cluster(
     held = [len(node.client().keys("cc-sidecar:customer:*")) for node in redis_cluster]
     assert sum(held) == 12
     assert all(count > 0 for count in held)
+
+
+async def test_three_replicas_on_redis_share_the_budget(
+    shop: Shop, emulator: RunningEmulator, redis_server: RedisProcess, start_replica: StartReplica
+) -> None:
+    """Rotating PHPSESSID and replayed guest cookies, 200 requests each spread over three
+    replicas on one Redis: at most 20 StorefrontUsers per trick."""
+    document = replica_config(shop, emulator, redis_store_config(redis_server))
+    # One unit a minute: the refill cannot add one while the test runs; the bound is the burst (20).
+    document["budget"] = {"client_per_minute": 1}
+    replicas = await three_replicas(start_replica, document)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
+        for n in range(200):
+            replica = replicas[n % 3]
+            async with client.get(
+                replica.url("/editor/mug"), headers={"Cookie": f"PHPSESSID=r-{n}"}
+            ) as response:
+                assert response.status == 200
+        assert len(emulator.state.users) <= 20
+        rotated = len(emulator.state.users)
+        emulator.state.users.clear()
+        redis_server.client().flushall()  # a fresh budget for the second trick
+        cookies = await harvest_guest_cookies(f"http://127.0.0.1:{replicas[0].port}", 200)
+        for n, cookie in enumerate(cookies):
+            async with client.get(
+                replicas[n % 3].url("/.cc-sidecar/token"), headers={"Cookie": cookie}
+            ) as response:
+                assert response.status in (200, 429)
+    assert rotated > 0
+    assert 0 < len(emulator.state.users) <= 20

@@ -277,7 +277,10 @@ async def test_one_login_with_30_swapped_guest_cookies_merges_once(
 ) -> None:
     """30 harvested guest cookies (each with its StorefrontUser) swapped into one logged-in session:
     one MergeAnonymous; every other guest cookie is cleared without a merge."""
-    sidecar = await make_sidecar(config(shop, emulator))
+    document = config(shop, emulator)
+    # Budgets wide enough for the harvest itself (30 new guests from one client).
+    document["budget"] = {"client_burst": 100, "storefront_per_s": 100}
+    sidecar = await make_sidecar(document)
     harvested = []
     for _ in range(30):
         response, _ = await get_raw(sidecar, "/editor/mug", None)

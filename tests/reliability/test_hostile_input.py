@@ -115,6 +115,8 @@ async def start_rig(
     storefront.setdefault("editor_paths", EDITOR_GLOBS)
     storefront.setdefault("inject", ["html", "header"])
     document = sidecar_config(str(shop.make_url("")).rstrip("/"), emulator.url, **storefront)
+    # Hypothesis makes hundreds of customers from this one client; budgets are not what is tested here.
+    document["budget"] = {"client_burst": 1_000_000, "storefront_per_s": 1_000_000}
     return Rig(await make_sidecar(document), app[MIRROR], emulator)
 
 
