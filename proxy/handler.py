@@ -41,6 +41,12 @@ from proxy.errors import (
     StorefrontApiError,
     UpstreamError,
 )
+from proxy.fetch_metadata import (
+    TOKEN_ENDPOINT_HEADERS,
+    page_may_carry_token,
+    strip_cors,
+    token_request_allowed,
+)
 from proxy.identity import (
     GUEST_COOKIE,
     GUEST_COOKIE_MAX_AGE_S,
@@ -351,6 +357,8 @@ class ShopHandler:
             and not has_encoded_separator(target)
         )
         editor = editor_path and method == hdrs.METH_GET
+        # Another site's page asking for an editor page (a fetch, an iframe): no token for it.
+        withheld = editor and not page_may_carry_token(request.headers)
         upstream_headers = storefront.upstream.request_headers(
             request,
             trusted=trusted,
@@ -379,7 +387,7 @@ class ShopHandler:
         deferred_guest: str | None = None
         over_budget = False
         if storefront.response_header is None:
-            if editor:
+            if editor and not withheld:
                 token = self._cached_token(request, storefront, logged_in)
                 if token is None:
                     work = self._start_attachment(
@@ -410,9 +418,16 @@ class ShopHandler:
         if storefront.response_header is not None:
             named = await self._response_identity(request, storefront, headers, shop.status, new_session)
             logged_in = logged_in or named
-            if editor or ((logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)):
+            if (editor and not withheld) or (
+                (logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)
+            ):
                 work = self._start_attachment(
-                    request, storefront, logged_in, trusted, upstream_headers, want_token=editor
+                    request,
+                    storefront,
+                    logged_in,
+                    trusted,
+                    upstream_headers,
+                    want_token=editor and not withheld,
                 )
 
         if work is not None:
@@ -428,7 +443,10 @@ class ShopHandler:
         # An editor page's token came from the cache or from the work just awaited (None: unavailable,
         # or a cookie-less guest's whose StorefrontUser waits for the cookie to come back).
         body_filter: BodyFilter | None = None
-        if editor and shop.status == 200:
+        if withheld and shop.status == 200:
+            _keep_private(headers)
+            headers[STATUS_HEADER] = "token-withheld"
+        elif editor and shop.status == 200:
             body_filter = self._attach(
                 request, trusted, storefront, headers, token, deferred_guest, over_budget=over_budget
             )
@@ -702,6 +720,9 @@ class ShopHandler:
         A deferred guest (no token yet) gets the element with a null token and the id header.
         """
         _keep_private(headers)
+        if token is not None or deferred_guest is not None:
+            # Whatever the shop allows, no other origin reads a customer's identity.
+            strip_cors(headers)
         if token is None:
             if deferred_guest is not None:
                 return self._attach_deferred(request, storefront, headers, deferred_guest)
@@ -778,7 +799,16 @@ class ShopHandler:
         if request.path != TOKEN_PATH:
             return web.Response(status=404, text="not found\n", headers={hdrs.CACHE_CONTROL: "no-store"})
         if request.method not in ("GET", "HEAD"):
-            return web.Response(status=405, headers={hdrs.ALLOW: "GET", hdrs.CACHE_CONTROL: "no-store"})
+            return web.Response(
+                status=405,
+                headers={hdrs.ALLOW: "GET", hdrs.CACHE_CONTROL: "no-store", **TOKEN_ENDPOINT_HEADERS},
+            )
+        if not token_request_allowed(request.headers, host):
+            return web.Response(
+                status=403,
+                text="the token endpoint answers only the shop's own pages\n",
+                headers={hdrs.CACHE_CONTROL: "no-store", **TOKEN_ENDPOINT_HEADERS},
+            )
         logged_in = self._header_identity(request, storefront, trusted)
         remembered = None
         if logged_in is None and storefront.response_memory is not None:
@@ -807,7 +837,7 @@ class ShopHandler:
             want_token=True,
             remembered=remembered,
         )
-        headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store"})
+        headers = CIMultiDict({hdrs.CACHE_CONTROL: "no-store", **TOKEN_ENDPOINT_HEADERS})
         for cookie in attachment.set_cookies:
             headers.add(hdrs.SET_COOKIE, cookie)
         if attachment.token is not None:
