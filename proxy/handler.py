@@ -32,7 +32,15 @@ from multidict import CIMultiDict
 
 from proxy.budget import Budget, client_address
 from proxy.config import StorefrontSettings
-from proxy.cookies import CookieSet, RequestCookies, cookie_set, delete_cookie_value, set_cookie_value
+from proxy.cookies import (
+    CookieSet,
+    RequestCookies,
+    cookie_set,
+    delete_cookie_value,
+    over_https,
+    replaces_session,
+    set_cookie_value,
+)
 from proxy.errors import (
     CircuitOpen,
     InvalidIdentity,
@@ -142,6 +150,7 @@ class Storefront:
     header: bool = field(init=False)
     cookie: bool = field(init=False)
     injects: bool = field(init=False)
+    secure_cookies_always: bool = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -158,6 +167,7 @@ class Storefront:
         self.header = "header" in settings.inject
         self.cookie = "cookie" in settings.inject
         self.injects = self.html or self.header or self.cookie
+        self.secure_cookies_always = settings.secure_cookies == "always"
 
 
 class StorefrontCounters:
@@ -415,6 +425,19 @@ class ShopHandler:
             storefront.response_memory is not None or storefront.session_check is not None
         ):
             new_session = await self._session_replaced(request, storefront, headers)
+        # Cookie mode: the token cookie goes with the shop's session (a logout, a login that
+        # rotates it), so no page reads the old customer's token after it.
+        token_cookie_ends = (
+            storefront.cookie
+            and storefront.session_cookie is not None
+            and hdrs.SET_COOKIE in headers
+            and replaces_session(
+                headers.getall(hdrs.SET_COOKIE),
+                storefront.session_cookie,
+                storefront.guests.session_value(_cookies(request)),
+                self._clock(),
+            )
+        )
         if storefront.response_header is not None:
             named = await self._response_identity(request, storefront, headers, shop.status, new_session)
             logged_in = logged_in or named
@@ -448,7 +471,14 @@ class ShopHandler:
             headers[STATUS_HEADER] = "token-withheld"
         elif editor and shop.status == 200:
             body_filter = self._attach(
-                request, trusted, storefront, headers, token, deferred_guest, over_budget=over_budget
+                request,
+                trusted,
+                storefront,
+                headers,
+                token,
+                deferred_guest,
+                over_budget=over_budget,
+                token_cookie=not token_cookie_ends,
             )
         elif editor_path and shop.status == 200:
             # HEAD of an editor page: no token, but the headers a cache would refresh its GET with
@@ -456,6 +486,13 @@ class ShopHandler:
             _keep_private(headers)
             for name in _VALIDATORS:
                 headers.popall(name, None)
+        if token_cookie_ends:
+            headers.add(
+                hdrs.SET_COOKIE,
+                delete_cookie_value(
+                    TOKEN_COOKIE, http_only=False, secure=_secure_cookies(request, storefront)
+                ),
+            )
         return await storefront.upstream.relay(request, shop, headers, body_filter)
 
     def _start_attachment(
@@ -474,7 +511,7 @@ class ShopHandler:
                 request,
                 storefront,
                 logged_in,
-                _is_https(request, trusted),
+                _secure_cookies(request, storefront),
                 page_headers,
                 want_token=want_token,
             )
@@ -714,6 +751,7 @@ class ShopHandler:
         deferred_guest: str | None = None,
         *,
         over_budget: bool = False,
+        token_cookie: bool = True,
     ) -> BodyFilter | None:
         """Put the token on an editor page's response; returns the HTML body filter, if any.
 
@@ -742,7 +780,7 @@ class ShopHandler:
             headers[USER_ID_HEADER] = token.user_id
             headers[USER_TOKEN_HEADER] = token.token
             storefront.counters.header.inc()
-        if storefront.cookie:
+        if storefront.cookie and token_cookie:
             max_age = max(0, token.expires_at - int(self._clock()))
             headers.add(
                 hdrs.SET_COOKIE,
@@ -750,7 +788,7 @@ class ShopHandler:
                     TOKEN_COOKIE,
                     token.token,
                     http_only=False,
-                    secure=_is_https(request, trusted),
+                    secure=_secure_cookies(request, storefront),
                     max_age=max_age,
                 ),
             )
@@ -832,7 +870,7 @@ class ShopHandler:
             request,
             storefront,
             logged_in,
-            _is_https(request, trusted),
+            _secure_cookies(request, storefront),
             page_headers,
             want_token=True,
             remembered=remembered,
@@ -1046,13 +1084,13 @@ def _cookies(request: web.BaseRequest) -> RequestCookies:
     return RequestCookies(headers[0] if len(headers) == 1 else "; ".join(headers))
 
 
-def _is_https(request: web.BaseRequest, trusted: bool) -> bool:
-    """Whether the browser's connection is https, per a trusted proxy's X-Forwarded-Proto.
+def _secure_cookies(request: web.BaseRequest, storefront: Storefront) -> bool:
+    """Whether the sidecar's cookies on this response are Secure (``secure_cookies``).
 
-    The shop listener itself never terminates TLS (the ingress does), so the header of a
-    trusted hop is the only source.
+    The shop listener itself never terminates TLS (the ingress does): ``auto`` believes any hop's
+    X-Forwarded-Proto or Forwarded, since that only makes the cookie stricter.
     """
-    if trusted:
-        proto = request.headers.get(hdrs.X_FORWARDED_PROTO, "")
-        return proto.split(",")[0].strip().lower() == "https"
-    return False
+    if storefront.secure_cookies_always:
+        return True
+    headers = request.headers
+    return over_https(headers.getall(hdrs.X_FORWARDED_PROTO, ()), headers.getall(hdrs.FORWARDED, ()))

@@ -266,6 +266,14 @@ class StorefrontSettings(_Frozen):
     inject: tuple[InjectMode, ...] = Field(
         DEFAULT_INJECT, description="Where the token goes on editor pages: any of html, header, cookie."
     )
+    secure_cookies: Literal["auto", "always"] = Field(
+        "auto",
+        description=(
+            "auto: the sidecar's cookies are Secure when any X-Forwarded-Proto (or Forwarded proto)"
+            " says https, whoever sent it (it only makes them stricter); always: Secure regardless"
+            " (set it for a shop served only over https, e.g. with trusted_networks empty)."
+        ),
+    )
     underscores_in_headers: bool = Field(
         False,
         description=(

@@ -877,3 +877,69 @@ async def test_head_of_an_editor_page_says_what_its_get_says_about_caching(
         assert "ETag" not in response.headers
         assert "Last-Modified" not in response.headers
     assert emulator.state.count("StorefrontUsers_GetToken") == 0
+
+
+# -- secure_cookies, and the token cookie ending with the shop's session ---------------------------
+
+
+def set_cookie_lines(response: aiohttp.ClientResponse, name: str) -> list[str]:
+    return [c for c in response.headers.getall("Set-Cookie", []) if c.startswith(name + "=")]
+
+
+async def test_auto_secure_cookies_believe_any_hops_https(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """secure_cookies auto, no trusted_networks: X-Forwarded-Proto https (any item) or Forwarded
+    proto=https from an untrusted peer makes both cookies Secure; plain http leaves them without."""
+    sidecar = await make_sidecar(
+        config(shop, emulator, trusted_networks=[], user={}, inject=["html", "cookie"])
+    )
+    for headers, secure in (
+        ({"X-Forwarded-Proto": "https"}, True),
+        ({"X-Forwarded-Proto": "http, https"}, True),
+        ({"Forwarded": "for=192.0.2.1;proto=https"}, True),
+        ({"X-Forwarded-Proto": "http"}, False),
+        ({}, False),
+    ):
+        response, _ = await get(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=s", **headers})
+        lines = set_cookie_lines(response, GUEST_COOKIE) + set_cookie_lines(response, "cc_user_token")
+        assert len(lines) == 2
+        assert all(("; Secure" in line) is secure for line in lines), (headers, lines)
+
+
+async def test_secure_cookies_always_marks_them_secure_over_plain_http(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """secure_cookies: always: Secure without any X-Forwarded-Proto, on the first visit's guest cookie too."""
+    sidecar = await make_sidecar(config(shop, emulator, secure_cookies="always", inject=["html", "cookie"]))
+    response, _ = await get(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=s"})
+    lines = set_cookie_lines(response, GUEST_COOKIE) + set_cookie_lines(response, "cc_user_token")
+    assert len(lines) == 2
+    assert all("; Secure" in line for line in lines)
+    response, _ = await get_raw(sidecar, "/editor/mug", None)
+    assert "; Secure" in set_cookie_lines(response, GUEST_COOKIE)[0]
+
+
+@pytest.mark.parametrize(
+    "session_cookie",
+    [
+        "PHPSESSID=deleted; expires=Thu, 01 Jan 1970 00:00:01 GMT; Max-Age=0; path=/",
+        "PHPSESSID=rotated; path=/",
+    ],
+)
+async def test_the_token_cookie_goes_with_the_shops_session(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory, session_cookie: str
+) -> None:
+    """Cookie mode: a response that deletes or replaces PHPSESSID (a logout, a login) deletes
+    cc_user_token too, editor page or not; the editor page sets no new token cookie then. One
+    that sets PHPSESSID again to the browser's own value sets the token cookie as usual."""
+    sidecar = await make_sidecar(config(shop, emulator, inject=["html", "cookie"]))
+    shop.state.extra_response_headers = {"Set-Cookie": session_cookie}
+    for path in ("/redirect", "/editor/mug"):
+        response, _ = await get(sidecar, path, headers={"Cookie": "PHPSESSID=kims"})
+        [line] = set_cookie_lines(response, "cc_user_token")
+        assert "Max-Age=0" in line
+    shop.state.extra_response_headers = {"Set-Cookie": "PHPSESSID=kims; path=/"}
+    response, _ = await get(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=kims"})
+    [line] = set_cookie_lines(response, "cc_user_token")
+    assert "Max-Age=0" not in line
