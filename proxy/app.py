@@ -40,7 +40,7 @@ from proxy.metrics import Metrics
 from proxy.routing import Router
 from proxy.store import TokenStore
 from proxy.store.memory import MemoryStore
-from proxy.store.redis import RedisStore
+from proxy.store.redis import RedisStore, account_of
 from proxy.storefront_api import StorefrontApiClient, create_api_session
 from proxy.tokens import TokenService
 from proxy.upstream import Upstream, create_upstream_session
@@ -122,7 +122,12 @@ def create_store(settings: Settings, metrics: Metrics) -> TokenStore:
     """The token store ``token_store`` names; Redis is connected lazily, so start-up never waits for it."""
     redis = settings.token_store.redis
     if settings.token_store.backend == "redis" and redis is not None:
-        return RedisStore.from_settings(redis, secret=settings.secret.get_secret_value(), metrics=metrics)
+        return RedisStore.from_settings(
+            redis,
+            secret=settings.secret.get_secret_value(),
+            metrics=metrics,
+            account=account_of(settings.customers_canvas),
+        )
     return MemoryStore()
 
 

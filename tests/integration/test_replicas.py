@@ -16,12 +16,13 @@ import aiohttp
 import jwt
 import pytest
 
+from proxy.emulator import EmulatorOptions
 from proxy.identity import GUEST_COOKIE
 from proxy.store.redis import RETRY_AFTER_S
-from tests.fixtures.emulator import RunningEmulator
+from tests.fixtures.emulator import RunningEmulator, start_emulator
 from tests.fixtures.process import free_port, start_sidecar, wait_ready
 from tests.fixtures.redis import RedisProcess, SentinelSet
-from tests.fixtures.shop import Shop, sidecar_config
+from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
 from tests.integration.test_budget import harvest_guest_cookies
 
 ELEMENT = re.compile(rb'<script id="cc-storefront-user" type="application/json">(.*?)</script>', re.S)
@@ -379,3 +380,38 @@ async def test_three_replicas_on_redis_share_the_budget(
                 assert response.status in (200, 429)
     assert rotated > 0
     assert 0 < len(emulator.state.users) <= 20
+
+
+async def test_two_accounts_sharing_redis_secret_and_prefix_never_share_a_token(
+    shop: Shop,
+    emulator: RunningEmulator,
+    redis_server: RedisProcess,
+    aiohttp_server: Any,
+    make_sidecar: SidecarFactory,
+) -> None:
+    """Two sidecars of two Customer's Canvas accounts (another API URL and client id, no tenant_id) on
+    one Redis with one secret and key_prefix: each customer's token comes from its own account's API."""
+    other = await start_emulator(
+        aiohttp_server,
+        EmulatorOptions(
+            enable_control=True, client_id="other-app", client_secret="other-secret", tenant_id=2
+        ),
+    )
+    first_document = replica_config(shop, emulator, redis_store_config(redis_server))
+    second_document = replica_config(shop, other, redis_store_config(redis_server))
+    second_document["customers_canvas"].update(client_id="other-app", client_secret="other-secret")
+    for document in (first_document, second_document):
+        # No tenant_id (as issue #22 found it): only the API URL and client id tell the accounts apart.
+        del document["customers_canvas"]["tenant_id"]
+    first, second = await make_sidecar(first_document), await make_sidecar(second_document)
+    tokens = []
+    for sidecar in (first, second):
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(
+                sidecar.make_url("/editor/mug"), headers={USER_HEADER: "same@example.com"}
+            ) as response,
+        ):
+            tokens.append(element_of(await response.read())["token"])
+    assert emulator.state.count(GET_TOKEN) == other.state.count(GET_TOKEN) == 1
+    assert tokens[0] != tokens[1]
