@@ -177,6 +177,34 @@ async def test_login_sent_to_two_replicas_at_once_merges_once(
     assert all(len(lines) == 1 and "Max-Age=0" in lines[0] for lines in cleared)
 
 
+async def test_one_login_with_30_swapped_guest_cookies_over_three_replicas_merges_once(
+    shop: Shop, emulator: RunningEmulator, redis_server: RedisProcess, start_replica: StartReplica
+) -> None:
+    """30 guests (each with its StorefrontUser) swapped into one logged-in session, at once, spread
+    over three replicas on one Redis: one MergeAnonymous; every guest cookie is cleared."""
+    document = replica_config(shop, emulator, redis_store_config(redis_server))
+    document["budget"] = {"client_burst": 100, "storefront_per_s": 100}  # room for the harvest
+    replicas = await three_replicas(start_replica, document)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
+        guests = []
+        for cookie in await harvest_guest_cookies(f"http://127.0.0.1:{replicas[0].port}", 30):
+            async with client.get(
+                replicas[0].url("/.cc-sidecar/token"), headers={"Cookie": cookie}
+            ) as response:
+                assert response.status == 200
+            guests.append(cookie)
+        assert emulator.state.count("StorefrontUsers_Create") == 30
+
+        async def swap_in(n: int) -> list[str]:
+            headers = {"Cookie": f"PHPSESSID=eve; {guests[n]}", USER_HEADER: "eve@example.com"}
+            async with client.get(replicas[n % 3].url("/plain"), headers=headers) as response:
+                return [c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE)]
+
+        cleared = await asyncio.gather(*(swap_in(n) for n in range(30)))
+    assert emulator.state.count(MERGE) == 1
+    assert all(len(lines) == 1 and "Max-Age=0" in lines[0] for lines in cleared)
+
+
 async def test_response_header_memory_is_shared_by_every_replica(
     shop: Shop, emulator: RunningEmulator, redis_server: RedisProcess, start_replica: StartReplica
 ) -> None:
