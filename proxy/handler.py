@@ -7,10 +7,15 @@ request is counted and access-logged. One request, in order:
    reads it), and the client's X-Forwarded-* likewise.
 3. ``/.cc-sidecar/*`` is answered here and never forwarded.
 4. Editor GETs start the customer's token work at once, concurrently with the shop's
-   response; a request that brings a guest cookie and a logged-in id starts the merge.
+   response (unless Fetch Metadata marks another site asking: ``proxy.fetch_metadata``); a
+   request that brings a guest cookie and a logged-in id starts the merge (one per logged-in
+   session: ``proxy.merged_sessions``). New users and merges are charged to the client and the
+   storefront (``proxy.budget``).
 5. The shop's response is streamed back; on an editor page with status 200 the token is
-   attached (HTML element, headers, cookie) or, if Customer's Canvas could not give one in
-   time, the page goes out as the shop sent it, marked ``X-CC-Sidecar: token-unavailable``.
+   attached (HTML element, headers, cookie; the shop's CORS read permissions removed) or, if
+   Customer's Canvas could not give one in time, the page goes out as the shop sent it, marked
+   ``X-CC-Sidecar: token-unavailable`` (``token-deferred`` over budget, ``token-withheld`` for
+   another site).
 """
 
 from __future__ import annotations
