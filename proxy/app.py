@@ -93,6 +93,7 @@ async def shop_services(
             store=store,
             clock=clock,
             concurrent_new_customers=settings.budget.concurrent_new_customers,
+            api_held_back=lambda: client.breaker.is_open,
         )
         keys = GuestKeys(settings.secret.get_secret_value())
         storefronts = [

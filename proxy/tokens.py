@@ -164,8 +164,11 @@ class TokenService:
         store: TokenStore | None = None,
         clock: Callable[[], float] = time.time,
         concurrent_new_customers: int | None = None,
+        api_held_back: Callable[[], bool] | None = None,
     ) -> None:
         self._api = api
+        # While the API's breaker holds calls back they cost Customer's Canvas nothing: no charge.
+        self._api_held_back = api_held_back or (lambda: False)
         # API work for customers not yet known runs a few at a time, so a flood of new ones never
         # takes the API client's connections from known customers' renewals (which skip this).
         self._new_customers = (
@@ -353,7 +356,7 @@ class TokenService:
         if key in self._known:
             raw = await self._api.get_token(customer.storefront_id, customer.user_id)
         else:
-            if charge is not None:
+            if charge is not None and not self._api_held_back():
                 await charge()
             async with self._new_customer_turn():
                 await self._ensure(customer.storefront_id, customer.user_id, customer.is_anonymous)
@@ -542,7 +545,7 @@ class TokenService:
         """The shared work of one merge; counts and logs its outcome once (the budget logs its own)."""
         error: StorefrontApiError | None = None
         try:
-            if charge is not None:
+            if charge is not None and not self._api_held_back():
                 await charge()
         except OverBudget:
             self._metrics.merges.labels(storefront=storefront_name, outcome=MergeOutcome.DEFERRED.value).inc()

@@ -67,12 +67,11 @@ async def test_an_outage_writes_one_warning_when_it_begins_and_one_when_it_ends(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     """30 pages while the circuit is open write no line each; its closing line counts them (and the one that opened it)."""
-    document = sidecar_config(
-        shop.url, emulator.url, trusted_networks=["127.0.0.1/32"], user={"header": USER_HEADER}
+    sidecar = await make_sidecar(
+        sidecar_config(
+            shop.url, emulator.url, trusted_networks=["127.0.0.1/32"], user={"header": USER_HEADER}
+        )
     )
-    # 30+ new customers from one client: past its budget they would be token-deferred instead.
-    document["budget"] = {"client_burst": 100, "storefront_per_s": 100}
-    sidecar = await make_sidecar(document)
     emulator.state.fail_all(status=500)
     pages_until_open = 0
     while not any(OPENED.match(line) for line in warnings_of(operator_log.records)):
