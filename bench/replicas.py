@@ -47,6 +47,8 @@ def sidecar_document(port: int, upstream: str, emulator: str, store: dict[str, A
         "log_level": "WARNING",
         "shutdown_grace_s": 1,
         "secret": "bench-secret-0123456789abcdef",
+        # Thousands of customers from one loopback client: the budgets are not what is measured.
+        "budget": {"client_burst": 1_000_000, "storefront_per_s": 1_000_000},
         "customers_canvas": {
             "api_url": emulator,
             "client_id": "demo",

@@ -449,6 +449,8 @@ def write_sidecar_conf(
         "log_level": "WARNING",
         "shutdown_grace_s": 1,
         "secret": "bench-secret-0123456789abcdef",
+        # Thousands of customers from one loopback client: the budgets are not what is measured.
+        "budget": {"client_burst": 1_000_000, "storefront_per_s": 1_000_000},
         "customers_canvas": {
             "api_url": emulator.url,
             "client_id": "demo",

@@ -138,6 +138,8 @@ def sidecar_config(workdir: Path, port: int, admin: int, shop: int, api: int) ->
         "log_level": "WARNING",
         "shutdown_grace_s": 10,
         "secret": "soak-secret-0123456789abcdef",
+        # Thousands of customers from one loopback client: the budgets are not what is measured.
+        "budget": {"client_burst": 1_000_000, "storefront_per_s": 1_000_000},
         "customers_canvas": {
             "api_url": f"http://127.0.0.1:{api}",
             "client_id": "demo",

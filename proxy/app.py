@@ -29,6 +29,7 @@ from aiohttp import web
 
 import proxy.handler
 from proxy.admin import Readiness, create_admin_app
+from proxy.budget import Budget
 from proxy.compiled import is_compiled
 from proxy.config import Settings
 from proxy.config.model import split_listen
@@ -40,7 +41,7 @@ from proxy.payload import PayloadMaker, Tenants
 from proxy.routing import Router
 from proxy.store import TokenStore
 from proxy.store.memory import MemoryStore
-from proxy.store.redis import RedisStore
+from proxy.store.redis import RedisStore, account_of
 from proxy.storefront_api import StorefrontApiClient, create_api_session
 from proxy.tokens import TokenService
 from proxy.upstream import Upstream, create_upstream_session
@@ -93,6 +94,8 @@ async def shop_services(
             min_ttl_s=settings.min_token_ttl_s,
             store=store,
             clock=clock,
+            concurrent_new_customers=settings.budget.concurrent_new_customers,
+            api_held_back=lambda: client.breaker.is_open,
         )
         keys = GuestKeys(settings.secret.get_secret_value())
         # Learnt in the background from now on: a page never waits for the tenant.
@@ -124,6 +127,7 @@ async def shop_services(
             retry_after_s=max(1, round(cc.breaker.open_s)),
             clock=clock,
             access_log=settings.access_log,
+            budget=Budget(settings.budget, store, metrics),
         )
         yield ShopServices(handler, client)
         await tokens.aclose()
@@ -139,7 +143,12 @@ def create_store(settings: Settings, metrics: Metrics) -> TokenStore:
     """The token store ``token_store`` names; Redis is connected lazily, so start-up never waits for it."""
     redis = settings.token_store.redis
     if settings.token_store.backend == "redis" and redis is not None:
-        return RedisStore.from_settings(redis, secret=settings.secret.get_secret_value(), metrics=metrics)
+        return RedisStore.from_settings(
+            redis,
+            secret=settings.secret.get_secret_value(),
+            metrics=metrics,
+            account=account_of(settings.customers_canvas),
+        )
     return MemoryStore()
 
 

@@ -157,3 +157,28 @@ def _expired(attributes: str, now: float) -> bool:
             except (TypeError, ValueError, IndexError):
                 continue
     return expires is not None and expires <= now
+
+
+def over_https(forwarded_protos: Iterable[str], forwarded: Iterable[str]) -> bool:
+    """Whether any hop says the browser came over https: any ``X-Forwarded-Proto: https`` (any item
+    of any copy) or ``Forwarded: proto=https``, whoever sent it.
+
+    Believing an untrusted hop here only makes a cookie stricter (``Secure``): a client that
+    claims https over plain http loses its own cookies, nobody else's.
+    """
+    for value in forwarded_protos:
+        if any(item.strip().lower() == "https" for item in value.split(",")):
+            return True
+    for value in forwarded:
+        for element in value.split(","):
+            for pair in element.split(";"):
+                key, _, proto = pair.partition("=")
+                if key.strip().lower() == "proto" and proto.strip().strip('"').lower() == "https":
+                    return True
+    return False
+
+
+def replaces_session(set_cookies: Iterable[str], name: str, current: str | None, now: float) -> bool:
+    """Whether these Set-Cookie values delete cookie ``name`` or set it to a value other than ``current``."""
+    change = cookie_set(set_cookies, name, now)
+    return change is not None and (change.value is None or change.value != current)

@@ -13,6 +13,7 @@
     │       └── CircuitOpen         held back by the breaker without a call
     ├── InvalidIdentity             a customer id that breaks the id rules
     ├── StoreUnavailable            the shared token store (Redis) failed or its breaker is open
+    ├── OverBudget                  a new StorefrontUser or merge past the client's or storefront's budget
     └── UpstreamError               the shop itself failed
         ├── UpstreamUnreachable     -> 502
         └── UpstreamTimeout         -> 504
@@ -78,6 +79,15 @@ class InvalidIdentity(SidecarError):
 
 class StoreUnavailable(SidecarError):
     """The shared token store cannot answer now; the caller carries on as with the memory store."""
+
+
+class OverBudget(SidecarError):
+    """A new StorefrontUser or a merge would exceed a budget; try again after ``retry_after_s``."""
+
+    def __init__(self, scope: str, retry_after_s: float) -> None:
+        self.scope = scope  # "client" or "storefront": whose budget ran out
+        self.retry_after_s = retry_after_s
+        super().__init__(f"over the {scope} budget for new StorefrontUsers (retry in {retry_after_s:.1f} s)")
 
 
 class UpstreamError(SidecarError):

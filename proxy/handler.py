@@ -7,10 +7,15 @@ request is counted and access-logged. One request, in order:
    reads it), and the client's X-Forwarded-* likewise.
 3. ``/.cc-sidecar/*`` is answered by :mod:`proxy.sidecar_paths` and never forwarded.
 4. Editor GETs start the customer's token work at once, concurrently with the shop's
-   response; a request that brings a guest cookie and a logged-in id starts the merge.
+   response (unless Fetch Metadata marks another site asking: ``proxy.fetch_metadata``); a
+   request that brings a guest cookie and a logged-in id starts the merge (one per logged-in
+   session: ``proxy.merged_sessions``). New users and merges are charged to the client and the
+   storefront (``proxy.budget``).
 5. The shop's response is streamed back; on an editor page with status 200 the token is
-   attached (HTML element, headers, cookie) or, if Customer's Canvas could not give one in
-   time, the page goes out as the shop sent it, marked ``X-CC-Sidecar: token-unavailable``.
+   attached (HTML element, headers, cookie; the shop's CORS read permissions removed) or, if
+   Customer's Canvas could not give one in time, the page goes out as the shop sent it, marked
+   ``X-CC-Sidecar: token-unavailable`` (``token-deferred`` over budget, ``token-withheld`` for
+   another site).
 """
 
 from __future__ import annotations
@@ -28,9 +33,29 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
+from proxy.budget import Budget, client_address
 from proxy.config import StorefrontSettings
-from proxy.cookies import CookieSet, RequestCookies, cookie_set, delete_cookie_value, set_cookie_value
-from proxy.errors import CircuitOpen, InvalidIdentity, SidecarError, StorefrontApiError, UpstreamError
+from proxy.cookies import (
+    CookieSet,
+    RequestCookies,
+    cookie_set,
+    delete_cookie_value,
+    over_https,
+    replaces_session,
+    set_cookie_value,
+)
+from proxy.errors import (
+    CircuitOpen,
+    InvalidIdentity,
+    OverBudget,
+    SidecarError,
+    StorefrontApiError,
+    UpstreamError,
+)
+from proxy.fetch_metadata import (
+    page_may_carry_token,
+    strip_cors,
+)
 from proxy.identity import (
     GUEST_COOKIE,
     GUEST_COOKIE_MAX_AGE_S,
@@ -51,6 +76,7 @@ from proxy.injection import (
     response_coding,
 )
 from proxy.log import RequestContext, request_context
+from proxy.merged_sessions import MergedSessions, session_of
 from proxy.metrics import LatencyHistogram, Metrics
 from proxy.page_script import CSP_HEADER, CSP_REPORT_ONLY_HEADER, script_nonce, script_tag
 from proxy.payload import PayloadMaker, render_element
@@ -66,7 +92,7 @@ from proxy.routing import (
 )
 from proxy.sidecar_paths import STATUS_HEADER, SidecarRequest, sidecar_paths
 from proxy.store import TokenStore
-from proxy.tokens import Customer, CustomerToken, MergeOutcome, TokenService
+from proxy.tokens import Charge, Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, OutgoingHeaders, Upstream, is_websocket_upgrade, response_headers
 
 log = logging.getLogger("proxy.handler")
@@ -110,6 +136,7 @@ class Storefront:
     editor_paths: PathMatcher
     session_check: SessionChecker | None
     response_memory: ResponseHeaderMemory | None
+    merged_sessions: MergedSessions
     upstream_latency: LatencyHistogram
     counters: StorefrontCounters
     payloads: PayloadMaker
@@ -125,6 +152,7 @@ class Storefront:
     header: bool = field(init=False)
     cookie: bool = field(init=False)
     injects: bool = field(init=False)
+    secure_cookies_always: bool = field(init=False)
 
     def __post_init__(self) -> None:
         settings = self.settings
@@ -142,6 +170,7 @@ class Storefront:
         self.header = "header" in settings.inject
         self.cookie = "cookie" in settings.inject
         self.injects = self.html or self.header or self.cookie
+        self.secure_cookies_always = settings.secure_cookies == "always"
 
 
 class StorefrontCounters:
@@ -189,6 +218,7 @@ def build_storefront(
             else None
         ),
         response_memory=ResponseHeaderMemory(store) if settings.user.response_header else None,
+        merged_sessions=MergedSessions(store),
         upstream_latency=metrics.upstream_seconds.labels(settings.name),
         counters=StorefrontCounters(metrics, settings.name),
         payloads=payloads,
@@ -202,6 +232,8 @@ class Attachment:
     token: CustomerToken | None = None
     # A guest whose request carried no cookie: their id, with no StorefrontUser and no token yet.
     deferred_guest: str | None = None
+    # Over budget (a new user or merge held back): seconds until the client may try again.
+    over_budget_s: float | None = None
     set_cookies: list[str] = field(default_factory=list)
 
 
@@ -218,8 +250,10 @@ class ShopHandler:
         retry_after_s: int,
         clock: Callable[[], float] = time.time,
         access_log: bool = False,
+        budget: Budget | None = None,
     ) -> None:
         self._router = router
+        self._budget = budget
         self._requests = metrics.requests
         self._valid_ids: dict[str, str] = {}
         self._access_log = access_log
@@ -338,6 +372,8 @@ class ShopHandler:
             and not has_encoded_separator(target)
         )
         editor = editor_path and method == hdrs.METH_GET
+        # Another site's page asking for an editor page (a fetch, an iframe): no token for it.
+        withheld = editor and not page_may_carry_token(request.headers)
         upstream_headers = storefront.upstream.request_headers(
             request,
             trusted=trusted,
@@ -364,8 +400,9 @@ class ShopHandler:
         work: asyncio.Task[Attachment] | None = None
         token: CustomerToken | None = None
         deferred_guest: str | None = None
+        over_budget = False
         if storefront.response_header is None:
-            if editor:
+            if editor and not withheld:
                 token = self._cached_token(request, storefront, logged_in)
                 if token is None:
                     work = self._start_attachment(
@@ -393,12 +430,32 @@ class ShopHandler:
             storefront.response_memory is not None or storefront.session_check is not None
         ):
             new_session = await self._session_replaced(request, storefront, headers)
+        # Cookie mode: the token cookie goes with the shop's session (a logout, a login that
+        # rotates it), so no page reads the old customer's token after it.
+        token_cookie_ends = (
+            storefront.cookie
+            and storefront.session_cookie is not None
+            and hdrs.SET_COOKIE in headers
+            and replaces_session(
+                headers.getall(hdrs.SET_COOKIE),
+                storefront.session_cookie,
+                storefront.guests.session_value(_cookies(request)),
+                self._clock(),
+            )
+        )
         if storefront.response_header is not None:
             named = await self._response_identity(request, storefront, headers, shop.status, new_session)
             logged_in = logged_in or named
-            if editor or ((logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)):
+            if (editor and not withheld) or (
+                (logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)
+            ):
                 work = self._start_attachment(
-                    request, storefront, logged_in, trusted, upstream_headers, want_token=editor
+                    request,
+                    storefront,
+                    logged_in,
+                    trusted,
+                    upstream_headers,
+                    want_token=editor and not withheld,
                 )
 
         if work is not None:
@@ -408,19 +465,39 @@ class ShopHandler:
                 attachment = await work
                 token = attachment.token
                 deferred_guest = attachment.deferred_guest
+                over_budget = attachment.over_budget_s is not None
                 for cookie in attachment.set_cookies:
                     headers.add(hdrs.SET_COOKIE, cookie)
         # An editor page's token came from the cache or from the work just awaited (None: unavailable,
         # or a cookie-less guest's whose StorefrontUser waits for the cookie to come back).
         body_filter: BodyFilter | None = None
-        if editor and shop.status == 200:
-            body_filter = self._attach(request, trusted, storefront, headers, token, deferred_guest)
+        if withheld and shop.status == 200:
+            _keep_private(headers)
+            headers[STATUS_HEADER] = "token-withheld"
+        elif editor and shop.status == 200:
+            body_filter = self._attach(
+                request,
+                trusted,
+                storefront,
+                headers,
+                token,
+                deferred_guest,
+                over_budget=over_budget,
+                token_cookie=not token_cookie_ends,
+            )
         elif editor_path and shop.status == 200:
             # HEAD of an editor page: no token, but the headers a cache would refresh its GET with
             # say what the GET's say (private, no validators).
             _keep_private(headers)
             for name in _VALIDATORS:
                 headers.popall(name, None)
+        if token_cookie_ends:
+            headers.add(
+                hdrs.SET_COOKIE,
+                delete_cookie_value(
+                    TOKEN_COOKIE, http_only=False, secure=_secure_cookies(request, storefront)
+                ),
+            )
         return await storefront.upstream.relay(request, shop, headers, body_filter)
 
     def _start_attachment(
@@ -439,7 +516,7 @@ class ShopHandler:
                 request,
                 storefront,
                 logged_in,
-                _is_https(request, trusted),
+                _secure_cookies(request, storefront),
                 page_headers,
                 want_token=want_token,
             )
@@ -602,17 +679,28 @@ class ShopHandler:
             if session_key is not None:
                 logged_in = await storefront.session_check.customer_id(session_key, page_headers)
         guest_id: str | None = None
+        first_visit = False
         if logged_in is not None:
             customer = Customer(storefront.storefront_id, logged_in, is_anonymous=False)
             cookie_guest = guests.cookie_guest(cookies)
             if cookie_guest is not None:
-                outcome = await self._tokens.merge_guest(
-                    storefront.storefront_id,
-                    cookie_guest,
-                    logged_in,
-                    storefront_name=storefront.settings.name,
-                )
-                if outcome is not MergeOutcome.FAILED:
+                session = session_of(storefront.storefront_id, guests.session_key(cookies), logged_in)
+                if await storefront.merged_sessions.admit(session, cookie_guest):
+                    outcome = await self._tokens.merge_guest(
+                        storefront.storefront_id,
+                        cookie_guest,
+                        logged_in,
+                        storefront_name=storefront.settings.name,
+                        charge=self._charge(request, storefront),
+                    )
+                else:
+                    # A second guest in a session that merged one: only tampering brings it.
+                    outcome = MergeOutcome.SECOND_GUEST
+                    self._tokens.count_merge(storefront.settings.name, outcome)
+                    log.info("cleared a second guest cookie of a logged-in session without a merge")
+                if not outcome.settled:
+                    await storefront.merged_sessions.failed(session)
+                else:
                     attachment.set_cookies.append(
                         delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure)
                     )
@@ -622,20 +710,28 @@ class ShopHandler:
                     delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure)
                 )
         else:
-            guest_id = guests.guest(cookies).user_id
+            guest = guests.guest(cookies)
+            guest_id = guest.user_id
+            first_visit = guest.minted
             customer = Customer(storefront.storefront_id, guest_id, is_anonymous=True)
         if not want_token:
             return
-        if guest_id is not None and next(iter(cookies), None) is None:
-            # No cookie at all: a first visit, or a client that keeps none (a crawler). It gets
-            # its guest id and cookie but no StorefrontUser: the request that brings the cookie
-            # back (the page script's call to tokenUrl) makes one (contract, "Identity").
+        if first_visit and guest_id is not None:
+            # Neither the shop's session cookie nor a valid guest cookie, whatever other cookies
+            # came (a first visit, a crawler, a client making cookies up): the guest id and cookie
+            # but no StorefrontUser. The request that brings the cookie back (the page script's
+            # call to tokenUrl) makes one (contract, "Identity").
             attachment.deferred_guest = guest_id
             attachment.set_cookies.append(_guest_cookie(guests, guest_id, secure))
             storefront.counters.deferred_guests.inc()
             return
         try:
-            attachment.token = await self._tokens.token_for(customer, newer_when_due=newer_when_due)
+            attachment.token = await self._tokens.token_for(
+                customer, self._charge(request, storefront), newer_when_due=newer_when_due
+            )
+        except OverBudget as exc:
+            attachment.over_budget_s = exc.retry_after_s
+            return
         except CircuitOpen:
             # The breaker logged the outage when it began and logs it when it ends, with the
             # count of pages like this one: a line per page would flood the log.
@@ -648,6 +744,19 @@ class ShopHandler:
             # token (contract), so it names a user that exists.
             attachment.set_cookies.append(_guest_cookie(guests, guest_id, secure))
 
+    def _charge(self, request: web.BaseRequest, storefront: Storefront) -> Charge | None:
+        """What charges a new user or merge of this request to its client and storefront."""
+        budget = self._budget
+        if budget is None:
+            return None
+
+        async def charge() -> None:
+            forwarded_for = request.headers.getall(hdrs.X_FORWARDED_FOR, ())
+            client = client_address(request.remote, forwarded_for, storefront.trusted)
+            await budget.charge(storefront.name, client)
+
+        return charge
+
     def _attach(
         self,
         request: web.BaseRequest,
@@ -656,15 +765,25 @@ class ShopHandler:
         headers: CIMultiDict[str],
         token: CustomerToken | None,
         deferred_guest: str | None = None,
+        *,
+        over_budget: bool = False,
+        token_cookie: bool = True,
     ) -> BodyFilter | None:
         """Put the token on an editor page's response; returns the HTML body filter, if any.
 
         A deferred guest (no token yet) gets the element with a null token and the id header.
         """
         _keep_private(headers)
+        if token is not None or deferred_guest is not None:
+            # Whatever the shop allows, no other origin reads a customer's identity.
+            strip_cors(headers)
         if token is None:
             if deferred_guest is not None:
                 return self._attach_deferred(request, storefront, headers, deferred_guest)
+            if over_budget:
+                # The budget counted it; the page script asks tokenUrl, which says when to retry.
+                headers[STATUS_HEADER] = "token-deferred"
+                return None
             headers[STATUS_HEADER] = "token-unavailable"
             storefront.counters.token_unavailable.inc()
             if storefront.script and is_html(headers.get(hdrs.CONTENT_TYPE)):
@@ -684,7 +803,7 @@ class ShopHandler:
             headers[USER_ID_HEADER] = token.user_id
             headers[USER_TOKEN_HEADER] = token.token
             storefront.counters.header.inc()
-        if storefront.cookie:
+        if storefront.cookie and token_cookie:
             max_age = max(0, token.expires_at - int(self._clock()))
             headers.add(
                 hdrs.SET_COOKIE,
@@ -692,7 +811,7 @@ class ShopHandler:
                     TOKEN_COOKIE,
                     token.token,
                     http_only=False,
-                    secure=_is_https(request, trusted),
+                    secure=_secure_cookies(request, storefront),
                     max_age=max_age,
                 ),
             )
@@ -775,7 +894,7 @@ class ShopHandler:
             request,
             storefront,
             logged_in,
-            _is_https(request, trusted),
+            _secure_cookies(request, storefront),
             page_headers,
             want_token=True,
             remembered=remembered,
@@ -943,13 +1062,13 @@ def _cookies(request: web.BaseRequest) -> RequestCookies:
     return RequestCookies(headers[0] if len(headers) == 1 else "; ".join(headers))
 
 
-def _is_https(request: web.BaseRequest, trusted: bool) -> bool:
-    """Whether the browser's connection is https, per a trusted proxy's X-Forwarded-Proto.
+def _secure_cookies(request: web.BaseRequest, storefront: Storefront) -> bool:
+    """Whether the sidecar's cookies on this response are Secure (``secure_cookies``).
 
-    The shop listener itself never terminates TLS (the ingress does), so the header of a
-    trusted hop is the only source.
+    The shop listener itself never terminates TLS (the ingress does): ``auto`` believes any hop's
+    X-Forwarded-Proto or Forwarded, since that only makes the cookie stricter.
     """
-    if trusted:
-        proto = request.headers.get(hdrs.X_FORWARDED_PROTO, "")
-        return proto.split(",")[0].strip().lower() == "https"
-    return False
+    if storefront.secure_cookies_always:
+        return True
+    headers = request.headers
+    return over_https(headers.getall(hdrs.X_FORWARDED_PROTO, ()), headers.getall(hdrs.FORWARDED, ()))

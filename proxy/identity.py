@@ -9,8 +9,11 @@ Rules (contract, "Identity"):
   spelling of it (any case, ``_`` for ``-``) is stripped before anything reads it.
 - A guest's StorefrontUser id is ``anon-`` + HMAC-SHA256(secret, storefront id + session
   cookie), so the shop's session id never leaves the sidecar; without a session cookie a
-  random one is minted. The guest id is kept in the signed ``cc_sidecar_guest`` cookie,
-  which wins over the session cookie, so it survives the shop rotating its session at login.
+  random one is minted. Only the shop's session cookie or a valid guest cookie shows a
+  returning browser: a minted guest (whatever other cookies the request carried) gets no
+  StorefrontUser until its guest cookie comes back. The guest id is kept in the signed
+  ``cc_sidecar_guest`` cookie, which wins over the session cookie, so it survives the shop
+  rotating its session at login.
 - The session check asks the shop about a request as the page request itself reached it (Host,
   X-Forwarded-*, cookies); an answer that names neither a customer nor a guest is counted and
   logged, and the request is a guest's.
@@ -150,6 +153,9 @@ class Guest:
     user_id: str
     # The request carried a valid guest cookie with this id.
     from_cookie: bool
+    # Neither a valid guest cookie nor the shop's session cookie: a first visit (or a client that
+    # keeps no cookies, or one sending made-up ones), whose id was just minted.
+    minted: bool = False
 
 
 class GuestRecogniser:
@@ -176,7 +182,7 @@ class GuestRecogniser:
         session = self.session_value(cookies)
         if session:
             return Guest(self._keys.guest_id_for_session(self._storefront_id, session), from_cookie=False)
-        return Guest(self._keys.mint_guest_id(), from_cookie=False)
+        return Guest(self._keys.mint_guest_id(), from_cookie=False, minted=True)
 
     def session_value(self, cookies: RequestCookies) -> str | None:
         """The shop's session id from its cookie (never logged, never sent to the API).

@@ -200,6 +200,13 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.budget_exceeded = Counter(
+            "cc_sidecar_budget_exceeded",
+            "New StorefrontUsers and merges held back by a budget, by storefront and scope"
+            " (client, storefront).",
+            ["storefront", "scope"],
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "cc_sidecar_api_breaker_open",
             "1 while the Storefront API circuit breaker is open.",

@@ -8,7 +8,9 @@ unless its route says otherwise.
 
 - ``GET /.cc-sidecar/token`` (:class:`TokenEndpoint`): the current customer's JSON object
   (contract, "Where the token goes"), 503 with ``Retry-After`` while Customer's Canvas cannot
-  give a token. Asked at or after the ``renewIn`` it gave, it answers with a newer token.
+  give a token, 429 with ``Retry-After`` over the new-customer budget, 403 to a request that is
+  not the shop's own page's (:func:`proxy.fetch_metadata.token_request_allowed`). Asked at or
+  after the ``renewIn`` it gave, it answers with a newer token.
 - ``GET /.cc-sidecar/v1/cc-user.js`` and ``/.cc-sidecar/v1/cc-user.d.ts``
   (:class:`~proxy.static_files.StaticFile`): the page script and its TypeScript declarations,
   the same bytes for everyone, publicly cacheable with an ETag.
@@ -16,6 +18,7 @@ unless its route says otherwise.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Protocol
 from aiohttp import hdrs, web
 from multidict import CIMultiDict
 
+from proxy.fetch_metadata import TOKEN_ENDPOINT_HEADERS, token_request_allowed
 from proxy.payload import TOKEN_PATH
 from proxy.static_files import StaticFile, StaticFiles
 
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
     from proxy.handler import Attachment, Storefront
 
 NO_STORE = "no-store"
+# A token endpoint answer carries a token: private as well (contract, "Where the token goes").
+PRIVATE_NO_STORE = "private, no-store"
 STATUS_HEADER = "X-CC-Sidecar"
 
 
@@ -91,14 +97,22 @@ class TokenEndpoint:
 
     async def __call__(self, sidecar_request: SidecarRequest) -> web.StreamResponse:
         storefront = sidecar_request.storefront
+        headers = CIMultiDict({hdrs.CACHE_CONTROL: PRIVATE_NO_STORE, **TOKEN_ENDPOINT_HEADERS})
+        if not token_request_allowed(sidecar_request.request.headers, sidecar_request.host):
+            return web.Response(
+                status=403, text="the token endpoint answers only the shop's own pages\n", headers=headers
+            )
         attachment = await self._customers.token_endpoint_attachment(sidecar_request)
-        headers = CIMultiDict({hdrs.CACHE_CONTROL: NO_STORE})
         for cookie in attachment.set_cookies:
             headers.add(hdrs.SET_COOKIE, cookie)
         if attachment.token is not None:
             body = storefront.payloads.json(attachment.token)
         elif attachment.deferred_guest is not None:
             body = storefront.payloads.for_deferred_guest(attachment.deferred_guest).to_json().encode()
+        elif attachment.over_budget_s is not None:
+            headers[hdrs.RETRY_AFTER] = str(max(1, math.ceil(attachment.over_budget_s)))
+            headers[STATUS_HEADER] = "token-deferred"
+            return web.Response(status=429, text="too many new customers; retry later\n", headers=headers)
         else:
             headers[hdrs.RETRY_AFTER] = self._retry_after
             headers[STATUS_HEADER] = "token-unavailable"

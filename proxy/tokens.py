@@ -57,6 +57,7 @@ from proxy.errors import (
     BadResponse,
     CircuitOpen,
     NotFound,
+    OverBudget,
     StorefrontApiError,
     StorefrontUnavailable,
     StoreUnavailable,
@@ -135,6 +136,14 @@ class MergeOutcome(enum.Enum):
     FINAL = "final"  # 404/409: one side is gone or it was merged already: clear the cookie
     NO_GUEST = "no_guest"  # the guest StorefrontUser never existed: clear, nothing to move
     FAILED = "failed"  # the API failed or was too slow: keep the cookie, a later request retries
+    DEFERRED = "deferred"  # over budget: keep the cookie, a later request retries
+    # Another guest cookie in a logged-in session that merged one already: cleared, no merge.
+    SECOND_GUEST = "second_guest"
+
+    @property
+    def settled(self) -> bool:
+        """Whether the guest cookie goes: the merge happened or never will (not failed, not deferred)."""
+        return self not in (MergeOutcome.FAILED, MergeOutcome.DEFERRED)
 
 
 class _Known(NamedTuple):
@@ -143,6 +152,9 @@ class _Known(NamedTuple):
     token: CustomerToken | None
     stale_at: float  # clock time from which the token is no longer handed out (token.renew_at: renewed)
 
+
+# Charges the budget for API work on a customer not yet known; raises OverBudget past it.
+Charge = Callable[[], Awaitable[None]]
 
 # A customer that exists but has no usable token (found by a Get, or a token not worth caching).
 _NO_TOKEN = _Known(None, -math.inf)
@@ -166,8 +178,17 @@ class TokenService:
         min_ttl_s: float = DEFAULT_MIN_TOKEN_TTL_S,
         store: TokenStore | None = None,
         clock: Callable[[], float] = time.time,
+        concurrent_new_customers: int | None = None,
+        api_held_back: Callable[[], bool] | None = None,
     ) -> None:
         self._api = api
+        # While the API's breaker holds calls back they cost Customer's Canvas nothing: no charge.
+        self._api_held_back = api_held_back or (lambda: False)
+        # API work for customers not yet known runs a few at a time, so a flood of new ones never
+        # takes the API client's connections from known customers' renewals (which skip this).
+        self._new_customers = (
+            asyncio.Semaphore(concurrent_new_customers) if concurrent_new_customers is not None else None
+        )
         # Only a store other replicas see adds anything to the LRU below.
         self._shared = store if store is not None and store.shared else None
         self._metrics = metrics
@@ -212,7 +233,9 @@ class TokenService:
         self._metrics.token_cache_hits.inc()
         return token
 
-    async def token_for(self, customer: Customer, *, newer_when_due: bool = False) -> CustomerToken:
+    async def token_for(
+        self, customer: Customer, charge: Charge | None = None, *, newer_when_due: bool = False
+    ) -> CustomerToken:
         """A token for ``customer``: from the cache, else made sure of the user and fetched.
 
         A cached token past its renewal point is returned while it may still be handed out, its
@@ -221,8 +244,10 @@ class TokenService:
 
         Raises :class:`~proxy.errors.StorefrontUnavailable` when the work takes longer than
         ``timeout_s``, and any other :class:`~proxy.errors.StorefrontApiError` as the API gave it.
-        Each call counts once: a hit when served from the cache, else a miss (also when it joins
-        a fetch already in flight).
+        ``charge`` is called before API work on a customer not yet known (never for a known
+        one); its :class:`~proxy.errors.OverBudget` is raised here, and to the requests that
+        joined the same work. Each call counts once: a hit when served from the cache, else a
+        miss (also when it joins a fetch already in flight).
         """
         key = self._user_key(customer.storefront_id, customer.user_id)
         entry = self._handable(key, customer.is_anonymous)
@@ -241,7 +266,7 @@ class TokenService:
         self._metrics.token_cache_misses.inc()
         # A page that must wait joins the renewal in flight rather than start a second GetToken.
         task = self._renewals.running(key) or self._token_flights.run(
-            key, lambda: self._bounded("token", self._fetch_token(key, customer, accept_due=True))
+            key, lambda: self._bounded("token", self._fetch_token(key, customer, charge, accept_due=True))
         )
         token = await self._wait(asyncio.shield(task), "token")
         if token.renew_at <= self._clock() and self._handable(key, customer.is_anonymous) is not None:
@@ -264,22 +289,34 @@ class TokenService:
             raise StorefrontUnavailable(exc.operation, exc.detail, exc.status) from exc
 
     async def merge_guest(
-        self, storefront_id: int, guest_user_id: str, regular_user_id: str, *, storefront_name: str
+        self,
+        storefront_id: int,
+        guest_user_id: str,
+        regular_user_id: str,
+        *,
+        storefront_name: str,
+        charge: Charge | None = None,
     ) -> MergeOutcome:
         """Move a guest's data to the customer who just logged in; never raises an API error.
 
         Concurrent calls for one guest share one merge. ``storefront_name`` labels the metric,
-        like every other metric of a storefront.
+        like every other metric of a storefront. ``charge`` is called before the merge's API
+        work; over budget the outcome is DEFERRED.
         """
         key = (self._tenant_id, storefront_id, guest_user_id)
         task = self._merge_flights.run(
-            key, lambda: self._merge_once(storefront_id, guest_user_id, regular_user_id, storefront_name)
+            key,
+            lambda: self._merge_once(storefront_id, guest_user_id, regular_user_id, storefront_name, charge),
         )
         try:
             return await self._wait(asyncio.shield(task), "merge_anonymous")
         except StorefrontUnavailable:
             # The shared merge runs on, bounded by the same timeout, and counts its own outcome.
             return MergeOutcome.FAILED
+
+    def count_merge(self, storefront_name: str, outcome: MergeOutcome) -> None:
+        """Count a login's guest that was settled without a merge being attempted."""
+        self._metrics.merges.labels(storefront=storefront_name, outcome=outcome.value).inc()
 
     async def aclose(self) -> None:
         """Cancel the API work still in flight (at shutdown), background renewals included."""
@@ -308,7 +345,7 @@ class TokenService:
         if self._renewals.running(key) is not None:
             return
         task = self._renewals.run(
-            key, lambda: self._bounded("token", self._fetch_token(key, customer, accept_due=False))
+            key, lambda: self._bounded("token", self._fetch_token(key, customer, None, accept_due=False))
         )
         task.add_done_callback(self._renewal_done)
 
@@ -355,7 +392,9 @@ class TokenService:
         self._known[key] = entry
         self._metrics.token_cache_entries.set(len(self._known))
 
-    async def _fetch_token(self, key: _UserKey, customer: Customer, *, accept_due: bool) -> CustomerToken:
+    async def _fetch_token(
+        self, key: _UserKey, customer: Customer, charge: Charge | None, *, accept_due: bool
+    ) -> CustomerToken:
         """The shared work behind a miss or a renewal: from the shared store, else from the API.
 
         ``accept_due``: a token another replica stored that is past its renewal point (but may
@@ -363,11 +402,11 @@ class TokenService:
         a token that is not due, so it takes only one another replica has renewed already.
         """
         if self._shared is None:
-            return await self._fetch_token_from_api(key, customer)
+            return await self._fetch_token_from_api(key, customer, charge)
         return await self._once_across_replicas(
             StoreKey("lock", _store_name(key)),
             lambda: self._shared_token(key, customer, accept_due=accept_due),
-            lambda: self._fetch_and_share_token(key, customer),
+            lambda: self._fetch_and_share_token(key, customer, charge),
             "token",
         )
 
@@ -398,9 +437,11 @@ class TokenService:
         self._remember(key, _Known(token, stale_at))
         return token
 
-    async def _fetch_and_share_token(self, key: _UserKey, customer: Customer) -> CustomerToken:
+    async def _fetch_and_share_token(
+        self, key: _UserKey, customer: Customer, charge: Charge | None
+    ) -> CustomerToken:
         """Fetch from the API and store the token for the other replicas while it may be handed out."""
-        token = await self._fetch_token_from_api(key, customer)
+        token = await self._fetch_token_from_api(key, customer, charge)
         entry = self._known.get(key)
         if self._shared is not None and entry is not None and entry.token is token:
             ttl_s = entry.stale_at - self._clock()
@@ -418,10 +459,21 @@ class TokenService:
                 )
         return token
 
-    async def _fetch_token_from_api(self, key: _UserKey, customer: Customer) -> CustomerToken:
-        """Ensure the user, get the token, cache it if worth it."""
-        await self._ensure(customer.storefront_id, customer.user_id, customer.is_anonymous)
-        raw = await self._api.get_token(customer.storefront_id, customer.user_id)
+    async def _fetch_token_from_api(
+        self, key: _UserKey, customer: Customer, charge: Charge | None
+    ) -> CustomerToken:
+        """Ensure the user, get the token, cache it if worth it.
+
+        A customer not yet known is charged first, and its work waits its turn among the new.
+        """
+        if key in self._known:
+            raw = await self._api.get_token(customer.storefront_id, customer.user_id)
+        else:
+            if charge is not None and not self._api_held_back():
+                await charge()
+            async with self._new_customer_turn():
+                await self._ensure(customer.storefront_id, customer.user_id, customer.is_anonymous)
+                raw = await self._api.get_token(customer.storefront_id, customer.user_id)
         now = self._clock()
         token, stale_at = self._read_token(customer, raw, now)
         if stale_at > now:
@@ -568,18 +620,23 @@ class TokenService:
     # -- merges -------------------------------------------------------------------------------
 
     async def _merge_once(
-        self, storefront_id: int, guest_user_id: str, regular_user_id: str, storefront_name: str
+        self,
+        storefront_id: int,
+        guest_user_id: str,
+        regular_user_id: str,
+        storefront_name: str,
+        charge: Charge | None,
     ) -> MergeOutcome:
         """One merge per guest across replicas: run it here, or learn another replica's outcome."""
         if self._shared is None:
-            return await self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name)
+            return await self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name, charge)
         name = _store_name(self._user_key(storefront_id, guest_user_id))
         try:
             return await self._once_across_replicas(
                 StoreKey("merge", name),
                 lambda: self._shared_merge_outcome(storefront_id, guest_user_id, name),
                 lambda: self._merge_and_share(
-                    storefront_id, guest_user_id, regular_user_id, storefront_name, name
+                    storefront_id, guest_user_id, regular_user_id, storefront_name, name, charge
                 ),
                 "merge_anonymous",
             )
@@ -598,11 +655,17 @@ class TokenService:
         return MergeOutcome(raw.decode())
 
     async def _merge_and_share(
-        self, storefront_id: int, guest_user_id: str, regular_user_id: str, storefront_name: str, name: str
+        self,
+        storefront_id: int,
+        guest_user_id: str,
+        regular_user_id: str,
+        storefront_name: str,
+        name: str,
+        charge: Charge | None,
     ) -> MergeOutcome:
         """Merge here; store a final outcome for the others (a failed one is left for a retry)."""
-        outcome = await self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name)
-        if self._shared is not None and outcome is not MergeOutcome.FAILED:
+        outcome = await self._merge(storefront_id, guest_user_id, regular_user_id, storefront_name, charge)
+        if self._shared is not None and outcome.settled:
             with contextlib.suppress(StoreUnavailable):
                 await self._shared.put(StoreKey("merged", name), outcome.value.encode(), _MERGE_OUTCOME_TTL_S)
                 # The guest is gone: its token is void on every replica.
@@ -612,12 +675,23 @@ class TokenService:
         return outcome
 
     async def _merge(
-        self, storefront_id: int, guest_user_id: str, regular_user_id: str, storefront_name: str
+        self,
+        storefront_id: int,
+        guest_user_id: str,
+        regular_user_id: str,
+        storefront_name: str,
+        charge: Charge | None,
     ) -> MergeOutcome:
-        """The shared work of one merge; counts and logs its outcome once."""
+        """The shared work of one merge; counts and logs its outcome once (the budget logs its own)."""
         error: StorefrontApiError | None = None
         try:
-            async with asyncio.timeout(self._timeout_s):
+            if charge is not None and not self._api_held_back():
+                await charge()
+        except OverBudget:
+            self._metrics.merges.labels(storefront=storefront_name, outcome=MergeOutcome.DEFERRED.value).inc()
+            return MergeOutcome.DEFERRED
+        try:
+            async with asyncio.timeout(self._timeout_s), self._new_customer_turn():
                 outcome = await self._attempt_merge(storefront_id, guest_user_id, regular_user_id)
         except TimeoutError:
             outcome = MergeOutcome.FAILED
@@ -658,6 +732,12 @@ class TokenService:
             raise StorefrontUnavailable(exc.operation, exc.detail, exc.status) from exc
         await self._api.merge_anonymous(storefront_id, guest_user_id, regular_user_id)
         return MergeOutcome.MERGED
+
+    def _new_customer_turn(self) -> contextlib.AbstractAsyncContextManager[object]:
+        """Wait for a turn among the API work on customers not yet known (see __init__)."""
+        if self._new_customers is None:
+            return contextlib.nullcontext()
+        return self._new_customers
 
     # -- across replicas ----------------------------------------------------------------------
 

@@ -51,6 +51,14 @@ DEFAULT_SESSION_CHECK_TTL_S = 60.0
 DEFAULT_STORE_TIMEOUT_S = 0.25
 # Every key the shared token store writes starts with this (several sidecars can share one Redis).
 DEFAULT_STORE_KEY_PREFIX = "cc-sidecar:"
+# New StorefrontUsers and merges one client (by address) may cause per minute, and at once.
+DEFAULT_CLIENT_NEW_USERS_PER_MINUTE = 20.0
+DEFAULT_CLIENT_NEW_USERS_BURST = 20
+# New StorefrontUsers and merges per second for a storefront as a whole (also its burst).
+DEFAULT_STOREFRONT_NEW_USERS_PER_S = 20.0
+# Storefront API work for customers not yet known (Get, Create, their first GetToken, merges)
+# running at once; known customers' calls never wait behind it.
+DEFAULT_CONCURRENT_NEW_CUSTOMERS = 16
 InjectMode = Literal["html", "header", "cookie", "script"]
 DEFAULT_INJECT: tuple[InjectMode, ...] = ("html",)
 
@@ -294,6 +302,14 @@ class StorefrontSettings(_Frozen):
             " script's tag after the html element, with the nonce of the page's CSP; implies html)."
         ),
     )
+    secure_cookies: Literal["auto", "always"] = Field(
+        "auto",
+        description=(
+            "auto: the sidecar's cookies are Secure when any X-Forwarded-Proto (or Forwarded proto)"
+            " says https, whoever sent it (it only makes them stricter); always: Secure regardless"
+            " (set it for a shop served only over https, e.g. with trusted_networks empty)."
+        ),
+    )
     underscores_in_headers: bool = Field(
         False,
         description=(
@@ -384,6 +400,42 @@ class RedisSettings(_Frozen):
     )
 
 
+class BudgetSettings(_Frozen):
+    """What one client, and a storefront as a whole, may cost Customer's Canvas in new users and merges.
+
+    Customers already cached are never charged. Over budget, an editor page goes out without a
+    token (X-CC-Sidecar: token-deferred) and /.cc-sidecar/token answers 429 with Retry-After.
+    Shared by replicas through the Redis token store (per process while it is unavailable).
+    """
+
+    client_per_minute: float = Field(
+        DEFAULT_CLIENT_NEW_USERS_PER_MINUTE,
+        gt=0,
+        description=(
+            "New StorefrontUsers and merges one client may cause per minute (a token bucket; the"
+            " client is its address as resolved through trusted_networks, an IPv6 one by its /64)."
+        ),
+    )
+    client_burst: int = Field(
+        DEFAULT_CLIENT_NEW_USERS_BURST, ge=1, description="How many of them one client may cause at once."
+    )
+    storefront_per_s: float = Field(
+        DEFAULT_STOREFRONT_NEW_USERS_PER_S,
+        gt=0,
+        description=(
+            "New StorefrontUsers and merges per second for each storefront as a whole (and its burst)."
+        ),
+    )
+    concurrent_new_customers: int = Field(
+        DEFAULT_CONCURRENT_NEW_CUSTOMERS,
+        ge=1,
+        description=(
+            "Storefront API work for customers not yet known (Get, Create, first GetToken, merges)"
+            " at once; known customers' calls never wait behind it."
+        ),
+    )
+
+
 class TokenStoreSettings(_Frozen):
     """Where customers, locks and per-session memory live: this process, or Redis shared by replicas."""
 
@@ -434,6 +486,7 @@ class Settings(_Frozen):
     )
     storefronts: tuple[StorefrontSettings, ...]
     token_store: TokenStoreSettings = Field(default_factory=TokenStoreSettings)
+    budget: BudgetSettings = Field(default_factory=BudgetSettings)
 
     @field_validator("secret")
     @classmethod

@@ -73,6 +73,15 @@ class TokenStore(Protocol):
         """Free the claimed key, only if ``claim`` still holds it."""
         ...
 
+    async def spend(self, key: StoreKey, interval_s: float, burst: int) -> float:
+        """Take one unit from the token bucket ``key`` (one unit back every ``interval_s``, at most
+        ``burst`` held); 0 when taken, else the seconds until one will be there (nothing taken).
+
+        The bucket is kept as its theoretical arrival time (GCRA), one number that expires when
+        the bucket is full again.
+        """
+        ...
+
     async def aclose(self) -> None:
         """Close connections (at shutdown)."""
         ...

@@ -44,6 +44,16 @@ class MemoryStore:
         if self._live(claim.key) == claim.owner.encode():
             del self._entries[claim.key]
 
+    async def spend(self, key: StoreKey, interval_s: float, burst: int) -> float:
+        now = self._clock()
+        held = self._live(key)
+        due = max(float(held), now) if held is not None else now
+        wait = due + interval_s - burst * interval_s - now
+        if wait > 0:
+            return wait
+        self._entries[key] = (repr(due + interval_s).encode(), due + interval_s)
+        return 0.0
+
     async def aclose(self) -> None:
         self._entries.clear()
 

@@ -3,7 +3,9 @@
 At rest, Redis learns nothing useful: a key is ``{key_prefix}{kind}:{HMAC}`` of what it indexes
 (never a customer or session id), a value is AES-GCM under a key derived from ``secret`` with
 HKDF, bound to its key name (a value moved to another key does not decrypt), and every key has a
-TTL. Claims hold a random owner id, the only thing stored in the clear.
+TTL. Both keys are derived from the Customer's Canvas account too (API URL, client id, tenant:
+:func:`account_of`), so two accounts sharing a Redis, a ``secret`` and a ``key_prefix`` never
+read each other's entries. Claims hold a random owner id, the only thing stored in the clear.
 
 Redis is a cache, never a dependency of a page. Every call is bounded by ``timeout_s`` (connect
 included) and never retried. A failure opens a breaker: calls then raise
@@ -36,7 +38,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
-from proxy.config.model import RedisSettings, split_listen
+from proxy.config.model import CustomersCanvasSettings, RedisSettings, split_listen
 from proxy.errors import StoreUnavailable
 from proxy.metrics import Metrics
 from proxy.store import Claim, StoreKey
@@ -52,16 +54,39 @@ _KEY_NAME_HEX = 32  # 128 bits of HMAC-SHA256 in a key name
 # empty has no script cache, and the script is shorter than a NOSCRIPT round trip.
 _RELEASE = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) end return 0"
 
+# A token bucket as GCRA (see TokenStore.spend) on Redis' own clock, so replicas whose clocks
+# differ share one bucket; atomic as one script. ARGV: interval_s, burst. Returns "0" when a unit
+# was taken, else the seconds to wait.
+_SPEND = """
+local clock = redis.call('TIME')
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local interval = tonumber(ARGV[1])
+local held = redis.call('GET', KEYS[1])
+local due = now
+if held then due = math.max(tonumber(held), now) end
+local wait = due + interval - tonumber(ARGV[2]) * interval - now
+if wait > 0 then return string.format('%.6f', wait) end
+due = due + interval
+redis.call('SET', KEYS[1], string.format('%.6f', due), 'PX', math.ceil((due - now) * 1000))
+return '0'
+"""
+
 T = TypeVar("T")
 
 
-class SealedKeys:
-    """Key names and value encryption, both derived from ``secret`` (HKDF, separate keys)."""
+def account_of(settings: CustomersCanvasSettings) -> str:
+    """What names one Customer's Canvas account: its API URL, External App client id and tenant."""
+    return f"{settings.api_url}\0{settings.client_id}\0{settings.tenant_id or ''}"
 
-    def __init__(self, secret: str, prefix: str) -> None:
+
+class SealedKeys:
+    """Key names and value encryption, both derived from ``secret`` and the account (HKDF, separate keys)."""
+
+    def __init__(self, secret: str, prefix: str, account: str = "") -> None:
         self._prefix = prefix
-        self._name_key = _derive(secret, b"cc-sidecar store key names v1")
-        self._aead = AESGCM(_derive(secret, b"cc-sidecar store values v1"))
+        salt = account.encode()
+        self._name_key = _derive(secret, b"cc-sidecar store key names v2", salt)
+        self._aead = AESGCM(_derive(secret, b"cc-sidecar store values v2", salt))
 
     def name(self, key: StoreKey) -> str:
         """The Redis key of ``key``: its kind in the clear, an HMAC of what it indexes."""
@@ -80,8 +105,8 @@ class SealedKeys:
             return None
 
 
-def _derive(secret: str, purpose: bytes) -> bytes:
-    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(secret.encode())
+def _derive(secret: str, purpose: bytes, salt: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=salt or None, info=purpose).derive(secret.encode())
 
 
 def create_client(settings: RedisSettings) -> Any:
@@ -139,9 +164,10 @@ class RedisStore:
         timeout_s: float,
         metrics: Metrics,
         clock: Callable[[], float] = time.monotonic,
+        account: str = "",
     ) -> None:
         self._client = client
-        self._keys = SealedKeys(secret, key_prefix)
+        self._keys = SealedKeys(secret, key_prefix, account)
         self._timeout_s = timeout_s
         self._metrics = metrics
         self._clock = clock
@@ -151,13 +177,17 @@ class RedisStore:
         metrics.store_available.set(1)
 
     @classmethod
-    def from_settings(cls, settings: RedisSettings, *, secret: str, metrics: Metrics) -> RedisStore:
+    def from_settings(
+        cls, settings: RedisSettings, *, secret: str, metrics: Metrics, account: str = ""
+    ) -> RedisStore:
+        """The store of ``settings``; ``account`` (:func:`account_of`) keeps accounts apart."""
         return cls(
             create_client(settings),
             secret=secret,
             key_prefix=settings.key_prefix,
             timeout_s=settings.timeout_s,
             metrics=metrics,
+            account=account,
         )
 
     @property
@@ -194,6 +224,12 @@ class RedisStore:
         name = self._keys.name(claim.key)
         await self._call("release", lambda: self._client.eval(_RELEASE, 1, name, claim.owner))
         self._metrics.store_operations.labels("release", "ok").inc()
+
+    async def spend(self, key: StoreKey, interval_s: float, burst: int) -> float:
+        name = self._keys.name(key)
+        wait = await self._call("spend", lambda: self._client.eval(_SPEND, 1, name, repr(interval_s), burst))
+        self._metrics.store_operations.labels("spend", "ok").inc()
+        return float(wait)
 
     async def aclose(self) -> None:
         await self._client.aclose()

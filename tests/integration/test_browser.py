@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
+from aiohttp import web
 
 from proxy.demo import running_demo
 from proxy.emulator import EMULATOR_STATE
 from tests.fixtures.browser import DevTools, needs_chromium
+from tests.fixtures.emulator import RunningEmulator
+from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
 
 pytestmark = [*needs_chromium, pytest.mark.timeout(90)]
 
@@ -108,3 +112,42 @@ async def test_first_visit_to_a_gzip_editor_page_with_an_empty_profile_ends_with
         assert isinstance(user["expiresAt"], int)
         assert state.count("StorefrontUsers_Create") == 1
         assert state.count("StorefrontUsers_GetToken") == 1
+
+
+async def test_a_page_of_another_origin_cannot_read_the_token_of_an_editor_page(
+    browser: tuple[DevTools, str],
+    shop: Shop,
+    emulator: RunningEmulator,
+    make_sidecar: SidecarFactory,
+    aiohttp_server: Any,
+) -> None:
+    """A page on another origin of the same site (127.0.0.1, another port) fetches an editor page
+    with the victim's cookies, the shop reflecting its Origin with Allow-Credentials: it gets no token."""
+    devtools, session = browser
+
+    async def elsewhere(_: web.Request) -> web.Response:
+        return web.Response(text="<!doctype html><title>elsewhere</title>", content_type="text/html")
+
+    attacker = web.Application()
+    attacker.router.add_get("/", elsewhere)
+    attacker_server = await aiohttp_server(attacker)
+    attacker_origin = f"http://127.0.0.1:{attacker_server.port}"
+    shop.state.extra_response_headers.update(
+        {"Access-Control-Allow-Origin": attacker_origin, "Access-Control-Allow-Credentials": "true"}
+    )
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url))
+    editor_url = str(sidecar.make_url("/editor/mug"))
+    # The victim's browser holds a session of the shop.
+    await devtools.call("Network.setCookie", session, name="PHPSESSID", value="victim", url=editor_url)
+    await devtools.call("Page.navigate", session, url=attacker_origin + "/")
+    await devtools.wait_for(session, "document.title", "elsewhere")
+    outcome = await devtools.evaluate(
+        session,
+        f"fetch({json.dumps(editor_url)}, {{credentials: 'include'}})"
+        '.then(r => r.text()).then(t => /"token":"[^"]+"/.test(t) ? \'token read\' : \'no token\')'
+        ".catch(() => 'not readable')",
+    )
+    assert outcome in ("no token", "not readable")
+    editor_requests = [r for r in shop.state.requests if r.path_qs == "/editor/mug"]
+    assert editor_requests, "the fetch reached the shop through the sidecar"
+    assert emulator.state.count("StorefrontUsers_GetToken") == 0

@@ -16,12 +16,14 @@ import aiohttp
 import jwt
 import pytest
 
+from proxy.emulator import EmulatorOptions
 from proxy.identity import GUEST_COOKIE
 from proxy.store.redis import RETRY_AFTER_S
-from tests.fixtures.emulator import RunningEmulator
+from tests.fixtures.emulator import RunningEmulator, start_emulator
 from tests.fixtures.process import free_port, start_sidecar, wait_ready
 from tests.fixtures.redis import RedisProcess, SentinelSet
-from tests.fixtures.shop import Shop, sidecar_config
+from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
+from tests.integration.test_budget import harvest_guest_cookies
 
 ELEMENT = re.compile(rb'<script id="cc-storefront-user" type="application/json">(.*?)</script>', re.S)
 USER_HEADER = "X-Shop-User"
@@ -171,6 +173,34 @@ async def test_login_sent_to_two_replicas_at_once_merges_once(
                 return [c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE)]
 
         cleared = await asyncio.gather(log_in(replicas[1]), log_in(replicas[2]))
+    assert emulator.state.count(MERGE) == 1
+    assert all(len(lines) == 1 and "Max-Age=0" in lines[0] for lines in cleared)
+
+
+async def test_one_login_with_30_swapped_guest_cookies_over_three_replicas_merges_once(
+    shop: Shop, emulator: RunningEmulator, redis_server: RedisProcess, start_replica: StartReplica
+) -> None:
+    """30 guests (each with its StorefrontUser) swapped into one logged-in session, at once, spread
+    over three replicas on one Redis: one MergeAnonymous; every guest cookie is cleared."""
+    document = replica_config(shop, emulator, redis_store_config(redis_server))
+    document["budget"] = {"client_burst": 100, "storefront_per_s": 100}  # room for the harvest
+    replicas = await three_replicas(start_replica, document)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
+        guests = []
+        for cookie in await harvest_guest_cookies(f"http://127.0.0.1:{replicas[0].port}", 30):
+            async with client.get(
+                replicas[0].url("/.cc-sidecar/token"), headers={"Cookie": cookie}
+            ) as response:
+                assert response.status == 200
+            guests.append(cookie)
+        assert emulator.state.count("StorefrontUsers_Create") == 30
+
+        async def swap_in(n: int) -> list[str]:
+            headers = {"Cookie": f"PHPSESSID=eve; {guests[n]}", USER_HEADER: "eve@example.com"}
+            async with client.get(replicas[n % 3].url("/plain"), headers=headers) as response:
+                return [c for c in response.headers.getall("Set-Cookie", []) if c.startswith(GUEST_COOKIE)]
+
+        cleared = await asyncio.gather(*(swap_in(n) for n in range(30)))
     assert emulator.state.count(MERGE) == 1
     assert all(len(lines) == 1 and "Max-Age=0" in lines[0] for lines in cleared)
 
@@ -348,3 +378,68 @@ async def test_replicas_share_customers_through_a_redis_cluster(
     held = [len(node.client().keys("cc-sidecar:customer:*")) for node in redis_cluster]
     assert sum(held) == 12
     assert all(count > 0 for count in held)
+
+
+async def test_three_replicas_on_redis_share_the_budget(
+    shop: Shop, emulator: RunningEmulator, redis_server: RedisProcess, start_replica: StartReplica
+) -> None:
+    """Rotating PHPSESSID and replayed guest cookies, 200 requests each spread over three
+    replicas on one Redis: at most 20 StorefrontUsers per trick."""
+    document = replica_config(shop, emulator, redis_store_config(redis_server))
+    # One unit a minute: the refill cannot add one while the test runs; the bound is the burst (20).
+    document["budget"] = {"client_per_minute": 1}
+    replicas = await three_replicas(start_replica, document)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.DummyCookieJar()) as client:
+        for n in range(200):
+            replica = replicas[n % 3]
+            async with client.get(
+                replica.url("/editor/mug"), headers={"Cookie": f"PHPSESSID=r-{n}"}
+            ) as response:
+                assert response.status == 200
+        assert len(emulator.state.users) <= 20
+        rotated = len(emulator.state.users)
+        emulator.state.users.clear()
+        redis_server.client().flushall()  # a fresh budget for the second trick
+        cookies = await harvest_guest_cookies(f"http://127.0.0.1:{replicas[0].port}", 200)
+        for n, cookie in enumerate(cookies):
+            async with client.get(
+                replicas[n % 3].url("/.cc-sidecar/token"), headers={"Cookie": cookie}
+            ) as response:
+                assert response.status in (200, 429)
+    assert rotated > 0
+    assert 0 < len(emulator.state.users) <= 20
+
+
+async def test_two_accounts_sharing_redis_secret_and_prefix_never_share_a_token(
+    shop: Shop,
+    emulator: RunningEmulator,
+    redis_server: RedisProcess,
+    aiohttp_server: Any,
+    make_sidecar: SidecarFactory,
+) -> None:
+    """Two sidecars of two Customer's Canvas accounts (another API URL and client id, no tenant_id) on
+    one Redis with one secret and key_prefix: each customer's token comes from its own account's API."""
+    other = await start_emulator(
+        aiohttp_server,
+        EmulatorOptions(
+            enable_control=True, client_id="other-app", client_secret="other-secret", tenant_id=2
+        ),
+    )
+    first_document = replica_config(shop, emulator, redis_store_config(redis_server))
+    second_document = replica_config(shop, other, redis_store_config(redis_server))
+    second_document["customers_canvas"].update(client_id="other-app", client_secret="other-secret")
+    for document in (first_document, second_document):
+        # No tenant_id (as issue #22 found it): only the API URL and client id tell the accounts apart.
+        del document["customers_canvas"]["tenant_id"]
+    first, second = await make_sidecar(first_document), await make_sidecar(second_document)
+    tokens = []
+    for sidecar in (first, second):
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(
+                sidecar.make_url("/editor/mug"), headers={USER_HEADER: "same@example.com"}
+            ) as response,
+        ):
+            tokens.append(element_of(await response.read())["token"])
+    assert emulator.state.count(GET_TOKEN) == other.state.count(GET_TOKEN) == 1
+    assert tokens[0] != tokens[1]

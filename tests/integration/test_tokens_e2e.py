@@ -309,6 +309,31 @@ async def test_guest_keeps_id_across_session_rotation_and_merges_once_at_login(
     }
 
 
+async def test_one_login_with_30_swapped_guest_cookies_merges_once(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """30 harvested guest cookies (each with its StorefrontUser) swapped into one logged-in session:
+    one MergeAnonymous; every other guest cookie is cleared without a merge."""
+    document = config(shop, emulator)
+    # Budgets wide enough for the harvest itself (30 new guests from one client).
+    document["budget"] = {"client_burst": 100, "storefront_per_s": 100}
+    sidecar = await make_sidecar(document)
+    harvested = []
+    for _ in range(30):
+        response, _ = await get_raw(sidecar, "/editor/mug", None)
+        cookie = f"{GUEST_COOKIE}={guest_cookie_value(response)}"
+        await get(sidecar, "/.cc-sidecar/token", headers={"Cookie": cookie})
+        harvested.append(cookie)
+    assert emulator.state.count("StorefrontUsers_Create") == 30
+    for cookie in harvested:
+        response, _ = await get(
+            sidecar, "/plain", headers={USER_HEADER: "eve@example.com", "Cookie": f"PHPSESSID=eve; {cookie}"}
+        )
+        [cleared] = guest_cookie_lines(response)
+        assert "Max-Age=0" in cleared
+    assert emulator.state.count("StorefrontUsers_MergeAnonymous") == 1
+
+
 async def test_failing_merge_keeps_the_page_and_is_retried(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory
 ) -> None:
@@ -744,17 +769,35 @@ async def test_the_guest_cookie_brought_back_makes_one_user_and_token_for_the_sa
     assert emulator.state.count("StorefrontUsers_GetToken") == 1
 
 
-async def test_a_request_with_only_an_unrelated_cookie_gets_its_token_at_once(
+@pytest.mark.parametrize("cookie", ["junk=1", "csrftoken=abc; _ga=GA1.2.3", f"{GUEST_COOKIE}=anon-x.forged"])
+async def test_a_request_with_only_unrelated_cookies_is_a_first_visit(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory, cookie: str
+) -> None:
+    """Cookies that are neither the shop's session nor a valid guest cookie: a minted guest id, the
+    guest cookie, a null token, and no API call, on the editor page and on the token endpoint."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    response, body = await get(sidecar, "/editor/mug", headers={"Cookie": cookie})
+    payload = element_of(body)
+    assert (payload["isAnonymous"], payload["token"], payload["expiresAt"]) == (True, None, None)
+    assert guest_cookie_value(response).startswith(payload["userId"] + ".")
+    response, body = await get(sidecar, "/.cc-sidecar/token", headers={"Cookie": cookie})
+    answer = json.loads(body)
+    assert (response.status, answer["token"], answer["expiresAt"]) == (200, None, None)
+    assert answer["userId"] != payload["userId"]
+    assert emulator.state.calls == []
+
+
+async def test_200_requests_with_a_junk_cookie_make_no_storefront_user(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory
 ) -> None:
-    """A client that sent any cookie keeps them: its first editor page has the guest's token."""
+    """200 requests with `Cookie: junk=1` to the token endpoint and editor pages: 0 StorefrontUsers."""
     sidecar = await make_sidecar(config(shop, emulator))
-    response, body = await get(sidecar, "/editor/mug", headers={"Cookie": "csrftoken=abc"})
-    payload = element_of(body)
-    assert payload["isAnonymous"] is True
-    assert claims(payload["token"])["sub"] == payload["userId"]
-    assert len(guest_cookie_lines(response)) == 1
-    assert emulator.state.count("StorefrontUsers_GetToken") == 1
+    for number in range(200):
+        path = "/.cc-sidecar/token" if number % 2 else "/editor/mug"
+        response, _ = await get(sidecar, path, headers={"Cookie": "junk=1"})
+        assert response.status == 200
+    assert emulator.state.users == {}
+    assert emulator.state.calls == []
 
 
 async def test_token_endpoint_without_a_cookie_answers_the_guest_id_without_a_token(
@@ -898,3 +941,69 @@ async def test_head_of_an_editor_page_says_what_its_get_says_about_caching(
         assert "ETag" not in response.headers
         assert "Last-Modified" not in response.headers
     assert emulator.state.count("StorefrontUsers_GetToken") == 0
+
+
+# -- secure_cookies, and the token cookie ending with the shop's session ---------------------------
+
+
+def set_cookie_lines(response: aiohttp.ClientResponse, name: str) -> list[str]:
+    return [c for c in response.headers.getall("Set-Cookie", []) if c.startswith(name + "=")]
+
+
+async def test_auto_secure_cookies_believe_any_hops_https(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """secure_cookies auto, no trusted_networks: X-Forwarded-Proto https (any item) or Forwarded
+    proto=https from an untrusted peer makes both cookies Secure; plain http leaves them without."""
+    sidecar = await make_sidecar(
+        config(shop, emulator, trusted_networks=[], user={}, inject=["html", "cookie"])
+    )
+    for headers, secure in (
+        ({"X-Forwarded-Proto": "https"}, True),
+        ({"X-Forwarded-Proto": "http, https"}, True),
+        ({"Forwarded": "for=192.0.2.1;proto=https"}, True),
+        ({"X-Forwarded-Proto": "http"}, False),
+        ({}, False),
+    ):
+        response, _ = await get(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=s", **headers})
+        lines = set_cookie_lines(response, GUEST_COOKIE) + set_cookie_lines(response, "cc_user_token")
+        assert len(lines) == 2
+        assert all(("; Secure" in line) is secure for line in lines), (headers, lines)
+
+
+async def test_secure_cookies_always_marks_them_secure_over_plain_http(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """secure_cookies: always: Secure without any X-Forwarded-Proto, on the first visit's guest cookie too."""
+    sidecar = await make_sidecar(config(shop, emulator, secure_cookies="always", inject=["html", "cookie"]))
+    response, _ = await get(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=s"})
+    lines = set_cookie_lines(response, GUEST_COOKIE) + set_cookie_lines(response, "cc_user_token")
+    assert len(lines) == 2
+    assert all("; Secure" in line for line in lines)
+    response, _ = await get_raw(sidecar, "/editor/mug", None)
+    assert "; Secure" in set_cookie_lines(response, GUEST_COOKIE)[0]
+
+
+@pytest.mark.parametrize(
+    "session_cookie",
+    [
+        "PHPSESSID=deleted; expires=Thu, 01 Jan 1970 00:00:01 GMT; Max-Age=0; path=/",
+        "PHPSESSID=rotated; path=/",
+    ],
+)
+async def test_the_token_cookie_goes_with_the_shops_session(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory, session_cookie: str
+) -> None:
+    """Cookie mode: a response that deletes or replaces PHPSESSID (a logout, a login) deletes
+    cc_user_token too, editor page or not; the editor page sets no new token cookie then. One
+    that sets PHPSESSID again to the browser's own value sets the token cookie as usual."""
+    sidecar = await make_sidecar(config(shop, emulator, inject=["html", "cookie"]))
+    shop.state.extra_response_headers = {"Set-Cookie": session_cookie}
+    for path in ("/redirect", "/editor/mug"):
+        response, _ = await get(sidecar, path, headers={"Cookie": "PHPSESSID=kims"})
+        [line] = set_cookie_lines(response, "cc_user_token")
+        assert "Max-Age=0" in line
+    shop.state.extra_response_headers = {"Set-Cookie": "PHPSESSID=kims; path=/"}
+    response, _ = await get(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=kims"})
+    [line] = set_cookie_lines(response, "cc_user_token")
+    assert "Max-Age=0" not in line

@@ -115,6 +115,8 @@ async def start_rig(
     storefront.setdefault("editor_paths", EDITOR_GLOBS)
     storefront.setdefault("inject", ["html", "header"])
     document = sidecar_config(str(shop.make_url("")).rstrip("/"), emulator.url, **storefront)
+    # Hypothesis makes hundreds of customers from this one client; budgets are not what is tested here.
+    document["budget"] = {"client_burst": 1_000_000, "storefront_per_s": 1_000_000}
     return Rig(await make_sidecar(document), app[MIRROR], emulator)
 
 
@@ -241,8 +243,8 @@ async def test_customer_id_colliding_with_a_route_is_a_guest(
     rig: Rig, value: str, reason: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     """An id that would name another Storefront API path is ignored with a warning: a guest's page,
-    and the only StorefrontUser made is that guest (the unrelated cookie gets it one at once)."""
-    answer = await fetch(rig.sidecar, "/editor/mug", headers={USER_HEADER: value, "Cookie": "csrftoken=c"})
+    and the only StorefrontUser made is that guest (the session cookie gets it one at once)."""
+    answer = await fetch(rig.sidecar, "/editor/mug", headers={USER_HEADER: value, "Cookie": "PHPSESSID=c"})
     payload = element_of(answer.body)
     assert payload["isAnonymous"] is True
     assert GUEST_ID.fullmatch(payload["userId"])

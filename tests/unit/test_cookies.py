@@ -10,6 +10,8 @@ from proxy.cookies import (
     cookie_header_without,
     cookie_set,
     delete_cookie_value,
+    over_https,
+    replaces_session,
     set_cookie_value,
 )
 
@@ -113,3 +115,20 @@ def test_cookie_set_says_what_a_response_does_to_a_cookie(
 ) -> None:
     """The last Set-Cookie of the name counts; empty, Max-Age <= 0 or a past Expires (Max-Age first) deletes."""
     assert cookie_set(set_cookies, "PHPSESSID", NOW) == change
+
+
+def test_over_https_believes_any_hop() -> None:
+    """Any item of any X-Forwarded-Proto, or a Forwarded proto, saying https is enough."""
+    assert over_https(["http", "http, HTTPS"], [])
+    assert over_https([], ['for=192.0.2.1;proto="https", for=10.0.0.1;proto=http'])
+    assert not over_https(["http"], ["for=192.0.2.1;proto=http"])
+    assert not over_https([], [])
+
+
+def test_replaces_session_when_deleted_or_set_to_another_value() -> None:
+    """Deleted, or set to a new value: replaced; set to the value the browser holds, or untouched: not."""
+    assert replaces_session(["PHPSESSID=; Max-Age=0"], "PHPSESSID", "a", 0)
+    assert replaces_session(["PHPSESSID=b; Path=/"], "PHPSESSID", "a", 0)
+    assert replaces_session(["PHPSESSID=b; Path=/"], "PHPSESSID", None, 0)
+    assert not replaces_session(["PHPSESSID=a; Path=/"], "PHPSESSID", "a", 0)
+    assert not replaces_session(["other=1"], "PHPSESSID", "a", 0)

@@ -123,3 +123,26 @@ async def test_late_release_keeps_next_holders_claim(store: TokenStore) -> None:
     assert current is not None
     await store.release(late)
     assert await store.claim(lock, 30) is None
+
+
+async def test_spend_takes_the_burst_then_says_how_long_to_wait(store: TokenStore) -> None:
+    """A bucket of 5 refilled every 60 s: 5 spends at once are taken, the 6th waits about 60 s."""
+    bucket = StoreKey("budget_client", "main\x00192.0.2.1")
+    waits = [await store.spend(bucket, 60.0, 5) for _ in range(6)]
+    assert waits[:5] == [0.0] * 5
+    assert 59.0 < waits[5] <= 60.0
+
+
+async def test_spend_refills_one_unit_per_interval(store: TokenStore) -> None:
+    """Burst 2, one unit back every 0.2 s: spent out, then one more is taken after 0.2 s."""
+    bucket = StoreKey("budget_client", "main\x00192.0.2.2")
+    assert [await store.spend(bucket, 0.2, 2) for _ in range(3)][2] > 0
+    await asyncio.sleep(0.25)
+    assert await store.spend(bucket, 0.2, 2) == 0.0
+    assert await store.spend(bucket, 0.2, 2) > 0
+
+
+async def test_spend_buckets_are_separate(store: TokenStore) -> None:
+    """Spending one client's bucket leaves another's full."""
+    await store.spend(StoreKey("budget_client", "a"), 60.0, 1)
+    assert await store.spend(StoreKey("budget_client", "b"), 60.0, 1) == 0.0

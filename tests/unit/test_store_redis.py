@@ -20,8 +20,8 @@ from proxy.config.model import RedisSettings
 from proxy.errors import StoreUnavailable
 from proxy.metrics import Metrics
 from proxy.store import StoreKey
-from proxy.store.redis import RETRY_AFTER_S, RedisStore, create_client
-from tests.fixtures.emulator import ManualClock
+from proxy.store.redis import RETRY_AFTER_S, RedisStore, account_of, create_client
+from tests.fixtures.emulator import ManualClock, settings_for
 from tests.fixtures.process import free_port
 from tests.fixtures.redis import RedisProcess, needs_redis
 
@@ -234,3 +234,25 @@ async def test_rediss_with_ca_file_verifies_the_server(tmp_path: Path) -> None:
         await trusted.aclose()
         await untrusted.aclose()
         server.kill()
+
+
+async def test_another_account_reads_nothing_of_this_ones(redis_server: RedisProcess) -> None:
+    """Same secret and key_prefix, another account (API URL, client id, tenant): other key names,
+    nothing readable; the same account on another client reads the value."""
+    settings = RedisSettings.model_validate({"url": redis_server.url})
+    first_account = account_of(settings_for("https://api.example.com", client_id="shop-a", tenant_id=None))
+    other_account = account_of(settings_for("https://api.example.com", client_id="shop-b", tenant_id=None))
+    stores = [
+        RedisStore.from_settings(settings, secret=SECRET, metrics=Metrics(), account=account)
+        for account in (first_account, other_account, first_account)
+    ]
+    try:
+        await stores[0].put(ALICE, b"token of shop a", 30)
+        assert await stores[1].get(ALICE) is None
+        assert await stores[2].get(ALICE) == b"token of shop a"
+        assert len(redis_server.client().keys("*")) == 1
+        await stores[1].put(ALICE, b"token of shop b", 30)
+        assert len(redis_server.client().keys("*")) == 2
+    finally:
+        for store in stores:
+            await store.aclose()
