@@ -34,8 +34,6 @@ if TYPE_CHECKING:
     from proxy.handler import Attachment, Storefront
 
 NO_STORE = "no-store"
-# A token endpoint answer carries a token: private as well (contract, "Where the token goes").
-PRIVATE_NO_STORE = "private, no-store"
 STATUS_HEADER = "X-CC-Sidecar"
 
 
@@ -97,7 +95,7 @@ class TokenEndpoint:
 
     async def __call__(self, sidecar_request: SidecarRequest) -> web.StreamResponse:
         storefront = sidecar_request.storefront
-        headers = CIMultiDict({hdrs.CACHE_CONTROL: PRIVATE_NO_STORE, **TOKEN_ENDPOINT_HEADERS})
+        headers = CIMultiDict({hdrs.CACHE_CONTROL: NO_STORE, **TOKEN_ENDPOINT_HEADERS})
         if not token_request_allowed(sidecar_request.request.headers, sidecar_request.host):
             return web.Response(
                 status=403, text="the token endpoint answers only the shop's own pages\n", headers=headers
