@@ -211,6 +211,7 @@ def test_config_schema_describes_every_top_level_key(capsys: pytest.CaptureFixtu
         "token_skew_s",
         "shutdown_grace_s",
         "access_log",
+        "access_log_path",
         "log_level",
         "storefronts",
         "token_store",
