@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from json.encoder import encode_basestring
 
 from proxy.metrics import PlainCounter
@@ -47,8 +48,10 @@ MAX_PENDING_BYTES = 1024 * 1024
 CLOSE_TIMEOUT_S = 5.0
 # The warning about dropped lines is written at most this often (the metric counts every one).
 DROP_WARNING_INTERVAL_S = 60.0
-# On a pipe or socket a write of at most PIPE_BUF bytes is never split, so a warning written by
-# `logging` at the same moment can never land inside an access line.
+# Writes to a pipe or socket go in whole lines of at most PIPE_BUF bytes (a write that size is
+# never split), each under the lock of the logging handler on the same stream, so a warning can
+# never land inside an access line (nor an access line inside a traceback), and a warning waits
+# at most one such write. A regular file takes a batch in one write.
 _ATOMIC_WRITE_BYTES = select.PIPE_BUF
 
 
@@ -94,9 +97,18 @@ class AccessLineFormatter:
 class BatchWriter:
     """Writes batches to a file descriptor from a thread of its own, holding at most ``max_pending``."""
 
-    def __init__(self, fd: int, *, max_pending: int = MAX_PENDING_BYTES, owns_fd: bool = False) -> None:
+    def __init__(
+        self,
+        fd: int,
+        *,
+        max_pending: int = MAX_PENDING_BYTES,
+        owns_fd: bool = False,
+        stream_lock: AbstractContextManager[object] | None = None,
+    ) -> None:
         self._fd = fd
         self._owns_fd = owns_fd
+        # Held around each write to a pipe: the lock of whatever else writes to the same stream.
+        self._stream_lock: AbstractContextManager[object] = stream_lock or threading.Lock()
         self._max_pending = max_pending
         self._one_write = stat.S_ISREG(os.fstat(fd).st_mode)
         self._condition = threading.Condition()
@@ -160,16 +172,24 @@ class BatchWriter:
 
     def _write(self, data: bytes) -> None:
         """All of ``data``: in one write to a file, in whole lines of at most PIPE_BUF elsewhere."""
-        view = memoryview(data)
+        if self._one_write:
+            self._write_out(memoryview(data))
+            return
         start = 0
         while start < len(data):
             end = len(data)
-            if not self._one_write and end - start > _ATOMIC_WRITE_BYTES:
+            if end - start > _ATOMIC_WRITE_BYTES:
                 cut = data.rfind(b"\n", start, start + _ATOMIC_WRITE_BYTES)
                 # A line longer than PIPE_BUF goes whole, in as many writes as it takes.
                 end = cut + 1 if cut >= start else data.find(b"\n", start) + 1 or len(data)
-            while start < end:
-                start += os.write(self._fd, view[start:end])
+            with self._stream_lock:
+                self._write_out(memoryview(data)[start:end])
+            start = end
+
+    def _write_out(self, view: memoryview) -> None:
+        written = 0
+        while written < len(view):
+            written += os.write(self._fd, view[written:])
 
 
 class AccessLog:
@@ -208,7 +228,8 @@ class AccessLog:
     def open(cls, path: str | None, dropped: PlainCounter) -> AccessLog:
         """The log on stderr (``path`` None) or appended to the file at ``path`` (created if missing)."""
         if path is None:
-            return cls(BatchWriter(sys.stderr.fileno()), dropped, target="stderr")
+            writer = BatchWriter(sys.stderr.fileno(), stream_lock=_stderr_handler_lock())
+            return cls(writer, dropped, target="stderr")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         return cls(BatchWriter(fd, owns_fd=True), dropped, target=path)
 
@@ -273,13 +294,16 @@ class AccessLog:
             return
         if self.target == "stderr" and not caught_up:
             return
+        self._warn()
+
+    def _warn(self) -> None:
         log.warning(
             "access log: dropped %d lines (%s)",
             self._unreported,
             self._error,
             extra={"dropped": self._unreported, "target": self.target, "_every_time": True},
         )
-        self._warned_at = now
+        self._warned_at = self._monotonic()
         self._unreported = 0
 
     async def aclose(self, timeout_s: float = CLOSE_TIMEOUT_S) -> None:
@@ -291,7 +315,19 @@ class AccessLog:
             self._timer.cancel()
             self._timer = None
         self.flush()
-        await asyncio.get_running_loop().run_in_executor(None, self._writer.close, timeout_s)
+        finished = await asyncio.get_running_loop().run_in_executor(None, self._writer.close, timeout_s)
         failed, error = self._writer.take_failures()
         if failed:
             self._count_dropped(failed, error)
+        if finished and self._unreported:
+            # The reader took everything that was queued: the last word cannot block.
+            self._warn()
+
+
+def _stderr_handler_lock() -> AbstractContextManager[object] | None:
+    """The lock of the logging handler that writes to stderr (setup_logging's), if there is one."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr and handler.lock:
+            lock: AbstractContextManager[object] = handler.lock
+            return lock
+    return None
