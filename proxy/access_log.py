@@ -5,12 +5,13 @@ same order), built here without the logging machinery: no LogRecord, no filters,
 no ``json.dumps`` of a dict. Strings go through the json module's C escaper.
 
 Lines gather in a buffer on the event loop and leave in one batch when it passes
-``FLUSH_BYTES`` or ``FLUSH_INTERVAL_S`` after its first line, and at shutdown. A writer thread
-makes the ``write`` calls, so a slow or stalled reader (a full stderr pipe) never blocks the
-event loop. ``O_NONBLOCK`` on stderr was the alternative, and it is worse: the flag belongs to
+``FLUSH_BYTES`` or ``FLUSH_INTERVAL_S`` after its first line, and at shutdown. A pipe (stderr in
+a container) is written without blocking (see :class:`LogWriter`), so a slow or stalled reader
+never holds the event loop. ``O_NONBLOCK`` on stderr itself would be wrong: the flag belongs to
 the open file description that stderr shares with the logging handler and with whoever started
-the process, whose writes would then fail with EAGAIN. While the reader stalls, at most
-``MAX_PENDING_BYTES`` wait for it; further batches are dropped and counted
+the process, whose writes would then fail with EAGAIN. A writer thread was tried first: under
+full load it waited for the GIL (5 ms a switch) several times per batch and fell behind. While
+the reader stalls, at most ``MAX_PENDING_BYTES`` wait for it; further batches are dropped and counted
 (``cc_sidecar_access_log_dropped_total``), as Envoy drops rather than stall its workers. The one
 WARNING about it goes out once the reader takes lines again (written while it stalls, it would
 block the loop on the full pipe itself), at most once per ``DROP_WARNING_INTERVAL_S``.
@@ -22,16 +23,14 @@ up to ``FLUSH_INTERVAL_S``.
 from __future__ import annotations
 
 import asyncio
-import collections
 import logging
 import os
 import select
+import socket
 import stat
 import sys
-import threading
 import time
 from collections.abc import Callable
-from contextlib import AbstractContextManager
 from json.encoder import encode_basestring
 
 from proxy.metrics import PlainCounter
@@ -48,10 +47,7 @@ MAX_PENDING_BYTES = 1024 * 1024
 CLOSE_TIMEOUT_S = 5.0
 # The warning about dropped lines is written at most this often (the metric counts every one).
 DROP_WARNING_INTERVAL_S = 60.0
-# Writes to a pipe or socket go in whole lines of at most PIPE_BUF bytes (a write that size is
-# never split), each under the lock of the logging handler on the same stream, so a warning can
-# never land inside an access line (nor an access line inside a traceback), and a warning waits
-# at most one such write. A regular file takes a batch in one write.
+# A write of at most PIPE_BUF bytes to a pipe is never split (nor, non-blocking, half done).
 _ATOMIC_WRITE_BYTES = select.PIPE_BUF
 
 
@@ -94,102 +90,124 @@ class AccessLineFormatter:
         )
 
 
-class BatchWriter:
-    """Writes batches to a file descriptor from a thread of its own, holding at most ``max_pending``."""
+class LogWriter:
+    """Writes batches to a file descriptor from the event loop, never waiting for its reader.
 
-    def __init__(
-        self,
-        fd: int,
-        *,
-        max_pending: int = MAX_PENDING_BYTES,
-        owns_fd: bool = False,
-        stream_lock: AbstractContextManager[object] | None = None,
-    ) -> None:
-        self._fd = fd
-        self._owns_fd = owns_fd
-        # Held around each write to a pipe: the lock of whatever else writes to the same stream.
-        self._stream_lock: AbstractContextManager[object] = stream_lock or threading.Lock()
+    A regular file takes each batch in one blocking write (the page cache takes it at once, as
+    nginx writes its log). Anything else (a pipe, a terminal, a socket) is written without ever
+    blocking: through a descriptor of its own opened with ``O_NONBLOCK`` (``/proc/self/fd/N``:
+    a new open file description of the same pipe, so stderr's own, which the logging handler and
+    whoever started the process share, stays blocking), or ``MSG_DONTWAIT`` on a socket. What the
+    reader does not take at once waits (at most ``max_pending`` bytes) and goes when the
+    descriptor is writable again; a batch that would pass the bound is refused.
+    """
+
+    def __init__(self, fd: int, *, max_pending: int = MAX_PENDING_BYTES, owns_fd: bool = False) -> None:
         self._max_pending = max_pending
-        self._one_write = stat.S_ISREG(os.fstat(fd).st_mode)
-        self._condition = threading.Condition()
-        self._batches: collections.deque[tuple[bytes, int]] = collections.deque()
-        self._pending = 0
+        self._pending = bytearray()
         self._failed_lines = 0
         self._last_error = ""
-        self._closing = False
-        self._thread = threading.Thread(target=self._run, name="access-log-writer", daemon=True)
-        self._thread.start()
+        self._waiting: asyncio.AbstractEventLoop | None = None
+        self._closed = False
+        self._socket: socket.socket | None = None
+        mode = os.fstat(fd).st_mode
+        # A regular file: whole batches. Elsewhere: whole lines of at most PIPE_BUF per write
+        # (never split, so a warning written at the same moment cannot land inside one).
+        self._whole_batches = stat.S_ISREG(mode)
+        self._fd = fd
+        self._owns_fd = owns_fd
+        if self._whole_batches:
+            return
+        if stat.S_ISSOCK(mode):
+            self._socket = socket.socket(fileno=os.dup(fd))
+            self._fd = self._socket.fileno()
+            return
+        try:
+            own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return  # no /proc: blocking writes, as the logging handler makes
+        if owns_fd:
+            os.close(fd)
+        self._fd = own
+        self._owns_fd = True
 
     def submit(self, data: bytes, lines: int) -> bool:
-        """Queue one batch for writing; False (nothing queued) when the reader is that far behind."""
-        with self._condition:
-            if self._closing or self._pending + len(data) > self._max_pending:
-                return False
-            self._batches.append((data, lines))
-            self._pending += len(data)
-            self._condition.notify()
+        """Write one batch, or queue what the reader does not take now; False (nothing queued)
+        when the queue would pass ``max_pending``."""
+        if self._closed or len(self._pending) + len(data) > self._max_pending:
+            return False
+        self._pending += data
+        if self._waiting is None:
+            self._write_pending()
         return True
 
     def idle(self) -> bool:
         """Nothing waits to be written: the reader has taken every batch."""
-        with self._condition:
-            return self._pending == 0
+        return not self._pending
 
     def take_failures(self) -> tuple[int, str]:
         """Lines whose write failed since the last call (a closed pipe, a full disk), and the error."""
-        with self._condition:
-            failed, error = self._failed_lines, self._last_error
-            self._failed_lines = 0
+        failed, error = self._failed_lines, self._last_error
+        self._failed_lines = 0
         return failed, error
 
-    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
-        """Write what is queued (for up to ``timeout_s``) and stop; True when all of it left."""
-        with self._condition:
-            self._closing = True
-            self._condition.notify()
-        self._thread.join(timeout_s)
-        finished = not self._thread.is_alive()
-        if finished and self._owns_fd:
+    async def aclose(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
+        """Write what waits (for up to ``timeout_s``) and close; True when all of it left."""
+        self._closed = True
+        deadline = time.monotonic() + timeout_s
+        while self._pending and time.monotonic() < deadline:
+            if self._waiting is None:
+                self._write_pending()
+            await asyncio.sleep(0.01)
+        self._stop_waiting()
+        finished = not self._pending
+        if not finished:
+            self._fail(self._pending.count(b"\n"), "the reader did not take them before shutdown")
+            self._pending.clear()
+        if self._socket is not None:
+            self._socket.close()
+        elif self._owns_fd:
             os.close(self._fd)
         return finished
 
-    def _run(self) -> None:
-        while True:
-            with self._condition:
-                while not self._batches and not self._closing:
-                    self._condition.wait()
-                if not self._batches:
-                    return
-                data, lines = self._batches.popleft()
-            try:
-                self._write(data)
-            except OSError as exc:
-                with self._condition:
-                    self._failed_lines += lines
-                    self._last_error = f"{type(exc).__name__}: {exc.strerror or exc}"
-            with self._condition:
-                self._pending -= len(data)
-
-    def _write(self, data: bytes) -> None:
-        """All of ``data``: in one write to a file, in whole lines of at most PIPE_BUF elsewhere."""
-        if self._one_write:
-            self._write_out(memoryview(data))
-            return
-        start = 0
-        while start < len(data):
-            end = len(data)
-            if end - start > _ATOMIC_WRITE_BYTES:
-                cut = data.rfind(b"\n", start, start + _ATOMIC_WRITE_BYTES)
+    def _write_pending(self) -> None:
+        pending = self._pending
+        while pending:
+            end = len(pending)
+            if not self._whole_batches and end > _ATOMIC_WRITE_BYTES:
+                cut = pending.rfind(b"\n", 0, _ATOMIC_WRITE_BYTES)
                 # A line longer than PIPE_BUF goes whole, in as many writes as it takes.
-                end = cut + 1 if cut >= start else data.find(b"\n", start) + 1 or len(data)
-            with self._stream_lock:
-                self._write_out(memoryview(data)[start:end])
-            start = end
+                end = cut + 1 if cut >= 0 else pending.find(b"\n") + 1 or end
+            try:
+                written = self._write(bytes(pending[:end]))
+            except BlockingIOError:
+                self._wait_writable()
+                return
+            except OSError as exc:
+                self._fail(pending.count(b"\n"), f"{type(exc).__name__}: {exc.strerror or exc}")
+                pending.clear()
+                break
+            del pending[:written]
+        self._stop_waiting()
 
-    def _write_out(self, view: memoryview) -> None:
-        written = 0
-        while written < len(view):
-            written += os.write(self._fd, view[written:])
+    def _write(self, chunk: bytes) -> int:
+        if self._socket is not None:
+            return self._socket.send(chunk, socket.MSG_DONTWAIT)
+        return os.write(self._fd, chunk)
+
+    def _fail(self, lines: int, error: str) -> None:
+        self._failed_lines += lines
+        self._last_error = error
+
+    def _wait_writable(self) -> None:
+        if self._waiting is None:
+            self._waiting = asyncio.get_running_loop()
+            self._waiting.add_writer(self._fd, self._write_pending)
+
+    def _stop_waiting(self) -> None:
+        if self._waiting is not None:
+            self._waiting.remove_writer(self._fd)
+            self._waiting = None
 
 
 class AccessLog:
@@ -197,7 +215,7 @@ class AccessLog:
 
     def __init__(
         self,
-        writer: BatchWriter,
+        writer: LogWriter,
         dropped: PlainCounter,
         *,
         target: str,
@@ -228,10 +246,9 @@ class AccessLog:
     def open(cls, path: str | None, dropped: PlainCounter) -> AccessLog:
         """The log on stderr (``path`` None) or appended to the file at ``path`` (created if missing)."""
         if path is None:
-            writer = BatchWriter(sys.stderr.fileno(), stream_lock=_stderr_handler_lock())
-            return cls(writer, dropped, target="stderr")
+            return cls(LogWriter(sys.stderr.fileno()), dropped, target="stderr")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
-        return cls(BatchWriter(fd, owns_fd=True), dropped, target=path)
+        return cls(LogWriter(fd, owns_fd=True), dropped, target=path)
 
     def record(
         self,
@@ -315,19 +332,10 @@ class AccessLog:
             self._timer.cancel()
             self._timer = None
         self.flush()
-        finished = await asyncio.get_running_loop().run_in_executor(None, self._writer.close, timeout_s)
+        finished = await self._writer.aclose(timeout_s)
         failed, error = self._writer.take_failures()
         if failed:
             self._count_dropped(failed, error)
         if finished and self._unreported:
             # The reader took everything that was queued: the last word cannot block.
             self._warn()
-
-
-def _stderr_handler_lock() -> AbstractContextManager[object] | None:
-    """The lock of the logging handler that writes to stderr (setup_logging's), if there is one."""
-    for handler in logging.getLogger().handlers:
-        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stderr and handler.lock:
-            lock: AbstractContextManager[object] = handler.lock
-            return lock
-    return None

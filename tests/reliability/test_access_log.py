@@ -18,8 +18,9 @@ from tests.fixtures.emulator import RunningEmulator
 from tests.fixtures.process import free_port, start_sidecar, wait_ready
 from tests.fixtures.shop import Shop, sidecar_config
 
-# A 4 KB path makes each line about 4.2 KB: the pipe (64 KB) and the writer's queue fill quickly.
-LONG_PATH = "/" + "x" * 4000
+# A 3.5 KB path makes each line about 3.8 KB: the pipe (64 KB) and the writer's queue fill quickly,
+# and each line still goes in one write (up to PIPE_BUF), which no warning can split.
+LONG_PATH = "/" + "x" * 3500
 STALLED_REQUESTS = 600
 # No request may take this long while the log's reader stalls (each takes milliseconds; the
 # margin is for a busy machine). The old logging path blocked the loop on the full pipe for good.
@@ -49,7 +50,7 @@ def read_to_end(fd: int) -> bytes:
 async def test_a_stderr_nobody_reads_never_stalls_requests_and_drops_are_counted(
     tmp_path: Path, shop: Shop, emulator: RunningEmulator
 ) -> None:
-    """stderr is a pipe nobody reads: 600 requests with 4 KB paths each answer within 1 s, the
+    """stderr is a pipe nobody reads: 600 requests with 3.5 KB paths each answer within 1 s, the
     lines past the pipe and the 1 MiB queue are counted as dropped, and once someone reads,
     written + dropped = requests, one WARNING says so, and SIGTERM still exits 0.
 

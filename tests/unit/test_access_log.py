@@ -1,5 +1,6 @@
-"""The access log: today's JSON line, formatted directly; batches written off the event loop,
-within the flush interval, and dropped (counted, warned about once) while the reader stalls."""
+"""The access log: today's JSON line, formatted directly; batches written within the flush
+interval without blocking the event loop, and dropped (counted, warned about once) while the
+reader stalls."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from proxy.access_log import AccessLineFormatter, AccessLog, BatchWriter
+from proxy.access_log import AccessLineFormatter, AccessLog, LogWriter
 from proxy.log import JsonFormatter, RequestContext, request_context
 from proxy.metrics import Metrics, PlainCounter
 from tests.fixtures.emulator import ManualClock
@@ -125,7 +126,7 @@ def one(log: AccessLog, number: int, path: str = "/p") -> None:
 async def test_an_idle_batch_leaves_within_the_flush_interval(pipe: tuple[int, int]) -> None:
     """Three lines, then nothing: none is written at once, all three within the interval (0.3 s)."""
     read_end, write_end = pipe
-    log = AccessLog(BatchWriter(write_end), PlainCounter("d", "d"), target="pipe", flush_interval_s=0.3)
+    log = AccessLog(LogWriter(write_end), PlainCounter("d", "d"), target="pipe", flush_interval_s=0.3)
     started = time.monotonic()
     for number in range(3):
         one(log, number)
@@ -140,7 +141,7 @@ async def test_a_full_buffer_leaves_at_once(pipe: tuple[int, int]) -> None:
     """Past flush_bytes the batch is written without waiting for the (here one-minute) interval."""
     read_end, write_end = pipe
     log = AccessLog(
-        BatchWriter(write_end), PlainCounter("d", "d"), target="pipe", flush_bytes=1000, flush_interval_s=60
+        LogWriter(write_end), PlainCounter("d", "d"), target="pipe", flush_bytes=1000, flush_interval_s=60
     )
     for number in range(10):  # about 200 characters each
         one(log, number)
@@ -152,7 +153,7 @@ async def test_a_full_buffer_leaves_at_once(pipe: tuple[int, int]) -> None:
 async def test_close_writes_every_buffered_line(pipe: tuple[int, int]) -> None:
     """Lines still in the buffer at shutdown are written by aclose, none lost, in order."""
     read_end, write_end = pipe
-    log = AccessLog(BatchWriter(write_end), PlainCounter("d", "d"), target="pipe", flush_interval_s=60)
+    log = AccessLog(LogWriter(write_end), PlainCounter("d", "d"), target="pipe", flush_interval_s=60)
     for number in range(100):
         one(log, number)
     await log.aclose()
@@ -170,7 +171,7 @@ async def test_a_stalled_reader_never_blocks_record_and_drops_are_counted_then_w
     metrics = Metrics()
     clock = ManualClock()
     log = AccessLog(
-        BatchWriter(write_end, max_pending=64 * 1024),
+        LogWriter(write_end, max_pending=64 * 1024),
         metrics.access_log_dropped,
         target="stderr",
         flush_bytes=8 * 1024,
@@ -209,8 +210,19 @@ async def test_a_closed_reader_counts_the_lines_as_dropped() -> None:
     read_end, write_end = os.pipe()
     os.close(read_end)
     metrics = Metrics()
-    log = AccessLog(BatchWriter(write_end, owns_fd=True), metrics.access_log_dropped, target="pipe")
+    log = AccessLog(LogWriter(write_end, owns_fd=True), metrics.access_log_dropped, target="pipe")
     for number in range(5):
         one(log, number)
     await log.aclose()
     assert metrics.access_log_dropped.total() == 5
+
+
+async def test_the_pipe_stays_blocking_for_everyone_else(pipe: tuple[int, int]) -> None:
+    """The writer writes through a non-blocking descriptor of its own: the one it was given (stderr,
+    shared with the logging handler and the parent) stays blocking."""
+    _, write_end = pipe
+    log = AccessLog(LogWriter(write_end), PlainCounter("d", "d"), target="pipe")
+    one(log, 1)
+    log.flush()
+    assert os.get_blocking(write_end) is True
+    await log.aclose()
