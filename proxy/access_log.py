@@ -51,14 +51,25 @@ DROP_WARNING_INTERVAL_S = 60.0
 _ATOMIC_WRITE_BYTES = select.PIPE_BUF
 
 
-class AccessLineFormatter:
-    """Formats one request's access line; remembers the current second's timestamp."""
+# ".000Z" ... ".999Z": the end of a timestamp, looked up rather than formatted.
+_MILLISECONDS = [f".{n:03d}Z" for n in range(1000)]
 
-    __slots__ = ("_prefix", "_second")
+
+class AccessLineFormatter:
+    """Formats one request's access line; remembers the current second's timestamp.
+
+    Built with plain f-string parts only: mypyc compiles ``{x!r}`` and ``{n:03d}`` into slow
+    generic calls (a line took 7 µs compiled against 2 µs as Python), so numbers are turned into
+    text with ``str``/``repr`` and the milliseconds looked up.
+    """
+
+    __slots__ = ("_prefix", "_routed", "_second")
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
+        # Storefront name -> its escaped field: a handful of names, each escaped once.
+        self._routed: dict[str, str] = {}
 
     def timestamp(self, now: float) -> str:
         """As JsonFormatter writes a record's time: UTC, milliseconds, ``Z``."""
@@ -66,7 +77,10 @@ class AccessLineFormatter:
         if second != self._second:
             self._prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
             self._second = second
-        return f"{self._prefix}.{int((now - second) * 1000):03d}Z"
+        milliseconds = int((now - second) * 1000)
+        if milliseconds < 1000:
+            return self._prefix + _MILLISECONDS[milliseconds]
+        return f"{self._prefix}.{milliseconds}Z"
 
     def line(
         self,
@@ -80,13 +94,19 @@ class AccessLineFormatter:
         peer: str | None,
     ) -> str:
         """One JSON object and its newline; ``storefront`` is left out when the request had none."""
-        routed = "" if storefront is None else f', "storefront": {encode_basestring(storefront)}'
+        routed = ""
+        if storefront is not None:
+            routed = self._routed.get(storefront, "")
+            if not routed:
+                routed = self._routed[storefront] = ', "storefront": ' + encode_basestring(storefront)
         peer_json = "null" if peer is None else encode_basestring(peer)
+        status_text = str(status)
+        duration_text = repr(duration_ms)  # as json.dumps writes a float
         return (
             f'{{"time": "{self.timestamp(now)}", "level": "info", "logger": "proxy.access",'
             f' "message": "request", "request_id": {encode_basestring(request_id)}{routed},'
             f' "method": {encode_basestring(method)}, "path": {encode_basestring(path)},'
-            f' "status": {status}, "duration_ms": {duration_ms!r}, "peer": {peer_json}}}\n'
+            f' "status": {status_text}, "duration_ms": {duration_text}, "peer": {peer_json}}}\n'
         )
 
 
