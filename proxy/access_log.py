@@ -32,6 +32,7 @@ import sys
 import time
 from collections.abc import Callable
 from json.encoder import encode_basestring
+from typing import Protocol
 
 from proxy.metrics import PlainCounter
 
@@ -49,6 +50,12 @@ CLOSE_TIMEOUT_S = 5.0
 DROP_WARNING_INTERVAL_S = 60.0
 # A write of at most PIPE_BUF bytes to a pipe is never split (nor, non-blocking, half done).
 _ATOMIC_WRITE_BYTES = select.PIPE_BUF
+
+
+class Cancellable(Protocol):
+    """A timer handle: asyncio's TimerHandle, or uvloop's (which is not one; compiled code checks)."""
+
+    def cancel(self) -> None: ...
 
 
 # ".000Z" ... ".999Z": the end of a timestamp, looked up rather than formatted.
@@ -226,7 +233,10 @@ class LogWriter:
 
     def _stop_waiting(self) -> None:
         if self._waiting is not None:
-            self._waiting.remove_writer(self._fd)
+            # Typed loosely: uvloop's remove_writer returns None where asyncio's (and the stubs)
+            # say bool, and mypyc checks a result against its declared type.
+            remove_writer: Callable[[int], object] = self._waiting.remove_writer
+            remove_writer(self._fd)
             self._waiting = None
 
 
@@ -254,7 +264,7 @@ class AccessLog:
         self._format = AccessLineFormatter()
         self._lines: list[str] = []
         self._buffered = 0
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Cancellable | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         # Dropped lines not yet in a warning, the last error, and when the last warning went out.
         self._unreported = 0
