@@ -241,7 +241,7 @@ class LogWriter:
 
 
 class AccessLog:
-    """The access log of one process: ``record`` on the request path, batches written off the loop."""
+    """The access log of one process: ``record`` on the request path; batches never block the loop."""
 
     def __init__(
         self,
