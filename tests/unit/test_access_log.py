@@ -132,7 +132,7 @@ async def test_an_idle_batch_leaves_within_the_flush_interval(pipe: tuple[int, i
         one(log, number)
     assert read_available(read_end) == b""
     data = await read_until(read_end, 3, within_s=2)
-    assert 0.25 < time.monotonic() - started < 0.6
+    assert 0.25 < time.monotonic() - started < 0.9  # the interval, and a busy machine's delay
     assert [json.loads(line)["request_id"] for line in data.splitlines()] == ["r-0", "r-1", "r-2"]
     await log.aclose()
 
