@@ -20,6 +20,7 @@ from setuptools import setup
 
 # The modules every proxied request runs through (config, CLI, admin and the emulator are not).
 COMPILED_MODULES = [
+    "proxy/access_log.py",
     "proxy/client_response.py",
     "proxy/cookies.py",
     "proxy/handler.py",

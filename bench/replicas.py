@@ -43,8 +43,7 @@ def sidecar_document(port: int, upstream: str, emulator: str, store: dict[str, A
     return {
         "listen": f"127.0.0.1:{port}",
         "admin_listen": f"127.0.0.1:{free_port()}",
-        "access_log": False,
-        "log_level": "WARNING",
+        "access_log": True,  # as shipped: on stderr, which goes to the replica's log file
         "shutdown_grace_s": 1,
         "secret": "bench-secret-0123456789abcdef",
         # Thousands of customers from one loopback client: the budgets are not what is measured.

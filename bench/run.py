@@ -87,9 +87,14 @@ REDIS_SERVER = shutil.which("redis-server")
 GET_TOKEN = "StorefrontUsers_GetToken"
 INJECTED_MARK = b'id="cc-storefront-user"'
 GZ_PAGE = "/editor-gz/mug"
+SMALL = "/product-small"
 
 # Targets: the ratio's numerator over its denominator must reach the minimum.
 MIN_SIDECAR_VS_NGINX = 0.5
+# The 1 KB page, where the per-request cost shows: both proxies with their default access logs.
+MIN_SIDECAR_VS_NGINX_SMALL = 0.55
+# CPU per access-log line, compiled (bench/access_log.py).
+MAX_ACCESS_LINE_US = 3.0
 MIN_EDITOR_VS_PASS_THROUGH = 0.8
 MAX_BYTES_PER_TOKEN = 1536
 
@@ -153,7 +158,13 @@ class Services:
         self._started: list[Service] = []
 
     def start(
-        self, name: str, argv: Sequence[str], port: int, timeout_s: float = 30, cwd: Path = REPO
+        self,
+        name: str,
+        argv: Sequence[str],
+        port: int,
+        timeout_s: float = 30,
+        cwd: Path = REPO,
+        env: dict[str, str] | None = None,
     ) -> Service:
         if self._cpu is not None:
             argv = ["taskset", "-c", str(self._cpu), *argv]
@@ -166,6 +177,7 @@ class Services:
                 stderr=subprocess.STDOUT,
                 cwd=cwd,
                 start_new_session=True,
+                env={**os.environ, **(env or {})},
             )
         service = Service(name, process, port, log_path)
         self._started.append(service)
@@ -422,14 +434,18 @@ def pick_cpus() -> tuple[int | None, int | None]:
     return cpus[0], cpus[1]
 
 
-def write_nginx_conf(workdir: Path, port: int, upstream: Service) -> Path:
+def write_nginx_conf(workdir: Path, port: int, upstream: Service, name: str, access_log: bool) -> Path:
+    """nginx as shipped (its default access log: the combined format, to a file), or with it off."""
     template = (BENCH_DIR / "nginx.conf.template").read_text()
+    log = f"access_log {workdir}/{name}-access.log combined;" if access_log else "access_log off;"
     conf = (
-        template.replace("{{TMPDIR}}", str(workdir))
+        template.replace("{{ACCESS_LOG}}", log)
+        .replace("{{TMPDIR}}", str(workdir))
+        .replace("{{NAME}}", name)
         .replace("{{PORT}}", str(port))
         .replace("{{UPSTREAM}}", f"127.0.0.1:{upstream.port}")
     )
-    path = workdir / "nginx.conf"
+    path = workdir / f"{name}.conf"
     path.write_text(conf)
     return path
 
@@ -441,12 +457,13 @@ def write_sidecar_conf(
     emulator: Service,
     token_store: dict[str, Any] | None = None,
     name: str = "sidecar",
+    access_log: bool = True,
 ) -> Path:
+    """As shipped (the access log on stderr, which Services sends to a file), or with it off."""
     document = {
         "listen": f"127.0.0.1:{port}",
         "admin_listen": f"127.0.0.1:{free_port()}",
-        "access_log": False,
-        "log_level": "WARNING",
+        "access_log": access_log,
         "shutdown_grace_s": 1,
         "secret": "bench-secret-0123456789abcdef",
         # Thousands of customers from one loopback client: the budgets are not what is measured.
@@ -491,6 +508,48 @@ def measure_replicas(
     return result
 
 
+def start_nginx(services: Services, workdir: Path, upstream: Service, name: str, access_log: bool) -> Service:
+    port = free_port()
+    conf = write_nginx_conf(workdir, port, upstream, name, access_log)
+    return services.start(
+        name,
+        ["nginx", "-c", str(conf), "-p", str(workdir), "-e", str(workdir / f"{name}-error.log"),
+         "-g", "daemon off;"],
+        port,
+    )  # fmt: skip
+
+
+async def requests_served(admin_listen: str) -> int:
+    """cc_sidecar_requests_total over every label, from the sidecar's /metrics."""
+    async with aiohttp.ClientSession() as session:
+        _, body, _ = await fetch(session, f"http://{admin_listen}/metrics")
+    return round(
+        sum(
+            float(line.rpartition(" ")[2])
+            for line in body.decode().splitlines()
+            if line.startswith("cc_sidecar_requests_total{")
+        )
+    )
+
+
+def count_access_lines(log_path: Path) -> int:
+    """The access lines in a sidecar's stderr file (every other line there is JSON too)."""
+    return sum(1 for line in log_path.read_text().splitlines() if '"logger": "proxy.access"' in line)
+
+
+def measure_access_line(pure: bool) -> dict[str, Any]:
+    """bench/access_log.py in a fresh interpreter: CPU per access line, this log and the old path."""
+    env = {**os.environ, "CC_SIDECAR_PURE_PYTHON": "1"} if pure else None
+    argv = [sys.executable, str(BENCH_DIR / "access_log.py")]
+    finished = subprocess.run(
+        argv, capture_output=True, text=True, timeout=300, check=False, cwd=REPO, env=env
+    )
+    if finished.returncode not in (0, 1) or not finished.stdout.strip():
+        raise BenchError(f"access line benchmark failed:\n{finished.stderr}")
+    result: dict[str, Any] = json.loads(finished.stdout.splitlines()[-1])
+    return result
+
+
 def measure_token_memory(token_length: int) -> dict[str, Any]:
     argv = [sys.executable, str(BENCH_DIR / "token_memory.py")]
     argv += ["--entries", str(CACHED_TOKENS), "--token-length", str(token_length)]
@@ -526,14 +585,8 @@ def run(workdir: Path) -> dict[str, Any]:
     try:
         python = sys.executable
         upstream, emulator = start_shop_and_api(services)
-        nginx_port = free_port()
-        conf = write_nginx_conf(workdir, nginx_port, upstream)
-        nginx = services.start(
-            "nginx",
-            ["nginx", "-c", str(conf), "-p", str(workdir), "-e", str(workdir / "nginx-error.log"),
-             "-g", "daemon off;"],
-            nginx_port,
-        )  # fmt: skip
+        nginx = start_nginx(services, workdir, upstream, "nginx", access_log=True)
+        nginx_quiet = start_nginx(services, workdir, upstream, "nginx-no-log", access_log=False)
         bare_port = free_port()
         bare = services.start(
             "bare-proxy",
@@ -545,6 +598,22 @@ def run(workdir: Path) -> dict[str, Any]:
         sidecar_conf = write_sidecar_conf(workdir, sidecar_port, upstream, emulator)
         sidecar = services.start(
             "cc-sidecar", [python, "-m", "proxy", "run", "--config", str(sidecar_conf)], sidecar_port
+        )
+        quiet_port = free_port()
+        quiet_conf = write_sidecar_conf(
+            workdir, quiet_port, upstream, emulator, None, "sidecar-no-log", False
+        )
+        sidecar_quiet = services.start(
+            "cc-sidecar-no-log", [python, "-m", "proxy", "run", "--config", str(quiet_conf)], quiet_port
+        )
+        # The same as shipped, from the Python source (what a plain `pip install` runs).
+        pure_port = free_port()
+        pure_conf = write_sidecar_conf(workdir, pure_port, upstream, emulator, None, "sidecar-pure")
+        sidecar_pure = services.start(
+            "cc-sidecar-pure",
+            [python, "-m", "proxy", "run", "--config", str(pure_conf)],
+            pure_port,
+            env={"CC_SIDECAR_PURE_PYTHON": "1"},
         )
 
         redis_sidecar: Service | None = None
@@ -566,7 +635,9 @@ def run(workdir: Path) -> dict[str, Any]:
                 int(yaml.safe_load(redis_conf.read_text())["listen"].rsplit(":", 1)[1]),
             )
 
-        token_length = asyncio.run(check_targets(upstream, (nginx, bare), sidecar))
+        token_length = asyncio.run(
+            check_targets(upstream, (nginx, nginx_quiet, bare, sidecar_quiet), sidecar)
+        )
         user = {USER_HEADER: BENCH_USER}
         cookies = {"Cookie": BROWSER_COOKIES}
         # What a browser says: the sidecar sends the gzip editor page on gzipped again.
@@ -579,6 +650,9 @@ def run(workdir: Path) -> dict[str, Any]:
             Target("sidecar_cookies", "cc-sidecar /product, browser cookies", sidecar, "/product", cookies),
             Target("nginx_small", "nginx /product-small (1 KB)", nginx, "/product-small"),
             Target("sidecar_small", "cc-sidecar /product-small (1 KB)", sidecar, "/product-small"),
+            Target("sidecar_small_pure", "cc-sidecar /product-small, Python", sidecar_pure, "/product-small"),
+            Target("nginx_small_no_log", "nginx /product-small, log off", nginx_quiet, "/product-small"),
+            Target("sidecar_small_no_log", "cc-sidecar /product-small, log off", sidecar_quiet, SMALL),
             Target("editor", "cc-sidecar /editor/mug (cached token)", sidecar, "/editor/mug", user),
             Target("editor_gz", "cc-sidecar /editor-gz/mug (gzip, to gzip)", sidecar, GZ_PAGE, user_gzip),
             Target("editor_gz_plain", "cc-sidecar /editor-gz/mug (gzip, to plain)", sidecar, GZ_PAGE, user),
@@ -606,19 +680,30 @@ def run(workdir: Path) -> dict[str, Any]:
             for target in (t for t in targets if t.key in ("sidecar", "sidecar_small", "editor")):
                 progress(f"profiling cc-sidecar under load: {target.label}, {SECONDS} s")
                 profiles[target.key] = profile_under_load(target, SECONDS, load_cpu)
-        for service in (upstream, nginx, bare, sidecar):
+        for service in (upstream, nginx, nginx_quiet, bare, sidecar, sidecar_quiet, sidecar_pure):
             if service.process.poll() is not None:
                 raise BenchError(f"{service.name} exited during the run:\n{tail(service.log_path)}")
         compiled = runs_compiled(sidecar)
+        served = {
+            service.name: asyncio.run(requests_served(yaml.safe_load(conf.read_text())["admin_listen"]))
+            for service, conf in ((sidecar, sidecar_conf), (sidecar_pure, pure_conf))
+        }
         replicas: dict[str, Any] | None = None
         if redis_sidecar is not None:
             progress("three replicas with each token store: GetToken calls, editor from Redis vs local cache")
             replicas = measure_replicas(workdir, upstream, emulator, redis_port, server_cpu)
     finally:
         services.stop_all()
+    # Stopped (SIGTERM: each sidecar wrote its last batch), so every line is in its stderr file.
+    access_lines = {
+        name: {"requests": requests, "lines": count_access_lines(workdir / f"{name}.log")}
+        for name, requests in served.items()
+    }
 
     progress(f"token memory: filling {CACHED_TOKENS} cached tokens of {token_length} characters")
     memory = measure_token_memory(token_length)
+    progress("access line CPU: bench/access_log.py, compiled and Python source")
+    access_line = {"compiled": measure_access_line(pure=False), "python": measure_access_line(pure=True)}
     return {
         "targets": {
             target.key: {
@@ -631,6 +716,8 @@ def run(workdir: Path) -> dict[str, Any]:
         },
         "first_requests": [[asdict(burst) for burst in pair] for pair in bursts],
         "token_memory": memory,
+        "access_line": access_line,
+        "access_lines_written": access_lines,
         "replicas": replicas,
         "emulator_token_length": token_length,
         "pinning": {"load_generator_cpu": load_cpu, "servers_cpu": server_cpu},
@@ -686,10 +773,51 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
             "pass": ratio("sidecar", "nginx") >= MIN_SIDECAR_VS_NGINX,
         },
         {
-            "name": "sidecar pass-through rps / nginx rps, 1 KB page",
+            "name": "sidecar pass-through rps / nginx rps, 1 KB page, both access logs on",
             "value": round(ratio("sidecar_small", "nginx_small"), 3),
-            "target": f">= {MIN_SIDECAR_VS_NGINX}",
-            "pass": ratio("sidecar_small", "nginx_small") >= MIN_SIDECAR_VS_NGINX,
+            "target": f">= {MIN_SIDECAR_VS_NGINX_SMALL}",
+            "pass": ratio("sidecar_small", "nginx_small") >= MIN_SIDECAR_VS_NGINX_SMALL,
+        },
+        {
+            "name": "the same, the sidecar from its Python source (no target)",
+            "value": round(ratio("sidecar_small_pure", "nginx_small"), 3),
+            "target": "-",
+            "pass": None,
+        },
+        {
+            "name": "the same, both access logs off (no target)",
+            "value": round(ratio("sidecar_small_no_log", "nginx_small_no_log"), 3),
+            "target": "-",
+            "pass": None,
+        },
+        {
+            "name": "1 KB rps with the access log on / off: nginx, cc-sidecar (no target)",
+            "value": [
+                round(ratio("nginx_small", "nginx_small_no_log"), 3),
+                round(ratio("sidecar_small", "sidecar_small_no_log"), 3),
+            ],
+            "target": "-",
+            "pass": None,
+        },
+        {
+            "name": "access line CPU µs, compiled (Python source; the logging path it replaced)",
+            "value": [
+                results["access_line"]["compiled"]["access_log_us_per_line"],
+                results["access_line"]["python"]["access_log_us_per_line"],
+                results["access_line"]["compiled"]["logging_us_per_line"],
+            ],
+            "target": f"compiled <= {MAX_ACCESS_LINE_US}",
+            "pass": results["access_line"]["compiled"]["access_log_us_per_line"] <= MAX_ACCESS_LINE_US,
+        },
+        {
+            "name": "access lines written / requests served (cc-sidecar, Python source)",
+            "value": [
+                f"{found['lines']}/{found['requests']}" for found in results["access_lines_written"].values()
+            ],
+            "target": "equal",
+            "pass": all(
+                found["lines"] == found["requests"] for found in results["access_lines_written"].values()
+            ),
         },
         {
             "name": "editor (cached token) rps / sidecar pass-through rps",

@@ -14,7 +14,9 @@ run``). Then an aiohttp client pool sends, until time is up:
 Every answer is checked (status, exactly one element naming the right customer, the upload's
 hash, the echo); anything else counts as an error. Per minute it reports requests served, errors
 (the goal is 0), p99 latency and the sidecar's RSS (VmRSS of /proc/PID/status); at the end a
-table and ``bench/soak-results.json``. The sidecar is stopped with SIGTERM and must exit 0.
+table and ``bench/soak-results.json``. The sidecar is stopped with SIGTERM and must exit 0. Its
+access log is on, as shipped: after the stop, its stderr file must hold one access line for each
+request its /metrics counted (``cc_sidecar_requests_total``), none dropped.
 
 Usage: ``python bench/soak.py [--minutes 10] [--concurrency 32] [--output PATH]``.
 """
@@ -134,8 +136,7 @@ def sidecar_config(workdir: Path, port: int, admin: int, shop: int, api: int) ->
     document = {
         "listen": f"127.0.0.1:{port}",
         "admin_listen": f"127.0.0.1:{admin}",
-        "access_log": False,
-        "log_level": "WARNING",
+        "access_log": True,  # as shipped: on stderr (the sidecar.log file here)
         "shutdown_grace_s": 10,
         "secret": "soak-secret-0123456789abcdef",
         # Thousands of customers from one loopback client: the budgets are not what is measured.
@@ -321,7 +322,7 @@ def stop_services(processes: dict[str, subprocess.Popen[bytes]]) -> int | None:
 
 async def load(
     args: argparse.Namespace, ports: Ports, processes: dict[str, subprocess.Popen[bytes]]
-) -> tuple[list[Minute], float]:
+) -> tuple[list[Minute], float, dict[str, int]]:
     """Wait until every service answers, then send the mix until time is up."""
     await wait_for(f"http://127.0.0.1:{ports.api}/_emulator/faults", processes["emulator"], "emulator")
     await wait_for(f"http://127.0.0.1:{ports.shop}/product", processes["shop"], "shop")
@@ -336,7 +337,27 @@ async def load(
             sample_rss(processes["sidecar"].pid, minutes, started, until),
             *(worker(client, base, minutes, started, until, seed) for seed in range(args.concurrency)),
         )
-    return minutes, time.monotonic() - started
+        elapsed = time.monotonic() - started
+        async with client.get(f"http://127.0.0.1:{ports.admin}/metrics") as response:
+            counted = sidecar_counts(await response.text())
+    return minutes, elapsed, counted
+
+
+def sidecar_counts(metrics: str) -> dict[str, int]:
+    """Requests the sidecar counted (every status) and access lines it dropped, from /metrics."""
+    counts = {"requests": 0.0, "dropped": 0.0}
+    for line in metrics.splitlines():
+        if line.startswith("cc_sidecar_requests_total{"):
+            counts["requests"] += float(line.rpartition(" ")[2])
+        elif line.startswith("cc_sidecar_access_log_dropped_total "):
+            counts["dropped"] += float(line.rpartition(" ")[2])
+    return {name: round(value) for name, value in counts.items()}
+
+
+def access_lines(log_path: Path) -> int:
+    """Access lines in the sidecar's stderr file."""
+    with log_path.open(encoding="utf-8", errors="replace") as lines:
+        return sum(1 for line in lines if '"logger": "proxy.access"' in line)
 
 
 def soak(args: argparse.Namespace) -> dict[str, Any]:
@@ -349,9 +370,11 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
     )
     processes = start_services(workdir, ports)
     try:
-        minutes, elapsed = asyncio.run(load(args, ports, processes))
+        minutes, elapsed, counted = asyncio.run(load(args, ports, processes))
     finally:
         exit_code = stop_services(processes)
+    # After the SIGTERM drain: the sidecar has written its last batch.
+    lines = access_lines(workdir / "sidecar.log")
 
     rows = [
         {
@@ -374,6 +397,9 @@ def soak(args: argparse.Namespace) -> dict[str, Any]:
         "served": sum(row["served"] for row in rows),
         "errors": sum(row["errors"] for row in rows),
         "sidecar_exit_code": exit_code,
+        "sidecar_requests": counted["requests"],
+        "access_lines": lines,
+        "access_lines_dropped": counted["dropped"],
         "per_minute": rows,
         "logs": str(workdir),
     }
@@ -388,6 +414,10 @@ def print_table(results: dict[str, Any]) -> None:
     print(
         f"total: {results['served']} served, {results['errors']} errors in {results['elapsed_s']} s; "
         f"sidecar exit code {results['sidecar_exit_code']}"
+    )
+    print(
+        f"access log: {results['access_lines']} lines for {results['sidecar_requests']} requests the sidecar"
+        f" counted; {results['access_lines_dropped']} dropped"
     )
     for row in results["per_minute"]:
         for kind, count in row["error_kinds"].items():
@@ -412,7 +442,16 @@ def main() -> int:
     print_table(results)
     args.output.write_text(json.dumps(results, indent=2) + "\n")
     print(f"results written to {args.output}")
-    return 0 if results["errors"] == 0 and results["sidecar_exit_code"] == 0 else 1
+    return 0 if passed(results) else 1
+
+
+def passed(results: dict[str, Any]) -> bool:
+    """No error, exit code 0, and an access line for every request."""
+    return (
+        results["errors"] == 0
+        and results["sidecar_exit_code"] == 0
+        and results["access_lines"] == results["sidecar_requests"]
+    )
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ Ordering rules, each load-bearing:
   of a pass-through request's CPU, measured by ``make bench``).
 - The identity header is stripped inside the handler before anything reads it (see handler).
 - Admin routes live on a separate application and listener: never reachable from shop traffic.
-- On SIGTERM readiness drops first, then the shop listener drains, then the admin one stops.
+- On SIGTERM readiness drops first, then the shop listener drains, then the admin one stops,
+  then the access log writes its last lines.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 from aiohttp import web
 
 import proxy.handler
+from proxy.access_log import AccessLog
 from proxy.admin import Readiness, create_admin_app
 from proxy.budget import Budget
 from proxy.compiled import is_compiled
@@ -70,6 +72,8 @@ class ShopServices:
 
     handler: Handler
     api_client: StorefrontApiClient
+    # None when the access log is off; closed (its last lines written) after the drain.
+    access_log: AccessLog | None
 
 
 @contextlib.asynccontextmanager
@@ -77,6 +81,8 @@ async def shop_services(
     settings: Settings, *, metrics: Metrics, clock: Clock = time.time
 ) -> AsyncIterator[ShopServices]:
     """Open one session per remote (the API, each shop), build the request path; close them after."""
+    # First: a file that cannot be opened stops start-up before anything else is opened.
+    access_log = open_access_log(settings, metrics)
     cc = settings.customers_canvas
     api_session = create_api_session(cc)
     upstream_sessions = [create_upstream_session(storefront) for storefront in settings.storefronts]
@@ -126,17 +132,31 @@ async def shop_services(
             api_timeout_s=cc.timeout_s,
             retry_after_s=max(1, round(cc.breaker.open_s)),
             clock=clock,
-            access_log=settings.access_log,
+            access_log=access_log,
             budget=Budget(settings.budget, store, metrics),
         )
-        yield ShopServices(handler, client)
+        yield ShopServices(handler, client, access_log)
         await tokens.aclose()
         await tenants.aclose()
     finally:
+        if access_log is not None:
+            await access_log.aclose()
         for upstream_session in upstream_sessions:
             await upstream_session.close()
         await api_session.close()
         await store.aclose()
+
+
+def open_access_log(settings: Settings, metrics: Metrics) -> AccessLog | None:
+    """The access log ``access_log`` asks for (written at log level INFO or DEBUG, as before), or None."""
+    if not settings.access_log or logging.getLevelName(settings.log_level) > logging.INFO:
+        return None
+    try:
+        return AccessLog.open(settings.access_log_path, metrics.access_log_dropped)
+    except OSError as exc:
+        raise ConfigError(
+            [f"access_log_path: cannot open {settings.access_log_path}: {exc.strerror}"]
+        ) from exc
 
 
 def create_store(settings: Settings, metrics: Metrics) -> TokenStore:
@@ -243,5 +263,8 @@ async def _listen(settings: Settings, services: ShopServices, metrics: Metrics, 
     log.info("draining", extra={"grace_s": settings.shutdown_grace_s})
     await shop_runner.cleanup()
     await admin_runner.cleanup()
+    if services.access_log is not None:
+        # Every request has finished: its line goes out before the last word.
+        await services.access_log.aclose()
     log.info("stopped")
     return 0

@@ -174,7 +174,19 @@ def _check_config(args: argparse.Namespace) -> int:
         elif redis.cluster:
             where = f"cluster, seed node {where}"
         print(f"token store: redis, {where}; keys {redis.key_prefix}*; {redis.timeout_s} s per call")
+    print(f"access log: {_access_log_summary(settings)}")
     return 0
+
+
+def _access_log_summary(settings: Settings) -> str:
+    if not settings.access_log:
+        return "off"
+    if settings.log_level not in ("DEBUG", "INFO"):
+        return f"off (log_level {settings.log_level} leaves out its INFO lines)"
+    from proxy.access_log import FLUSH_BYTES, FLUSH_INTERVAL_S
+
+    batch = f"batched ({FLUSH_BYTES // 1024} KB or {FLUSH_INTERVAL_S:g} s)"
+    return f"{settings.access_log_path or 'stderr'}, JSON lines, {batch}"
 
 
 def _config_schema(args: argparse.Namespace) -> int:
@@ -205,7 +217,12 @@ def _run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             logging.getLogger("proxy.config").error(problem)
         return EXIT_CONFIG
-    return serve(settings)
+    try:
+        return serve(settings)
+    except ConfigError as exc:  # what only start-up can find out (the access log's file)
+        for problem in exc.problems:
+            logging.getLogger("proxy.config").error(problem)
+        return EXIT_CONFIG
 
 
 def _emulator(args: argparse.Namespace) -> int:

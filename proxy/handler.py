@@ -33,6 +33,7 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
+from proxy.access_log import AccessLog
 from proxy.budget import Budget, client_address
 from proxy.config import StorefrontSettings
 from proxy.cookies import (
@@ -96,7 +97,6 @@ from proxy.tokens import Charge, Customer, CustomerToken, MergeOutcome, TokenSer
 from proxy.upstream import BodyFilter, OutgoingHeaders, Upstream, is_websocket_upgrade, response_headers
 
 log = logging.getLogger("proxy.handler")
-access_log = logging.getLogger("proxy.access")
 
 TOKEN_COOKIE = "cc_user_token"  # noqa: S105 -- a cookie name, not a secret
 USER_ID_HEADER = "X-CC-User-Id"
@@ -249,7 +249,7 @@ class ShopHandler:
         api_timeout_s: float,
         retry_after_s: int,
         clock: Callable[[], float] = time.time,
-        access_log: bool = False,
+        access_log: AccessLog | None = None,
         budget: Budget | None = None,
     ) -> None:
         self._router = router
@@ -290,16 +290,16 @@ class ShopHandler:
     def _record(self, request: web.BaseRequest, context: RequestContext, status: int, started: float) -> None:
         """Count the request and write its access log line."""
         self._requests.labels(context.storefront or "-", status).inc()
-        if self._access_log and access_log.isEnabledFor(logging.INFO):
-            access_log.info(
-                "request",
-                extra={
-                    "method": request.method,
-                    "path": request.path,
-                    "status": status,
-                    "duration_ms": round((time.perf_counter() - started) * 1000, 2),
-                    "peer": request.remote,
-                },
+        access_log = self._access_log
+        if access_log is not None:
+            access_log.record(
+                context.request_id,
+                context.storefront,
+                request.method,
+                request.path,
+                status,
+                round((time.perf_counter() - started) * 1000, 2),
+                request.remote,
             )
 
     async def _serve(self, request: web.BaseRequest, context: RequestContext) -> web.StreamResponse:

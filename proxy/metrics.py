@@ -164,6 +164,11 @@ class Metrics:
             "Answers to guests whose request carried no cookie: a guest id, no StorefrontUser, no token.",
             ("storefront",),
         )
+        self.access_log_dropped = PlainCounter(
+            "cc_sidecar_access_log_dropped",
+            "Access log lines dropped: their reader (stderr's pipe, or the file) was that far behind"
+            " (or failed), and the event loop never waits for it.",
+        )
         r.register(
             _PlainCollector(
                 [
@@ -174,6 +179,7 @@ class Metrics:
                     self.injections,
                     self.token_unavailable,
                     self.deferred_guests,
+                    self.access_log_dropped,
                 ]
             )
         )

@@ -480,7 +480,16 @@ class Settings(_Frozen):
     shutdown_grace_s: float = Field(
         DEFAULT_SHUTDOWN_GRACE_S, ge=0, description="Seconds in-flight requests may finish after SIGTERM."
     )
-    access_log: bool = Field(True, description="One JSON line per request on stderr.")
+    access_log: bool = Field(
+        True,
+        description="One JSON line per request (written with log_level INFO or DEBUG), in batches:"
+        " within 1 s, or at 64 KB, and at shutdown.",
+    )
+    access_log_path: str | None = Field(
+        None,
+        min_length=1,
+        description="File the access log is appended to (created if missing); null: stderr.",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Least severe log level written to stderr."
     )

@@ -97,6 +97,7 @@ In a second terminal, check it and serve:
 ```console
 $ cc-sidecar check-config --config local.yaml
 storefront main (id 1): any host -> http://127.0.0.1:8000; user: guests only; editor paths: 1; inject: html
+access log: stderr, JSON lines, batched (64 KB or 1 s)
 $ cc-sidecar run --config local.yaml
 ```
 

@@ -31,12 +31,12 @@ def test_readme_opens_with_the_two_commands() -> None:
 def test_the_emulator_example_of_the_reference_is_a_valid_config(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """The YAML of "Try it against the emulator" passes check-config with the summary line shown."""
+    """The YAML of "Try it against the emulator" passes check-config with the summary lines shown."""
     section = markdown_reference().split("## Try it against the emulator", 1)[1]
     [document] = re.findall(r"```yaml\n(.*?)```", section, re.DOTALL)
     settings = parse_settings(yaml.safe_load(document), {})
     assert settings.customers_canvas.api_url == "http://127.0.0.1:8081"
-    [summary] = re.findall(r"^storefront main .*$", section, re.MULTILINE)
+    [summary] = re.findall(r"^storefront main .*\naccess log: .*$", section, re.MULTILINE)
     path = tmp_path / "local.yaml"
     path.write_text(document)
     assert main(["check-config", "--config", str(path)]) == 0

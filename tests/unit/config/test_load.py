@@ -181,6 +181,34 @@ def test_check_config_summarises_each_storefront(
     assert "storefront main (id 12)" in out
 
 
+@pytest.mark.parametrize(
+    ("change", "summary"),
+    [
+        ({}, "access log: stderr, JSON lines, batched (64 KB or 1 s)"),
+        (
+            {"access_log_path": "/var/log/cc/access.log"},
+            "access log: /var/log/cc/access.log, JSON lines, batched (64 KB or 1 s)",
+        ),
+        ({"access_log": False, "access_log_path": "/var/log/cc/access.log"}, "access log: off"),
+        ({"log_level": "WARNING"}, "access log: off (log_level WARNING leaves out its INFO lines)"),
+    ],
+    ids=["default", "file", "off", "warning level"],
+)
+def test_check_config_reports_the_access_log(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    change: dict[str, Any],
+    summary: str,
+) -> None:
+    """check-config's last line says where the access log goes, or that it is off and why."""
+    monkeypatch.setenv("CC_CLIENT_SECRET", "s3cret")
+    path = tmp_path / "sidecar.yaml"
+    path.write_text(json.dumps({**VALID, **change}))
+    assert main(["check-config", "--config", str(path)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == summary
+
+
 def test_run_with_bad_config_exits_2_without_serving(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -212,6 +240,7 @@ def test_config_schema_describes_every_top_level_key(capsys: pytest.CaptureFixtu
         "min_token_ttl_s",
         "shutdown_grace_s",
         "access_log",
+        "access_log_path",
         "log_level",
         "storefronts",
         "token_store",

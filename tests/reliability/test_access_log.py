@@ -1,0 +1,163 @@
+"""The access log of the real process: a stderr nobody reads never stalls requests, SIGTERM under
+load loses no line, and a file it cannot open stops start-up by name."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import time
+from pathlib import Path
+
+import aiohttp
+
+from proxy.access_log import MAX_PENDING_BYTES
+from tests.fixtures.emulator import RunningEmulator
+from tests.fixtures.process import free_port, start_sidecar, wait_ready
+from tests.fixtures.shop import Shop, sidecar_config
+
+# A 3.5 KB path makes each line about 3.8 KB: the pipe (64 KB) and the writer's queue fill quickly,
+# and each line still goes in one write (up to PIPE_BUF), which no warning can split.
+LONG_PATH = "/" + "x" * 3500
+STALLED_REQUESTS = 600
+# No request may take this long while the log's reader stalls (each takes milliseconds; the
+# margin is for a busy machine). The old logging path blocked the loop on the full pipe for good.
+STALL_BOUND_S = 1.0
+
+
+def sidecar_document(
+    shop: Shop, port: int, admin: int, api_url: str = "http://127.0.0.1:9"
+) -> dict[str, object]:
+    document = sidecar_config(shop.url, api_url, upstream_timeout_s=10)
+    document.update(listen=f"127.0.0.1:{port}", admin_listen=f"127.0.0.1:{admin}", access_log=True)
+    return document
+
+
+def dropped_total(metrics: str) -> int:
+    [value] = re.findall(r"^cc_sidecar_access_log_dropped_total (\S+)$", metrics, re.MULTILINE)
+    return int(float(value))
+
+
+def read_to_end(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 1 << 16):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def test_a_stderr_nobody_reads_never_stalls_requests_and_drops_are_counted(
+    tmp_path: Path, shop: Shop, emulator: RunningEmulator
+) -> None:
+    """stderr is a pipe nobody reads: 600 requests with 3.5 KB paths each answer within 1 s, the
+    lines past the pipe and the 1 MiB queue are counted as dropped, and once someone reads,
+    written + dropped = requests, one WARNING says so, and SIGTERM still exits 0.
+
+    The API is up (the emulator): a warning written while nobody reads would block the loop,
+    as every write to a full pipe does; that is logging's, and not what is measured here.
+    """
+    port, admin = free_port(), free_port()
+    read_end, write_end = os.pipe()
+    document = sidecar_document(shop, port, admin, emulator.url)
+    process = await start_sidecar(tmp_path, document, stdout=asyncio.subprocess.DEVNULL, stderr=write_end)
+    os.close(write_end)
+    reading: asyncio.Future[bytes] | None = None
+    try:
+        timeout = aiohttp.ClientTimeout(total=STALL_BOUND_S * 5)
+        async with aiohttp.ClientSession(timeout=timeout) as client:
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+
+            async def timed() -> float:
+                started = time.monotonic()
+                async with client.get(f"http://127.0.0.1:{port}{LONG_PATH}") as response:
+                    assert response.status == 200
+                    await response.read()
+                return time.monotonic() - started
+
+            durations: list[float] = []
+            for _ in range(STALLED_REQUESTS // 20):
+                durations += await asyncio.gather(*(timed() for _ in range(20)))
+            await asyncio.sleep(1.2)  # the last batch's flush interval
+            async with client.get(f"http://127.0.0.1:{admin}/metrics") as response:
+                dropped = dropped_total(await response.text())
+        assert max(durations) < STALL_BOUND_S
+        # At most the pipe and the queue held lines: the rest were dropped.
+        assert dropped >= STALLED_REQUESTS - (MAX_PENDING_BYTES + (1 << 16)) // len(LONG_PATH)
+
+        reading = asyncio.get_running_loop().run_in_executor(None, read_to_end, read_end)
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=15) == 0
+        lines = (await asyncio.wait_for(reading, timeout=15)).decode().splitlines()
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        if reading is None:
+            os.close(read_end)
+    os.close(read_end)
+    entries = [json.loads(line) for line in lines]
+    written = sum(1 for entry in entries if entry["logger"] == "proxy.access")
+    assert written + dropped == STALLED_REQUESTS
+    [warning] = [entry for entry in entries if entry["logger"] == "proxy.access_log"]
+    assert (warning["level"], warning["dropped"]) == ("warning", dropped)
+
+
+async def test_sigterm_under_load_loses_no_access_line(tmp_path: Path, shop: Shop) -> None:
+    """16 clients request without pause; SIGTERM mid-load: every answered request has its line
+    (most still in the buffer when the signal came), and the process exits 0."""
+    port, admin = free_port(), free_port()
+    stderr_path = tmp_path / "stderr.log"
+    with stderr_path.open("wb") as stderr:
+        process = await start_sidecar(
+            tmp_path, sidecar_document(shop, port, admin), stdout=asyncio.subprocess.DEVNULL, stderr=stderr
+        )
+    try:
+        async with aiohttp.ClientSession() as client:
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            answered = 0
+            stop = asyncio.Event()
+
+            async def keep_requesting() -> None:
+                nonlocal answered
+                while not stop.is_set():
+                    try:
+                        async with client.get(f"http://127.0.0.1:{port}/plain") as response:
+                            await response.read()
+                            assert response.status == 200
+                            answered += 1
+                    except aiohttp.ClientError:
+                        return  # the listener has closed
+
+            clients = [asyncio.create_task(keep_requesting()) for _ in range(16)]
+            await asyncio.sleep(1.5)
+            process.send_signal(signal.SIGTERM)
+            await asyncio.sleep(0.5)
+            stop.set()
+            await asyncio.gather(*clients)
+        assert await asyncio.wait_for(process.wait(), timeout=15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    entries = [json.loads(line) for line in stderr_path.read_text().splitlines()]
+    access = [entry for entry in entries if entry["logger"] == "proxy.access"]
+    assert answered > 100
+    assert (len(access), {entry["status"] for entry in access}) == (answered, {200})
+    assert entries[-1]["message"] == "stopped"  # the access lines come before the last word
+
+
+async def test_an_access_log_file_that_cannot_be_opened_stops_start_up_naming_the_key(
+    tmp_path: Path, shop: Shop
+) -> None:
+    """access_log_path in a directory that does not exist: exit 2, one error naming access_log_path."""
+    missing = tmp_path / "no-such-dir" / "access.log"
+    document = sidecar_document(shop, free_port(), free_port())
+    document["access_log_path"] = str(missing)
+    process = await start_sidecar(tmp_path, document, stdout=asyncio.subprocess.DEVNULL)
+    assert await asyncio.wait_for(process.wait(), timeout=15) == 2
+    assert process.stderr is not None
+    entries = [json.loads(line) for line in (await process.stderr.read()).decode().splitlines()]
+    assert [(entry["level"], entry["message"]) for entry in entries] == [
+        ("error", f"access_log_path: cannot open {missing}: No such file or directory")
+    ]
