@@ -13,9 +13,10 @@
     │       └── CircuitOpen         held back by the breaker without a call
     ├── InvalidIdentity             a customer id that breaks the id rules
     ├── StoreUnavailable            the shared token store (Redis) failed or its breaker is open
-    └── UpstreamError               the shop itself failed
-        ├── UpstreamUnreachable     -> 502
-        └── UpstreamTimeout         -> 504
+    ├── UpstreamError               the shop itself failed
+    │   ├── UpstreamUnreachable     -> 502
+    │   └── UpstreamTimeout         -> 504
+    └── ClientGone                  the client left (or stopped reading) mid-request -> 499
 
 Messages never contain a token, a client secret or a raw session id.
 """
@@ -96,3 +97,13 @@ class UpstreamTimeout(UpstreamError):
     """The shop sent no response headers within ``upstream_timeout_s``."""
 
     status = 504
+
+
+class ClientGone(SidecarError):
+    """The client closed its connection, or stopped reading, before its response was written.
+
+    Not an error of the sidecar's nor the shop's (a visitor cancelled a download): logged once at
+    INFO and counted as 499, nginx's "client closed request".
+    """
+
+    status = 499

@@ -29,9 +29,17 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
+from proxy.client_response import CLIENT_GONE
 from proxy.config import StorefrontSettings
 from proxy.cookies import CookieSet, RequestCookies, cookie_set, delete_cookie_value, set_cookie_value
-from proxy.errors import CircuitOpen, InvalidIdentity, SidecarError, StorefrontApiError, UpstreamError
+from proxy.errors import (
+    CircuitOpen,
+    ClientGone,
+    InvalidIdentity,
+    SidecarError,
+    StorefrontApiError,
+    UpstreamError,
+)
 from proxy.identity import (
     GUEST_COOKIE,
     GUEST_COOKIE_MAX_AGE_S,
@@ -234,6 +242,10 @@ class ShopHandler:
         started = time.perf_counter()
         try:
             response = await self._serve(request, context)
+        except ClientGone as exc:
+            # A visitor who cancels a download does this: one INFO line, no traceback, no 500.
+            log.info("client went away %s", exc, extra={"path": request.path, "status": exc.status})
+            response = CLIENT_GONE
         except UpstreamError as exc:
             log.warning("shop request failed: %s", exc, extra={"status": exc.status})
             response = web.Response(status=exc.status, text=_UPSTREAM_TEXT[exc.status])

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection, Iterable
+from collections.abc import Awaitable, Collection, Iterable
 from typing import Protocol
 
 import aiohttp
@@ -23,7 +23,7 @@ from yarl import URL
 from proxy.client_response import write_whole
 from proxy.config import StorefrontSettings
 from proxy.cookies import cookie_header_without
-from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import ClientGone, UpstreamTimeout, UpstreamUnreachable
 from proxy.injection import decodable_accept_encoding
 from proxy.upstream_http import BODYLESS_METHODS, HttpClientError, HttpPool
 
@@ -490,7 +490,7 @@ class Upstream:
                 # More is coming (a stream, a long poll, a slow page): the status and headers go
                 # out now, not when the first body bytes do.
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
-                await response.prepare(request)
+                await _to_client(response.prepare(request))
                 first = await upstream.read()
             else:
                 # A page to rewrite waits for its body anyway; if it is whole then, one write.
@@ -498,27 +498,24 @@ class Upstream:
                 if upstream.at_eof():
                     return await _write_whole(request, status, reason, headers, body_filter.whole(first))
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
-                await response.prepare(request)
+                await _to_client(response.prepare(request))
             chunk = first if body_filter is None else body_filter.feed(first)
             if chunk:
-                await response.write(chunk)
+                await _to_client(response.write(chunk))
             while chunk := await upstream.read():
                 if body_filter is not None:
                     chunk = body_filter.feed(chunk)
                 if upstream.at_eof():
                     break
                 if chunk:
-                    await response.write(chunk)
+                    await _to_client(response.write(chunk))
             else:
                 chunk = b""
             if body_filter is not None:
                 chunk += body_filter.finish()
-            await response.write_eof(chunk)
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            if response is None:
-                return _broken_off()  # the shop's connection, not the client's, was reset
-            log.debug("client went away mid-response", extra={"path": request.path})
-        except (TimeoutError, HttpClientError, aiohttp.ClientError, ValueError) as exc:
+            await _to_client(response.write_eof(chunk))
+        except (OSError, HttpClientError, aiohttp.ClientError, ValueError) as exc:
+            # The shop's side (a client's write failing is ClientGone, raised on to the handler).
             log.warning(
                 "shop response broke off mid-body",
                 extra={"path": request.path, "error": type(exc).__name__},
@@ -595,6 +592,19 @@ async def _write_whole(
         # in a reason phrase.
         log.warning("shop response head refused: %s", exc, extra={"path": request.path})
         return _broken_off()
+
+
+async def _to_client(write: Awaitable[object]) -> None:
+    """Await a write to the client; its connection lost is :class:`ClientGone`, not the shop's failure.
+
+    aiohttp fails a write to a client that left with ConnectionResetError,
+    ClientConnectionResetError, or (a drain pending when the connection went) a plain
+    ``ConnectionError("Connection lost")``: all of them ConnectionError.
+    """
+    try:
+        await write
+    except ConnectionError as exc:
+        raise ClientGone("mid-response") from exc
 
 
 def _broken_off() -> web.Response:
