@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
-from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
 
@@ -49,11 +49,10 @@ log = logging.getLogger("proxy.limits")
 _DESCRIPTORS_PER_CONNECTION = 2
 
 
-class HeadTooLarge(HttpProcessingError):
-    """A request head past ``max_head_bytes``: answered 431 (logged as a refused request)."""
+class HeadTooLarge(BadHttpMessage):
+    """A request head past ``max_head_bytes``: answered 431, logged as any request the parser refused."""
 
     code = 431
-    message = "Request Header Fields Too Large"
 
 
 def raise_open_files_limit() -> int:
