@@ -31,6 +31,7 @@ from aiohttp import web
 
 import proxy.handler
 from proxy.admin import Readiness, create_admin_app
+from proxy.buffering import Buffering
 from proxy.compiled import is_compiled
 from proxy.config import Settings
 from proxy.config.model import split_listen
@@ -108,6 +109,7 @@ async def shop_services(
             retry_after_s=max(1, round(cc.breaker.open_s)),
             clock=clock,
             access_log=settings.access_log,
+            buffering=Buffering(settings.buffering, settings.limits.body_timeout_s, metrics),
         )
         yield ShopServices(handler, client)
         await tokens.aclose()

@@ -16,7 +16,10 @@
     ├── UpstreamError               the shop itself failed
     │   ├── UpstreamUnreachable     -> 502
     │   └── UpstreamTimeout         -> 504
-    └── ClientGone                  the client left (or stopped reading) mid-request -> 499
+    ├── ClientGone                  the client left (or stopped reading) mid-request -> 499
+    └── BodyRefused                 the client's request body is not taken
+        ├── BodyTooLarge            -> 413
+        └── BodyTimeout             -> 408
 
 Messages never contain a token, a client secret or a raw session id.
 """
@@ -107,3 +110,24 @@ class ClientGone(SidecarError):
     """
 
     status = 499
+
+
+class BodyRefused(SidecarError):
+    """The client's request body is refused before anything goes to the shop; the connection closes."""
+
+    status = 400
+    text = "bad request body\n"
+
+
+class BodyTooLarge(BodyRefused):
+    """A request body past ``buffering.max_body_bytes`` (nginx: client_max_body_size)."""
+
+    status = 413
+    text = "request body too large\n"
+
+
+class BodyTimeout(BodyRefused):
+    """No request body bytes for ``limits.body_timeout_s`` (nginx: client_body_timeout)."""
+
+    status = 408
+    text = "request body timed out\n"

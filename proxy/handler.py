@@ -29,10 +29,13 @@ from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 from multidict import CIMultiDict
 
-from proxy.client_response import CLIENT_GONE
+from proxy.buffering import Buffering
+from proxy.client_response import CLIENT_GONE, write_whole
 from proxy.config import StorefrontSettings
 from proxy.cookies import CookieSet, RequestCookies, cookie_set, delete_cookie_value, set_cookie_value
 from proxy.errors import (
+    BodyRefused,
+    BodyTimeout,
     CircuitOpen,
     ClientGone,
     InvalidIdentity,
@@ -223,8 +226,10 @@ class ShopHandler:
         retry_after_s: int,
         clock: Callable[[], float] = time.time,
         access_log: bool = False,
+        buffering: Buffering,
     ) -> None:
         self._router = router
+        self._buffering = buffering
         self._requests = metrics.requests
         self._valid_ids: dict[str, str] = {}
         self._access_log = access_log
@@ -246,6 +251,9 @@ class ShopHandler:
             # A visitor who cancels a download does this: one INFO line, no traceback, no 500.
             log.info("client went away %s", exc, extra={"path": request.path, "status": exc.status})
             response = CLIENT_GONE
+        except BodyRefused as exc:
+            log.info("refused a request body: %s", exc, extra={"status": exc.status})
+            response = await _refuse_body(request, exc)
         except UpstreamError as exc:
             log.warning("shop request failed: %s", exc, extra={"status": exc.status})
             response = web.Response(status=exc.status, text=_UPSTREAM_TEXT[exc.status])
@@ -369,6 +377,8 @@ class ShopHandler:
                 return _refused(400, "a WebSocket handshake is a GET without a body\n")
             return await storefront.upstream.websocket(request, upstream_headers)
 
+        # The whole body first (unless it streams): a slow client never holds a shop worker.
+        body = None if self._buffering.streams(path) else await self._buffering.read_body(request)
         logged_in = self._header_identity(request, storefront, trusted)
         work: asyncio.Task[Attachment] | None = None
         token: CustomerToken | None = None
@@ -387,11 +397,13 @@ class ShopHandler:
 
         try:
             started = time.perf_counter()
-            shop = await storefront.upstream.open(request, upstream_headers)
+            shop = await storefront.upstream.open(request, upstream_headers, body)
             storefront.upstream_latency.observe(time.perf_counter() - started)
         except BaseException:
             if work is not None:
                 work.cancel()
+            if body is not None:
+                body.close()
             raise
 
         headers = response_headers(shop)
@@ -430,7 +442,7 @@ class ShopHandler:
             _keep_private(headers)
             for name in _VALIDATORS:
                 headers.popall(name, None)
-        return await storefront.upstream.relay(request, shop, headers, body_filter)
+        return await storefront.upstream.relay(request, shop, headers, body_filter, self._buffering)
 
     def _start_attachment(
         self,
@@ -902,6 +914,24 @@ def _refused(status: int, text: str) -> web.Response:
     """A request the sidecar will not forward; the connection closes, as its framing is suspect."""
     response = web.Response(status=status, text=text)
     response.force_close()
+    return response
+
+
+async def _refuse_body(request: web.BaseRequest, exc: BodyRefused) -> web.StreamResponse:
+    """The answer to a refused body; the connection closes.
+
+    A body too large is answered as any refusal: aiohttp then reads and drops what the client
+    still sends for a while (a lingering close), so the client reads the 413 rather than a reset.
+    A body that stopped coming has nothing to linger for: written here, and the connection closed.
+    """
+    if not isinstance(exc, BodyTimeout):
+        return _refused(exc.status, exc.text)
+    headers = CIMultiDict({hdrs.CONTENT_TYPE: "text/plain; charset=utf-8", hdrs.CONNECTION: "close"})
+    try:
+        response = await write_whole(request, exc.status, "Request Timeout", headers, exc.text.encode())
+    except ClientGone:
+        response = CLIENT_GONE
+    request.protocol.force_close()
     return response
 
 

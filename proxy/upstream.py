@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Collection, Iterable
+from collections.abc import Collection, Iterable
 from typing import Protocol
 
 import aiohttp
@@ -20,12 +20,13 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.buffering import BufferedBody, Buffering, ResponseFeed, Spool, to_client
 from proxy.client_response import write_whole
 from proxy.config import StorefrontSettings
 from proxy.cookies import cookie_header_without
-from proxy.errors import ClientGone, UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import UpstreamTimeout, UpstreamUnreachable
 from proxy.injection import decodable_accept_encoding
-from proxy.upstream_http import BODYLESS_METHODS, HttpClientError, HttpPool
+from proxy.upstream_http import BODYLESS_METHODS, BodySource, HttpClientError, HttpPool
 
 log = logging.getLogger("proxy.upstream")
 
@@ -404,12 +405,20 @@ class Upstream:
             parts += (b"X-Forwarded-Host", b": ", host_value, b"\r\n")
         return OutgoingHeaders(parts, host_value is not None, content_length, target)
 
-    async def open(self, request: web.BaseRequest, headers: OutgoingHeaders) -> ShopResponse:
-        """Send the request with its body streamed; return once the shop's headers arrived."""
+    async def open(
+        self, request: web.BaseRequest, headers: OutgoingHeaders, body: BufferedBody | None = None
+    ) -> ShopResponse:
+        """Send the request with its body; return once the shop's headers arrived.
+
+        ``body``: the request's body read in full (:mod:`proxy.buffering`); None: streamed from
+        the client, if it has one.
+        """
         if self._pool is None:
-            return await self._open_aiohttp(request, headers)
+            return await self._open_aiohttp(request, headers, body)
         method = request.method
-        body = request.content if request.body_exists else None
+        source: BodySource | None = (
+            body if body is not None else request.content if request.body_exists else None
+        )
         target = headers.target.encode("utf-8", "surrogateescape")
         # "OPTIONS *" asks about the server itself: the asterisk goes as it is, without the prefix.
         prefix = self._prefix if target != b"*" else b""
@@ -418,7 +427,7 @@ class Upstream:
             parts.append(self._host_line)
         parts += headers.parts
         content_length: int | None = None
-        if body is not None:
+        if source is not None:
             if headers.content_length is None:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
@@ -433,20 +442,21 @@ class Upstream:
         if head.count(b"\n") != lines or head.count(b"\r") != lines:
             raise ValueError("newline or carriage return in the request head")
         try:
-            return await self._pool.request(method, head, body, content_length)
+            return await self._pool.request(method, head, source, content_length)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{self.name}: no response within the timeout") from exc
         except (OSError, HttpClientError) as exc:
             raise UpstreamUnreachable(f"{self.name}: {type(exc).__name__}") from exc
 
-    async def _open_aiohttp(self, request: web.BaseRequest, headers: OutgoingHeaders) -> ShopResponse:
-        body = request.content if request.body_exists else None
+    async def _open_aiohttp(
+        self, request: web.BaseRequest, headers: OutgoingHeaders, body: BufferedBody | None
+    ) -> ShopResponse:
         try:
             response = await self.session.request(
                 request.method,
                 self.url_for(headers.target),
                 headers=headers.multidict(),
-                data=body,
+                data=body if body is not None else request.content if request.body_exists else None,
                 allow_redirects=False,
                 compress=None,
             )
@@ -470,15 +480,19 @@ class Upstream:
         upstream: ShopResponse,
         headers: CIMultiDict[str],
         body_filter: BodyFilter | None = None,
+        buffering: Buffering | None = None,
     ) -> web.StreamResponse:
         """Stream the shop's body to the client, through ``body_filter`` when given.
 
         Most pages have all arrived with their headers: :func:`write_whole` sends those, status
         line, headers and body in one write (a rewritten page with its new Content-Length). Any
-        other response streams, its headers at once and its body chunk by chunk as the shop sends it.
+        other response streams, its headers at once and its body as the shop sends it; with
+        ``buffering``, what a slow client has not taken yet is held for it (a ResponseFeed), so
+        the shop is read at its own pace, unless the response is a stream (server-sent events).
         """
         status, reason = upstream.status, upstream.reason
         response: web.StreamResponse | None = None
+        feed: ResponseFeed | None = None
         try:
             if upstream.body_complete():
                 # Most pages: all here with their headers, rewritten or not; one write.
@@ -490,7 +504,7 @@ class Upstream:
                 # More is coming (a stream, a long poll, a slow page): the status and headers go
                 # out now, not when the first body bytes do.
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
-                await _to_client(response.prepare(request))
+                await to_client(response.prepare(request))
                 first = await upstream.read()
             else:
                 # A page to rewrite waits for its body anyway; if it is whole then, one write.
@@ -498,22 +512,22 @@ class Upstream:
                 if upstream.at_eof():
                     return await _write_whole(request, status, reason, headers, body_filter.whole(first))
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
-                await _to_client(response.prepare(request))
-            chunk = first if body_filter is None else body_filter.feed(first)
-            if chunk:
-                await _to_client(response.write(chunk))
+                await to_client(response.prepare(request))
+            feed = _feed(request, response, headers, buffering)
+            await feed.write(first if body_filter is None else body_filter.feed(first))
             while chunk := await upstream.read():
                 if body_filter is not None:
                     chunk = body_filter.feed(chunk)
                 if upstream.at_eof():
                     break
-                if chunk:
-                    await _to_client(response.write(chunk))
+                await feed.write(chunk)
             else:
                 chunk = b""
             if body_filter is not None:
                 chunk += body_filter.finish()
-            await _to_client(response.write_eof(chunk))
+            # The shop is done: its connection goes back while the client still takes the rest.
+            upstream.release()
+            await feed.finish(chunk)
         except (OSError, HttpClientError, aiohttp.ClientError, ValueError) as exc:
             # The shop's side (a client's write failing is ClientGone, raised on to the handler).
             log.warning(
@@ -527,6 +541,8 @@ class Upstream:
             if request.transport is not None:
                 request.transport.close()
         finally:
+            if feed is not None:
+                feed.close()
             upstream.release()
         return response
 
@@ -594,17 +610,22 @@ async def _write_whole(
         return _broken_off()
 
 
-async def _to_client(write: Awaitable[object]) -> None:
-    """Await a write to the client; its connection lost is :class:`ClientGone`, not the shop's failure.
-
-    aiohttp fails a write to a client that left with ConnectionResetError,
-    ClientConnectionResetError, or (a drain pending when the connection went) a plain
-    ``ConnectionError("Connection lost")``: all of them ConnectionError.
-    """
-    try:
-        await write
-    except ConnectionError as exc:
-        raise ClientGone("mid-response") from exc
+def _feed(
+    request: web.BaseRequest,
+    response: web.StreamResponse,
+    headers: CIMultiDict[str],
+    buffering: Buffering | None,
+) -> ResponseFeed:
+    """How a streamed body goes to the client: held for a slow one, or (a stream) at its pace."""
+    if (
+        buffering is None
+        or buffering.streams(request.path)
+        or buffering.streams_response(headers.get(hdrs.CONTENT_TYPE))
+    ):
+        # Nothing held back: each write waits while the client's socket is full (the one chunk in
+        # the spool stays in memory: max_size 0 never rolls over to a file).
+        return ResponseFeed(response, Spool(0, None), max_held=0)
+    return buffering.feed(response)
 
 
 def _broken_off() -> web.Response:

@@ -214,6 +214,8 @@ def test_config_schema_describes_every_top_level_key(capsys: pytest.CaptureFixtu
         "log_level",
         "storefronts",
         "token_store",
+        "limits",
+        "buffering",
     }
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {"customers_canvas", "secret", "storefronts"}
