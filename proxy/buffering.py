@@ -32,12 +32,25 @@ from typing import IO
 from aiohttp import web
 
 from proxy.config.model import BufferingSettings
-from proxy.errors import BodyTimeout, BodyTooLarge, ClientGone
+from proxy.errors import BodyTimeout, BodyTooLarge, ClientGone, ConfigError
 from proxy.metrics import Metrics
 from proxy.routing import PathMatcher
 
 # Read from a spool at most this much per write to the client (the shop is read so too).
 _CHUNK = 64 * 1024
+
+
+def check_temp_dir(directory: str | None) -> None:
+    """Make and drop one temp file where bodies will spill, so a directory that cannot take them
+    fails the start (exit 2, naming ``buffering.temp_dir``), not the first large upload."""
+    try:
+        with tempfile.TemporaryFile(dir=directory):
+            pass
+    except OSError as exc:
+        where = directory if directory is not None else "the default temp dir ($TMPDIR, /tmp)"
+        raise ConfigError(
+            [f"buffering.temp_dir: cannot make a temp file in {where}: {exc.strerror}"]
+        ) from exc
 
 
 class Spool:
