@@ -16,8 +16,8 @@ protocol with nginx's timers and limits (each a ``limits:`` key, see docs/securi
 
 :class:`ShopServer` is aiohttp's ``web.Server`` making those protocols, and holding open
 connections to ``max_connections`` (worker_connections): at the limit a new connection makes an
-idle one close (a keep-alive connection between requests first, then the oldest with only part
-of a head in), as nginx reuses its idle connections; with none idle the new one is closed.
+idle one close (a keep-alive connection between requests first, then the oldest waiting for a
+request head), as nginx reuses its idle connections; with none idle the new one is closed.
 
 Private aiohttp names this module leans on (aiohttp 3.14), each used where noted: the protocol's
 ``_waiter`` (set while it waits for a request), ``_drain_waiter`` (a write waiting for the
@@ -109,9 +109,9 @@ class LimitedRequestHandler(RequestHandler):
         return self._waiter is not None and not self._waiter.done() and not self._messages
 
     @property
-    def head_started(self) -> bool:
-        """Whether part of a request head came in (an idle connection with none is a keep-alive one)."""
-        return self._head_bytes > 0
+    def kept_alive(self) -> bool:
+        """Whether the connection served a request and no byte of another came yet (keep-alive)."""
+        return self._request_count > 0 and self._head_bytes == 0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
@@ -246,14 +246,19 @@ class ShopServer(web.Server):
             self._make_room(handler)
 
     def _make_room(self, newcomer: RequestHandler) -> None:
-        """Close the idle connection that costs a visitor least (keep-alive first, then the oldest head)."""
+        """Close the idle connection that costs a visitor least.
+
+        A keep-alive connection between requests first (its client reconnects when it needs
+        to), else the oldest one waiting for a request head (a slowloris' hold, or a visitor's
+        connection that has had its chance): the newest connections are the last to go.
+        """
         victim: LimitedRequestHandler | None = None
         for connection in self._connections:  # oldest first
             if connection is newcomer or not isinstance(connection, LimitedRequestHandler):
                 continue
             if not connection.idle:
                 continue
-            if not connection.head_started:
+            if connection.kept_alive:
                 victim = connection
                 break
             if victim is None:

@@ -19,11 +19,12 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import BaseTestServer
 
 from proxy.metrics import Metrics
-from tests.fixtures.process import free_port
+from tests.fixtures.process import free_port, start_sidecar, wait_ready
 from tests.fixtures.shop import SidecarFactory, sidecar_config
 from tests.integration.test_smuggling import DEAD_API, exchange, status_line
 
@@ -252,3 +253,81 @@ async def test_a_body_over_max_body_bytes_is_a_413_and_never_reaches_the_shop(
 
     assert status_line(answer) == b"HTTP/1.1 413 Request Entity Too Large"
     assert fixed_worker_shop.executed() == []
+
+
+OPEN_FILES = 256
+SLOWLORIS = 300
+VISITORS = 20
+
+
+@contextlib.asynccontextmanager
+async def sidecar_process(
+    shop: FixedWorkerShop, tmp_path: Path, **sections: Any
+) -> AsyncIterator[tuple[int, int]]:
+    """``cc-sidecar run`` at a 256 open-files limit (soft and hard): its shop and admin ports."""
+    port, admin = free_port(), free_port()
+    document = sidecar_config(shop.url, DEAD_API, hosts=["g.test"])
+    document.update(listen=f"127.0.0.1:{port}", admin_listen=f"127.0.0.1:{admin}", **sections)
+    process = await start_sidecar(
+        tmp_path,
+        document,
+        open_files=OPEN_FILES,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        async with aiohttp.ClientSession() as client:
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+        yield port, admin
+    finally:
+        process.terminate()
+        await process.wait()
+
+
+async def visit(port: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(b"GET /visitor HTTP/1.1\r\nHost: g.test\r\nConnection: close\r\n\r\n")
+        return status_line(await asyncio.wait_for(reader.read(), VISITOR_WITHIN_S))
+    except (TimeoutError, ConnectionError):
+        return b"no answer"
+    finally:
+        writer.close()
+
+
+@pytest.mark.parametrize(
+    "attack",
+    [
+        b"GET / HTTP/1.1\r\nHost: g.test\r\nX-Slow: ",
+        b"GET / HTTP/1.1\r\nHost: g.test\r\n"
+        + b"".join(b"X-Big-%d: %s\r\n" % (n, b"a" * 8000) for n in range(3)),
+    ],
+    ids=["slowloris", "large-incomplete-heads"],
+)
+async def test_visitors_are_served_while_more_connections_than_descriptors_hold_heads_open(
+    fixed_worker_shop: FixedWorkerShop, tmp_path: Path, attack: bytes
+) -> None:
+    """Row 2 of issue #22: 300 half-sent heads at a 256 open-files limit; 20 visitors after them all served.
+
+    The automatic connection limit (half the open files) closes the oldest half-sent head for
+    each new connection, so the sidecar never runs out of descriptors and a visitor gets in.
+    """
+    async with sidecar_process(fixed_worker_shop, tmp_path) as (port, admin):
+        held = []
+        for _ in range(SLOWLORIS):
+            with contextlib.suppress(OSError):
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(attack)
+                held.append(writer)
+        await asyncio.sleep(0.5)
+        answers = [await visit(port) for _ in range(VISITORS)]
+        async with (
+            aiohttp.ClientSession() as client,
+            client.get(f"http://127.0.0.1:{admin}/metrics") as response,
+        ):
+            metrics = await response.text()
+        for writer in held:
+            writer.close()
+
+    assert answers == [b"HTTP/1.1 200 OK"] * VISITORS
+    assert 'cc_sidecar_connections_closed_total{reason="connection_limit"}' in metrics
