@@ -263,3 +263,29 @@ async def test_at_the_connection_limit_an_idle_connection_makes_room_for_a_visit
     assert closed_for(metrics, "connection_limit") == 1
     warnings = [r.getMessage() for r in caplog.records if r.name == "proxy.limits"]
     assert warnings[0] == "connection limit reached: closing an idle connection"
+
+
+async def test_a_client_leaving_mid_upload_is_a_499_and_the_shop_never_sees_it(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upload abandoned half-way: nothing reaches the shop, one INFO line, counted 499."""
+    caplog.set_level(logging.INFO)
+    metrics = Metrics()
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
+    _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(
+        b"POST /upload-sha HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100000\r\n\r\n" + b"x" * 50000
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    abort(writer)
+
+    async def counted() -> bool:
+        return requests_counted(metrics, 499) == 1
+
+    await eventually(counted)
+    assert shop.state.requests == []
+    gone = [r for r in caplog.records if r.name == "proxy.handler"]
+    assert [(r.levelname, r.getMessage(), r.exc_info) for r in gone] == [
+        ("INFO", "client went away mid-body", None)
+    ]
