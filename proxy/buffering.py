@@ -151,6 +151,12 @@ class Buffering:
             return False
         return content_type.partition(";")[0].strip().lower() in self._stream_types
 
+    def check_announced(self, request: web.BaseRequest) -> None:
+        """Raise :class:`BodyTooLarge` if the request's Content-Length is over ``max_body_bytes``."""
+        announced = request.content_length
+        if announced is not None and announced > self.max_body_bytes:
+            raise BodyTooLarge(f"{announced} bytes announced")
+
     async def read_body(self, request: web.BaseRequest) -> BufferedBody | None:
         """The request's whole body, or None when it has none.
 
@@ -160,9 +166,7 @@ class Buffering:
         """
         if not request.body_exists:
             return None
-        announced = request.content_length
-        if announced is not None and announced > self.max_body_bytes:
-            raise BodyTooLarge(f"{announced} bytes announced")
+        self.check_announced(request)
         spool = Spool(self._settings.body_memory_bytes, self.temp_dir)
         content = request.content
         try:

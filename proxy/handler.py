@@ -21,6 +21,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
@@ -35,7 +36,7 @@ from proxy.config import StorefrontSettings
 from proxy.cookies import CookieSet, RequestCookies, cookie_set, delete_cookie_value, set_cookie_value
 from proxy.errors import (
     BodyRefused,
-    BodyTimeout,
+    BodyTooLarge,
     CircuitOpen,
     ClientGone,
     InvalidIdentity,
@@ -326,6 +327,8 @@ class ShopHandler:
             return web.Response(status=421, text="no storefront is configured for this host\n")
         context.storefront = storefront.name
         if hdrs.EXPECT in request.headers:
+            # A body announced too large is refused before the client is asked to send it.
+            self._buffering.check_announced(request)
             refused = await _answer_expect(request)
             if refused is not None:
                 return refused
@@ -920,15 +923,18 @@ def _refused(status: int, text: str) -> web.Response:
 async def _refuse_body(request: web.BaseRequest, exc: BodyRefused) -> web.StreamResponse:
     """The answer to a refused body; the connection closes.
 
-    A body too large is answered as any refusal: aiohttp then reads and drops what the client
-    still sends for a while (a lingering close), so the client reads the 413 rather than a reset.
-    A body that stopped coming has nothing to linger for: written here, and the connection closed.
+    A body too large that the client is sending is answered as any refusal: aiohttp then reads
+    and drops what still comes for a while (a lingering close), so the client reads the 413
+    rather than a reset. A body that stopped coming, or that the client waits to be asked for
+    (``Expect: 100-continue``), has nothing to linger for: written here, the connection closed.
     """
-    if not isinstance(exc, BodyTimeout):
+    if isinstance(exc, BodyTooLarge) and hdrs.EXPECT not in request.headers:
         return _refused(exc.status, exc.text)
     headers = CIMultiDict({hdrs.CONTENT_TYPE: "text/plain; charset=utf-8", hdrs.CONNECTION: "close"})
     try:
-        response = await write_whole(request, exc.status, "Request Timeout", headers, exc.text.encode())
+        response = await write_whole(
+            request, exc.status, HTTPStatus(exc.status).phrase, headers, exc.text.encode()
+        )
     except ClientGone:
         response = CLIENT_GONE
     request.protocol.force_close()

@@ -174,9 +174,8 @@ class LimitedRequestHandler(RequestHandler):
     def _head_timed_out(self) -> None:
         self._head_timer = None
         self._closed.labels("head_timeout").inc()
-        log.info(
-            "closed a connection whose request head did not arrive in time", extra={"peer": self._peer()}
-        )
+        # Counted, and logged only at DEBUG: a slowloris flood would be a line per connection.
+        log.debug("closed a connection whose request head was late", extra={"peer": self._peer()})
         self.force_close()
 
     def _send_timed_out(self) -> None:

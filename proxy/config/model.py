@@ -55,7 +55,7 @@ DEFAULT_HEAD_TIMEOUT_S = 60.0
 DEFAULT_KEEPALIVE_TIMEOUT_S = 75.0
 # Between two reads of a request body (client_body_timeout).
 DEFAULT_BODY_TIMEOUT_S = 60.0
-# A client that takes nothing of its response for this long is cut off (send_timeout).
+# A client whose socket stays full this long is cut off (send_timeout).
 DEFAULT_SEND_TIMEOUT_S = 60.0
 # Request line and headers together (large_client_header_buffers 4 8k: 32 KiB).
 DEFAULT_MAX_HEAD_BYTES = 32 * 1024
@@ -383,8 +383,8 @@ class LimitsSettings(_Frozen):
     )
     send_timeout_s: PositiveSeconds = Field(
         DEFAULT_SEND_TIMEOUT_S,
-        description="A client that takes none of its response for this long is cut off"
-        " (nginx: send_timeout).",
+        description="A client whose socket stays full (it reads nothing, or too little to make room)"
+        " for this long is cut off (nginx: send_timeout).",
     )
     max_head_bytes: int = Field(
         DEFAULT_MAX_HEAD_BYTES,

@@ -331,3 +331,16 @@ async def test_visitors_are_served_while_more_connections_than_descriptors_hold_
 
     assert answers == [b"HTTP/1.1 200 OK"] * VISITORS
     assert 'cc_sidecar_connections_closed_total{reason="connection_limit"}' in metrics
+
+
+async def test_a_body_announced_too_large_is_refused_before_100_continue(
+    fixed_worker_shop: FixedWorkerShop, make_sidecar: SidecarFactory
+) -> None:
+    """Expect: 100-continue with a Content-Length over max_body_bytes: 413 at once, no 100 Continue."""
+    sidecar = await sidecar_for(fixed_worker_shop, make_sidecar, buffering={"max_body_bytes": 2000})
+    head = b"POST /upload HTTP/1.1\r\nHost: g.test\r\nContent-Length: 5000\r\nExpect: 100-continue\r\n\r\n"
+    answer = await exchange(sidecar, head)
+
+    assert status_line(answer) == b"HTTP/1.1 413 Request Entity Too Large"
+    assert b"100 Continue" not in answer
+    assert fixed_worker_shop.executed() == []
