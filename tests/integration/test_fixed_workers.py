@@ -25,6 +25,7 @@ from aiohttp.test_utils import BaseTestServer
 
 from proxy.metrics import Metrics
 from tests.fixtures.process import free_port, start_sidecar, wait_ready
+from tests.fixtures.recording import RecordingUpstream
 from tests.fixtures.shop import SidecarFactory, sidecar_config
 from tests.integration.test_smuggling import DEAD_API, exchange, status_line
 
@@ -344,3 +345,30 @@ async def test_a_body_announced_too_large_is_refused_before_100_continue(
     assert status_line(answer) == b"HTTP/1.1 413 Request Entity Too Large"
     assert b"100 Continue" not in answer
     assert fixed_worker_shop.executed() == []
+
+
+@pytest.mark.parametrize(("path", "streamed"), [("/stream/upload", True), ("/upload", False)])
+async def test_only_unbuffered_paths_send_a_body_on_before_it_is_all_in(
+    recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory, path: str, streamed: bool
+) -> None:
+    """10 of 100 body bytes sent: a path in unbuffered_paths has them at the shop already, any other path nothing."""
+    document = sidecar_config(recording_upstream.url, DEAD_API, hosts=["g.test"])
+    document["buffering"] = {"unbuffered_paths": ["/stream/*"]}
+    sidecar = await make_sidecar(document)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(f"POST {path} HTTP/1.1\r\nHost: g.test\r\nContent-Length: 100\r\n\r\n".encode() + b"x" * 10)
+    await asyncio.sleep(0.5)
+    seen_early = recording_upstream.raw
+    writer.write(b"y" * 90)
+    answer = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    writer.close()
+
+    assert status_line(answer) == b"HTTP/1.1 200 OK"
+    if streamed:
+        assert seen_early.startswith(f"POST {path} HTTP/1.1\r\n".encode())
+        assert seen_early.endswith(b"\r\n\r\n" + b"x" * 10)
+    else:
+        assert seen_early == b""
+    [request] = recording_upstream.requests
+    assert request.body == b"x" * 10 + b"y" * 90
+    assert request.header("Content-Length") == [b"100"]
