@@ -8,9 +8,11 @@ request is counted and access-logged. One request, in order:
 3. ``/.cc-sidecar/*`` is answered here and never forwarded.
 4. Editor GETs start the customer's token work at once, concurrently with the shop's
    response; a request that brings a guest cookie and a logged-in id starts the merge.
-5. The shop's response is streamed back; on an editor page with status 200 the token is
-   attached (HTML element, headers, cookie) or, if Customer's Canvas could not give one in
-   time, the page goes out as the shop sent it, marked ``X-CC-Sidecar: token-unavailable``.
+5. A request body is read in full first (:mod:`proxy.buffering`). The shop's response is
+   streamed back (held for a client slower than the shop); on an editor page with status 200
+   the token is attached (HTML element, headers, cookie) or, if Customer's Canvas could not
+   give one in time, the page goes out as the shop sent it, marked
+   ``X-CC-Sidecar: token-unavailable``.
 """
 
 from __future__ import annotations
@@ -381,7 +383,9 @@ class ShopHandler:
             return await storefront.upstream.websocket(request, upstream_headers)
 
         # The whole body first (unless it streams): a slow client never holds a shop worker.
-        body = None if self._buffering.streams(path) else await self._buffering.read_body(request)
+        body = None
+        if request.body_exists and not self._buffering.streams(path):
+            body = await self._buffering.read_body(request)
         logged_in = self._header_identity(request, storefront, trusted)
         work: asyncio.Task[Attachment] | None = None
         token: CustomerToken | None = None
