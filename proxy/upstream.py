@@ -495,8 +495,10 @@ class Upstream:
         feed: ResponseFeed | None = None
         try:
             if upstream.body_complete():
-                # Most pages: all here with their headers, rewritten or not; one write.
+                # Most pages: all here with their headers, rewritten or not; one write. The
+                # shop's connection goes back first: a slow client holds only the page.
                 body = upstream.read_buffered()
+                upstream.release()
                 if body_filter is not None:
                     body = body_filter.whole(body)
                 return await _write_whole(request, status, reason, headers, body)
@@ -510,6 +512,7 @@ class Upstream:
                 # A page to rewrite waits for its body anyway; if it is whole then, one write.
                 first = await upstream.read()
                 if upstream.at_eof():
+                    upstream.release()
                     return await _write_whole(request, status, reason, headers, body_filter.whole(first))
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
                 await to_client(response.prepare(request))
