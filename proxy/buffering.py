@@ -247,10 +247,27 @@ class ResponseFeed:
             await self._sender
         await to_client(self._response.write_eof(self._spool.read(self._spool.pending)))
 
+    @property
+    def client_gone(self) -> bool:
+        """Whether the client left while its bytes were being written."""
+        sender = self._sender
+        return (
+            sender is not None
+            and sender.done()
+            and not sender.cancelled()
+            and isinstance(sender.exception(), ClientGone)
+        )
+
     def close(self) -> None:
         """Stop sending (the request ended another way) and let go of the spool."""
-        if self._sender is not None and not self._sender.done():
-            self._sender.cancel()
+        sender = self._sender
+        if sender is not None:
+            if not sender.done():
+                sender.cancel()
+            elif not sender.cancelled():
+                # Its ClientGone, if any, is moot now (the shop failed first, say): taken, so
+                # asyncio does not log it as an exception nobody retrieved.
+                sender.exception()
         self._spool.close()
 
     async def _wait_for_room(self, sender: asyncio.Task[None]) -> None:

@@ -24,7 +24,7 @@ from proxy.buffering import BufferedBody, Buffering, ResponseFeed, Spool, to_cli
 from proxy.client_response import write_whole
 from proxy.config import StorefrontSettings
 from proxy.cookies import cookie_header_without
-from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import ClientGone, UpstreamTimeout, UpstreamUnreachable
 from proxy.injection import decodable_accept_encoding
 from proxy.upstream_http import BODYLESS_METHODS, BodySource, HttpClientError, HttpPool
 
@@ -533,6 +533,9 @@ class Upstream:
             await feed.finish(chunk)
         except (OSError, HttpClientError, aiohttp.ClientError, ValueError) as exc:
             # The shop's side (a client's write failing is ClientGone, raised on to the handler).
+            if feed is not None and (feed.client_gone or _client_left(request)):
+                # The client had left already: that is what ended the request.
+                raise ClientGone("mid-response") from exc
             log.warning(
                 "shop response broke off mid-body",
                 extra={"path": request.path, "error": type(exc).__name__},
@@ -629,6 +632,11 @@ def _feed(
         # the spool stays in memory: max_size 0 never rolls over to a file).
         return ResponseFeed(response, Spool(0, None), max_held=0)
     return buffering.feed(response)
+
+
+def _client_left(request: web.BaseRequest) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _broken_off() -> web.Response:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import socket
 import struct
@@ -20,6 +21,7 @@ import pytest
 
 from proxy.metrics import Metrics
 from tests.fixtures.emulator import RunningEmulator
+from tests.fixtures.raw_shop import RawConnection, StartRecordingShop
 from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
 from tests.reliability.helpers import eventually
 
@@ -289,3 +291,41 @@ async def test_a_client_leaving_mid_upload_is_a_499_and_the_shop_never_sees_it(
     assert [(r.levelname, r.getMessage(), r.exc_info) for r in gone] == [
         ("INFO", "client went away mid-body", None)
     ]
+
+
+async def test_a_client_that_left_before_the_shop_broke_off_is_a_499_and_nothing_at_error(
+    recording_shop: StartRecordingShop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """The client leaves mid-download, then the shop resets: counted 499 (the client left first), no ERROR."""
+    client_left = asyncio.Event()
+
+    async def script(connection: RawConnection) -> None:
+        await connection.request()
+        await connection.send(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + b"d" * (4 * 1024 * 1024)
+        )
+        await client_left.wait()
+        await asyncio.sleep(0.3)  # the sidecar's write to the client fails meanwhile
+        abort(connection.writer)
+
+    shop = await recording_shop(script)
+    metrics = Metrics()
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # 1 MB waits in the sidecar
+    sock.connect(("127.0.0.1", sidecar.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /download HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.sleep(0.5)  # the sidecar has the shop's megabyte; the client's socket is full
+    abort(writer)
+    client_left.set()
+
+    async def counted() -> bool:
+        return requests_counted(metrics, 499) == 1
+
+    await eventually(counted)
+    await asyncio.wait_for(shop.connections[0].closed_by_peer.wait(), 5)
+    gc.collect()  # a task whose exception nobody took would be logged (at ERROR) now
+    await asyncio.sleep(0)
+    assert requests_counted(metrics, 200) == 0
