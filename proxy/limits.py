@@ -95,10 +95,13 @@ class LimitedRequestHandler(RequestHandler):
         limits = manager.limits
         super().__init__(manager, loop=loop, keepalive_timeout=limits.keepalive_timeout_s, **kwargs)
         self._limits = limits
+        self._max_head_bytes = limits.max_head_bytes  # read per packet
         self._closed = manager.closed
-        # Bytes of the request head coming in, and the timer it must be in by; None between
-        # requests and while one is served.
+        # While a request head is coming in: when it must be complete, and its bytes so far.
+        self._head_deadline: float | None = None
         self._head_bytes = 0
+        # Watches the deadline; set lazily and moved on, not made and cancelled per request
+        # (as aiohttp's keep-alive timer): a head that arrives in one packet costs no timer.
         self._head_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._refused = False
@@ -117,33 +120,38 @@ class LimitedRequestHandler(RequestHandler):
         super().connection_made(transport)
         # nginx gives a new connection client_header_timeout for its first request, where
         # aiohttp would give its keep-alive timeout.
-        self._start_head_timer()
+        self._begin_head()
 
     def connection_lost(self, exc: BaseException | None) -> None:
-        self._stop_head_timer()
-        if self._send_timer is not None:
-            self._send_timer.cancel()
-            self._send_timer = None
+        self._head_deadline = None
+        for timer in (self._head_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._send_timer = None
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        # Bytes on a connection waiting for a request start a head; aiohttp's keep-alive timer
-        # gives way to the head timer, as nginx's do.
-        if self._head_timer is None and self._waiter is not None and not self._waiter.done():
-            self._start_head_timer()
-        in_head = self._head_timer is not None
+        # Bytes on a connection waiting for a request (aiohttp's waiter is set) are a head.
+        in_head = self._head_deadline is not None
+        if not in_head and self._waiter is not None:
+            self._begin_head()
+            in_head = True
         if in_head:
             self._head_bytes += len(data)
         parsed = self._request_count
-        super().data_received(data)
+        RequestHandler.data_received(self, data)
         if self._request_count > parsed:
-            self._stop_head_timer()
-            self._refuse_large_heads(self._request_count - parsed)
-        elif in_head and self._head_bytes > self._limits.max_head_bytes:
+            # A head that came in with at most max_head_bytes in all is within the limit; only
+            # a longer one (or one that came while a request was served) is measured.
+            if not in_head or self._head_bytes > self._max_head_bytes:
+                self._refuse_large_heads(self._request_count - parsed)
+            self._head_deadline = None
+            self._head_bytes = 0
+        elif in_head and self._head_bytes > self._max_head_bytes:
             # Refused before the parser holds more of it.
-            self._stop_head_timer()
+            self._head_deadline = None
             self._refuse(None)
 
     def pause_writing(self) -> None:
@@ -158,21 +166,23 @@ class LimitedRequestHandler(RequestHandler):
             self._send_timer = None
         super().resume_writing()
 
-    def _start_head_timer(self) -> None:
-        if self._keepalive_handle is not None:
-            self._keepalive_handle.cancel()
-            self._keepalive_handle = None
+    def _begin_head(self) -> None:
+        deadline = self._loop.time() + self._limits.head_timeout_s
+        self._head_deadline = deadline
         self._head_bytes = 0
-        self._head_timer = self._loop.call_later(self._limits.head_timeout_s, self._head_timed_out)
+        # aiohttp's keep-alive timer would close the connection mid-head; it waits for this one.
+        self._next_keepalive_close_time = max(self._next_keepalive_close_time, deadline)
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_at(deadline, self._check_head)
 
-    def _stop_head_timer(self) -> None:
-        if self._head_timer is not None:
-            self._head_timer.cancel()
-            self._head_timer = None
-        self._head_bytes = 0
-
-    def _head_timed_out(self) -> None:
+    def _check_head(self) -> None:
         self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None:
+            return  # no head coming in: the next one sets the timer again
+        if self._loop.time() < deadline:
+            self._head_timer = self._loop.call_at(deadline, self._check_head)
+            return
         self._closed.labels("head_timeout").inc()
         # Counted, and logged only at DEBUG: a slowloris flood would be a line per connection.
         log.debug("closed a connection whose request head was late", extra={"peer": self._peer()})
