@@ -97,6 +97,10 @@ MIN_SIDECAR_VS_NGINX_SMALL = 0.55
 MAX_ACCESS_LINE_US = 3.0
 MIN_EDITOR_VS_PASS_THROUGH = 0.8
 MAX_BYTES_PER_TOKEN = 1536
+# Visitors under 1,000 slowloris connections (issue #22): at least this share served, and a p99 of
+# at most twice nginx's or nginx's plus this, whichever is larger.
+MIN_SLOWLORIS_SERVED = 0.975
+MAX_SLOWLORIS_P99_EXTRA_MS = 100
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -550,6 +554,24 @@ def measure_access_line(pure: bool) -> dict[str, Any]:
     return result
 
 
+def measure_slowloris(service: Service, load_cpu: int | None) -> dict[str, Any]:
+    """bench/slowloris.py against one proxy: visitors' latency under 1,000 slowloris connections."""
+    argv = [
+        sys.executable,
+        str(BENCH_DIR / "slowloris.py"),
+        str(service.port),
+        "/product-small",
+        str(SECONDS),
+    ]
+    if load_cpu is not None and shutil.which("taskset"):
+        argv = ["taskset", "-c", str(load_cpu), *argv]
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=120, check=False, cwd=REPO)
+    if finished.returncode != 0:
+        raise BenchError(f"bench/slowloris.py failed:\n{finished.stderr[-2000:]}")
+    found: dict[str, Any] = json.loads(finished.stdout)
+    return found
+
+
 def measure_token_memory(token_length: int) -> dict[str, Any]:
     argv = [sys.executable, str(BENCH_DIR / "token_memory.py")]
     argv += ["--entries", str(CACHED_TOKENS), "--token-length", str(token_length)]
@@ -680,6 +702,10 @@ def run(workdir: Path) -> dict[str, Any]:
             for target in (t for t in targets if t.key in ("sidecar", "sidecar_small", "editor")):
                 progress(f"profiling cc-sidecar under load: {target.label}, {SECONDS} s")
                 profiles[target.key] = profile_under_load(target, SECONDS, load_cpu)
+        slowloris = {}
+        for key, service in (("nginx", nginx), ("sidecar", sidecar)):
+            progress(f"{key}: visitors while 1,000 slowloris connections hold it, {SECONDS} s")
+            slowloris[key] = measure_slowloris(service, load_cpu)
         for service in (upstream, nginx, nginx_quiet, bare, sidecar, sidecar_quiet, sidecar_pure):
             if service.process.poll() is not None:
                 raise BenchError(f"{service.name} exited during the run:\n{tail(service.log_path)}")
@@ -723,6 +749,7 @@ def run(workdir: Path) -> dict[str, Any]:
         "pinning": {"load_generator_cpu": load_cpu, "servers_cpu": server_cpu},
         "sidecar_compiled": compiled,
         "profiles": profiles,
+        "slowloris": slowloris,
     }
 
 
@@ -873,7 +900,24 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
             "target": "== 0",
             "pass": errors == 0,
         },
+        *_slowloris_ratios(results),
         *_replica_ratios(results, ratio),
+    ]
+
+
+def _slowloris_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #22's target: visitors served under slowloris as under nginx, p99 within its bound."""
+    nginx, sidecar = results["slowloris"]["nginx"], results["slowloris"]["sidecar"]
+    bound = max(2 * nginx["p99_ms"], nginx["p99_ms"] + MAX_SLOWLORIS_P99_EXTRA_MS)
+    return [
+        {
+            "name": "visitors' p99 ms under 1,000 slowloris connections, cc-sidecar (nginx: "
+            f"{nginx['p99_ms']} ms, {nginx['served_fraction']:.1%} served)",
+            "value": sidecar["p99_ms"],
+            "target": f"<= {bound:.0f}, >= {MIN_SLOWLORIS_SERVED:.1%} served"
+            f" ({sidecar['served_fraction']:.1%})",
+            "pass": sidecar["p99_ms"] <= bound and sidecar["served_fraction"] >= MIN_SLOWLORIS_SERVED,
+        }
     ]
 
 

@@ -5,7 +5,9 @@ Ordering rules, each load-bearing:
   the shop listener takes its first request and closed after its last (:func:`shop_services`).
 - The shop listener is aiohttp's low-level ``web.Server`` around one handler: every path is
   proxied, so an Application's router and middleware chain would only cost time (about a tenth
-  of a pass-through request's CPU, measured by ``make bench``).
+  of a pass-through request's CPU, measured by ``make bench``). Its protocol is aiohttp's with
+  nginx's client limits (:mod:`proxy.limits`), the open-files limit raised first, as the
+  automatic connection limit is half of it.
 - The identity header is stripped inside the handler before anything reads it (see handler).
 - Admin routes live on a separate application and listener: never reachable from shop traffic.
 - On SIGTERM readiness drops first, then the shop listener drains, then the admin one stops,
@@ -32,12 +34,14 @@ import proxy.handler
 from proxy.access_log import AccessLog
 from proxy.admin import Readiness, create_admin_app
 from proxy.budget import Budget
+from proxy.buffering import Buffering
 from proxy.compiled import is_compiled
 from proxy.config import Settings
 from proxy.config.model import split_listen
 from proxy.errors import ConfigError
 from proxy.handler import ShopHandler, build_storefront, shop_request
 from proxy.identity import GuestKeys
+from proxy.limits import ConnectionLimits, ShopServer, raise_open_files_limit
 from proxy.metrics import Metrics
 from proxy.payload import PayloadMaker, Tenants
 from proxy.routing import Router
@@ -134,6 +138,7 @@ async def shop_services(
             clock=clock,
             access_log=access_log,
             budget=Budget(settings.budget, store, metrics),
+            buffering=Buffering(settings.buffering, settings.limits.body_timeout_s, metrics),
         )
         yield ShopServices(handler, client, access_log)
         await tokens.aclose()
@@ -208,8 +213,9 @@ async def _serve(settings: Settings, loop_name: str) -> int:
 
 async def _listen(settings: Settings, services: ShopServices, metrics: Metrics, loop_name: str) -> int:
     readiness = Readiness()
+    limits = ConnectionLimits.from_settings(settings.limits, raise_open_files_limit())
     shop_runner = web.ServerRunner(
-        web.Server(services.handler, **SHOP_SERVER_OPTIONS),
+        ShopServer(services.handler, limits=limits, metrics=metrics, **SHOP_SERVER_OPTIONS),
         shutdown_timeout=settings.shutdown_grace_s,
         handle_signals=False,
     )

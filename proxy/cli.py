@@ -210,9 +210,11 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_CONFIG
     setup_logging(settings.log_level)
     from proxy.app import event_loop_factory, serve
+    from proxy.buffering import check_temp_dir
 
     try:
         event_loop_factory()
+        check_temp_dir(settings.buffering.temp_dir)
     except ConfigError as exc:
         for problem in exc.problems:
             logging.getLogger("proxy.config").error(problem)

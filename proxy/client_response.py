@@ -23,6 +23,8 @@ from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
 from multidict import CIMultiDict
 
+from proxy.errors import ClientGone
+
 # Statuses whose response never has a body, nor a Content-Length (RFC 9110 8.6). 1xx never gets
 # here: both shop clients read past interim answers and refuse a 101 nobody asked for.
 _NO_CONTENT_LENGTH = frozenset((204, 304))
@@ -99,7 +101,7 @@ async def write_whole(
 
     ``headers`` are the response's end to end headers (hop-by-hop ones already gone); they are
     changed in place. Raises ValueError, before anything is written, if the reason or a header
-    would break a line.
+    would break a line; :class:`ClientGone` if the client left before or while it was written.
     """
     version = request.version
     keep_alive = request.keep_alive
@@ -139,7 +141,7 @@ async def write_whole(
     transport = request.transport
     if transport is None or transport.is_closing():
         # The client went away while the shop answered: nothing to write, nothing to keep.
-        return _written(status, reason, keep_alive=False)
+        raise ClientGone("before the response was written")
     writer = request.writer
     try:
         await writer.write(data)
@@ -147,7 +149,12 @@ async def write_whole(
         # Without it a client that pipelines requests and reads nothing has every page (below
         # write()'s own 64 KiB drain threshold) buffered here without limit.
         await writer.drain()
-    except ConnectionError:
+    except ConnectionError as exc:
         # Gone while a large page drained: the connection ends here.
-        return _written(status, reason, keep_alive=False)
+        raise ClientGone("while the response was written") from exc
     return _written(status, reason, keep_alive)
+
+
+# What aiohttp finishes a request with once its client is gone: nothing to write, the connection
+# closed. Its status is what the request is counted as (nginx's 499, "client closed request").
+CLIENT_GONE = WrittenResponse(ClientGone.status, "Client Closed Request", keep_alive=False)

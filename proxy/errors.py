@@ -14,9 +14,13 @@
     ├── InvalidIdentity             a customer id that breaks the id rules
     ├── StoreUnavailable            the shared token store (Redis) failed or its breaker is open
     ├── OverBudget                  a new StorefrontUser or merge past the client's or storefront's budget
-    └── UpstreamError               the shop itself failed
-        ├── UpstreamUnreachable     -> 502
-        └── UpstreamTimeout         -> 504
+    ├── UpstreamError               the shop itself failed
+    │   ├── UpstreamUnreachable     -> 502
+    │   └── UpstreamTimeout         -> 504
+    ├── ClientGone                  the client left (or stopped reading) mid-request -> 499
+    └── BodyRefused                 the client's request body is not taken
+        ├── BodyTooLarge            -> 413
+        └── BodyTimeout             -> 408
 
 Messages never contain a token, a client secret or a raw session id.
 """
@@ -106,3 +110,34 @@ class UpstreamTimeout(UpstreamError):
     """The shop sent no response headers within ``upstream_timeout_s``."""
 
     status = 504
+
+
+class ClientGone(SidecarError):
+    """The client closed its connection, or stopped reading, before its response was written.
+
+    Not an error of the sidecar's nor the shop's (a visitor cancelled a download): logged once at
+    INFO and counted as 499, nginx's "client closed request".
+    """
+
+    status = 499
+
+
+class BodyRefused(SidecarError):
+    """The client's request body is refused before anything goes to the shop; the connection closes."""
+
+    status = 400
+    text = "bad request body\n"
+
+
+class BodyTooLarge(BodyRefused):
+    """A request body past ``buffering.max_body_bytes`` (nginx: client_max_body_size)."""
+
+    status = 413
+    text = "request body too large\n"
+
+
+class BodyTimeout(BodyRefused):
+    """No request body bytes for ``limits.body_timeout_s`` (nginx: client_body_timeout)."""
+
+    status = 408
+    text = "request body timed out\n"

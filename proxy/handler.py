@@ -11,11 +11,12 @@ request is counted and access-logged. One request, in order:
    request that brings a guest cookie and a logged-in id starts the merge (one per logged-in
    session: ``proxy.merged_sessions``). New users and merges are charged to the client and the
    storefront (``proxy.budget``).
-5. The shop's response is streamed back; on an editor page with status 200 the token is
-   attached (HTML element, headers, cookie; the shop's CORS read permissions removed) or, if
-   Customer's Canvas could not give one in time, the page goes out as the shop sent it, marked
-   ``X-CC-Sidecar: token-unavailable`` (``token-deferred`` over budget, ``token-withheld`` for
-   another site).
+5. A request body is read in full first (:mod:`proxy.buffering`). The shop's response is
+   streamed back (held for a client slower than the shop); on an editor page with status 200
+   the token is attached (HTML element, headers, cookie; the shop's CORS read permissions
+   removed) or, if Customer's Canvas could not give one in time, the page goes out as the shop
+   sent it, marked ``X-CC-Sidecar: token-unavailable`` (``token-deferred`` over budget,
+   ``token-withheld`` for another site).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import Any
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
@@ -35,6 +37,8 @@ from multidict import CIMultiDict
 
 from proxy.access_log import AccessLog
 from proxy.budget import Budget, client_address
+from proxy.buffering import Buffering
+from proxy.client_response import CLIENT_GONE, write_whole
 from proxy.config import StorefrontSettings
 from proxy.cookies import (
     CookieSet,
@@ -46,7 +50,10 @@ from proxy.cookies import (
     set_cookie_value,
 )
 from proxy.errors import (
+    BodyRefused,
+    BodyTooLarge,
     CircuitOpen,
+    ClientGone,
     InvalidIdentity,
     OverBudget,
     SidecarError,
@@ -251,9 +258,11 @@ class ShopHandler:
         clock: Callable[[], float] = time.time,
         access_log: AccessLog | None = None,
         budget: Budget | None = None,
+        buffering: Buffering,
     ) -> None:
         self._router = router
         self._budget = budget
+        self._buffering = buffering
         self._requests = metrics.requests
         self._valid_ids: dict[str, str] = {}
         self._access_log = access_log
@@ -271,6 +280,13 @@ class ShopHandler:
         started = time.perf_counter()
         try:
             response = await self._serve(request, context)
+        except ClientGone as exc:
+            # A visitor who cancels a download does this: one INFO line, no traceback, no 500.
+            log.info("client went away %s", exc, extra={"path": request.path, "status": exc.status})
+            response = CLIENT_GONE
+        except BodyRefused as exc:
+            log.info("refused a request body: %s", exc, extra={"status": exc.status})
+            response = await _refuse_body(request, exc)
         except UpstreamError as exc:
             log.warning("shop request failed: %s", exc, extra={"status": exc.status})
             response = web.Response(status=exc.status, text=_UPSTREAM_TEXT[exc.status])
@@ -343,6 +359,8 @@ class ShopHandler:
             return web.Response(status=421, text="no storefront is configured for this host\n")
         context.storefront = storefront.name
         if hdrs.EXPECT in request.headers:
+            # A body announced too large is refused before the client is asked to send it.
+            self._buffering.check_announced(request)
             refused = await _answer_expect(request)
             if refused is not None:
                 return refused
@@ -396,6 +414,10 @@ class ShopHandler:
                 return _refused(400, "a WebSocket handshake is a GET without a body\n")
             return await storefront.upstream.websocket(request, upstream_headers)
 
+        # The whole body first (unless it streams): a slow client never holds a shop worker.
+        body = None
+        if request.body_exists and not self._buffering.streams(path):
+            body = await self._buffering.read_body(request)
         logged_in = self._header_identity(request, storefront, trusted)
         work: asyncio.Task[Attachment] | None = None
         token: CustomerToken | None = None
@@ -415,11 +437,13 @@ class ShopHandler:
 
         try:
             started = time.perf_counter()
-            shop = await storefront.upstream.open(request, upstream_headers)
+            shop = await storefront.upstream.open(request, upstream_headers, body)
             storefront.upstream_latency.observe(time.perf_counter() - started)
         except BaseException:
             if work is not None:
                 work.cancel()
+            if body is not None:
+                body.close()
             raise
 
         headers = response_headers(shop)
@@ -498,7 +522,7 @@ class ShopHandler:
                     TOKEN_COOKIE, http_only=False, secure=_secure_cookies(request, storefront)
                 ),
             )
-        return await storefront.upstream.relay(request, shop, headers, body_filter)
+        return await storefront.upstream.relay(request, shop, headers, body_filter, self._buffering)
 
     def _start_attachment(
         self,
@@ -1001,6 +1025,27 @@ def _refused(status: int, text: str) -> web.Response:
     """A request the sidecar will not forward; the connection closes, as its framing is suspect."""
     response = web.Response(status=status, text=text)
     response.force_close()
+    return response
+
+
+async def _refuse_body(request: web.BaseRequest, exc: BodyRefused) -> web.StreamResponse:
+    """The answer to a refused body; the connection closes.
+
+    A body too large that the client is sending is answered as any refusal: aiohttp then reads
+    and drops what still comes for a while (a lingering close), so the client reads the 413
+    rather than a reset. A body that stopped coming, or that the client waits to be asked for
+    (``Expect: 100-continue``), has nothing to linger for: written here, the connection closed.
+    """
+    if isinstance(exc, BodyTooLarge) and hdrs.EXPECT not in request.headers:
+        return _refused(exc.status, exc.text)
+    headers = CIMultiDict({hdrs.CONTENT_TYPE: "text/plain; charset=utf-8", hdrs.CONNECTION: "close"})
+    try:
+        response = await write_whole(
+            request, exc.status, HTTPStatus(exc.status).phrase, headers, exc.text.encode()
+        )
+    except ClientGone:
+        response = CLIENT_GONE
+    request.protocol.force_close()
     return response
 
 

@@ -250,3 +250,11 @@ class Metrics:
             registry=r,
         )
         self.store_available.set(1)
+        self.connections_closed = Counter(
+            "cc_sidecar_connections_closed",
+            "Client connections the sidecar closed to protect itself or the shop, by reason: head_timeout,"
+            " head_too_large, connection_limit (an idle one closed for a new one), connection_refused"
+            " (none idle to close), body_timeout, send_timeout.",
+            ["reason"],
+            registry=r,
+        )

@@ -20,12 +20,13 @@ from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from proxy.buffering import BufferedBody, Buffering, ResponseFeed, Spool, to_client
 from proxy.client_response import write_whole
 from proxy.config import StorefrontSettings
 from proxy.cookies import cookie_header_without
-from proxy.errors import UpstreamTimeout, UpstreamUnreachable
+from proxy.errors import ClientGone, UpstreamTimeout, UpstreamUnreachable
 from proxy.injection import decodable_accept_encoding
-from proxy.upstream_http import BODYLESS_METHODS, HttpClientError, HttpPool
+from proxy.upstream_http import BODYLESS_METHODS, BodySource, HttpClientError, HttpPool
 
 log = logging.getLogger("proxy.upstream")
 
@@ -404,12 +405,20 @@ class Upstream:
             parts += (b"X-Forwarded-Host", b": ", host_value, b"\r\n")
         return OutgoingHeaders(parts, host_value is not None, content_length, target)
 
-    async def open(self, request: web.BaseRequest, headers: OutgoingHeaders) -> ShopResponse:
-        """Send the request with its body streamed; return once the shop's headers arrived."""
+    async def open(
+        self, request: web.BaseRequest, headers: OutgoingHeaders, body: BufferedBody | None = None
+    ) -> ShopResponse:
+        """Send the request with its body; return once the shop's headers arrived.
+
+        ``body``: the request's body read in full (:mod:`proxy.buffering`); None: streamed from
+        the client, if it has one.
+        """
         if self._pool is None:
-            return await self._open_aiohttp(request, headers)
+            return await self._open_aiohttp(request, headers, body)
         method = request.method
-        body = request.content if request.body_exists else None
+        source: BodySource | None = (
+            body if body is not None else request.content if request.body_exists else None
+        )
         target = headers.target.encode("utf-8", "surrogateescape")
         # "OPTIONS *" asks about the server itself: the asterisk goes as it is, without the prefix.
         prefix = self._prefix if target != b"*" else b""
@@ -418,7 +427,7 @@ class Upstream:
             parts.append(self._host_line)
         parts += headers.parts
         content_length: int | None = None
-        if body is not None:
+        if source is not None:
             if headers.content_length is None:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
             else:
@@ -433,20 +442,21 @@ class Upstream:
         if head.count(b"\n") != lines or head.count(b"\r") != lines:
             raise ValueError("newline or carriage return in the request head")
         try:
-            return await self._pool.request(method, head, body, content_length)
+            return await self._pool.request(method, head, source, content_length)
         except TimeoutError as exc:
             raise UpstreamTimeout(f"{self.name}: no response within the timeout") from exc
         except (OSError, HttpClientError) as exc:
             raise UpstreamUnreachable(f"{self.name}: {type(exc).__name__}") from exc
 
-    async def _open_aiohttp(self, request: web.BaseRequest, headers: OutgoingHeaders) -> ShopResponse:
-        body = request.content if request.body_exists else None
+    async def _open_aiohttp(
+        self, request: web.BaseRequest, headers: OutgoingHeaders, body: BufferedBody | None
+    ) -> ShopResponse:
         try:
             response = await self.session.request(
                 request.method,
                 self.url_for(headers.target),
                 headers=headers.multidict(),
-                data=body,
+                data=body if body is not None else request.content if request.body_exists else None,
                 allow_redirects=False,
                 compress=None,
             )
@@ -470,19 +480,25 @@ class Upstream:
         upstream: ShopResponse,
         headers: CIMultiDict[str],
         body_filter: BodyFilter | None = None,
+        buffering: Buffering | None = None,
     ) -> web.StreamResponse:
         """Stream the shop's body to the client, through ``body_filter`` when given.
 
         Most pages have all arrived with their headers: :func:`write_whole` sends those, status
         line, headers and body in one write (a rewritten page with its new Content-Length). Any
-        other response streams, its headers at once and its body chunk by chunk as the shop sends it.
+        other response streams, its headers at once and its body as the shop sends it; with
+        ``buffering``, what a slow client has not taken yet is held for it (a ResponseFeed), so
+        the shop is read at its own pace, unless the response is a stream (server-sent events).
         """
         status, reason = upstream.status, upstream.reason
         response: web.StreamResponse | None = None
+        feed: ResponseFeed | None = None
         try:
             if upstream.body_complete():
-                # Most pages: all here with their headers, rewritten or not; one write.
+                # Most pages: all here with their headers, rewritten or not; one write. The
+                # shop's connection goes back first: a slow client holds only the page.
                 body = upstream.read_buffered()
+                upstream.release()
                 if body_filter is not None:
                     body = body_filter.whole(body)
                 return await _write_whole(request, status, reason, headers, body)
@@ -490,35 +506,36 @@ class Upstream:
                 # More is coming (a stream, a long poll, a slow page): the status and headers go
                 # out now, not when the first body bytes do.
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
-                await response.prepare(request)
+                await to_client(response.prepare(request))
                 first = await upstream.read()
             else:
                 # A page to rewrite waits for its body anyway; if it is whole then, one write.
                 first = await upstream.read()
                 if upstream.at_eof():
+                    upstream.release()
                     return await _write_whole(request, status, reason, headers, body_filter.whole(first))
                 response = web.StreamResponse(status=status, reason=reason, headers=headers)
-                await response.prepare(request)
-            chunk = first if body_filter is None else body_filter.feed(first)
-            if chunk:
-                await response.write(chunk)
+                await to_client(response.prepare(request))
+            feed = _feed(request, response, headers, buffering)
+            await feed.write(first if body_filter is None else body_filter.feed(first))
             while chunk := await upstream.read():
                 if body_filter is not None:
                     chunk = body_filter.feed(chunk)
                 if upstream.at_eof():
                     break
-                if chunk:
-                    await response.write(chunk)
+                await feed.write(chunk)
             else:
                 chunk = b""
             if body_filter is not None:
                 chunk += body_filter.finish()
-            await response.write_eof(chunk)
-        except (ConnectionResetError, aiohttp.ClientConnectionResetError):
-            if response is None:
-                return _broken_off()  # the shop's connection, not the client's, was reset
-            log.debug("client went away mid-response", extra={"path": request.path})
-        except (TimeoutError, HttpClientError, aiohttp.ClientError, ValueError) as exc:
+            # The shop is done: its connection goes back while the client still takes the rest.
+            upstream.release()
+            await feed.finish(chunk)
+        except (OSError, HttpClientError, aiohttp.ClientError, ValueError) as exc:
+            # The shop's side (a client's write failing is ClientGone, raised on to the handler).
+            if feed is not None and (feed.client_gone or _client_left(request)):
+                # The client had left already: that is what ended the request.
+                raise ClientGone("mid-response") from exc
             log.warning(
                 "shop response broke off mid-body",
                 extra={"path": request.path, "error": type(exc).__name__},
@@ -530,6 +547,8 @@ class Upstream:
             if request.transport is not None:
                 request.transport.close()
         finally:
+            if feed is not None:
+                feed.close()
             upstream.release()
         return response
 
@@ -595,6 +614,29 @@ async def _write_whole(
         # in a reason phrase.
         log.warning("shop response head refused: %s", exc, extra={"path": request.path})
         return _broken_off()
+
+
+def _feed(
+    request: web.BaseRequest,
+    response: web.StreamResponse,
+    headers: CIMultiDict[str],
+    buffering: Buffering | None,
+) -> ResponseFeed:
+    """How a streamed body goes to the client: held for a slow one, or (a stream) at its pace."""
+    if (
+        buffering is None
+        or buffering.streams(request.path)
+        or buffering.streams_response(headers.get(hdrs.CONTENT_TYPE))
+    ):
+        # Nothing held back: each write waits while the client's socket is full (the one chunk in
+        # the spool stays in memory: max_size 0 never rolls over to a file).
+        return ResponseFeed(response, Spool(0, None), max_held=0)
+    return buffering.feed(response)
+
+
+def _client_left(request: web.BaseRequest) -> bool:
+    transport = request.transport
+    return transport is None or transport.is_closing()
 
 
 def _broken_off() -> web.Response:

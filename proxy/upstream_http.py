@@ -42,10 +42,9 @@ import logging
 import select
 import socket
 import time
-from typing import cast
+from typing import Protocol, cast
 
 import httptools
-from aiohttp import StreamReader
 
 log = logging.getLogger("proxy.upstream")
 
@@ -60,6 +59,14 @@ _NO_BODY_STATUSES = frozenset((204, 304))
 BODYLESS_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 # Safe to send again (no side effects) on a fresh connection when a kept-alive one died before any answer.
 IDEMPOTENT_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
+
+
+class BodySource(Protocol):
+    """A request body as this client reads it: aiohttp's StreamReader, or a buffered body."""
+
+    async def readany(self) -> bytes:
+        """The next bytes; b"" at the end."""
+        ...
 
 
 class HttpClientError(Exception):
@@ -657,7 +664,7 @@ class HttpPool:
         self,
         method: str,
         head: bytes,
-        body: StreamReader | None,
+        body: BodySource | None,
         content_length: int | None,
     ) -> HttpResponse:
         """Send ``head`` (request line and headers, CRLF-terminated) and the body; wait for headers.
@@ -697,7 +704,7 @@ class HttpPool:
         conn: _Connection,
         method: str,
         head: bytes,
-        body: StreamReader | None,
+        body: BodySource | None,
         content_length: int | None,
     ) -> HttpResponse:
         response = HttpResponse(conn, method == "HEAD", self._read_timer)
@@ -711,7 +718,7 @@ class HttpPool:
 
 
 async def _send_body(
-    conn: _Connection, response: HttpResponse, body: StreamReader, content_length: int | None
+    conn: _Connection, response: HttpResponse, body: BodySource, content_length: int | None
 ) -> bool:
     """Stream the client's body to the shop; True once it all went out."""
     transport = conn.transport

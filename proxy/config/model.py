@@ -59,6 +59,28 @@ DEFAULT_STOREFRONT_NEW_USERS_PER_S = 20.0
 # Storefront API work for customers not yet known (Get, Create, their first GetToken, merges)
 # running at once; known customers' calls never wait behind it.
 DEFAULT_CONCURRENT_NEW_CUSTOMERS = 16
+# Client limits, each nginx's default for its counterpart (docs/security.md, "Abuse").
+# The whole request head must arrive within this (client_header_timeout).
+DEFAULT_HEAD_TIMEOUT_S = 60.0
+# An idle keep-alive connection is closed after this (keepalive_timeout).
+DEFAULT_KEEPALIVE_TIMEOUT_S = 75.0
+# Between two reads of a request body (client_body_timeout).
+DEFAULT_BODY_TIMEOUT_S = 60.0
+# A client whose socket stays full this long is cut off (send_timeout).
+DEFAULT_SEND_TIMEOUT_S = 60.0
+# Request line and headers together (large_client_header_buffers 4 8k: 32 KiB).
+DEFAULT_MAX_HEAD_BYTES = 32 * 1024
+# Largest request body (client_max_body_size, raised from nginx's 1m: a shop takes print files).
+DEFAULT_MAX_BODY_BYTES = 1024 * 1024 * 1024
+# Request body bytes kept in memory before the rest goes to a temp file (client_body_buffer_size).
+DEFAULT_BODY_MEMORY_BYTES = 64 * 1024
+# Response bytes a slow client has not taken kept in memory before a temp file (proxy_buffers).
+DEFAULT_RESPONSE_MEMORY_BYTES = 256 * 1024
+# Response bytes held for a slow client at most, after which the shop is read at the client's
+# pace (proxy_max_temp_file_size).
+DEFAULT_MAX_RESPONSE_BUFFER_BYTES = 1024 * 1024 * 1024
+# Response content types always streamed to the client as they come (never held back).
+DEFAULT_UNBUFFERED_CONTENT_TYPES = ("text/event-stream",)
 InjectMode = Literal["html", "header", "cookie", "script"]
 DEFAULT_INJECT: tuple[InjectMode, ...] = ("html",)
 
@@ -445,6 +467,84 @@ class TokenStoreSettings(_Frozen):
     redis: RedisSettings | None = None
 
 
+class LimitsSettings(_Frozen):
+    """What one client may cost: time, head size and connections (nginx's counterpart in brackets)."""
+
+    head_timeout_s: PositiveSeconds = Field(
+        DEFAULT_HEAD_TIMEOUT_S,
+        description="The whole request head must arrive within this, else the connection closes"
+        " (nginx: client_header_timeout).",
+    )
+    keepalive_timeout_s: PositiveSeconds = Field(
+        DEFAULT_KEEPALIVE_TIMEOUT_S,
+        description="An idle keep-alive connection closes after this (nginx: keepalive_timeout).",
+    )
+    body_timeout_s: PositiveSeconds = Field(
+        DEFAULT_BODY_TIMEOUT_S,
+        description="Longest wait between two reads of a request body: 408 (nginx: client_body_timeout).",
+    )
+    send_timeout_s: PositiveSeconds = Field(
+        DEFAULT_SEND_TIMEOUT_S,
+        description="A client whose socket stays full (it reads nothing, or too little to make room)"
+        " for this long is cut off (nginx: send_timeout).",
+    )
+    max_head_bytes: int = Field(
+        DEFAULT_MAX_HEAD_BYTES,
+        ge=1024,
+        description="Request line and headers together; larger: 431 and the connection closes"
+        " (nginx: large_client_header_buffers).",
+    )
+    max_connections: int = Field(
+        0,
+        ge=0,
+        description="Open client connections at most; at the limit an idle one is closed for a new one."
+        " 0: half the open-files limit (nginx: worker_connections).",
+    )
+
+
+class BufferingSettings(_Frozen):
+    """Request and response bodies held by the sidecar so that a slow client never holds a shop worker."""
+
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES,
+        ge=0,
+        description="Largest request body; larger: 413 (nginx: client_max_body_size).",
+    )
+    body_memory_bytes: int = Field(
+        DEFAULT_BODY_MEMORY_BYTES,
+        ge=0,
+        description="Request body bytes kept in memory, the rest in a temp file"
+        " (nginx: client_body_buffer_size).",
+    )
+    response_memory_bytes: int = Field(
+        DEFAULT_RESPONSE_MEMORY_BYTES,
+        ge=0,
+        description="Response bytes a slow client has not taken yet kept in memory, the rest in a temp"
+        " file (nginx: proxy_buffers).",
+    )
+    max_response_buffer_bytes: int = Field(
+        DEFAULT_MAX_RESPONSE_BUFFER_BYTES,
+        ge=0,
+        description="Response bytes held for one slow client at most; past it the shop is read at the"
+        " client's pace (nginx: proxy_max_temp_file_size).",
+    )
+    temp_dir: str | None = Field(
+        None,
+        description="Where bodies past their memory share are kept (deleted at once, never named);"
+        " none: $TMPDIR or /tmp (nginx: client_body_temp_path, proxy_temp_path).",
+    )
+    unbuffered_paths: tuple[str, ...] = Field(
+        (),
+        description="Paths (globs, as editor_paths) whose request and response bodies stream both ways"
+        " unbuffered, e.g. a long-poll endpoint (nginx: proxy_buffering and proxy_request_buffering off).",
+    )
+    unbuffered_content_types: tuple[str, ...] = Field(
+        DEFAULT_UNBUFFERED_CONTENT_TYPES,
+        description="Response content types streamed as they come (nginx: X-Accel-Buffering: no)."
+        " WebSockets always stream.",
+    )
+
+
 class Settings(_Frozen):
     """The whole configuration file."""
 
@@ -496,6 +596,8 @@ class Settings(_Frozen):
     storefronts: tuple[StorefrontSettings, ...]
     token_store: TokenStoreSettings = Field(default_factory=TokenStoreSettings)
     budget: BudgetSettings = Field(default_factory=BudgetSettings)
+    limits: LimitsSettings = Field(default_factory=LimitsSettings)
+    buffering: BufferingSettings = Field(default_factory=BufferingSettings)
 
     @field_validator("secret")
     @classmethod

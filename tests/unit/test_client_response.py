@@ -19,7 +19,8 @@ from aiohttp.test_utils import RawTestServer
 from multidict import CIMultiDict
 
 from proxy.app import SHOP_SERVER_OPTIONS
-from proxy.client_response import write_whole
+from proxy.client_response import CLIENT_GONE, write_whole
+from proxy.errors import ClientGone
 
 # A shop's Date, so that the bytes are the same on every run.
 SHOP_DATE = ("Date", "Mon, 30 Nov 2026 06:00:00 GMT")
@@ -274,15 +275,22 @@ async def test_an_error_after_the_write_never_adds_a_second_response(aiohttp_raw
     )
 
 
-async def test_a_client_gone_before_the_write_ends_the_connection_quietly(aiohttp_raw_server: Any) -> None:
-    outcome: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+async def test_a_client_gone_before_the_write_is_client_gone_and_nothing_is_written(
+    aiohttp_raw_server: Any,
+) -> None:
+    """A client that left while the shop answered: ClientGone (counted 499 by the handler), no write."""
+    outcome: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         while request.transport is not None and not request.transport.is_closing():
             await asyncio.sleep(0.01)
-        response = await write_whole(request, 200, "OK", CIMultiDict(), b"late")
-        outcome.set_result(response.keep_alive)
-        return response
+        try:
+            await write_whole(request, 200, "OK", CIMultiDict(), b"late")
+        except ClientGone as exc:
+            outcome.set_result(exc)
+            return CLIENT_GONE
+        outcome.set_result(None)
+        return web.Response()
 
     server = await aiohttp_raw_server(handler, **SHOP_SERVER_OPTIONS)
     _, writer = await asyncio.open_connection("127.0.0.1", server.port)
@@ -290,4 +298,4 @@ async def test_a_client_gone_before_the_write_ends_the_connection_quietly(aiohtt
     await writer.drain()
     writer.close()
 
-    assert await asyncio.wait_for(outcome, 5) is False
+    assert isinstance(await asyncio.wait_for(outcome, 5), ClientGone)

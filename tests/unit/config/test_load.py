@@ -245,6 +245,8 @@ def test_config_schema_describes_every_top_level_key(capsys: pytest.CaptureFixtu
         "storefronts",
         "token_store",
         "budget",
+        "limits",
+        "buffering",
     }
     assert schema["additionalProperties"] is False
     assert set(schema["required"]) == {"customers_canvas", "secret", "storefronts"}
@@ -290,3 +292,23 @@ def test_check_config_says_where_the_tenant_comes_from(
     )
     assert tenant_line in unset
     assert [line for line in configured if line.startswith("tenant:")] == []
+
+
+def test_run_with_a_temp_dir_it_cannot_write_exits_2_naming_the_key(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A buffering.temp_dir that cannot take a temp file fails the start, not the first large upload."""
+    document = copy.deepcopy(VALID)
+    document["buffering"] = {"temp_dir": str(tmp_path / "missing")}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(document))
+    monkeypatch.setenv("CC_CLIENT_SECRET", "s3cret")
+    try:
+        assert main(["run", "--config", str(path)]) == 2
+    finally:
+        logging.getLogger().handlers.clear()
+        logging.captureWarnings(False)
+    messages = [json.loads(line)["message"] for line in capsys.readouterr().err.splitlines()]
+    assert messages == [
+        f"buffering.temp_dir: cannot make a temp file in {tmp_path / 'missing'}: No such file or directory"
+    ]

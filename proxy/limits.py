@@ -1,0 +1,286 @@
+"""What one client connection may cost: time, head size, connections; nginx's limits, in aiohttp.
+
+aiohttp's server bounds a request head only per line (8190 bytes) and per header count (128),
+which lets one head hold about 1 MB, and has a single timer, its keep-alive timeout, for
+everything a connection does between requests. :class:`LimitedRequestHandler` is aiohttp's
+protocol with nginx's timers and limits (each a ``limits:`` key, see docs/security.md "Abuse"):
+
+- ``head_timeout_s`` (client_header_timeout): from a connection's start, or the first byte of a
+  later request, the whole head must be in within this; else the connection closes.
+- ``keepalive_timeout_s`` (keepalive_timeout): aiohttp's own timer, between requests.
+- ``max_head_bytes`` (large_client_header_buffers): the request line and headers together; a
+  head past it (complete or not) is answered 431, the connection closes and nothing goes upstream.
+  The parser never holds more than this of an incomplete head.
+- ``send_timeout_s`` (send_timeout): a client whose socket takes nothing for this long (aiohttp
+  has paused writing to it) is cut off; the write waiting for it fails as the client gone (499).
+
+:class:`ShopServer` is aiohttp's ``web.Server`` making those protocols, and holding open
+connections to ``max_connections`` (worker_connections): at the limit a new connection makes an
+idle one close (a keep-alive connection between requests first, then the oldest waiting for a
+request head), as nginx reuses its idle connections; with none idle the new one is closed.
+
+Private aiohttp names this module leans on (aiohttp 3.14), each used where noted: the protocol's
+``_waiter`` (set while it waits for a request), ``_drain_waiter`` (a write waiting for the
+client), ``_messages`` and ``_request_count`` (the parsed
+requests), ``_keepalive_handle`` (its keep-alive timer), ``_ErrInfo`` (a refused request, answered
+by aiohttp's own error path) and the server's ``_connections``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+from aiohttp.http_exceptions import BadHttpMessage
+from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
+
+from proxy.config.model import LimitsSettings
+from proxy.metrics import Metrics
+
+log = logging.getLogger("proxy.limits")
+
+# Descriptors kept free of client connections when max_connections is automatic: each proxied
+# request holds two (the client's and the shop's), plus the API, Redis and the listeners.
+_DESCRIPTORS_PER_CONNECTION = 2
+
+
+class HeadTooLarge(BadHttpMessage):
+    """A request head past ``max_head_bytes``: answered 431, logged as any request the parser refused."""
+
+    code = 431
+
+
+def raise_open_files_limit() -> int:
+    """Raise the soft open-files limit to the hard one (nginx: worker_rlimit_nofile); return it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError) as exc:
+            log.warning("cannot raise the open-files limit: %s", exc, extra={"soft": soft, "hard": hard})
+    return soft
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """The limits of :class:`LimitsSettings`, with ``max_connections`` resolved to a number."""
+
+    head_timeout_s: float
+    keepalive_timeout_s: float
+    send_timeout_s: float
+    max_head_bytes: int
+    max_connections: int
+
+    @classmethod
+    def from_settings(cls, settings: LimitsSettings, open_files: int) -> ConnectionLimits:
+        return cls(
+            head_timeout_s=settings.head_timeout_s,
+            keepalive_timeout_s=settings.keepalive_timeout_s,
+            send_timeout_s=settings.send_timeout_s,
+            max_head_bytes=settings.max_head_bytes,
+            max_connections=settings.max_connections or max(1, open_files // _DESCRIPTORS_PER_CONNECTION),
+        )
+
+
+class LimitedRequestHandler(RequestHandler):
+    """aiohttp's HTTP/1 protocol with nginx's head timeout, head size limit and send timeout."""
+
+    def __init__(self, manager: ShopServer, *, loop: asyncio.AbstractEventLoop, **kwargs: Any) -> None:
+        limits = manager.limits
+        super().__init__(manager, loop=loop, keepalive_timeout=limits.keepalive_timeout_s, **kwargs)
+        self._limits = limits
+        self._max_head_bytes = limits.max_head_bytes  # read per packet
+        self._closed = manager.closed
+        # While a request head is coming in: when it must be complete, and its bytes so far.
+        self._head_deadline: float | None = None
+        self._head_bytes = 0
+        # Watches the deadline; set lazily and moved on, not made and cancelled per request
+        # (as aiohttp's keep-alive timer): a head that arrives in one packet costs no timer.
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._send_timer: asyncio.TimerHandle | None = None
+        self._refused = False
+
+    @property
+    def idle(self) -> bool:
+        """Whether the connection waits for a request: nothing of its own is in flight."""
+        return self._waiter is not None and not self._waiter.done() and not self._messages
+
+    @property
+    def kept_alive(self) -> bool:
+        """Whether the connection served a request and no byte of another came yet (keep-alive)."""
+        return self._request_count > 0 and self._head_bytes == 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        # nginx gives a new connection client_header_timeout for its first request, where
+        # aiohttp would give its keep-alive timeout.
+        self._begin_head()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._head_deadline = None
+        for timer in (self._head_timer, self._send_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._send_timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
+        # Bytes on a connection waiting for a request (aiohttp's waiter is set) are a head.
+        in_head = self._head_deadline is not None
+        if not in_head and self._waiter is not None:
+            self._begin_head()
+            in_head = True
+        if in_head:
+            self._head_bytes += len(data)
+        parsed = self._request_count
+        RequestHandler.data_received(self, data)
+        if self._request_count > parsed:
+            # A head that came in with at most max_head_bytes in all is within the limit; only
+            # a longer one (or one that came while a request was served) is measured.
+            if not in_head or self._head_bytes > self._max_head_bytes:
+                self._refuse_large_heads(self._request_count - parsed)
+            self._head_deadline = None
+            self._head_bytes = 0
+        elif in_head and self._head_bytes > self._max_head_bytes:
+            # Refused before the parser holds more of it.
+            self._head_deadline = None
+            self._refuse(None)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        # The client's socket is full: it must take something within send_timeout.
+        if self._send_timer is None:
+            self._send_timer = self._loop.call_later(self._limits.send_timeout_s, self._send_timed_out)
+
+    def resume_writing(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+        super().resume_writing()
+
+    def _begin_head(self) -> None:
+        deadline = self._loop.time() + self._limits.head_timeout_s
+        self._head_deadline = deadline
+        self._head_bytes = 0
+        # aiohttp's keep-alive timer would close the connection mid-head; it waits for this one.
+        self._next_keepalive_close_time = max(self._next_keepalive_close_time, deadline)
+        if self._head_timer is None:
+            self._head_timer = self._loop.call_at(deadline, self._check_head)
+
+    def _check_head(self) -> None:
+        self._head_timer = None
+        deadline = self._head_deadline
+        if deadline is None:
+            return  # no head coming in: the next one sets the timer again
+        if self._loop.time() < deadline:
+            self._head_timer = self._loop.call_at(deadline, self._check_head)
+            return
+        self._closed.labels("head_timeout").inc()
+        # Counted, and logged only at DEBUG: a slowloris flood would be a line per connection.
+        log.debug("closed a connection whose request head was late", extra={"peer": self._peer()})
+        self.force_close()
+
+    def _send_timed_out(self) -> None:
+        self._send_timer = None
+        self._closed.labels("send_timeout").inc()
+        # The write waiting for the client fails as the client gone (counted 499 by the handler);
+        # aiohttp would wake it without an error for a transport closed on purpose.
+        waiter = self._drain_waiter
+        self._drain_waiter = None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(ConnectionError("send timeout"))
+        if self.transport is not None:
+            self.transport.abort()
+
+    def _refuse_large_heads(self, count: int) -> None:
+        """Refuse the first of the ``count`` requests just parsed whose head is over the limit."""
+        first_new = len(self._messages) - count
+        for index in range(max(first_new, 0), len(self._messages)):
+            message = self._messages[index][0]
+            if isinstance(message, _ErrInfo):
+                return
+            size = (
+                len(message.method)
+                + len(message.path)
+                + 11
+                + sum(len(name) + len(value) + 4 for name, value in message.raw_headers)
+            )
+            if size > self._limits.max_head_bytes:
+                # The request and every one pipelined after it go; aiohttp answers in their place.
+                while len(self._messages) > index:
+                    self._messages.pop()
+                self._refuse(size)
+                return
+
+    def _refuse(self, size: int | None) -> None:
+        """Answer 431 through aiohttp's error path (which closes the connection); read nothing more."""
+        self._refused = True
+        self._closed.labels("head_too_large").inc()
+        reason = f"request head over {self._limits.max_head_bytes} bytes" + (
+            f" ({size})" if size is not None else " (incomplete)"
+        )
+        exc = HeadTooLarge(message=reason)
+        self._messages.append((_ErrInfo(status=431, exc=exc, message=f"{exc.message}\n"), EMPTY_PAYLOAD))
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _peer(self) -> str:
+        peer = self.peername
+        return str(peer[0]) if isinstance(peer, tuple) else str(peer)
+
+
+class ShopServer(web.Server):
+    """aiohttp's low-level server making :class:`LimitedRequestHandler` protocols, to ``max_connections``."""
+
+    def __init__(self, handler: Any, *, limits: ConnectionLimits, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.limits = limits
+        self.closed = metrics.connections_closed
+
+    def __call__(self) -> RequestHandler:
+        return LimitedRequestHandler(self, loop=self._loop, **self._kwargs)
+
+    def connection_made(self, handler: RequestHandler, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        if len(self._connections) > self.limits.max_connections:
+            self._make_room(handler)
+
+    def _make_room(self, newcomer: RequestHandler) -> None:
+        """Close the idle connection that costs a visitor least.
+
+        A keep-alive connection between requests first (its client reconnects when it needs
+        to), else the oldest one waiting for a request head (a slowloris' hold, or a visitor's
+        connection that has had its chance): the newest connections are the last to go.
+        """
+        victim: LimitedRequestHandler | None = None
+        for connection in self._connections:  # oldest first
+            if connection is newcomer or not isinstance(connection, LimitedRequestHandler):
+                continue
+            if not connection.idle:
+                continue
+            if connection.kept_alive:
+                victim = connection
+                break
+            if victim is None:
+                victim = connection
+        # One line per minute at most (the log's repeated-warning filter), the count in the metric.
+        log.warning(
+            "connection limit reached: closing %s",
+            "an idle connection" if victim is not None else "the new connection",
+            extra={"max_connections": self.limits.max_connections},
+        )
+        if victim is None:
+            self.closed.labels("connection_refused").inc()
+            newcomer.force_close()
+            return
+        self.closed.labels("connection_limit").inc()
+        victim.force_close()

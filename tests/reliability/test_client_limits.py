@@ -1,0 +1,331 @@
+"""Clients that leave, dawdle or overreach: the connection half of issue #22, on raw sockets.
+
+Each test is one client misbehaving as an attacker (or an impatient visitor) would, against the
+real sidecar between the emulator and a fake shop; what is asserted is what the client saw on
+its socket, what the shop received, the metrics and the log (no ERROR: this package's fixture).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import socket
+import struct
+import time
+import tracemalloc
+from typing import Any
+
+import pytest
+
+from proxy.metrics import Metrics
+from tests.fixtures.emulator import RunningEmulator
+from tests.fixtures.raw_shop import RawConnection, StartRecordingShop
+from tests.fixtures.shop import Shop, SidecarFactory, sidecar_config
+from tests.reliability.helpers import eventually
+
+DOWNLOAD_SIZE = 16 * 1024 * 1024
+
+
+def requests_counted(metrics: Metrics, status: int) -> float:
+    return metrics.requests.labels("main", status).value
+
+
+def abort(writer: asyncio.StreamWriter) -> None:
+    """Leave as a browser tab that is closed does: a reset, nothing more read."""
+    sock = writer.get_extra_info("socket")
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+
+
+async def test_a_client_leaving_a_streamed_download_is_a_499_logged_once_at_info(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A download abandoned after its first bytes: one INFO line without traceback, counted 499, not 500."""
+    caplog.set_level(logging.INFO)
+    metrics = Metrics()
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(f"GET /download/{DOWNLOAD_SIZE} HTTP/1.1\r\nHost: shop.test\r\n\r\n".encode())
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.wait_for(reader.readexactly(64 * 1024), 5)
+    abort(writer)
+
+    async def counted() -> bool:
+        return requests_counted(metrics, 499) == 1
+
+    await eventually(counted)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert requests_counted(metrics, 500) == 0
+    gone = [r for r in caplog.records if r.name == "proxy.handler"]
+    assert [(r.levelname, r.getMessage(), r.exc_info) for r in gone] == [
+        ("INFO", "client went away mid-response", None)
+    ]
+    assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def limited(shop: Shop, emulator: RunningEmulator, **limits: Any) -> dict[str, Any]:
+    document = sidecar_config(shop.url, emulator.url)
+    document["limits"] = limits
+    return document
+
+
+def closed_for(metrics: Metrics, reason: str) -> float:
+    value = metrics.registry.get_sample_value("cc_sidecar_connections_closed_total", {"reason": reason})
+    return value or 0.0
+
+
+async def closed_within(reader: asyncio.StreamReader, seconds: float) -> tuple[bytes, float]:
+    """Everything the sidecar sends until it closes the connection, and how long that took."""
+    started = time.monotonic()
+    received = await asyncio.wait_for(reader.read(), seconds)
+    return received, time.monotonic() - started
+
+
+async def test_a_head_that_trickles_in_is_cut_at_the_head_timeout(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """Slowloris: a head sent a header every 0.2 s is closed between the head timeout and twice it."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(limited(shop, emulator, head_timeout_s=0.6), metrics=metrics)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    started = time.monotonic()
+    writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n")
+
+    async def trickle() -> None:
+        for number in range(50):
+            await asyncio.sleep(0.2)
+            writer.write(b"X-Slow-%d: 1\r\n" % number)
+
+    trickling = asyncio.create_task(trickle())
+    try:
+        received = await asyncio.wait_for(reader.read(), 5)
+    finally:
+        trickling.cancel()
+    elapsed = time.monotonic() - started
+    writer.close()
+
+    assert received == b""
+    assert 0.6 <= elapsed < 1.2
+    assert closed_for(metrics, "head_timeout") == 1
+    assert shop.state.requests == []
+
+
+async def test_a_connection_that_never_sends_is_closed_at_the_head_timeout(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """A new connection's first request head is due within the head timeout (nginx: client_header_timeout)."""
+    sidecar = await make_sidecar(limited(shop, emulator, head_timeout_s=0.5, keepalive_timeout_s=30))
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    received, elapsed = await closed_within(reader, 5)
+    writer.close()
+
+    assert received == b""
+    assert 0.5 <= elapsed < 1.0
+
+
+async def test_an_idle_keep_alive_connection_is_closed_at_the_keepalive_timeout(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """Between requests the keep-alive timeout applies, not the head timeout, and it closes the connection."""
+    sidecar = await make_sidecar(limited(shop, emulator, head_timeout_s=0.3, keepalive_timeout_s=0.8))
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = int(head.split(b"Content-Length: ")[1].split(b"\r\n")[0])
+    await reader.readexactly(length)
+    received, elapsed = await closed_within(reader, 5)
+    writer.close()
+
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert received == b""
+    assert 0.8 <= elapsed < 1.6
+
+
+@pytest.mark.bad_requests_logged
+async def test_a_complete_head_over_the_limit_is_a_431_and_nothing_reaches_the_shop(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """Five headers of 8,000 B (each within aiohttp's per-line limit), 40 KB in all: 431, closed, not forwarded."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    big = b"".join(b"X-Big-%d: %s\r\n" % (n, b"a" * 8000) for n in range(5))
+    writer.write(
+        b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n"
+        + big
+        + b"\r\nGET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+    )
+    received, _ = await closed_within(reader, 5)
+    writer.close()
+
+    # aiohttp answers what its parser refused in HTTP/1.0, as it does its 400s.
+    assert received.startswith(b"HTTP/1.0 431 Request Header Fields Too Large\r\n")
+    assert received.count(b"HTTP/1.") == 1
+    assert closed_for(metrics, "head_too_large") == 1
+    assert shop.state.requests == []
+
+
+@pytest.mark.bad_requests_logged
+async def test_an_incomplete_head_over_the_limit_is_a_431_before_its_end(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """Row 1 of issue #22: headers of 8,000 B without the blank line are refused once 32 KB are in."""
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n")
+    writer.write(b"".join(b"X-Big-%d: %s\r\n" % (number, b"a" * 8000) for number in range(5)))
+    received, _ = await closed_within(reader, 5)
+    writer.close()
+
+    # aiohttp answers what its parser refused in HTTP/1.0, as it does its 400s.
+    assert received.startswith(b"HTTP/1.0 431 Request Header Fields Too Large\r\n")
+    assert shop.state.requests == []
+
+
+@pytest.mark.bad_requests_logged
+async def test_incomplete_heads_hold_at_most_64_kb_each(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """Twenty connections each sending 200 KB of a head that never ends: under 64 KB held per connection."""
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url))
+    connections = []
+    head = b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n" + b"".join(
+        b"X-Big-%d: %s\r\n" % (n, b"a" * 8000) for n in range(25)
+    )
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for _ in range(20):
+            reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+            writer.write(head)
+            connections.append((reader, writer))
+        await asyncio.sleep(0.5)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+        for _, writer in connections:
+            writer.close()
+
+    assert held < 20 * 64 * 1024
+
+
+async def test_a_client_that_reads_nothing_is_cut_at_the_send_timeout(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """A 16 MB download never read: the connection is cut within twice the send timeout, counted 499."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(limited(shop, emulator, send_timeout_s=0.5), metrics=metrics)
+    sock = socket.create_connection(("127.0.0.1", sidecar.port))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.sendall(f"GET /download/{DOWNLOAD_SIZE} HTTP/1.1\r\nHost: shop.test\r\n\r\n".encode())
+    try:
+
+        async def cut() -> bool:
+            return closed_for(metrics, "send_timeout") == 1
+
+        await eventually(cut, within_s=5)
+        await eventually(lambda_async(lambda: requests_counted(metrics, 499) == 1))
+    finally:
+        sock.close()
+    assert requests_counted(metrics, 200) == 0
+
+
+def lambda_async(check: Any) -> Any:
+    async def wrapped() -> bool:
+        return bool(check())
+
+    return wrapped
+
+
+async def test_at_the_connection_limit_an_idle_connection_makes_room_for_a_visitor(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Five idle connections at max_connections 5: visitors are served, one idle one closed for them, a WARNING."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(limited(shop, emulator, max_connections=5), metrics=metrics)
+    idle = [await asyncio.open_connection("127.0.0.1", sidecar.port) for _ in range(5)]
+    await asyncio.sleep(0.1)
+    answers = []
+    for _ in range(3):
+        reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+        writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+        answers.append(await asyncio.wait_for(reader.read(), 5))
+        writer.close()
+    dropped = 0
+    for reader, writer in idle:
+        with contextlib.suppress(TimeoutError):
+            if await asyncio.wait_for(reader.read(), 0.2) == b"":
+                dropped += 1
+        writer.close()
+
+    assert [answer.split(b"\r\n")[0] for answer in answers] == [b"HTTP/1.1 200 OK"] * 3
+    assert dropped == 1
+    assert closed_for(metrics, "connection_limit") == 1
+    warnings = [r.getMessage() for r in caplog.records if r.name == "proxy.limits"]
+    assert warnings[0] == "connection limit reached: closing an idle connection"
+
+
+async def test_a_client_leaving_mid_upload_is_a_499_and_the_shop_never_sees_it(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An upload abandoned half-way: nothing reaches the shop, one INFO line, counted 499."""
+    caplog.set_level(logging.INFO)
+    metrics = Metrics()
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
+    _, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(
+        b"POST /upload-sha HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 100000\r\n\r\n" + b"x" * 50000
+    )
+    await writer.drain()
+    await asyncio.sleep(0.2)
+    abort(writer)
+
+    async def counted() -> bool:
+        return requests_counted(metrics, 499) == 1
+
+    await eventually(counted)
+    assert shop.state.requests == []
+    gone = [r for r in caplog.records if r.name == "proxy.handler"]
+    assert [(r.levelname, r.getMessage(), r.exc_info) for r in gone] == [
+        ("INFO", "client went away mid-body", None)
+    ]
+
+
+async def test_a_client_that_left_before_the_shop_broke_off_is_a_499_and_nothing_at_error(
+    recording_shop: StartRecordingShop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """The client leaves mid-download, then the shop resets: counted 499 (the client left first), no ERROR."""
+    client_left = asyncio.Event()
+
+    async def script(connection: RawConnection) -> None:
+        await connection.request()
+        await connection.send(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n" + b"d" * (4 * 1024 * 1024)
+        )
+        await client_left.wait()
+        await asyncio.sleep(0.3)  # the sidecar's write to the client fails meanwhile
+        abort(connection.writer)
+
+    shop = await recording_shop(script)
+    metrics = Metrics()
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # 1 MB waits in the sidecar
+    sock.connect(("127.0.0.1", sidecar.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(b"GET /download HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.sleep(0.5)  # the sidecar has the shop's megabyte; the client's socket is full
+    abort(writer)
+    client_left.set()
+
+    async def counted() -> bool:
+        return requests_counted(metrics, 499) == 1
+
+    await eventually(counted)
+    await asyncio.wait_for(shop.connections[0].closed_by_peer.wait(), 5)
+    gc.collect()  # a task whose exception nobody took would be logged (at ERROR) now
+    await asyncio.sleep(0)
+    assert requests_counted(metrics, 200) == 0
