@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: setup lock test-latest demo test lint typecheck compile compile-deps clean-compiled unit unit-pure browser-deps redis-deps ts-deps chart-check chart-schema bench bench-deps soak docs clean format
+.PHONY: setup lock test-latest image-reproducible demo test lint typecheck compile compile-deps clean-compiled unit unit-pure browser-deps redis-deps ts-deps chart-check chart-schema bench bench-deps soak docs clean format
 
 setup: $(STAMP)
 
@@ -77,11 +77,14 @@ clean-compiled:
 
 # Every test on the compiled build, then again on the Python source (what a plain
 # `pip install` runs; CC_SIDECAR_PURE_PYTHON=1 imports it even with the compiled modules there).
+# The suite mostly waits on sockets, timers and token lifetimes, not the CPU: it runs on
+# PYTEST_WORKERS pytest-xdist workers (PYTEST_WORKERS=0 runs it in one process).
+PYTEST_WORKERS ?= 3
 unit: setup compile browser-deps redis-deps ts-deps
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 unit-pure: setup browser-deps redis-deps ts-deps
-	CC_SIDECAR_PURE_PYTHON=1 $(BIN)/pytest -q
+	CC_SIDECAR_PURE_PYTHON=1 $(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
 # The browser test drives Debian's Chromium; install it when missing (root, as in CI).
 browser-deps:
@@ -123,6 +126,11 @@ test: lint typecheck unit unit-pure chart-check
 # helm/cc-sidecar/ci scenario, rendered configs through check-config. Pinned tools land in .tools/.
 chart-check: setup
 	tools/chart-check.sh
+
+# The Dockerfile replayed twice: both builds must give the same wheel (SOURCE_DATE_EPOCH). Not part
+# of make test (a second mypyc build); run it when the Dockerfile or setup.py changes.
+image-reproducible: setup
+	$(BIN)/python tools/image_replay.py --builds 2 --check
 
 # nginx (the baseline proxy) and wrk (the load generator) come from Debian; installed when missing.
 bench: setup compile bench-deps

@@ -65,11 +65,11 @@ step() { printf '\n== %s\n' "$*"; }
 step "hadolint Dockerfile"
 "$TOOLS/venv/bin/hadolint" Dockerfile
 
-# Slow (two mypyc builds: several minutes on a busy machine); CHART_CHECK_SKIP_IMAGE=1 skips it
-# while iterating on the chart, never in CI.
+# Slow (a mypyc build: a couple of minutes); CHART_CHECK_SKIP_IMAGE=1 skips it while iterating on
+# the chart, never in CI. make image-reproducible builds twice and compares the wheels.
 if [ "${CHART_CHECK_SKIP_IMAGE:-}" != 1 ]; then
-  step "Dockerfile replayed: builds twice to the same wheel, and the image's cc-sidecar answers /readyz"
-  "$PY" tools/image_replay.py --builds 2 --check >"$out/image.json"
+  step "Dockerfile replayed: it builds, and the image's cc-sidecar answers /readyz"
+  "$PY" tools/image_replay.py --builds 1 --check >"$out/image.json"
   "$PY" -c 'import json, sys; r = json.load(open(sys.argv[1])); print("wheels:", r["wheels"][0]); print("runtime venv:", " ".join(r["distributions"])); print("started:", (r["start_line"] or {}).get("message"), "compiled:", (r["start_line"] or {}).get("compiled"))' "$out/image.json"
 fi
 
