@@ -439,20 +439,12 @@ async def test_slow_readers_share_the_temp_space_and_get_every_byte(
     assert temp_bytes(metrics) == 0
 
 
-@pytest.mark.parametrize(
-    "framing",
-    [
-        b"Content-Length: 60000\r\n\r\n" + b"y" * 60000,
-        b"Transfer-Encoding: chunked\r\n\r\n" + b"ea60\r\n" + b"y" * 60000 + b"\r\n0\r\n\r\n",
-    ],
-    ids=["content-length", "chunked"],
-)
-async def test_a_body_past_the_free_temp_space_is_a_503_and_never_reaches_the_shop(
-    recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory, framing: bytes
-) -> None:
-    """1,000,000 of 1 MiB held by an upload still coming: a 60,000-byte body is a 503 with Retry-After, not forwarded."""
-    metrics = Metrics()
-    document = sidecar_config(recording_upstream.url, DEAD_API, hosts=["g.test"])
+async def sidecar_holding_temp_space(
+    shop: RecordingUpstream, make_sidecar: SidecarFactory, metrics: Metrics
+) -> tuple[BaseTestServer, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A sidecar with 1 MiB of temp space, 1,000,000 bytes of it held by a chunked upload to /first
+    still coming (its connection is returned: writing the last chunk finishes it)."""
+    document = sidecar_config(shop.url, DEAD_API, hosts=["g.test"])
     document["buffering"] = {"body_memory_bytes": 1024, "max_temp_bytes": TEMP_SPACE}
     sidecar = await make_sidecar(document, metrics=metrics)
     reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
@@ -466,6 +458,23 @@ async def test_a_body_past_the_free_temp_space_is_a_503_and_never_reaches_the_sh
     while temp_bytes(metrics) != 1_000_000:
         assert time.monotonic() < deadline, "the first upload never reached its temp file"
         await asyncio.sleep(0.02)
+    return sidecar, (reader, writer)
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 60000\r\n\r\n" + b"y" * 60000,
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"ea60\r\n" + b"y" * 60000 + b"\r\n0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_a_body_past_the_free_temp_space_is_a_503_and_never_reaches_the_shop(
+    recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory, framing: bytes
+) -> None:
+    """1,000,000 of 1 MiB held by an upload still coming: a 60,000-byte body is a 503 with Retry-After, not forwarded."""
+    metrics = Metrics()
+    sidecar, (reader, writer) = await sidecar_holding_temp_space(recording_upstream, make_sidecar, metrics)
     answer = await exchange(sidecar, b"POST /second HTTP/1.1\r\nHost: g.test\r\n" + framing)
     writer.write(b"0\r\n\r\n")
     first = await asyncio.wait_for(reader.read(), 5)
@@ -477,3 +486,19 @@ async def test_a_body_past_the_free_temp_space_is_a_503_and_never_reaches_the_sh
     assert temp_refused(metrics, "request") == 1
     assert status_line(first) == b"HTTP/1.1 200 OK"
     assert [request.target for request in recording_upstream.requests] == [b"/first"]
+
+
+async def test_a_body_announced_past_the_free_temp_space_is_a_503_before_100_continue(
+    recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory
+) -> None:
+    """Expect: 100-continue for 60,000 bytes with 48,576 free: 503 with Retry-After at once, never asked for."""
+    metrics = Metrics()
+    sidecar, (_, writer) = await sidecar_holding_temp_space(recording_upstream, make_sidecar, metrics)
+    head = b"POST /second HTTP/1.1\r\nHost: g.test\r\nContent-Length: 60000\r\nExpect: 100-continue\r\n\r\n"
+    answer = await exchange(sidecar, head)
+    writer.close()
+
+    assert status_line(answer) == b"HTTP/1.1 503 Service Unavailable"
+    assert b"\r\nRetry-After: 10\r\n" in answer
+    assert b"100 Continue" not in answer
+    assert recording_upstream.raw == b""
