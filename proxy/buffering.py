@@ -239,9 +239,11 @@ class Buffering:
         self._bodies_refused = metrics.temp_refused.labels("request")
         self._responses_refused = metrics.temp_refused.labels("response")
         self.body_timeout_s = body_timeout_s
+        self.max_body_bytes = settings.max_body_bytes
         # A body past its memory share goes to disk whole: one larger than all the temp space could
-        # never be taken, so it is too large (413), not one to try again later (503).
-        self.max_body_bytes = min(
+        # never be taken, so it is too large (413), not one to try again later (503). A body that
+        # streams to the shop is never spooled: only max_body_bytes holds for it.
+        self.max_spooled_bytes = min(
             settings.max_body_bytes, max(settings.body_memory_bytes, settings.max_temp_bytes)
         )
         self.max_held = settings.max_response_buffer_bytes
@@ -262,14 +264,23 @@ class Buffering:
     def check_announced(self, request: web.BaseRequest) -> None:
         """Refuse a body by the request's Content-Length before any of it is read.
 
-        :class:`BodyTooLarge` past ``max_body_bytes`` (or past all the temp space),
-        :class:`TempSpaceFull` when it would go to disk and the temp files have no room for it now.
+        :class:`BodyTooLarge` past ``max_body_bytes`` (or, unless it streams, past all the temp
+        space), :class:`TempSpaceFull` when it would go to disk and the temp files have no room
+        for it now.
         """
         announced = request.content_length
         if announced is None:
             return
         if announced > self.max_body_bytes:
             raise BodyTooLarge(f"{announced} bytes announced")
+        if not self.streams(request.path):
+            self._check_spoolable(announced)
+
+    def _check_spoolable(self, announced: int) -> None:
+        if announced > self.max_spooled_bytes:
+            raise BodyTooLarge(
+                f"{announced} bytes announced, over the {self.max_spooled_bytes} of temp space"
+            )
         if announced > self._settings.body_memory_bytes and announced > self.space.available:
             self._bodies_refused.inc()
             raise TempSpaceFull(f"{announced} bytes announced, {self.space.available} free in temp files")
@@ -285,13 +296,15 @@ class Buffering:
         """
         if not request.body_exists:
             return None
-        self.check_announced(request)
-        spool = Spool(self._settings.body_memory_bytes, self.space)
         announced = request.content_length
-        if announced is not None and not spool.reserve(announced):
-            # check_announced found room just now; kept in case an await comes between them.
-            self._bodies_refused.inc()
-            raise TempSpaceFull(f"{announced} bytes announced, {self.space.available} free in temp files")
+        if announced is not None:
+            if announced > self.max_body_bytes:
+                raise BodyTooLarge(f"{announced} bytes announced")
+            self._check_spoolable(announced)
+        spool = Spool(self._settings.body_memory_bytes, self.space)
+        if announced is not None:
+            # Room was found just now, with no await since: the reservation is taken.
+            spool.reserve(announced)
         content = request.content
         try:
             while True:
@@ -303,8 +316,8 @@ class Buffering:
                     raise BodyTimeout(f"nothing for {self.body_timeout_s:g} s") from None
                 if not chunk:
                     break
-                if spool.size + len(chunk) > self.max_body_bytes:
-                    raise BodyTooLarge(f"over {self.max_body_bytes} bytes")
+                if spool.size + len(chunk) > self.max_spooled_bytes:
+                    raise BodyTooLarge(f"over {self.max_spooled_bytes} bytes")
                 if not spool.write(chunk):
                     self._bodies_refused.inc()
                     raise TempSpaceFull(f"past {spool.size} bytes, {self.space.available} free in temp files")

@@ -171,14 +171,14 @@ def test_the_gauge_shows_the_bytes_held(spools: Spools) -> None:
 
 
 def test_a_body_larger_than_all_the_temp_space_is_too_large() -> None:
-    """max_temp_bytes 100,000 under a max_body_bytes of 1 GiB: bodies past 100,000 bytes are 413s."""
+    """max_temp_bytes 100,000 under a max_body_bytes of 1 GiB: bodies spooled past 100,000 bytes are 413s."""
     settings = BufferingSettings(max_temp_bytes=100_000, body_memory_bytes=MEMORY)
 
-    assert Buffering(settings, 60.0, Metrics()).max_body_bytes == 100_000
+    assert Buffering(settings, 60.0, Metrics()).max_spooled_bytes == 100_000
 
 
 def test_with_no_temp_space_a_body_may_fill_its_memory() -> None:
-    """max_temp_bytes 0: the largest body is body_memory_bytes."""
+    """max_temp_bytes 0: the largest body spooled is body_memory_bytes."""
     settings = BufferingSettings(max_temp_bytes=0, body_memory_bytes=MEMORY)
 
-    assert Buffering(settings, 60.0, Metrics()).max_body_bytes == MEMORY
+    assert Buffering(settings, 60.0, Metrics()).max_spooled_bytes == MEMORY
