@@ -486,12 +486,24 @@ def test_prometheus_rule_and_dashboard_query_only_exported_metrics(helm: Path, t
         "CcSidecarShop5xx",
         "CcSidecarSessionCheckMisconfigured",
         "CcSidecarTokenStoreUnavailable",
+        "CcSidecarTempSpaceFull",
     ]
     (dashboard,) = [d for d in docs if d["kind"] == "ConfigMap" and "cc-sidecar.json" in d.get("data", {})]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     queried = set(re.findall(r"cc_sidecar_\w+", yaml.safe_dump(rule) + dashboard["data"]["cc-sidecar.json"]))
     assert queried
     assert queried - _exported_metric_names() == set()
+
+
+def test_prometheus_rule_alerts_on_uploads_refused_for_temp_space(helm: Path, tmp_path: Path) -> None:
+    """CcSidecarTempSpaceFull fires while request bodies of a pod get 503 for want of temp space."""
+    values = {**STANDALONE, "metrics": {"prometheusRule": {"enabled": True}}}
+    rules = one(render(helm, tmp_path, values), "PrometheusRule")["spec"]["groups"][0]["rules"]
+    (rule,) = [r for r in rules if r["alert"] == "CcSidecarTempSpaceFull"]
+
+    assert rule["expr"] == (
+        'sum by (namespace, pod) (rate(cc_sidecar_temp_refused_total{body="request",namespace="default"}[5m])) > 0'
+    )
 
 
 def test_secrets_from_files_start_the_sidecar_with_their_contents(helm: Path, tmp_path: Path) -> None:
