@@ -288,11 +288,12 @@ class Buffering:
     async def read_body(self, request: web.BaseRequest) -> BufferedBody | None:
         """The request's whole body, or None when it has none.
 
-        Raises :class:`BodyTooLarge` (413) past ``max_body_bytes`` (at once when the client's
-        Content-Length says so), :class:`TempSpaceFull` (503) when it would take the temp files
-        past ``max_temp_bytes`` (at once when announced: a body announced is charged whole before
-        it is read, so it is never refused halfway), :class:`BodyTimeout` (408) when the client
-        sends nothing for ``body_timeout_s``, and :class:`ClientGone` when it leaves mid-body.
+        Raises :class:`BodyTooLarge` (413) past ``max_body_bytes`` or all the temp space (at once
+        when the client's Content-Length says so), :class:`TempSpaceFull` (503) when it would take
+        the temp files past ``max_temp_bytes`` (at once when announced: a body announced is
+        charged whole before it is read, so it is never refused halfway), :class:`BodyTimeout`
+        (408) when the client sends nothing for ``body_timeout_s``, and :class:`ClientGone` when
+        it leaves mid-body.
         """
         if not request.body_exists:
             return None
