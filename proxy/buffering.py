@@ -20,6 +20,14 @@ written as they come, their request bodies streamed to the shop as they arrive.
 Temp files are made in ``temp_dir`` and unlinked at once (the OS frees them when closed, a crash
 included). Writing them blocks the event loop as nginx's writes block its worker: a page-cache
 write of a 64 KiB chunk, not a wait on the client.
+
+All temp files together hold at most ``max_temp_bytes`` (:class:`TempSpace`), so that slow
+clients never fill the disk (in Kubernetes, an emptyDir past its sizeLimit gets the pod evicted).
+A spool is charged for what it keeps on disk, never for its memory, and the charge goes back when
+it is emptied or closed. Past the budget a request body is refused before the shop request opens
+(:class:`~proxy.errors.TempSpaceFull`, 503; one larger than the whole budget, 413), and a response
+held for a slow client holds no more: the shop is read at the client's pace, as past
+``max_response_buffer_bytes``.
 """
 
 from __future__ import annotations
@@ -27,12 +35,12 @@ from __future__ import annotations
 import asyncio
 import tempfile
 from collections.abc import Awaitable
-from typing import IO
 
 from aiohttp import web
+from prometheus_client import Counter, Gauge
 
 from proxy.config.model import BufferingSettings
-from proxy.errors import BodyTimeout, BodyTooLarge, ClientGone, ConfigError
+from proxy.errors import BodyTimeout, BodyTooLarge, ClientGone, ConfigError, TempSpaceFull
 from proxy.metrics import Metrics
 from proxy.routing import PathMatcher
 
@@ -53,13 +61,55 @@ def check_temp_dir(directory: str | None) -> None:
         ) from exc
 
 
+class TempSpace:
+    """Where spools keep what is past their memory, and how much all of them may keep there at once.
+
+    One per process (``buffering.temp_dir``, ``buffering.max_temp_bytes``). :meth:`take` charges
+    bytes about to go to disk, or refuses them past the limit; :meth:`give_back` returns them.
+    ``held`` is exported as ``cc_sidecar_temp_bytes``.
+    """
+
+    __slots__ = ("_gauge", "directory", "held", "limit")
+
+    def __init__(self, limit: int, directory: str | None, gauge: Gauge) -> None:
+        self.limit = limit
+        self.directory = directory
+        self.held = 0
+        self._gauge = gauge
+
+    @property
+    def available(self) -> int:
+        return self.limit - self.held
+
+    def take(self, size: int) -> bool:
+        """Charge ``size`` bytes; False (nothing charged) when they would pass the limit."""
+        if self.held + size > self.limit:
+            return False
+        self.held += size
+        self._gauge.set(self.held)
+        return True
+
+    def give_back(self, size: int) -> None:
+        self.held -= size
+        self._gauge.set(self.held)
+
+
 class Spool:
-    """Bytes written at one pace and read at another: in memory up to a size, then in a temp file."""
+    """Bytes written at one pace and read at another: in memory up to a size, then in a temp file.
 
-    __slots__ = ("_file", "_read", "_written")
+    The temp file is charged to ``space`` for every byte it holds (on rolling over, the memory's
+    share goes to it too); a write it has no room for is refused. ``memory_bytes`` None: memory
+    only, never a file (a stream's spool, one chunk at a time).
+    """
 
-    def __init__(self, memory_bytes: int, directory: str | None) -> None:
-        self._file: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=memory_bytes, dir=directory)  # noqa: SIM115
+    __slots__ = ("_charged", "_file", "_memory_bytes", "_on_disk", "_read", "_space", "_written")
+
+    def __init__(self, memory_bytes: int | None = None, space: TempSpace | None = None) -> None:
+        self._memory_bytes = memory_bytes
+        self._space = space
+        self._file = self._new_file()
+        self._on_disk = False
+        self._charged = 0
         self._written = 0
         self._read = 0
 
@@ -73,27 +123,79 @@ class Spool:
         """Bytes written and not read yet."""
         return self._written - self._read
 
-    def write(self, data: bytes) -> None:
+    def reserve(self, size: int) -> bool:
+        """Charge now for a body of ``size`` bytes to come, so that no write up to it is refused.
+
+        False (nothing charged) when it would go to disk and there is no room for it.
+        """
+        memory_bytes = self._memory_bytes
+        if memory_bytes is None or size <= memory_bytes:
+            return True
+        return self._charge(size)
+
+    def write(self, data: bytes) -> bool:
+        """Add ``data``; False, with nothing written, when it would go to disk past the budget."""
+        end = self._written + len(data)
+        if not self._on_disk:
+            memory_bytes = self._memory_bytes
+            if memory_bytes is not None and end > memory_bytes:
+                if not self._charge(end):
+                    return False
+                self._file.rollover()
+                self._on_disk = True
+        elif not self._charge(end):
+            return False
         self._file.seek(self._written)
         self._file.write(data)
-        self._written += len(data)
+        self._written = end
+        return True
 
     def read(self, size: int = _CHUNK) -> bytes:
         """Up to ``size`` of the bytes not read yet (b"" when there are none)."""
         if self._read == self._written:
-            if self._written:
-                # All taken: start over, so a client that keeps up never grows the spool.
-                self._file.seek(0)
-                self._file.truncate()
-                self._written = self._read = 0
             return b""
         self._file.seek(self._read)
         data = self._file.read(min(size, self._written - self._read))
         self._read += len(data)
+        if self._read == self._written:
+            # All taken: start over in memory, so a client that keeps up never grows the spool,
+            # and its disk share goes back at once.
+            if self._on_disk:
+                self._file.close()
+                self._file = self._new_file()
+                self._on_disk = False
+            else:
+                self._file.seek(0)
+                self._file.truncate()
+            self._written = self._read = 0
+            self._release()
         return data
 
     def close(self) -> None:
         self._file.close()
+        self._release()
+
+    def _new_file(self) -> tempfile.SpooledTemporaryFile[bytes]:
+        # max_size 0: it never rolls over by itself; write() does it, once the budget allows.
+        space = self._space
+        return tempfile.SpooledTemporaryFile(max_size=0, dir=space.directory if space is not None else None)
+
+    def _charge(self, size: int) -> bool:
+        """Have ``size`` bytes charged in all (a reservation may cover them already)."""
+        more = size - self._charged
+        if more <= 0:
+            return True
+        space = self._space
+        if space is None or not space.take(more):
+            return False
+        self._charged = size
+        return True
+
+    def _release(self) -> None:
+        space = self._space
+        if self._charged and space is not None:
+            space.give_back(self._charged)
+            self._charged = 0
 
 
 class BufferedBody:
@@ -134,10 +236,18 @@ class Buffering:
     def __init__(self, settings: BufferingSettings, body_timeout_s: float, metrics: Metrics) -> None:
         self._settings = settings
         self._body_timeouts = metrics.connections_closed.labels("body_timeout")
+        self._bodies_refused = metrics.temp_refused.labels("request")
+        self._responses_refused = metrics.temp_refused.labels("response")
         self.body_timeout_s = body_timeout_s
         self.max_body_bytes = settings.max_body_bytes
+        # A body past its memory share goes to disk whole: one larger than all the temp space could
+        # never be taken, so it is too large (413), not one to try again later (503). A body that
+        # streams to the shop is never spooled: only max_body_bytes holds for it.
+        self.max_spooled_bytes = min(
+            settings.max_body_bytes, max(settings.body_memory_bytes, settings.max_temp_bytes)
+        )
         self.max_held = settings.max_response_buffer_bytes
-        self.temp_dir = settings.temp_dir
+        self.space = TempSpace(settings.max_temp_bytes, settings.temp_dir, metrics.temp_bytes)
         self._unbuffered_paths = PathMatcher(settings.unbuffered_paths) if settings.unbuffered_paths else None
         self._stream_types = frozenset(kind.strip().lower() for kind in settings.unbuffered_content_types)
 
@@ -152,22 +262,50 @@ class Buffering:
         return content_type.partition(";")[0].strip().lower() in self._stream_types
 
     def check_announced(self, request: web.BaseRequest) -> None:
-        """Raise :class:`BodyTooLarge` if the request's Content-Length is over ``max_body_bytes``."""
+        """Refuse a body by the request's Content-Length before any of it is read.
+
+        :class:`BodyTooLarge` past ``max_body_bytes`` (or, unless it streams, past all the temp
+        space), :class:`TempSpaceFull` when it would go to disk and the temp files have no room
+        for it now.
+        """
         announced = request.content_length
-        if announced is not None and announced > self.max_body_bytes:
+        if announced is None:
+            return
+        if announced > self.max_body_bytes:
             raise BodyTooLarge(f"{announced} bytes announced")
+        if not self.streams(request.path):
+            self._check_spoolable(announced)
+
+    def _check_spoolable(self, announced: int) -> None:
+        if announced > self.max_spooled_bytes:
+            raise BodyTooLarge(
+                f"{announced} bytes announced, over the {self.max_spooled_bytes} of temp space"
+            )
+        if announced > self._settings.body_memory_bytes and announced > self.space.available:
+            self._bodies_refused.inc()
+            raise TempSpaceFull(f"{announced} bytes announced, {self.space.available} free in temp files")
 
     async def read_body(self, request: web.BaseRequest) -> BufferedBody | None:
         """The request's whole body, or None when it has none.
 
-        Raises :class:`BodyTooLarge` (413) past ``max_body_bytes`` (at once when the client's
-        Content-Length says so), :class:`BodyTimeout` (408) when the client sends nothing for
-        ``body_timeout_s``, and :class:`ClientGone` when it leaves mid-body.
+        Raises :class:`BodyTooLarge` (413) past ``max_body_bytes`` or all the temp space (at once
+        when the client's Content-Length says so), :class:`TempSpaceFull` (503) when it would take
+        the temp files past ``max_temp_bytes`` (at once when announced: a body announced is
+        charged whole before it is read, so it is never refused halfway), :class:`BodyTimeout`
+        (408) when the client sends nothing for ``body_timeout_s``, and :class:`ClientGone` when
+        it leaves mid-body.
         """
         if not request.body_exists:
             return None
-        self.check_announced(request)
-        spool = Spool(self._settings.body_memory_bytes, self.temp_dir)
+        announced = request.content_length
+        if announced is not None:
+            if announced > self.max_body_bytes:
+                raise BodyTooLarge(f"{announced} bytes announced")
+            self._check_spoolable(announced)
+        spool = Spool(self._settings.body_memory_bytes, self.space)
+        if announced is not None:
+            # Room was found just now, with no await since: the reservation is taken.
+            spool.reserve(announced)
         content = request.content
         try:
             while True:
@@ -179,9 +317,11 @@ class Buffering:
                     raise BodyTimeout(f"nothing for {self.body_timeout_s:g} s") from None
                 if not chunk:
                     break
-                if spool.size + len(chunk) > self.max_body_bytes:
-                    raise BodyTooLarge(f"over {self.max_body_bytes} bytes")
-                spool.write(chunk)
+                if spool.size + len(chunk) > self.max_spooled_bytes:
+                    raise BodyTooLarge(f"over {self.max_spooled_bytes} bytes")
+                if not spool.write(chunk):
+                    self._bodies_refused.inc()
+                    raise TempSpaceFull(f"past {spool.size} bytes, {self.space.available} free in temp files")
         except (ConnectionError, asyncio.IncompleteReadError) as exc:
             spool.close()
             raise ClientGone("mid-body") from exc
@@ -197,7 +337,10 @@ class Buffering:
     def feed(self, response: web.StreamResponse) -> ResponseFeed:
         """A feed that holds what the client has not taken yet (memory, then a temp file)."""
         return ResponseFeed(
-            response, Spool(self._settings.response_memory_bytes, self.temp_dir), self.max_held
+            response,
+            Spool(self._settings.response_memory_bytes, self.space),
+            self.max_held,
+            self._responses_refused,
         )
 
 
@@ -208,14 +351,20 @@ class ResponseFeed:
     bytes wait for the client; a task writes them on as the client takes them (aiohttp's write
     waits while the client's socket is full). The shop's connection, and its worker, are free
     once the shop is done. With ``max_held`` 0 (a stream) each write waits for the client.
+
+    A chunk the spool has no temp space for (counted in ``refused``) waits until the client has
+    taken all that is held; from then on the feed holds nothing more (``max_held`` 0, memory only).
     """
 
-    __slots__ = ("_done", "_max_held", "_response", "_room", "_sender", "_spool", "_wake")
+    __slots__ = ("_done", "_max_held", "_refused", "_response", "_room", "_sender", "_spool", "_wake")
 
-    def __init__(self, response: web.StreamResponse, spool: Spool, max_held: int) -> None:
+    def __init__(
+        self, response: web.StreamResponse, spool: Spool, max_held: int, refused: Counter | None = None
+    ) -> None:
         self._response = response
         self._spool = spool
         self._max_held = max_held
+        self._refused = refused
         self._wake = asyncio.Event()
         self._room = asyncio.Event()
         self._done = False
@@ -230,7 +379,7 @@ class ResponseFeed:
             sender = self._sender = asyncio.create_task(self._send())
         elif sender.done():
             sender.result()  # the client went away: ClientGone
-        self._spool.write(chunk)
+        await self._hold(chunk, sender)
         self._wake.set()
         if self._spool.pending > self._max_held:
             # Held as much as allowed: from here the shop waits for the client, as nginx's does.
@@ -240,12 +389,28 @@ class ResponseFeed:
     async def finish(self, last: bytes) -> None:
         """Pass on the last bytes, wait until the client has everything, and end the response."""
         if last:
-            self._spool.write(last)
+            await self._hold(last, self._sender)
         self._done = True
         if self._sender is not None:
             self._wake.set()
             await self._sender
         await to_client(self._response.write_eof(self._spool.read(self._spool.pending)))
+
+    async def _hold(self, chunk: bytes, sender: asyncio.Task[None] | None) -> None:
+        """Put ``chunk`` in the spool; with no temp space for it, first wait for the client to take it all."""
+        if self._spool.write(chunk):
+            return
+        if self._refused is not None:
+            self._refused.inc()
+        # No room on disk: nothing more is held for this client. What is held goes first, then each
+        # chunk waits for the client (the path past max_held), in memory: nothing more is charged.
+        self._max_held = 0
+        if sender is not None and self._spool.pending:
+            self._room.clear()
+            await self._wait_for_room(sender)
+        self._spool.close()
+        self._spool = Spool()
+        self._spool.write(chunk)
 
     @property
     def client_gone(self) -> bool:

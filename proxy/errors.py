@@ -20,7 +20,8 @@
     ├── ClientGone                  the client left (or stopped reading) mid-request -> 499
     └── BodyRefused                 the client's request body is not taken
         ├── BodyTooLarge            -> 413
-        └── BodyTimeout             -> 408
+        ├── BodyTimeout             -> 408
+        └── TempSpaceFull           -> 503, Retry-After
 
 Messages never contain a token, a client secret or a raw session id.
 """
@@ -127,6 +128,8 @@ class BodyRefused(SidecarError):
 
     status = 400
     text = "bad request body\n"
+    # Seconds a client should wait before it sends the body again (Retry-After); None: no header.
+    retry_after_s: int | None = None
 
 
 class BodyTooLarge(BodyRefused):
@@ -141,3 +144,16 @@ class BodyTimeout(BodyRefused):
 
     status = 408
     text = "request body timed out\n"
+
+
+class TempSpaceFull(BodyRefused):
+    """A request body the temp files have no room for now (``buffering.max_temp_bytes``).
+
+    nginx's "temporarily unable": the room comes back as held bodies leave, so the client is told
+    when to try again.
+    """
+
+    status = 503
+    text = "temporarily unable to take the request body; try again later\n"
+    # Held responses leave at their clients' pace: a retry sooner would most likely find them all still there.
+    retry_after_s = 10

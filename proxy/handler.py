@@ -58,6 +58,7 @@ from proxy.errors import (
     OverBudget,
     SidecarError,
     StorefrontApiError,
+    TempSpaceFull,
     UpstreamError,
 )
 from proxy.fetch_metadata import (
@@ -418,111 +419,115 @@ class ShopHandler:
         body = None
         if request.body_exists and not self._buffering.streams(path):
             body = await self._buffering.read_body(request)
-        logged_in = self._header_identity(request, storefront, trusted)
-        work: asyncio.Task[Attachment] | None = None
-        token: CustomerToken | None = None
-        deferred_guest: str | None = None
-        over_budget = False
-        if storefront.response_header is None:
-            if editor and not withheld:
-                token = self._cached_token(request, storefront, logged_in)
-                if token is None:
-                    work = self._start_attachment(
-                        request, storefront, logged_in, trusted, upstream_headers, want_token=True
-                    )
-            elif (logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request):
-                work = self._start_attachment(
-                    request, storefront, logged_in, trusted, upstream_headers, want_token=False
-                )
-
+        # From here the body (and its share of the temp space) goes back however the request ends:
+        # the shop may answer before it has read it all.
         try:
-            started = time.perf_counter()
-            shop = await storefront.upstream.open(request, upstream_headers, body)
-            storefront.upstream_latency.observe(time.perf_counter() - started)
-        except BaseException:
+            logged_in = self._header_identity(request, storefront, trusted)
+            work: asyncio.Task[Attachment] | None = None
+            token: CustomerToken | None = None
+            deferred_guest: str | None = None
+            over_budget = False
+            if storefront.response_header is None:
+                if editor and not withheld:
+                    token = self._cached_token(request, storefront, logged_in)
+                    if token is None:
+                        work = self._start_attachment(
+                            request, storefront, logged_in, trusted, upstream_headers, want_token=True
+                        )
+                elif (logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request):
+                    work = self._start_attachment(
+                        request, storefront, logged_in, trusted, upstream_headers, want_token=False
+                    )
+
+            try:
+                started = time.perf_counter()
+                shop = await storefront.upstream.open(request, upstream_headers, body)
+                storefront.upstream_latency.observe(time.perf_counter() - started)
+            except BaseException:
+                if work is not None:
+                    work.cancel()
+                raise
+
+            headers = response_headers(shop)
+            # A response that replaces or deletes the shop's session (a login, a logout) ends what
+            # was learnt about the old one: whoever still holds it is nobody now.
+            new_session: CookieSet | None = None
+            if storefront.session_cookie is not None and (
+                storefront.response_memory is not None or storefront.session_check is not None
+            ):
+                new_session = await self._session_replaced(request, storefront, headers)
+            # Cookie mode: the token cookie goes with the shop's session (a logout, a login that
+            # rotates it), so no page reads the old customer's token after it.
+            token_cookie_ends = (
+                storefront.cookie
+                and storefront.session_cookie is not None
+                and hdrs.SET_COOKIE in headers
+                and replaces_session(
+                    headers.getall(hdrs.SET_COOKIE),
+                    storefront.session_cookie,
+                    storefront.guests.session_value(_cookies(request)),
+                    self._clock(),
+                )
+            )
+            if storefront.response_header is not None:
+                named = await self._response_identity(request, storefront, headers, shop.status, new_session)
+                logged_in = logged_in or named
+                if (editor and not withheld) or (
+                    (logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)
+                ):
+                    work = self._start_attachment(
+                        request,
+                        storefront,
+                        logged_in,
+                        trusted,
+                        upstream_headers,
+                        want_token=editor and not withheld,
+                    )
+
             if work is not None:
-                work.cancel()
+                if editor and shop.status != 200:
+                    work.cancel()
+                else:
+                    attachment = await work
+                    token = attachment.token
+                    deferred_guest = attachment.deferred_guest
+                    over_budget = attachment.over_budget_s is not None
+                    for cookie in attachment.set_cookies:
+                        headers.add(hdrs.SET_COOKIE, cookie)
+            # An editor page's token came from the cache or from the work just awaited (None: unavailable,
+            # or a cookie-less guest's whose StorefrontUser waits for the cookie to come back).
+            body_filter: BodyFilter | None = None
+            if withheld and shop.status == 200:
+                _keep_private(headers)
+                headers[STATUS_HEADER] = "token-withheld"
+            elif editor and shop.status == 200:
+                body_filter = self._attach(
+                    request,
+                    trusted,
+                    storefront,
+                    headers,
+                    token,
+                    deferred_guest,
+                    over_budget=over_budget,
+                    token_cookie=not token_cookie_ends,
+                )
+            elif editor_path and shop.status == 200:
+                # HEAD of an editor page: no token, but the headers a cache would refresh its GET with
+                # say what the GET's say (private, no validators).
+                _keep_private(headers)
+                for name in _VALIDATORS:
+                    headers.popall(name, None)
+            if token_cookie_ends:
+                headers.add(
+                    hdrs.SET_COOKIE,
+                    delete_cookie_value(
+                        TOKEN_COOKIE, http_only=False, secure=_secure_cookies(request, storefront)
+                    ),
+                )
+            return await storefront.upstream.relay(request, shop, headers, body_filter, self._buffering)
+        finally:
             if body is not None:
                 body.close()
-            raise
-
-        headers = response_headers(shop)
-        # A response that replaces or deletes the shop's session (a login, a logout) ends what
-        # was learnt about the old one: whoever still holds it is nobody now.
-        new_session: CookieSet | None = None
-        if storefront.session_cookie is not None and (
-            storefront.response_memory is not None or storefront.session_check is not None
-        ):
-            new_session = await self._session_replaced(request, storefront, headers)
-        # Cookie mode: the token cookie goes with the shop's session (a logout, a login that
-        # rotates it), so no page reads the old customer's token after it.
-        token_cookie_ends = (
-            storefront.cookie
-            and storefront.session_cookie is not None
-            and hdrs.SET_COOKIE in headers
-            and replaces_session(
-                headers.getall(hdrs.SET_COOKIE),
-                storefront.session_cookie,
-                storefront.guests.session_value(_cookies(request)),
-                self._clock(),
-            )
-        )
-        if storefront.response_header is not None:
-            named = await self._response_identity(request, storefront, headers, shop.status, new_session)
-            logged_in = logged_in or named
-            if (editor and not withheld) or (
-                (logged_in or storefront.session_check) and GUEST_COOKIE in _cookies(request)
-            ):
-                work = self._start_attachment(
-                    request,
-                    storefront,
-                    logged_in,
-                    trusted,
-                    upstream_headers,
-                    want_token=editor and not withheld,
-                )
-
-        if work is not None:
-            if editor and shop.status != 200:
-                work.cancel()
-            else:
-                attachment = await work
-                token = attachment.token
-                deferred_guest = attachment.deferred_guest
-                over_budget = attachment.over_budget_s is not None
-                for cookie in attachment.set_cookies:
-                    headers.add(hdrs.SET_COOKIE, cookie)
-        # An editor page's token came from the cache or from the work just awaited (None: unavailable,
-        # or a cookie-less guest's whose StorefrontUser waits for the cookie to come back).
-        body_filter: BodyFilter | None = None
-        if withheld and shop.status == 200:
-            _keep_private(headers)
-            headers[STATUS_HEADER] = "token-withheld"
-        elif editor and shop.status == 200:
-            body_filter = self._attach(
-                request,
-                trusted,
-                storefront,
-                headers,
-                token,
-                deferred_guest,
-                over_budget=over_budget,
-                token_cookie=not token_cookie_ends,
-            )
-        elif editor_path and shop.status == 200:
-            # HEAD of an editor page: no token, but the headers a cache would refresh its GET with
-            # say what the GET's say (private, no validators).
-            _keep_private(headers)
-            for name in _VALIDATORS:
-                headers.popall(name, None)
-        if token_cookie_ends:
-            headers.add(
-                hdrs.SET_COOKIE,
-                delete_cookie_value(
-                    TOKEN_COOKIE, http_only=False, secure=_secure_cookies(request, storefront)
-                ),
-            )
-        return await storefront.upstream.relay(request, shop, headers, body_filter, self._buffering)
 
     def _start_attachment(
         self,
@@ -1031,14 +1036,20 @@ def _refused(status: int, text: str) -> web.Response:
 async def _refuse_body(request: web.BaseRequest, exc: BodyRefused) -> web.StreamResponse:
     """The answer to a refused body; the connection closes.
 
-    A body too large that the client is sending is answered as any refusal: aiohttp then reads
-    and drops what still comes for a while (a lingering close), so the client reads the 413
-    rather than a reset. A body that stopped coming, or that the client waits to be asked for
-    (``Expect: 100-continue``), has nothing to linger for: written here, the connection closed.
+    A body too large, or one the temp files have no room for (503 with Retry-After), that the
+    client is sending is answered as any refusal: aiohttp then reads and drops what still comes
+    for a while (a lingering close), so the client reads the 413 or 503 rather than a reset. A
+    body that stopped coming, or that the client waits to be asked for (``Expect:
+    100-continue``), has nothing to linger for: written here, the connection closed.
     """
-    if isinstance(exc, BodyTooLarge) and hdrs.EXPECT not in request.headers:
-        return _refused(exc.status, exc.text)
+    if isinstance(exc, (BodyTooLarge, TempSpaceFull)) and hdrs.EXPECT not in request.headers:
+        refused = _refused(exc.status, exc.text)
+        if exc.retry_after_s is not None:
+            refused.headers[hdrs.RETRY_AFTER] = str(exc.retry_after_s)
+        return refused
     headers = CIMultiDict({hdrs.CONTENT_TYPE: "text/plain; charset=utf-8", hdrs.CONNECTION: "close"})
+    if exc.retry_after_s is not None:
+        headers[hdrs.RETRY_AFTER] = str(exc.retry_after_s)
     try:
         response = await write_whole(
             request, exc.status, HTTPStatus(exc.status).phrase, headers, exc.text.encode()

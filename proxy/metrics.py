@@ -250,6 +250,19 @@ class Metrics:
             registry=r,
         )
         self.store_available.set(1)
+        self.temp_bytes = Gauge(
+            "cc_sidecar_temp_bytes",
+            "Bytes the request and response bodies held for clients keep in temp files now (at most"
+            " buffering.max_temp_bytes).",
+            registry=r,
+        )
+        self.temp_refused = Counter(
+            "cc_sidecar_temp_refused",
+            "Bodies the temp files had no room for (buffering.max_temp_bytes), by body: request (answered"
+            " 503), response (held no further: the shop is read at the client's pace).",
+            ["body"],
+            registry=r,
+        )
         self.connections_closed = Counter(
             "cc_sidecar_connections_closed",
             "Client connections the sidecar closed to protect itself or the shop, by reason: head_timeout,"

@@ -629,8 +629,8 @@ def _feed(
         or buffering.streams_response(headers.get(hdrs.CONTENT_TYPE))
     ):
         # Nothing held back: each write waits while the client's socket is full (the one chunk in
-        # the spool stays in memory: max_size 0 never rolls over to a file).
-        return ResponseFeed(response, Spool(0, None), max_held=0)
+        # the spool stays in memory, never in a file).
+        return ResponseFeed(response, Spool(), max_held=0)
     return buffering.feed(response)
 
 

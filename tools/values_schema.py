@@ -209,7 +209,12 @@ def values_schema() -> dict[str, Any]:
             "tmpDir": _closed(
                 {
                     "enabled": _boolean("Mount an emptyDir at /tmp of cc-sidecar."),
-                    "sizeLimit": {"type": ["string", "integer"], "description": "Its size limit."},
+                    "sizeLimit": {
+                        "type": ["string", "integer"],
+                        "description": "Its size limit (bytes, or a whole number of k, M, G, T, Ki, Mi, Gi,"
+                        " Ti); config.buffering.max_temp_bytes defaults to four fifths of it and must"
+                        " stay below it.",
+                    },
                 }
             ),
             "preStopSleepSeconds": _integer("Seconds of the preStop sleep; 0 disables it.", minimum=0),

@@ -79,6 +79,11 @@ DEFAULT_RESPONSE_MEMORY_BYTES = 256 * 1024
 # Response bytes held for a slow client at most, after which the shop is read at the client's
 # pace (proxy_max_temp_file_size).
 DEFAULT_MAX_RESPONSE_BUFFER_BYTES = 1024 * 1024 * 1024
+# Bytes all temp files may hold at once, every request body and response spool together (nginx has
+# no such total, only per-file maxima). The kubelet evicts a pod whose emptyDir passes its
+# sizeLimit: the chart's /tmp is 320Mi, so this leaves 64Mi for anything else there. 256 MiB holds
+# a 256 MiB upload, or sixteen slow clients' 16 MiB downloads, at once.
+DEFAULT_MAX_TEMP_BYTES = 256 * 1024 * 1024
 # Response content types always streamed to the client as they come (never held back).
 DEFAULT_UNBUFFERED_CONTENT_TYPES = ("text/event-stream",)
 InjectMode = Literal["html", "header", "cookie", "script"]
@@ -527,6 +532,15 @@ class BufferingSettings(_Frozen):
         ge=0,
         description="Response bytes held for one slow client at most; past it the shop is read at the"
         " client's pace (nginx: proxy_max_temp_file_size).",
+    )
+    max_temp_bytes: int = Field(
+        DEFAULT_MAX_TEMP_BYTES,
+        ge=0,
+        description="Bytes all temp files may hold at once, request and response bodies together; keep"
+        " it below the space of temp_dir (a Kubernetes emptyDir's sizeLimit, past which the pod is"
+        " evicted). A request body past what is free: 503 with Retry-After; larger than all of it: 413."
+        " A response held for a slow client stops growing there and the shop is read at the client's"
+        " pace. 0: no temp files, bodies held in memory only (nginx: none, per-file maxima only).",
     )
     temp_dir: str | None = Field(
         None,

@@ -372,3 +372,133 @@ async def test_only_unbuffered_paths_send_a_body_on_before_it_is_all_in(
     [request] = recording_upstream.requests
     assert request.body == b"x" * 10 + b"y" * 90
     assert request.header("Content-Length") == [b"100"]
+
+
+# -- the temp space: every spool together within buffering.max_temp_bytes ------------------------
+
+# Above the shop's largest read (what arrived since the last one, up to the pool's high water), so
+# a download's spool goes to disk before a chunk finds no room.
+TEMP_SPACE = 1024 * 1024
+
+
+def temp_bytes(metrics: Metrics) -> float | None:
+    return metrics.registry.get_sample_value("cc_sidecar_temp_bytes")
+
+
+def temp_refused(metrics: Metrics, body: str) -> float | None:
+    return metrics.registry.get_sample_value("cc_sidecar_temp_refused_total", {"body": body})
+
+
+async def test_slow_readers_share_the_temp_space_and_get_every_byte(
+    fixed_worker_shop: FixedWorkerShop, make_sidecar: SidecarFactory
+) -> None:
+    """Two 16 MB downloads read late with 1 MiB of temp space: it is used, never passed, and both arrive whole.
+
+    Each download's spool rolls over to disk past its 16 KiB of memory, until the space has no
+    room for its next chunk: from there the shop is read at its client's pace.
+    """
+    metrics = Metrics()
+    sidecar = await sidecar_for(
+        fixed_worker_shop,
+        make_sidecar,
+        metrics,
+        buffering={"response_memory_bytes": 16 * 1024, "max_temp_bytes": TEMP_SPACE},
+    )
+    seen: list[float | None] = []
+
+    async def watch() -> None:
+        while True:
+            seen.append(temp_bytes(metrics))
+            await asyncio.sleep(0.002)
+
+    watching = asyncio.create_task(watch())
+    clients = []
+    for _ in range(2):
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", sidecar.port))
+        reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+        writer.write(
+            f"GET /download/{DOWNLOAD_SIZE} HTTP/1.1\r\nHost: g.test\r\nConnection: close\r\n\r\n".encode()
+        )
+        clients.append((reader, writer))
+    await asyncio.sleep(1.0)
+    try:
+        answers = await asyncio.gather(*(asyncio.wait_for(reader.read(), 60) for reader, _ in clients))
+    finally:
+        watching.cancel()
+        for _, writer in clients:
+            writer.close()
+
+    for answer in answers:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert body == b"d" * DOWNLOAD_SIZE
+    assert 0 < max(value or 0 for value in seen) <= TEMP_SPACE
+    assert temp_refused(metrics, "response") == 2
+    assert temp_bytes(metrics) == 0
+
+
+async def sidecar_holding_temp_space(
+    shop: RecordingUpstream, make_sidecar: SidecarFactory, metrics: Metrics
+) -> tuple[BaseTestServer, tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
+    """A sidecar with 1 MiB of temp space, 1,000,000 bytes of it held by a chunked upload to /first
+    still coming (its connection is returned: writing the last chunk finishes it)."""
+    document = sidecar_config(shop.url, DEAD_API, hosts=["g.test"])
+    document["buffering"] = {"body_memory_bytes": 1024, "max_temp_bytes": TEMP_SPACE}
+    sidecar = await make_sidecar(document, metrics=metrics)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(
+        b"POST /first HTTP/1.1\r\nHost: g.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+        + b"f4240\r\n"
+        + b"x" * 1_000_000
+        + b"\r\n"
+    )
+    deadline = time.monotonic() + 5
+    while temp_bytes(metrics) != 1_000_000:
+        assert time.monotonic() < deadline, "the first upload never reached its temp file"
+        await asyncio.sleep(0.02)
+    return sidecar, (reader, writer)
+
+
+@pytest.mark.parametrize(
+    "framing",
+    [
+        b"Content-Length: 60000\r\n\r\n" + b"y" * 60000,
+        b"Transfer-Encoding: chunked\r\n\r\n" + b"ea60\r\n" + b"y" * 60000 + b"\r\n0\r\n\r\n",
+    ],
+    ids=["content-length", "chunked"],
+)
+async def test_a_body_past_the_free_temp_space_is_a_503_and_never_reaches_the_shop(
+    recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory, framing: bytes
+) -> None:
+    """1,000,000 of 1 MiB held by an upload still coming: a 60,000-byte body is a 503 with Retry-After, not forwarded."""
+    metrics = Metrics()
+    sidecar, (reader, writer) = await sidecar_holding_temp_space(recording_upstream, make_sidecar, metrics)
+    answer = await exchange(sidecar, b"POST /second HTTP/1.1\r\nHost: g.test\r\n" + framing)
+    writer.write(b"0\r\n\r\n")
+    first = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+
+    head = answer.partition(b"\r\n\r\n")[0].split(b"\r\n")
+    assert head[0] == b"HTTP/1.1 503 Service Unavailable"
+    assert b"Retry-After: 10" in head
+    assert temp_refused(metrics, "request") == 1
+    assert status_line(first) == b"HTTP/1.1 200 OK"
+    assert [request.target for request in recording_upstream.requests] == [b"/first"]
+
+
+async def test_a_body_announced_past_the_free_temp_space_is_a_503_before_100_continue(
+    recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory
+) -> None:
+    """Expect: 100-continue for 60,000 bytes with 48,576 free: 503 with Retry-After at once, never asked for."""
+    metrics = Metrics()
+    sidecar, (_, writer) = await sidecar_holding_temp_space(recording_upstream, make_sidecar, metrics)
+    head = b"POST /second HTTP/1.1\r\nHost: g.test\r\nContent-Length: 60000\r\nExpect: 100-continue\r\n\r\n"
+    answer = await exchange(sidecar, head)
+    writer.close()
+
+    assert status_line(answer) == b"HTTP/1.1 503 Service Unavailable"
+    assert b"\r\nRetry-After: 10\r\n" in answer
+    assert b"100 Continue" not in answer
+    assert recording_upstream.raw == b""

@@ -329,3 +329,36 @@ async def test_a_client_that_left_before_the_shop_broke_off_is_a_499_and_nothing
     gc.collect()  # a task whose exception nobody took would be logged (at ERROR) now
     await asyncio.sleep(0)
     assert requests_counted(metrics, 200) == 0
+
+
+async def test_a_body_the_shop_answered_without_reading_gives_its_temp_space_back(
+    recording_shop: StartRecordingShop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """The shop answers after the head and reads no more of a 32 MB upload: once answered, no temp byte is held."""
+    checked = asyncio.Event()
+
+    async def script(connection: RawConnection) -> None:
+        await connection.request()
+        await connection.send(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        await checked.wait()  # reads nothing more till then: the body stays in the sidecar's spool
+
+    shop = await recording_shop(script)
+    metrics = Metrics()
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
+    size = 32 * 1024 * 1024
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(f"POST /upload HTTP/1.1\r\nHost: shop.test\r\nContent-Length: {size}\r\n\r\n".encode())
+    writer.write(b"u" * size)
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+    await asyncio.wait_for(reader.readexactly(2), 5)
+    writer.close()
+
+    async def released() -> bool:
+        return metrics.registry.get_sample_value("cc_sidecar_temp_bytes") == 0
+
+    try:
+        await eventually(released)
+    finally:
+        checked.set()
+        await asyncio.wait_for(shop.connections[0].closed_by_peer.wait(), 5)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\n")

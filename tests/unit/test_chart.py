@@ -330,6 +330,72 @@ def test_memory_request_covers_steady_rss(helm: Path, tmp_path: Path) -> None:
     assert int(request[:-2]) >= 101
 
 
+def _tmp_volume(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (volume,) = [v for v in pod_spec(docs)["volumes"] if v["name"] == "cc-sidecar-tmp"]
+    return dict(volume)
+
+
+def test_temp_files_budget_is_four_fifths_of_the_default_tmp_dir(helm: Path, tmp_path: Path) -> None:
+    """By default /tmp is a 320Mi emptyDir and the temp files may hold 256 MiB of it."""
+    docs = render(helm, tmp_path, STANDALONE)
+
+    assert _tmp_volume(docs)["emptyDir"] == {"sizeLimit": "320Mi"}
+    assert sidecar_config(docs)["buffering"] == {"max_temp_bytes": 256 * 1024 * 1024}
+
+
+@pytest.mark.parametrize(
+    ("size_limit", "budget"),
+    [("1Gi", 858993459), ("500M", 400000000), (10485760, 8388608)],
+    ids=["Gi", "M", "bytes"],
+)
+def test_temp_files_budget_follows_the_tmp_dir_size_limit(
+    helm: Path, tmp_path: Path, size_limit: str | int, budget: int
+) -> None:
+    """tmpDir.sizeLimit in any unit (or in bytes) makes max_temp_bytes four fifths of it, in whole bytes."""
+    docs = render(helm, tmp_path, {**STANDALONE, "tmpDir": {"sizeLimit": size_limit}})
+
+    assert sidecar_config(docs)["buffering"]["max_temp_bytes"] == budget
+
+
+def test_temp_files_budget_given_below_the_tmp_dir_is_kept(helm: Path, tmp_path: Path) -> None:
+    """config.buffering.max_temp_bytes below tmpDir.sizeLimit goes to the sidecar as given, beside other keys."""
+    values = {**STANDALONE, "config": {"buffering": {"max_temp_bytes": 100000000, "body_memory_bytes": 1024}}}
+
+    buffering = sidecar_config(render(helm, tmp_path, values))["buffering"]
+
+    assert buffering == {"max_temp_bytes": 100000000, "body_memory_bytes": 1024}
+
+
+def test_temp_files_budget_not_below_the_tmp_dir_is_refused(helm: Path, tmp_path: Path) -> None:
+    """A budget of the emptyDir's whole size would get the pod evicted: the render fails, naming both values."""
+    values = {
+        **STANDALONE,
+        "tmpDir": {"sizeLimit": "64Mi"},
+        "config": {"buffering": {"max_temp_bytes": 67108864}},
+    }
+
+    message = refused(helm, tmp_path, values)
+
+    assert (
+        "config.buffering.max_temp_bytes: 67108864 must stay below tmpDir.sizeLimit (64Mi: 67108864 bytes)"
+        in message
+    )
+
+
+def test_temp_files_elsewhere_get_no_budget_from_the_tmp_dir(helm: Path, tmp_path: Path) -> None:
+    """With config.buffering.temp_dir outside /tmp the emptyDir says nothing about the budget: none is set."""
+    values = {**STANDALONE, "config": {"buffering": {"temp_dir": "/spool"}}}
+
+    assert sidecar_config(render(helm, tmp_path, values))["buffering"] == {"temp_dir": "/spool"}
+
+
+def test_tmp_dir_size_limit_with_a_fraction_is_refused(helm: Path, tmp_path: Path) -> None:
+    """1.5Gi cannot be read by the template: the render fails saying what it takes."""
+    message = refused(helm, tmp_path, {**STANDALONE, "tmpDir": {"sizeLimit": "1.5Gi"}})
+
+    assert "tmpDir.sizeLimit: 1.5Gi: give bytes, or a whole number of k, M, G, T, Ki, Mi, Gi or Ti" in message
+
+
 def test_probe_with_its_own_handler_replaces_the_chart_probe(helm: Path, tmp_path: Path) -> None:
     """A livenessProbe value with exec renders exec without the chart's httpGet (timings still merge)."""
     probe = {"exec": {"command": ["true"]}, "periodSeconds": 7}
@@ -420,12 +486,24 @@ def test_prometheus_rule_and_dashboard_query_only_exported_metrics(helm: Path, t
         "CcSidecarShop5xx",
         "CcSidecarSessionCheckMisconfigured",
         "CcSidecarTokenStoreUnavailable",
+        "CcSidecarTempSpaceFull",
     ]
     (dashboard,) = [d for d in docs if d["kind"] == "ConfigMap" and "cc-sidecar.json" in d.get("data", {})]
     assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
     queried = set(re.findall(r"cc_sidecar_\w+", yaml.safe_dump(rule) + dashboard["data"]["cc-sidecar.json"]))
     assert queried
     assert queried - _exported_metric_names() == set()
+
+
+def test_prometheus_rule_alerts_on_uploads_refused_for_temp_space(helm: Path, tmp_path: Path) -> None:
+    """CcSidecarTempSpaceFull fires while request bodies of a pod get 503 for want of temp space."""
+    values = {**STANDALONE, "metrics": {"prometheusRule": {"enabled": True}}}
+    rules = one(render(helm, tmp_path, values), "PrometheusRule")["spec"]["groups"][0]["rules"]
+    (rule,) = [r for r in rules if r["alert"] == "CcSidecarTempSpaceFull"]
+
+    assert rule["expr"] == (
+        'sum by (namespace, pod) (rate(cc_sidecar_temp_refused_total{body="request",namespace="default"}[5m])) > 0'
+    )
 
 
 def test_secrets_from_files_start_the_sidecar_with_their_contents(helm: Path, tmp_path: Path) -> None:

@@ -147,6 +147,23 @@ preStop:
 {{- $_ := set $cfg "token_store" $store }}
 {{- end }}
 {{- end }}
+{{- /* The temp files' budget stays below the emptyDir they fill: past its sizeLimit the kubelet
+evicts the pod. Four fifths of it by default; one given must be below it. */}}
+{{- $buffering := deepCopy (default dict $cfg.buffering) }}
+{{- $tempDir := toString (default "/tmp" $buffering.temp_dir) }}
+{{- if and .Values.tmpDir.enabled (or (eq $tempDir "/tmp") (hasPrefix "/tmp/" $tempDir)) }}
+{{- $limit := int64 (include "cc-sidecar.quantityBytes" .Values.tmpDir.sizeLimit) }}
+{{- if hasKey $buffering "max_temp_bytes" }}
+{{- $given := int64 $buffering.max_temp_bytes }}
+{{- if ge $given $limit }}
+{{- fail (printf "config.buffering.max_temp_bytes: %d must stay below tmpDir.sizeLimit (%v: %d bytes), or the kubelet evicts the pod when the temp files fill /tmp; leave it out to get four fifths of the limit" $given .Values.tmpDir.sizeLimit $limit) }}
+{{- end }}
+{{- $_ := set $buffering "max_temp_bytes" $given }}
+{{- else }}
+{{- $_ := set $buffering "max_temp_bytes" (div (mul $limit 4) 5) }}
+{{- end }}
+{{- $_ := set $cfg "buffering" $buffering }}
+{{- end }}
 {{- $_ := unset $cfg "customers_canvas" }}
 {{- $_ := unset $cfg "storefronts" }}
 listen: {{ include "cc-sidecar.listenAddress" (dict "root" . "port" .Values.ports.http) | quote }}
@@ -159,6 +176,20 @@ customers_canvas:
 {{- end }}
 storefronts:
   {{- toYaml $storefronts | nindent 2 }}
+{{- end }}
+
+{{/* Bytes of a Kubernetes quantity (tmpDir.sizeLimit): whole bytes, or a whole number of k, M, G,
+T, Ki, Mi, Gi or Ti. */}}
+{{- define "cc-sidecar.quantityBytes" -}}
+{{- $q := . }}
+{{- if kindIs "float64" $q }}{{ $q = int64 $q }}{{ end }}
+{{- $q = toString $q }}
+{{- if not (regexMatch "^[0-9]+(k|M|G|T|Ki|Mi|Gi|Ti)?$" $q) }}
+{{- fail (printf "tmpDir.sizeLimit: %s: give bytes, or a whole number of k, M, G, T, Ki, Mi, Gi or Ti" $q) }}
+{{- end }}
+{{- $units := dict "" 1 "k" 1000 "M" 1000000 "G" 1000000000 "T" 1000000000000 "Ki" 1024 "Mi" 1048576 "Gi" 1073741824 "Ti" 1099511627776 }}
+{{- $number := regexFind "^[0-9]+" $q }}
+{{- mul (int64 $number) (index $units (trimPrefix $number $q)) }}
 {{- end }}
 
 {{- define "cc-sidecar.shutdownGrace" -}}
