@@ -51,6 +51,21 @@ _TAG_REST = re.compile(rb"(?:[^>=]++|=[ \t\n\f\r]*+(?:\"[^\"]*+\"|'[^']*+'|(?![ 
 # that matters, or a construct still arriving); it consumes exactly what the scanner's own rules
 # would (the tests hold the two to one oracle).
 _WS_SET = rb"[ \t\n\f\r/>]"
+# Elements whose content is text to the page, not markup: a "<script" in them is no script of
+# the page (in <template> it is inert; <noscript> is raw text where scripts run; xmp, iframe,
+# noembed and noframes are raw text to the HTML parser as well).
+_RAW_TEXT_NAMES = (
+    b"template",
+    b"noscript",
+    b"title",
+    b"style",
+    b"textarea",
+    b"xmp",
+    b"iframe",
+    b"noembed",
+    b"noframes",
+)
+_RAW_ALTERNATION = b"|".join(_RAW_TEXT_NAMES)
 _SKIP = re.compile(
     rb"(?:[^<]++"
     rb"|<!(?=--)(?:[^-]++|-(?!->))*+-->"
@@ -62,12 +77,16 @@ _SKIP = re.compile(
     + _WS_SET
     + rb")[A-Za-z][^ \t\n\f\r/>]*+"
     + _TAG_REST.pattern
-    + rb"|<(?!(?:script|body|template|noscript|title|style|textarea)"
+    + rb"|<(?!(?:script|body|"
+    + _RAW_ALTERNATION
+    + rb")"
     + _WS_SET
     + rb")"
     rb"[A-Za-z][^ \t\n\f\r/>]*+"
     + _TAG_REST.pattern
-    + rb"|<(template|noscript|title|style|textarea)(?="
+    + rb"|<("
+    + _RAW_ALTERNATION
+    + rb")(?="
     + _WS_SET
     + rb")"
     + _TAG_REST.pattern
@@ -79,9 +98,7 @@ _SKIP = re.compile(
     rb")*+",
     re.IGNORECASE,
 )
-# Elements whose content is text to the page, not markup: a "<script" in them is no script of
-# the page (in <template> it is inert; <noscript> is raw text where scripts run).
-_RAW_TEXT = frozenset((b"template", b"noscript", b"title", b"style", b"textarea"))
+_RAW_TEXT = frozenset(_RAW_TEXT_NAMES)
 # IGNORECASE on bytes is ASCII-only, which is exactly HTML's case-insensitivity for tag names.
 _RAW_END = {name: re.compile(rb"</" + name + rb"(?=[ \t\n\f\r/>])", re.IGNORECASE) for name in _RAW_TEXT}
 
@@ -110,8 +127,9 @@ class HtmlInjector:
     whichever comes first (any case); if the body tag comes first (a page without a head), right
     after the opening ``<body ...>`` tag; if there is none of them, at the very start. Markup
     inside comments (``<!-- -->``), ``<!...>`` and ``<?...>`` declarations, attribute values, and
-    the text of ``<template>``, ``<noscript>``, ``<title>``, ``<style>`` and ``<textarea>`` does
-    not count, so a ``<!-- <script> -->`` or a ``<template><script>`` in the head is passed over.
+    the text of ``<template>``, ``<noscript>``, ``<title>``, ``<style>`` and ``<textarea>`` (and of
+    the parser's other raw-text elements, ``<xmp>``, ``<iframe>``, ``<noembed>``, ``<noframes>``)
+    does not count, so a ``<!-- <script> -->`` or a ``<template><script>`` in the head is passed over.
     Tags are found by a small scanner after the HTML tokenizer's rules (a tag name starts with a
     letter and ends at whitespace, ``/`` or ``>``; a tag ends at the first ``>`` outside a quoted
     attribute value, and a quote opens a value only right after ``=``), not by a full parser.

@@ -43,7 +43,17 @@ def stream(body: bytes, sizes: list[int], element: bytes = E, **kwargs: int) -> 
 
 # An implementation of the insertion rule written independently of proxy.injection (plain
 # loops over the whole document, no regular expressions), to check the streaming one against.
-RAW_TEXT = (b"template", b"noscript", b"title", b"style", b"textarea")
+RAW_TEXT = (
+    b"template",
+    b"noscript",
+    b"title",
+    b"style",
+    b"textarea",
+    b"xmp",
+    b"iframe",
+    b"noembed",
+    b"noframes",
+)
 
 
 def oracle_tag_end(doc: bytes, pos: int) -> int | None:
@@ -165,6 +175,10 @@ FRAGMENTS = [
     b"</style >",
     b"<textarea>",
     b"</TEXTAREA>",
+    b"<xmp>",
+    b"</xmp>",
+    b"<noframes>",
+    b"</noframes>",
     b'<meta charset="utf-8">',
     b'<meta content="<script>">',
     b" ",
@@ -232,6 +246,10 @@ class TestInsertionRule:
             b"<title>a <script> b </head></title>",
             b"<style>p::before{content:'<script>'}</style>",
             b"<textarea></head><script></textarea>",
+            b"<xmp><script>a()</script></xmp>",
+            b"<noframes><script>a()</script></noframes>",
+            b"<noembed><script>a()</script></noembed>",
+            b"<iframe><script>a()</script></iframe>",
             b'<meta content="<script>" name="</head>">',
             b"<!DOCTYPE html>",
             b"<?xml version='1.0'?>",
