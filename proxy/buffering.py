@@ -334,13 +334,17 @@ class Buffering:
             raise ClientGone("mid-body")
         return BufferedBody(spool)
 
-    def feed(self, response: web.StreamResponse) -> ResponseFeed:
-        """A feed that holds what the client has not taken yet (memory, then a temp file)."""
+    def feed(
+        self, response: web.StreamResponse, transport: asyncio.BaseTransport | None = None
+    ) -> ResponseFeed:
+        """A feed that holds what the client (on ``transport``) has not taken yet (memory, then a
+        temp file)."""
         return ResponseFeed(
             response,
             Spool(self._settings.response_memory_bytes, self.space),
             self.max_held,
             self._responses_refused,
+            transport,
         )
 
 
@@ -356,12 +360,30 @@ class ResponseFeed:
     taken all that is held; from then on the feed holds nothing more (``max_held`` 0, memory only).
     """
 
-    __slots__ = ("_done", "_max_held", "_refused", "_response", "_room", "_sender", "_spool", "_wake")
+    __slots__ = (
+        "_done",
+        "_max_held",
+        "_refused",
+        "_response",
+        "_room",
+        "_sender",
+        "_spool",
+        "_transport",
+        "_wake",
+    )
 
     def __init__(
-        self, response: web.StreamResponse, spool: Spool, max_held: int, refused: Counter | None = None
+        self,
+        response: web.StreamResponse,
+        spool: Spool,
+        max_held: int,
+        refused: Counter | None = None,
+        transport: asyncio.BaseTransport | None = None,
     ) -> None:
         self._response = response
+        # The client's connection: while its socket takes a chunk without reaching its high-water
+        # mark, the chunk goes straight there (no spool, no task); holding starts when it does not.
+        self._transport = transport if isinstance(transport, asyncio.WriteTransport) else None
         self._spool = spool
         self._max_held = max_held
         self._refused = refused
@@ -376,6 +398,10 @@ class ResponseFeed:
             return
         sender = self._sender
         if sender is None:
+            if self._max_held > 0 and self._client_takes(len(chunk)):
+                # A client that keeps up (most): written at once, and the write never waits.
+                await to_client(self._response.write(chunk))
+                return
             sender = self._sender = asyncio.create_task(self._send())
         elif sender.done():
             sender.result()  # the client went away: ClientGone
@@ -411,6 +437,14 @@ class ResponseFeed:
         self._spool.close()
         self._spool = Spool()
         self._spool.write(chunk)
+
+    def _client_takes(self, size: int) -> bool:
+        """Whether the client's socket buffer stays under its high-water mark with ``size`` more
+        (aiohttp's write then returns without waiting for the client)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        return transport.get_write_buffer_size() + size <= transport.get_write_buffer_limits()[1]
 
     @property
     def client_gone(self) -> bool:

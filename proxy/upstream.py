@@ -631,7 +631,7 @@ def _feed(
         # Nothing held back: each write waits while the client's socket is full (the one chunk in
         # the spool stays in memory, never in a file).
         return ResponseFeed(response, Spool(), max_held=0)
-    return buffering.feed(response)
+    return buffering.feed(response, request.transport)
 
 
 def _client_left(request: web.BaseRequest) -> bool:
