@@ -79,7 +79,7 @@ clean-compiled:
 # `pip install` runs; CC_SIDECAR_PURE_PYTHON=1 imports it even with the compiled modules there).
 # The suite mostly waits on sockets, timers and token lifetimes, not the CPU: it runs on
 # PYTEST_WORKERS pytest-xdist workers (PYTEST_WORKERS=0 runs it in one process).
-PYTEST_WORKERS ?= 3
+PYTEST_WORKERS ?= 4
 unit: setup compile browser-deps redis-deps ts-deps
 	$(BIN)/pytest -q -n $(PYTEST_WORKERS)
 
