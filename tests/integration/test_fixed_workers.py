@@ -13,7 +13,6 @@ import contextlib
 import hashlib
 import json
 import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 from aiohttp.test_utils import BaseTestServer
 
 from proxy.metrics import Metrics
+from tests.fixtures.gunicorn import running_gunicorn
 from tests.fixtures.process import free_port, start_sidecar, wait_ready
 from tests.fixtures.recording import RecordingUpstream
 from tests.fixtures.shop import SidecarFactory, sidecar_config
@@ -31,7 +31,6 @@ from tests.integration.test_smuggling import DEAD_API, exchange, status_line
 
 pytest.importorskip("gunicorn")
 
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 WORKERS = 2
 SLOW_CLIENTS = 2 * WORKERS
 DOWNLOAD_SIZE = 16 * 1024 * 1024
@@ -51,46 +50,13 @@ class FixedWorkerShop:
         return [json.loads(line) for line in self.record.read_text().splitlines()]
 
 
-def _accepts(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-        return True
-    return False
-
-
 @pytest.fixture
 async def fixed_worker_shop(tmp_path: Path) -> AsyncIterator[FixedWorkerShop]:
     """gunicorn with two sync workers: each serves one request at a time, body and response included."""
-    port = free_port()
     record = tmp_path / "executed.jsonl"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--worker-class",
-        "sync",
-        "--workers",
-        str(WORKERS),
-        "--timeout",
-        "120",
-        "--chdir",
-        str(FIXTURES),
-        "wsgi_recorder:app",
-        env={"RECORD_FILE": str(record), "PATH": "/usr/bin:/bin"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not _accepts(port):
-            assert process.returncode is None, "gunicorn exited"
-            assert time.monotonic() < deadline, "gunicorn never listened"
-            await asyncio.sleep(0.05)
-        yield FixedWorkerShop(f"http://127.0.0.1:{port}", record)
-    finally:
-        process.terminate()
-        await process.wait()
+    options = ("--worker-class", "sync", "--workers", str(WORKERS), "--timeout", "120")
+    async with running_gunicorn(record, *options) as url:
+        yield FixedWorkerShop(url, record)
 
 
 async def sidecar_for(

@@ -6,14 +6,9 @@ from them, and with which identity header its application reads.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import gzip
 import hashlib
 import json
-import socket
-import sys
-import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +17,11 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import BaseTestServer
 
-from tests.fixtures.process import free_port
+from tests.fixtures.gunicorn import running_gunicorn
 from tests.fixtures.shop import SidecarFactory, sidecar_config
 from tests.integration.test_smuggling import DEAD_API, SMUGGLED, exchange, status_line
 
 pytest.importorskip("gunicorn")
-
-FIXTURES = Path(__file__).resolve().parents[1] / "fixtures"
 
 
 @dataclass
@@ -43,46 +36,13 @@ class Gunicorn:
         return [json.loads(line) for line in self.record.read_text().splitlines()]
 
 
-def _accepts(port: int) -> bool:
-    with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.2):
-        return True
-    return False
-
-
 @pytest.fixture(params=["sync", "gthread"])
 async def gunicorn(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Gunicorn]:
     """gunicorn on a free loopback port, reading ``_`` headers as ``-`` ones (``--header-map dangerous``)."""
-    port = free_port()
     record = tmp_path / "executed.jsonl"
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "gunicorn",
-        "--bind",
-        f"127.0.0.1:{port}",
-        "--worker-class",
-        request.param,
-        "--workers",
-        "1",
-        "--header-map",
-        "dangerous",
-        "--chdir",
-        str(FIXTURES),
-        "wsgi_recorder:app",
-        env={"RECORD_FILE": str(record), "PATH": "/usr/bin:/bin"},
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 15
-        while not _accepts(port):
-            assert process.returncode is None, "gunicorn exited"
-            assert time.monotonic() < deadline, "gunicorn never listened"
-            await asyncio.sleep(0.05)
-        yield Gunicorn(f"http://127.0.0.1:{port}", record)
-    finally:
-        process.terminate()
-        await process.wait()
+    options = ("--worker-class", request.param, "--workers", "1", "--header-map", "dangerous")
+    async with running_gunicorn(record, *options) as url:
+        yield Gunicorn(url, record)
 
 
 async def sidecar_for(gunicorn: Gunicorn, make_sidecar: SidecarFactory) -> BaseTestServer:
