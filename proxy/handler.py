@@ -80,6 +80,7 @@ from proxy.injection import (
     ContentDecoder,
     ContentEncoder,
     HtmlInjector,
+    Placements,
     inject_html_at,
     is_html,
     response_coding,
@@ -148,6 +149,8 @@ class Storefront:
     upstream_latency: LatencyHistogram
     counters: StorefrontCounters
     payloads: PayloadMaker
+    # Where the element went in this storefront's recent editor pages (their heads repeat).
+    placements: Placements = field(default_factory=Placements)
     name: str = field(init=False)
     storefront_id: int = field(init=False)
     underscores_in_headers: bool = field(init=False)
@@ -818,14 +821,14 @@ class ShopHandler:
             if storefront.script and is_html(headers.get(hdrs.CONTENT_TYPE)):
                 # No element, but the page script, which asks tokenUrl until Customer's Canvas is back:
                 # the page's one line still finds ccSidecar.
-                return self._html_filter(request, headers, self._page_script_tag(headers))
+                return self._html_filter(request, storefront, headers, self._page_script_tag(headers))
             return None
         body_filter: BodyFilter | None = None
         if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
             element = storefront.payloads.element(token)
             if storefront.script:
                 element += self._page_script_tag(headers)
-            body_filter = self._html_filter(request, headers, element)
+            body_filter = self._html_filter(request, storefront, headers, element)
             if body_filter is not None:
                 storefront.counters.html.inc()
         if storefront.header:
@@ -857,7 +860,7 @@ class ShopHandler:
         return script_tag(nonce)
 
     def _html_filter(
-        self, request: web.BaseRequest, headers: CIMultiDict[str], element: bytes
+        self, request: web.BaseRequest, storefront: Storefront, headers: CIMultiDict[str], element: bytes
     ) -> BodyFilter | None:
         """The filter that puts ``element`` into an HTML page, its headers made to match.
 
@@ -870,9 +873,12 @@ class ShopHandler:
         for name in _BODY_DESCRIPTORS:
             headers.popall(name, None)
         if encoding is None:
-            return _TokenElementFilter(element, None)
+            return _TokenElementFilter(element, storefront.placements, None)
         return _TokenElementFilter(
-            element, ContentDecoder(encoding), _encoder_for(request, encoding, headers)
+            element,
+            storefront.placements,
+            ContentDecoder(encoding),
+            _encoder_for(request, encoding, headers),
         )
 
     def _attach_deferred(
@@ -884,7 +890,7 @@ class ShopHandler:
             element = render_element(storefront.payloads.for_deferred_guest(guest_id))
             if storefront.script:
                 element += self._page_script_tag(headers)
-            body_filter = self._html_filter(request, headers, element)
+            body_filter = self._html_filter(request, storefront, headers, element)
         if storefront.header:
             headers[USER_ID_HEADER] = guest_id
         return body_filter
@@ -940,12 +946,17 @@ class _TokenElementFilter:
     to decode or encode and no streaming injector to set up (:meth:`whole`).
     """
 
-    __slots__ = ("_decoder", "_element", "_encoder", "_injector")
+    __slots__ = ("_decoder", "_element", "_encoder", "_injector", "_placements")
 
     def __init__(
-        self, element: bytes, decoder: ContentDecoder | None, encoder: ContentEncoder | None = None
+        self,
+        element: bytes,
+        placements: Placements,
+        decoder: ContentDecoder | None,
+        encoder: ContentEncoder | None = None,
     ) -> None:
         self._element = element
+        self._placements = placements
         self._decoder = decoder
         self._encoder = encoder
         self._injector: HtmlInjector | None = None
@@ -953,7 +964,7 @@ class _TokenElementFilter:
     def whole(self, body: bytes) -> bytes:
         if self._decoder is not None:
             body = self._decoder.feed(body) + self._decoder.finish()
-        body, element_at = inject_html_at(body, self._element)
+        body, element_at = inject_html_at(body, self._element, self._placements)
         if self._encoder is None:
             return body
         return self._encoder.whole(body, element_at)

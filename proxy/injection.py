@@ -361,14 +361,66 @@ def inject_html(body: bytes, element: bytes) -> bytes:
     return inject_html_at(body, element)[0]
 
 
-def inject_html_at(body: bytes, element: bytes) -> tuple[bytes, slice]:
-    """:func:`inject_html`, and where the element sits in the result."""
-    # The whole body is in memory already: scanned where it is (no copy, no max_hold deviation).
-    at = HtmlInjector(element)._scan(body)
-    if at < 0:
-        at = 0  # nothing decided: the start, as finish() does
+def inject_html_at(body: bytes, element: bytes, placements: Placements | None = None) -> tuple[bytes, slice]:
+    """:func:`inject_html`, and where the element sits in the result (found by ``placements``)."""
+    at = placements.place(body) if placements is not None else _place(body)
     page = memoryview(body)
     return b"".join((page[:at], element, page[at:])), slice(at, at + len(element))
+
+
+def _place(body: bytes) -> int:
+    """Where the element goes in a whole body (the scanner's rule; nothing found: the start)."""
+    # The whole body is in memory already: scanned where it is (no copy, no max_hold deviation).
+    at = HtmlInjector(b"")._scan(body)
+    return at if at >= 0 else 0  # nothing decided: the start, as finish() does
+
+
+# How far past the place it returns the scanner reads: a tag name at most _NAME_LIMIT bytes on
+# from its "<" or "</" (and the regular expression's look-aheads less), so past that the bytes
+# cannot have decided anything.
+_DECIDED_PAST = _NAME_LIMIT + 6
+# Pages a storefront's Placements remembers, and the longest head it keeps.
+_PLACEMENTS = 8
+_LONGEST_REMEMBERED = 16 * 1024
+
+
+class Placements:
+    """Where the element goes in whole pages, remembered by the bytes that decided it.
+
+    A shop sends the same editor page, or pages with the same head, to every customer, and
+    scanning that head is a few microseconds a page. The scanner's answer is a function of the
+    bytes up to a few past the place it returns (:data:`_DECIDED_PAST`): it reads on only where a
+    construct is not closed, and then finds no place at all. So a page that starts with those
+    same bytes, and goes on past them, gets the same place without a scan. A page whose head
+    differs (a CSRF token in a meta tag) is scanned as before; the last few heads are kept,
+    each at most :data:`_LONGEST_REMEMBERED` bytes. The tests hold it to the scanner with pages
+    that share a head and differ after it.
+    """
+
+    __slots__ = ("_heads", "_next")
+
+    def __init__(self) -> None:
+        self._heads: list[tuple[bytes, int]] = []
+        self._next = 0
+
+    def place(self, body: bytes) -> int:
+        """The element's place in ``body``, as :func:`inject_html_at` without ``placements``."""
+        size = len(body)
+        for head, at in self._heads:
+            if size > len(head) and body.startswith(head):
+                return at
+        at = HtmlInjector(b"")._scan(body)
+        if at < 0:
+            return 0  # decided by the whole body: nothing to remember
+        decided = at + _DECIDED_PAST
+        if decided < size and decided <= _LONGEST_REMEMBERED:
+            remembered = (body[:decided], at)
+            if len(self._heads) < _PLACEMENTS:
+                self._heads.append(remembered)
+            else:
+                self._heads[self._next] = remembered
+                self._next = (self._next + 1) % _PLACEMENTS
+        return at
 
 
 @functools.lru_cache(maxsize=256)

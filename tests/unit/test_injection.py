@@ -17,8 +17,10 @@ from proxy.injection import (
     ContentDecoder,
     ContentEncoder,
     HtmlInjector,
+    Placements,
     decodable_accept_encoding,
     inject_html,
+    inject_html_at,
     is_html,
     response_coding,
 )
@@ -306,6 +308,42 @@ class TestInsertionRule:
     def test_matches_independent_oracle(self, doc: bytes) -> None:
         """inject_html agrees with a plain-loop implementation of the rule on any document."""
         assert inject_html(doc, E) == oracle(doc, E)
+
+
+class TestPlacements:
+    """A storefront's remembered heads: a page that starts like a scanned one gets its place unscanned."""
+
+    @given(documents, documents, documents)
+    @settings(max_examples=1000)
+    def test_pages_sharing_a_head_get_the_scanners_place(
+        self, head: bytes, tail: bytes, other: bytes
+    ) -> None:
+        """Two pages that differ only after a shared start: each gets the oracle's place, in either order."""
+        placements = Placements()
+        for page in (head + tail, head + other, head + tail, head, head + other + tail):
+            out, at = inject_html_at(page, E, placements)
+            assert out == oracle(page, E)
+            assert out[at] == E
+
+    @given(st.lists(documents, min_size=1, max_size=30))
+    def test_more_heads_than_it_keeps_are_still_placed_right(self, pages: list[bytes]) -> None:
+        """Past the heads it keeps, the oldest go: every page is still placed as the oracle says."""
+        placements = Placements()
+        for page in pages + pages[::-1]:
+            assert inject_html_at(page, E, placements)[0] == oracle(page, E)
+
+    def test_the_same_editor_page_is_placed_where_the_scanner_puts_it(self) -> None:
+        """A shop's page served again and again: before its first script, each time."""
+        page = (
+            b'<!doctype html><html><head><meta charset="utf-8"><title>Mug</title>'
+            b'<!-- <script> --><script nonce="%d">x()</script></head><body>' + b"p" * 2000
+        )
+        placements = Placements()
+        for nonce in range(20):
+            served = page.replace(b"%d", str(nonce).encode())
+            out, at = inject_html_at(served, E, placements)
+            assert out == served.replace(b"<script nonce", E + b"<script nonce", 1)
+            assert at.start == served.index(b"<script nonce")
 
 
 class TestStreaming:
