@@ -52,6 +52,7 @@ from types import FrameType
 from typing import Any
 
 import aiohttp
+import jwt
 import yaml
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -86,6 +87,14 @@ BENCH_USER = "bench-user"
 REDIS_SERVER = shutil.which("redis-server")
 GET_TOKEN = "StorefrontUsers_GetToken"
 INJECTED_MARK = b'id="cc-storefront-user"'
+# A page served while its customer's token is being renewed (issue #21): a token of this lifetime,
+# issued so that its renewal falls due RENEWAL_DUE_IN_S after it is handed out and it stops being
+# handed out RENEWAL_STALE_IN_S after; the emulator's GetToken hangs meanwhile, so the renewal the
+# first page starts runs (and holds its single flight) through the whole measurement.
+RENEWAL_USER = "bench-renewal"
+RENEWAL_LIFETIME_S = 400
+RENEWAL_STALE_IN_S = 10.0
+RENEWAL_SECONDS = 4
 GZ_PAGE = "/editor-gz/mug"
 SMALL = "/product-small"
 
@@ -554,6 +563,61 @@ def measure_access_line(pure: bool) -> dict[str, Any]:
     return result
 
 
+async def set_faults(session: aiohttp.ClientSession, emulator: Service, faults: dict[str, Any]) -> None:
+    async with session.post(emulator.url + "/_emulator/faults", json=faults) as response:
+        if response.status != 200:
+            raise BenchError(f"emulator faults {faults}: {response.status} {await response.text()}")
+
+
+async def prime_renewal(sidecar: Service, emulator: Service) -> tuple[float, str, int]:
+    """RENEWAL_USER gets a token whose renewal is due soon; then GetToken hangs.
+
+    Returns when the renewal is due (``time.time()``), the token, and GetToken calls so far.
+    With the defaults (min_token_ttl_s 1800 over half the lifetime, timeout_s 5) the sidecar
+    hands the token out until ``exp - lifetime/2`` and renews it ``timeout_s`` before that.
+    """
+    now = time.time()
+    exp = now + RENEWAL_STALE_IN_S + RENEWAL_LIFETIME_S / 2
+    claims = {"sub": RENEWAL_USER, "iat": int(exp) - RENEWAL_LIFETIME_S, "exp": int(exp)}
+    # Signed with a key of the bench's own: the sidecar reads a customer token's claims, never checks it.
+    token = jwt.encode(claims, "bench-renewal-key-0123456789abcdef", algorithm="HS256")
+    user = {USER_HEADER: RENEWAL_USER}
+    async with aiohttp.ClientSession() as session:
+        await set_faults(session, emulator, {"operations": [GET_TOKEN], "token_text": token})
+        status, body, _ = await fetch(session, sidecar.url + "/editor/mug", user)
+        if status != 200 or token.encode() not in body:
+            raise BenchError(f"renewal row: the primed token is not on the page ({status})")
+        await set_faults(session, emulator, {"operations": [GET_TOKEN], "delay_s": 60.0})
+        calls = await get_token_calls(session, emulator)
+    return int(exp) - RENEWAL_LIFETIME_S / 2 - 5.0, token, calls
+
+
+def measure_renewal(sidecar: Service, emulator: Service, load_cpu: int | None) -> dict[str, Any]:
+    """The editor page of a customer whose token's renewal runs in the background (GetToken hung).
+
+    Every page must still carry the current token at once: the renewal was started by the
+    first page past its renewal point and is not waited for.
+    """
+    due_at, token, calls_before = asyncio.run(prime_renewal(sidecar, emulator))
+    time.sleep(max(0.0, due_at - time.time()) + 0.3)
+    target = Target("editor_renewing", "", sidecar, "/editor/mug", {USER_HEADER: RENEWAL_USER})
+    sample = run_wrk(target, RENEWAL_SECONDS, load_cpu)
+
+    async def after() -> tuple[int, bool]:
+        async with aiohttp.ClientSession() as session:
+            _, body, _ = await fetch(session, sidecar.url + "/editor/mug", {USER_HEADER: RENEWAL_USER})
+            calls = await get_token_calls(session, emulator)
+            await set_faults(session, emulator, {})
+        return calls - calls_before, token.encode() in body
+
+    renewals, still_current = asyncio.run(after())
+    if time.time() > due_at + 5.0 or not still_current:
+        raise BenchError("renewal row: the token went stale before the measurement ended")
+    if renewals < 1:
+        raise BenchError("renewal row: no renewal started while the page was served")
+    return {**asdict(sample), "renewals_started": renewals}
+
+
 def measure_slowloris(service: Service, load_cpu: int | None) -> dict[str, Any]:
     """bench/slowloris.py against one proxy: visitors' latency under 1,000 slowloris connections."""
     argv = [
@@ -706,6 +770,8 @@ def run(workdir: Path) -> dict[str, Any]:
         for key, service in (("nginx", nginx), ("sidecar", sidecar)):
             progress(f"{key}: visitors while 1,000 slowloris connections hold it, {SECONDS} s")
             slowloris[key] = measure_slowloris(service, load_cpu)
+        progress(f"editor page while its token's renewal runs (GetToken hung), {RENEWAL_SECONDS} s")
+        renewal = measure_renewal(sidecar, emulator, load_cpu)
         for service in (upstream, nginx, nginx_quiet, bare, sidecar, sidecar_quiet, sidecar_pure):
             if service.process.poll() is not None:
                 raise BenchError(f"{service.name} exited during the run:\n{tail(service.log_path)}")
@@ -750,6 +816,7 @@ def run(workdir: Path) -> dict[str, Any]:
         "sidecar_compiled": compiled,
         "profiles": profiles,
         "slowloris": slowloris,
+        "renewal": renewal,
     }
 
 
@@ -861,6 +928,14 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
         {
             "name": "bare aiohttp proxy rps / nginx rps (no target: the stack's ceiling)",
             "value": round(ratio("bare", "nginx"), 3),
+            "target": "-",
+            "pass": None,
+        },
+        {
+            "name": "editor while its token's renewal runs rps / editor (cached token) rps (no target; "
+            f"{results['renewal']['renewals_started']} renewal started, "
+            f"p99 {results['renewal']['p99_ms']:.2f} ms)",
+            "value": round(results["renewal"]["rps"] / results["targets"]["editor"]["median"]["rps"], 3),
             "target": "-",
             "pass": None,
         },
