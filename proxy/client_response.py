@@ -144,11 +144,17 @@ async def write_whole(
         raise ClientGone("before the response was written")
     writer = request.writer
     try:
-        await writer.write(data)
-        # As aiohttp's write_eof does: wait while the client's socket is over its high-water mark.
-        # Without it a client that pipelines requests and reads nothing has every page (below
-        # write()'s own 64 KiB drain threshold) buffered here without limit.
-        await writer.drain()
+        # Straight to the transport, as aiohttp's StreamWriter.write would after its checks (a
+        # coroutine per page). Its count of bytes out is kept: an error raised after this point
+        # must never make aiohttp write a second response (its handle_error looks at it).
+        writer.output_size += len(data)
+        transport.write(data)
+        if transport.get_write_buffer_size():
+            # As aiohttp's write_eof does: wait while the client's socket is over its high-water
+            # mark (drain returns at once below it). Without it a client that pipelines requests
+            # and reads nothing has every page buffered here without limit. A page the socket took
+            # whole leaves nothing buffered: no drain to ask for.
+            await writer.drain()
     except ConnectionError as exc:
         # Gone while a large page drained: the connection ends here.
         raise ClientGone("while the response was written") from exc
