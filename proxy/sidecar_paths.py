@@ -129,7 +129,10 @@ def _static_answer(static: StaticFile) -> Answer:
 
 def sidecar_paths(customers: CustomerWork, *, retry_after_s: int) -> SidecarPaths:
     """The table of every path the sidecar answers itself (the static files read here, once)."""
-    routes = {TOKEN_PATH: Route(TokenEndpoint(customers, retry_after_s=retry_after_s))}
+    # GET only: a HEAD would do a GET's customer work (a StorefrontUser made, a budget charged)
+    # for a body nobody reads, and a token endpoint's answer is never cached to be revalidated.
+    token = Route(TokenEndpoint(customers, retry_after_s=retry_after_s), methods=frozenset((hdrs.METH_GET,)))
+    routes = {TOKEN_PATH: token}
     for path, static in StaticFiles().items():
         routes[path] = Route(_static_answer(static), allow="GET, HEAD")
     return SidecarPaths(routes)

@@ -7,8 +7,8 @@ from typing import Any, cast
 import aiohttp
 from aiohttp import web
 
-from proxy.handler import Storefront
-from proxy.sidecar_paths import Route, SidecarPaths, SidecarRequest
+from proxy.handler import Attachment, Storefront
+from proxy.sidecar_paths import TOKEN_PATH, Route, SidecarPaths, SidecarRequest, sidecar_paths
 
 
 async def hello(sidecar_request: SidecarRequest) -> web.StreamResponse:
@@ -46,3 +46,27 @@ async def test_other_paths_are_404_and_other_methods_405_never_cached(aiohttp_ra
                 "GET",
                 "no-store",
             )
+
+
+class UnwantedWork:
+    """Customer work that must not be asked for: it counts the requests that asked."""
+
+    def __init__(self) -> None:
+        self.asked = 0
+
+    async def token_endpoint_attachment(self, sidecar_request: SidecarRequest) -> Attachment:
+        self.asked += 1
+        return Attachment()
+
+
+async def test_head_on_the_token_endpoint_is_405_and_does_no_customer_work(aiohttp_raw_server: Any) -> None:
+    """HEAD would find or make the customer (a StorefrontUser, a budget charge) for no body: 405, Allow GET."""
+    work = UnwantedWork()
+    server = await serve(aiohttp_raw_server, sidecar_paths(work, retry_after_s=5))
+    async with aiohttp.ClientSession() as client, client.head(server.make_url(TOKEN_PATH)) as response:
+        assert (response.status, response.headers["Allow"], response.headers["Cache-Control"]) == (
+            405,
+            "GET",
+            "no-store",
+        )
+    assert work.asked == 0
