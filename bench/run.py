@@ -20,15 +20,16 @@ page too (its cached page must cost what the memory store's does), and bench/rep
 three replicas with each store: GetToken calls, editor page from the local cache vs from Redis,
 Redis bytes per customer. Then issue #22's attacks (bench/attacks.py): nginx and cc-sidecar, each
 at a 1024 open-files limit in front of the same shop of 16 gunicorn sync workers, under each
-attack in turn while visitors fetch a page.
+attack in turn while visitors fetch a page; and new customers' editor pages on a sidecar with the
+default budget, unloaded and then under a flood minting StorefrontUsers (bench/flood.py).
 
 Prints one table and the ratios against their targets; writes the same to bench/results.json.
 Exit status: 0 all targets met, 1 a target missed, 2 the benchmark itself failed.
 Environment: BENCH_SECONDS (per round and target, default 5), BENCH_ROUNDS (default 3),
 BENCH_TOKENS (cached tokens for the memory probe, default 100000), BENCH_ATTACK_SECONDS (visitors
-under each attack, per proxy, default 12), BENCH_PROFILE=1 (after the
-rounds, profile the sidecar with py-spy under load on /product and /editor/mug: hot spots in the
-report, folded stacks in bench/profile-*.txt; `pip install py-spy` first).
+under each attack, per proxy, default 12), BENCH_PROFILE=1 (after the rounds, profile the sidecar
+with py-spy under load on /product and /editor/mug: hot spots in the report, folded stacks in
+bench/profile-*.txt; `pip install py-spy` first).
 """
 
 from __future__ import annotations
@@ -102,6 +103,10 @@ MIN_SIDECAR_VS_NGINX_SMALL = 0.55
 MAX_ACCESS_LINE_US = 3.0
 MIN_EDITOR_VS_PASS_THROUGH = 0.8
 MAX_BYTES_PER_TOKEN = 1536
+# Thousands of customers from one loopback client: the budgets are not what is measured (except
+# under the minting flood, whose sidecar runs with the defaults).
+BENCH_BUDGET = {"client_burst": 1_000_000, "storefront_per_s": 1_000_000}
+
 # Issue #22's attacks (bench/attacks.py), each against nginx and cc-sidecar in front of a shop of
 # SHOP_WORKERS gunicorn sync workers, both proxies at an OPEN_FILES limit; visitors for
 # ATTACK_SECONDS each. Visitors under attack: at least this share served, and a p99 of at most twice
@@ -112,6 +117,9 @@ SHOP_WORKERS = 16
 NGINX_DEFAULT_WORKER_CONNECTIONS = 512
 MIN_VISITORS_SERVED = 0.975
 MAX_VISITORS_P99_EXTRA_MS = 100
+# New customers' editor pages under the minting flood (bench/flood.py): p50 at most this times
+# the unloaded p50 of the same run.
+MAX_FLOOD_P50_FACTOR = 2
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -487,16 +495,18 @@ def write_sidecar_conf(
     token_store: dict[str, Any] | None = None,
     name: str = "sidecar",
     access_log: bool = True,
+    budget: dict[str, Any] | None = BENCH_BUDGET,
 ) -> Path:
-    """As shipped (the access log on stderr, which Services sends to a file), or with it off."""
+    """As shipped (the access log on stderr, which Services sends to a file), or with it off.
+
+    ``budget``: the budget section (None: the defaults).
+    """
     document: dict[str, Any] = {
         "listen": f"127.0.0.1:{port}",
         "admin_listen": f"127.0.0.1:{free_port()}",
         "access_log": access_log,
         "shutdown_grace_s": 1,
         "secret": "bench-secret-0123456789abcdef",
-        # Thousands of customers from one loopback client: the budgets are not what is measured.
-        "budget": {"client_burst": 1_000_000, "storefront_per_s": 1_000_000},
         "customers_canvas": {
             "api_url": emulator.url,
             "client_id": "demo",
@@ -518,6 +528,8 @@ def write_sidecar_conf(
     }
     if token_store is not None:
         document["token_store"] = token_store
+    if budget is not None:
+        document["budget"] = budget
     path = workdir / f"{name}.yaml"
     path.write_text(yaml.safe_dump(document, sort_keys=False))
     return path
@@ -613,6 +625,38 @@ def start_fixed_worker_shop(
         open_files=OPEN_FILES,
     )
     return shop, nginx, sidecar
+
+
+def start_flood_target(services: Services, workdir: Path, upstream: Service) -> tuple[Service, Service, str]:
+    """A Storefront API emulator of its own and a cc-sidecar with the default budget in front of the
+    fixed upstream, for bench/flood.py; returns them and the sidecar's admin_listen."""
+    emulator_port = free_port()
+    emulator = services.start(
+        "emulator-flood",
+        [sys.executable, "-m", "proxy", "emulator", "--port", str(emulator_port),
+         "--enable-control", "--token-lifetime-s", "3600"],
+        emulator_port,
+    )  # fmt: skip
+    port = free_port()
+    conf = write_sidecar_conf(workdir, port, upstream, emulator, name="sidecar-flood", budget=None)
+    sidecar = services.start(
+        "cc-sidecar-flood", [sys.executable, "-m", "proxy", "run", "--config", str(conf)], port
+    )
+    admin: str = yaml.safe_load(conf.read_text())["admin_listen"]
+    return emulator, sidecar, admin
+
+
+def measure_flood(sidecar: Service, emulator: Service, admin: str, load_cpu: int | None) -> dict[str, Any]:
+    """bench/flood.py: new customers' editor pages unloaded, then under a minting flood."""
+    argv = [sys.executable, str(BENCH_DIR / "flood.py"), "--port", str(sidecar.port)]
+    argv += ["--emulator", emulator.url, "--admin", admin, "--pid", str(sidecar.process.pid)]
+    if load_cpu is not None:
+        argv = ["taskset", "-c", str(load_cpu), *argv]
+    finished = subprocess.run(argv, capture_output=True, text=True, timeout=180, check=False, cwd=REPO)
+    if finished.returncode != 0:
+        raise BenchError(f"bench/flood.py failed:\n{finished.stderr[-2000:]}")
+    found: dict[str, Any] = json.loads(finished.stdout)
+    return found
 
 
 def measure_attack(mode: str, service: Service, load_cpu: int | None) -> dict[str, Any]:
@@ -767,8 +811,11 @@ def run(workdir: Path) -> dict[str, Any]:
             for key, service in (("nginx", nginx_shop), ("sidecar", sidecar_shop)):
                 progress(f"{service.name}: visitors under {label}, {ATTACK_SECONDS:g} s")
                 attacks[mode][key] = measure_attack(mode, service, load_cpu)
+        flood_emulator, flood_sidecar, flood_admin = start_flood_target(services, workdir, upstream)
+        progress("cc-sidecar: new customers' editor pages unloaded, then under a minting flood, ~30 s")
+        flood = measure_flood(flood_sidecar, flood_emulator, flood_admin, load_cpu)
         for service in (upstream, nginx, nginx_quiet, bare, sidecar, sidecar_quiet, sidecar_pure,
-                        shop, nginx_shop, sidecar_shop):  # fmt: skip
+                        shop, nginx_shop, sidecar_shop, flood_emulator, flood_sidecar):  # fmt: skip
             if service.process.poll() is not None:
                 raise BenchError(f"{service.name} exited during the run:\n{tail(service.log_path)}")
         compiled = runs_compiled(sidecar)
@@ -812,6 +859,7 @@ def run(workdir: Path) -> dict[str, Any]:
         "sidecar_compiled": compiled,
         "profiles": profiles,
         "attacks": attacks,
+        "flood": flood,
     }
 
 
@@ -963,6 +1011,7 @@ def judge(results: dict[str, Any]) -> list[dict[str, Any]]:
             "pass": errors == 0,
         },
         *_attack_ratios(results),
+        *_flood_ratios(results),
         *_replica_ratios(results, ratio),
     ]
 
@@ -993,6 +1042,38 @@ def _attack_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def _flood_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Issue #22: new customers' editor pages under a minting flood at most twice as slow as unloaded."""
+    flood = results["flood"]
+    unloaded, flooded, requests = flood["unloaded"], flood["flood"], flood["flood_requests"]
+    bound = MAX_FLOOD_P50_FACTOR * unloaded["p50_ms"]
+    answers = ", ".join(f"{count} {how}" for how, count in sorted(requests["answers"].items()))
+    connections = flood["flood_connections"]
+    return [
+        {
+            "name": f"new customers' editor page p50 ms under a {connections}-connection minting flood"
+            f" (unloaded {unloaded['p50_ms']} ms; p99 {flooded['p99_ms']} vs {unloaded['p99_ms']};"
+            f" API calls {flood['api_delay_ms']} ms each)",
+            "value": flooded["p50_ms"],
+            "target": f"<= {bound:.0f}",
+            "pass": flooded["p50_ms"] is not None and flooded["p50_ms"] <= bound,
+        },
+        {
+            "name": "the same: customers' pages with their token (unloaded, flood); the flood's"
+            f" {requests['requests']} requests ({answers}), StorefrontUsers it created, sidecar CPU"
+            " share meanwhile (no target)",
+            "value": [
+                f"{unloaded['with_token']}/{unloaded['visits']}",
+                f"{flooded['with_token']}/{flooded['visits']}",
+                requests["storefront_users_created"],
+                flood["sidecar_cpu_share"],
+            ],
+            "target": "-",
+            "pass": None,
+        },
+    ]
 
 
 def _replica_ratios(results: dict[str, Any], ratio: Any) -> list[dict[str, Any]]:
@@ -1073,7 +1154,7 @@ def print_report(results: dict[str, Any]) -> None:
 
 
 def print_attacks(results: dict[str, Any]) -> None:
-    """Visitors under each attack through both proxies."""
+    """Visitors under each attack through both proxies, and new customers under the minting flood."""
 
     def ms(value: float | None) -> str:
         return "-" if value is None else f"{value:.1f}"
@@ -1090,7 +1171,14 @@ def print_attacks(results: dict[str, Any]) -> None:
                 f"{key} {seen['served_fraction']:7.1%} {ms(seen['p50_ms']):>7} / {ms(seen['p99_ms']):<7}"
             )
         print("  ".join(row))
-    print()
+    flood = results["flood"]
+    print(
+        f"new customers' editor pages, {flood['rate_per_s']}/s for {flood['customers_s']} s, API calls"
+        f" {flood['api_delay_ms']} ms each: p50 / p99 ms unloaded {flood['unloaded']['p50_ms']} /"
+        f" {flood['unloaded']['p99_ms']}, under a {flood['flood_connections']}-connection minting flood"
+        f" {flood['flood']['p50_ms']} / {flood['flood']['p99_ms']} (sidecar CPU"
+        f" {flood['sidecar_cpu_share']:.0%} of a core; the flood {flood['flood_requests']['rps']} req/s)\n"
+    )
 
 
 def progress(message: str) -> None:
