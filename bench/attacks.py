@@ -117,7 +117,7 @@ async def _connect(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sock.setblocking(False)
         await asyncio.get_running_loop().sock_connect(sock, (HOST, port))
-        # The stream stops reading from the socket once this much is buffered.
+        # The stream stops reading from the socket once twice this much is buffered.
         return await asyncio.open_connection(sock=sock, limit=receive_buffer)
     except BaseException:
         sock.close()
