@@ -1030,10 +1030,11 @@ def _attack_ratios(results: dict[str, Any]) -> list[dict[str, Any]]:
         else:
             bound = max(2 * nginx["p99_ms"], nginx["p99_ms"] + MAX_VISITORS_P99_EXTRA_MS)
         served = sidecar["served_fraction"]
+        nginx_p99 = "-" if nginx["p99_ms"] is None else f"{nginx['p99_ms']} ms"
         rows.append(
             {
                 "name": f"visitors' p99 ms under {ATTACKS[mode]}, {ATTACK_SECONDS:g} s, cc-sidecar"
-                f" (nginx: {nginx['p99_ms']} ms, {nginx['served_fraction']:.1%} served)",
+                f" (nginx: {nginx_p99}, {nginx['served_fraction']:.1%} served)",
                 "value": sidecar["p99_ms"],
                 "target": f"<= {bound:.0f}, >= {MIN_VISITORS_SERVED:.1%} served ({served:.1%})",
                 "pass": sidecar["p99_ms"] is not None
