@@ -1,4 +1,4 @@
-"""The fixed shop behind every benchmark target: three pages, built once, served from memory.
+"""The fixed shop behind every benchmark target: its pages built once, served from memory.
 
 - ``/product``: a 20 KB HTML product page (never an editor page: pure pass-through).
 - ``/product-small``: a 1 KB HTML product page (pass-through where per-request overhead dominates).
@@ -9,6 +9,14 @@
 The pages are deterministic pseudo-text (seeded), so they compress like real markup rather than
 like a run of one repeated byte. Usage: ``python bench/upstream.py --port P``; prints
 ``upstream listening on http://HOST:PORT`` once it serves.
+
+The same shop with a fixed number of workers, as a PHP-FPM shop has (issue #22's attacks are
+measured against it): ``create_wsgi_app()`` for gunicorn's sync workers, each serving one request
+at a time, body and response included. It serves ``/product-small`` as above, reads every POST
+body before it answers, and sends ``GET /download/SIZE`` as SIZE bytes in 64 KiB writes (a worker
+is busy until the last one is in its client's socket)::
+
+    gunicorn --worker-class sync --workers 16 --preload --chdir bench 'upstream:create_wsgi_app()'
 """
 
 from __future__ import annotations
@@ -17,6 +25,8 @@ import argparse
 import asyncio
 import gzip
 import random
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from aiohttp import web
 
@@ -81,6 +91,41 @@ def create_upstream_app() -> web.Application:
     app.router.add_get("/product-small", product_small_page)
     app.router.add_get("/editor/{name}", editor_page)
     app.router.add_get("/editor-gz/{name}", editor_page_gz)
+    return app
+
+
+DOWNLOAD = "/download/"
+_DOWNLOAD_PIECE = b"d" * 65536
+StartResponse = Callable[[str, list[tuple[str, str]]], Any]
+WsgiApp = Callable[[dict[str, Any], StartResponse], Iterable[bytes]]
+
+
+def create_wsgi_app() -> WsgiApp:
+    """The fixed-worker shop (see the module docstring); its page is built here, once."""
+    product_small = _page("Mug - product", seed=3, size=SMALL_PAGE_SIZE)
+
+    def app(environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path: str = environ.get("PATH_INFO", "")
+        if environ["REQUEST_METHOD"] == "POST":
+            received = len(environ["wsgi.input"].read())
+            answer = b"received %d bytes\n" % received
+            start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(answer)))])
+            return [answer]
+        if path.startswith(DOWNLOAD):
+            size = int(path.removeprefix(DOWNLOAD))
+            headers = [("Content-Type", "application/octet-stream"), ("Content-Length", str(size))]
+            start_response("200 OK", headers)
+            return (_DOWNLOAD_PIECE[: min(65536, size - at)] for at in range(0, size, 65536))
+        if path == "/product-small":
+            headers = [
+                ("Content-Type", "text/html; charset=utf-8"),
+                ("Content-Length", str(len(product_small))),
+            ]
+            start_response("200 OK", headers)
+            return [product_small]
+        start_response("404 Not Found", [("Content-Type", "text/plain"), ("Content-Length", "0")])
+        return [b""]
+
     return app
 
 
