@@ -35,6 +35,7 @@ from proxy.access_log import AccessLog
 from proxy.admin import Readiness, create_admin_app
 from proxy.budget import Budget
 from proxy.buffering import Buffering
+from proxy.client_gate import ClientGate
 from proxy.compiled import is_compiled
 from proxy.config import Settings
 from proxy.config.model import split_listen
@@ -139,6 +140,7 @@ async def shop_services(
             access_log=access_log,
             budget=Budget(settings.budget, store, metrics),
             buffering=Buffering(settings.buffering, settings.limits.body_timeout_s, metrics),
+            client_gate=ClientGate(settings.budget.client_pages_at_once, metrics),
         )
         yield ShopServices(handler, client, access_log)
         await tokens.aclose()

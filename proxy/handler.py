@@ -38,6 +38,7 @@ from multidict import CIMultiDict
 from proxy.access_log import AccessLog
 from proxy.budget import Budget, client_address
 from proxy.buffering import Buffering
+from proxy.client_gate import ClientGate
 from proxy.client_response import CLIENT_GONE, write_whole
 from proxy.config import StorefrontSettings
 from proxy.cookies import (
@@ -114,6 +115,8 @@ REQUEST_ID_HEADER = "X-Request-Id"
 # Raw customer ids whose checks passed, kept so a returning customer's id is not checked again.
 _REMEMBERED_IDS = 4096
 NO_SHARED_CACHE = "private, no-store"
+# Client addresses remembered by ShopHandler._client before it starts afresh.
+_CLIENTS_KEPT = 4096
 # Removed from every page that carries a token: an edge cache obeys these ahead of Cache-Control.
 _SHARED_CACHE_HEADERS = (
     hdrs.EXPIRES,
@@ -263,9 +266,13 @@ class ShopHandler:
         access_log: AccessLog | None = None,
         budget: Budget | None = None,
         buffering: Buffering,
+        client_gate: ClientGate | None = None,
     ) -> None:
         self._router = router
         self._budget = budget
+        self._gate = client_gate
+        # Client addresses as the budget names them, by storefront, peer and X-Forwarded-For.
+        self._clients: dict[tuple[str, str | None, tuple[str, ...]], str] = {}
         self._buffering = buffering
         self._requests = metrics.requests
         self._valid_ids: dict[str, str] = {}
@@ -378,9 +385,18 @@ class ShopHandler:
         if lenient is None:
             return _refused(400, "bad path\n")
         if is_sidecar_path(lenient):
-            return await self._sidecar_paths.answer(
-                SidecarRequest(request, storefront, trusted, host.authority if host is not None else None)
+            sidecar_request = SidecarRequest(
+                request, storefront, trusted, host.authority if host is not None else None
             )
+            gate = self._gate
+            if gate is None:
+                return await self._sidecar_paths.answer(sidecar_request)
+            client = self._client(request, storefront)
+            await gate.enter(client)
+            try:
+                return await self._sidecar_paths.answer(sidecar_request)
+            finally:
+                gate.leave(client)
 
         # An editor page is a path every server reads alike (servers disagree on "/a/..",
         # "/a;b", "/a.", "%2f", or "%25", which some decode twice), so a token never goes with
@@ -424,7 +440,14 @@ class ShopHandler:
             body = await self._buffering.read_body(request)
         # From here the body (and its share of the temp space) goes back however the request ends:
         # the shop may answer before it has read it all.
+        gated: str | None = None
         try:
+            if editor and self._gate is not None:
+                # One client's editor pages a few at a time, up to their response head
+                # (proxy.client_gate): a flood of them cannot hold up other customers' pages.
+                client = self._client(request, storefront)
+                await self._gate.enter(client)
+                gated = client
             logged_in = self._header_identity(request, storefront, trusted)
             work: asyncio.Task[Attachment] | None = None
             token: CustomerToken | None = None
@@ -527,10 +550,33 @@ class ShopHandler:
                         TOKEN_COOKIE, http_only=False, secure=_secure_cookies(request, storefront)
                     ),
                 )
+            if gated is not None:
+                # The page's work is done: its body goes to the client at the client's pace, and the
+                # client's next page need not wait for that.
+                self._gate_leave(gated)
+                gated = None
             return await storefront.upstream.relay(request, shop, headers, body_filter, self._buffering)
         finally:
+            if gated is not None:
+                self._gate_leave(gated)
             if body is not None:
                 body.close()
+
+    def _gate_leave(self, client: str) -> None:
+        assert self._gate is not None
+        self._gate.leave(client)
+
+    def _client(self, request: web.BaseRequest, storefront: Storefront) -> str:
+        """The client as the budget names it (:func:`proxy.budget.client_address`), remembered."""
+        forwarded_for = tuple(request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
+        key = (storefront.name, request.remote, forwarded_for)
+        client = self._clients.get(key)
+        if client is None:
+            if len(self._clients) >= _CLIENTS_KEPT:
+                self._clients.clear()
+            client = client_address(request.remote, forwarded_for, storefront.trusted)
+            self._clients[key] = client
+        return client
 
     def _start_attachment(
         self,

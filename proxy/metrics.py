@@ -213,6 +213,12 @@ class Metrics:
             ["storefront", "scope"],
             registry=r,
         )
+        self.client_queued = Counter(
+            "cc_sidecar_client_queued",
+            "Editor pages and /.cc-sidecar/ requests that waited for their client's earlier ones"
+            " (budget.client_pages_at_once).",
+            registry=r,
+        )
         self.breaker_open = Gauge(
             "cc_sidecar_api_breaker_open",
             "1 while the Storefront API circuit breaker is open.",

@@ -59,6 +59,8 @@ DEFAULT_STOREFRONT_NEW_USERS_PER_S = 20.0
 # Storefront API work for customers not yet known (Get, Create, their first GetToken, merges)
 # running at once; known customers' calls never wait behind it.
 DEFAULT_CONCURRENT_NEW_CUSTOMERS = 16
+# One client's editor pages and /.cc-sidecar/ requests worked on at once (proxy.client_gate).
+DEFAULT_CLIENT_PAGES_AT_ONCE = 32
 # Client limits, each nginx's default for its counterpart (docs/security.md, "Abuse").
 # The whole request head must arrive within this (client_header_timeout).
 DEFAULT_HEAD_TIMEOUT_S = 60.0
@@ -459,6 +461,15 @@ class BudgetSettings(_Frozen):
         description=(
             "Storefront API work for customers not yet known (Get, Create, first GetToken, merges)"
             " at once; known customers' calls never wait behind it."
+        ),
+    )
+    client_pages_at_once: int = Field(
+        DEFAULT_CLIENT_PAGES_AT_ONCE,
+        ge=1,
+        description=(
+            "Editor pages and /.cc-sidecar/ requests of one client (as for client_per_minute) worked"
+            " on at once; more wait their turn, so one client's flood cannot hold up other customers'"
+            " pages (nginx: limit_conn, which refuses them with 503 instead)."
         ),
     )
 

@@ -156,7 +156,8 @@ async def test_known_customers_renewals_do_not_wait_behind_new_ones(
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
 
         async def new_customer(n: int) -> None:
-            headers = {USER_HEADER: f"new-{n}@example.com"}
+            # Each from an address of its own: one client's pages would wait for each other.
+            headers = {USER_HEADER: f"new-{n}@example.com", "X-Forwarded-For": f"198.51.100.{n}"}
             async with client.get(sidecar.make_url("/editor/mug"), headers=headers) as response:
                 await response.read()
 
@@ -173,3 +174,32 @@ async def test_known_customers_renewals_do_not_wait_behind_new_ones(
         await asyncio.gather(*flood)
     assert element_of(body)["token"]
     assert elapsed < 1.5
+
+
+async def test_one_clients_editor_pages_are_worked_on_a_few_at_a_time(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """12 editor pages of one client at once, budget.client_pages_at_once 3, a shop taking 0.3 s: the
+    shop never has more than 3 of them at a time, every page gets its token, and another client's
+    page, asked for after all 12, reaches the shop before the first client's last one does."""
+    document = config(shop, emulator, client_burst=1000, client_pages_at_once=3)
+    sidecar = await make_sidecar(document)
+    shop.state.delay_s = 0.3
+    flood = "198.51.100.40"
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as client:
+
+        async def page(user: str, address: str) -> bytes:
+            headers = {USER_HEADER: user, "X-Forwarded-For": address}
+            async with client.get(sidecar.make_url("/editor/mug"), headers=headers) as response:
+                assert response.status == 200
+                return await response.read()
+
+        pages = [asyncio.create_task(page(f"flood-{n}@example.com", flood)) for n in range(12)]
+        while shop.state.in_flight.get(flood, 0) < 3:
+            await asyncio.sleep(0.01)
+        other = await page("other@example.com", "203.0.113.9")
+        bodies = await asyncio.gather(*pages)
+    assert shop.state.most_in_flight[flood] == 3
+    assert all(element_of(body)["token"] for body in [*bodies, other])
+    arrivals = [r.headers["X-Forwarded-For"][0].split(",")[0] for r in shop.state.requests]
+    assert arrivals.index("203.0.113.9") < len(arrivals) - 1 - arrivals[::-1].index(flood)
