@@ -39,6 +39,9 @@ _WS_RUN = re.compile(rb"[ \t\n\f\r]*+")
 # one is read no further (a name arriving byte by byte is re-read at most this much).
 _NAME_LIMIT = 10
 _TAG_NAME = re.compile(rb"[A-Za-z][^\t\n\f\r />]{0,%d}" % (_NAME_LIMIT - 1))
+# The rest of a name longer than that: read on to its end, as HTML does ("=" and quotes included),
+# before the tag's attributes are read.
+_NAME_REST = re.compile(rb"[^\t\n\f\r />]*+")
 # Inside a tag, the characters that need a decision: ">" may end it, "=" may open a value.
 _TAG_PLAIN = re.compile(rb"[^>=]*+")
 # A whole tag from after its name to its ">", by the same rule as HtmlInjector._tag_end: a quoted
@@ -151,6 +154,7 @@ class HtmlInjector:
         "_buf",
         "_element",
         "_finished",
+        "_in_name",
         "_injected",
         "_max_hold",
         "_mode",
@@ -173,6 +177,8 @@ class HtmlInjector:
         # Inside a tag: the quote of the value being read (0: none), or just after an "=".
         self._quote = 0
         self._after_eq = False
+        # Inside a tag: still in a name longer than _NAME_LIMIT (its rest is read first).
+        self._in_name = False
         self._then = _THEN_DATA
         self._raw_end: re.Pattern[bytes] | None = None
         self._raw_back = 0  # the length of "</" and its name
@@ -248,6 +254,7 @@ class HtmlInjector:
                     if name.group().lower() == b"head":
                         return lt
                     mode, pos, self._then = _TAG, name.end(), _THEN_DATA
+                    self._in_name = name.end() - name.start() == _NAME_LIMIT
                 else:
                     name = _TAG_NAME.match(buf, lt + 1)
                     if name is None:
@@ -260,6 +267,7 @@ class HtmlInjector:
                     if tag == b"script":
                         return lt
                     mode, pos = _TAG, name.end()
+                    self._in_name = name.end() - name.start() == _NAME_LIMIT
                     if tag == b"body":
                         self._then = _THEN_INJECT
                     elif tag in _RAW_TEXT:
@@ -307,8 +315,13 @@ class HtmlInjector:
         A quote opens a value only right after "=" and whitespace, as in HTML, so a stray quote
         elsewhere cannot swallow the page. Each byte of the tag is read once however it is split.
         """
-        quote, after_eq = self._quote, self._after_eq
         size = len(buf)
+        if self._in_name:
+            pos = _NAME_REST.match(buf, pos).end()  # type: ignore[union-attr]  # matches empty at least
+            if pos == size:
+                return -1  # the name may go on
+            self._in_name = False
+        quote, after_eq = self._quote, self._after_eq
         if not quote and not after_eq:
             whole = _TAG_REST.match(buf, pos)
             if whole is not None:

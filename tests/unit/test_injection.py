@@ -183,6 +183,8 @@ FRAGMENTS = [
     b"</noframes>",
     b'<meta charset="utf-8">',
     b'<meta content="<script>">',
+    b'<abcdefghij="',
+    b"<abcdefghijk'>",
     b" ",
     b"=",
     b'"',
@@ -331,6 +333,17 @@ class TestPlacements:
         placements = Placements()
         for page in pages + pages[::-1]:
             assert inject_html_at(page, E, placements)[0] == oracle(page, E)
+
+    def test_a_long_tag_name_is_read_to_its_end_quotes_and_all(self) -> None:
+        """A name past ten letters with '="' in it is still the name (as HTML reads it): the same
+        place from the scanner, from any split, and from a remembered head (a review's counterexample)."""
+        first = b'<abcdefghij=" x=\'"><script>' + b"." * 16
+        second = b"<abcdefghij=\" x='\"><script>........'></head>"
+        assert inject_html_at(second, E)[1].start == oracle_place(second) == 37
+        assert b"".join(stream(second, [30])) == oracle(second, E)
+        placements = Placements()
+        inject_html_at(first, E, placements)
+        assert inject_html_at(second, E, placements)[0] == oracle(second, E)
 
     def test_the_same_editor_page_is_placed_where_the_scanner_puts_it(self) -> None:
         """A shop's page served again and again: before its first script, each time."""
