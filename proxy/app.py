@@ -140,7 +140,9 @@ async def shop_services(
             access_log=access_log,
             budget=Budget(settings.budget, store, metrics),
             buffering=Buffering(settings.buffering, settings.limits.body_timeout_s, metrics),
-            client_gate=ClientGate(settings.budget.client_pages_at_once, metrics),
+            client_gate=ClientGate(
+                settings.budget.client_pages_at_once, settings.budget.client_wait_s, metrics
+            ),
         )
         yield ShopServices(handler, client, access_log)
         await tokens.aclose()

@@ -10,9 +10,11 @@ pages and ``/.cc-sidecar/`` requests are worked on at once; the others wait, fir
 served, costing nothing while they wait. A client is its address as the budget names it (through
 ``trusted_networks``).
 
-nginx's counterpart, ``limit_conn``, refuses the excess with a 503; here it waits, so a shop whose
+nginx's counterpart, ``limit_conn``, refuses the excess with a 503 at once; here it waits up to
+``budget.client_wait_s`` first (then the 503, :class:`~proxy.errors.ClientBusy`), so a shop whose
 customers all arrive from one address it does not trust (an ingress whose X-Forwarded-For is not
-believed) is slowed at worst, never refused. Pages other than editor pages never wait here.
+believed) is slowed when more pages than the limit load at once, and refused only past the wait,
+as it would be under a flood. Pages other than editor pages never wait here.
 """
 
 from __future__ import annotations
@@ -20,16 +22,18 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 
+from proxy.errors import ClientBusy
 from proxy.metrics import Metrics
 
 
 class ClientGate:
     """At most ``limit`` requests of one client in flight; more wait in arrival order."""
 
-    __slots__ = ("_in_flight", "_limit", "_queued", "_waiting")
+    __slots__ = ("_in_flight", "_limit", "_queued", "_wait_s", "_waiting")
 
-    def __init__(self, limit: int, metrics: Metrics) -> None:
+    def __init__(self, limit: int, wait_s: float, metrics: Metrics) -> None:
         self._limit = limit
+        self._wait_s = wait_s
         self._in_flight: dict[str, int] = {}
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self._queued = metrics.client_queued
@@ -37,7 +41,9 @@ class ClientGate:
     async def enter(self, client: str) -> None:
         """Return once this request of ``client`` may be worked on; :meth:`leave` when it is done.
 
-        Cancelled while waiting, the request takes no turn (and gives back one handed to it).
+        Raises :class:`~proxy.errors.ClientBusy` when its turn has not come within ``wait_s``.
+        Cancelled (or out of time) while waiting, the request takes no turn (and passes on one
+        handed to it at that moment).
         """
         in_flight = self._in_flight.get(client, 0)
         if in_flight < self._limit and client not in self._waiting:
@@ -47,13 +53,17 @@ class ClientGate:
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(client, deque()).append(turn)
         try:
-            await turn
-        except asyncio.CancelledError:
-            if turn.done() and not turn.cancelled():
-                self.leave(client)  # the turn was handed over as it was cancelled: pass it on
-            else:
-                self._forget(client, turn)
-            raise
+            async with asyncio.timeout(self._wait_s):
+                try:
+                    await turn
+                except asyncio.CancelledError:
+                    if turn.done() and not turn.cancelled():
+                        self.leave(client)  # the turn was handed over as it was cancelled: pass it on
+                    else:
+                        self._forget(client, turn)
+                    raise
+        except TimeoutError:
+            raise ClientBusy(f"no turn within {self._wait_s:g} s") from None
 
     def leave(self, client: str) -> None:
         """One request of ``client`` is done: its turn goes to the first one waiting, if any."""

@@ -123,6 +123,18 @@ class ClientGone(SidecarError):
     status = 499
 
 
+class ClientBusy(SidecarError):
+    """A request waited past ``budget.client_wait_s`` for its client's earlier pages (proxy.client_gate).
+
+    nginx's ``limit_conn`` answers the excess 503 at once; here only once the wait is over, so a
+    client whose pages come a few too many at once is slowed, and only a flood is refused.
+    """
+
+    status = 503
+    text = "too many pages of this client at once; try again shortly\n"
+    retry_after_s = 1
+
+
 class BodyRefused(SidecarError):
     """The client's request body is refused before anything goes to the shop; the connection closes."""
 

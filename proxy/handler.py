@@ -54,6 +54,7 @@ from proxy.errors import (
     BodyRefused,
     BodyTooLarge,
     CircuitOpen,
+    ClientBusy,
     ClientGone,
     InvalidIdentity,
     OverBudget,
@@ -271,8 +272,8 @@ class ShopHandler:
         self._router = router
         self._budget = budget
         self._gate = client_gate
-        # Client addresses as the budget names them, by storefront, peer and X-Forwarded-For.
-        self._clients: dict[tuple[str, str | None, tuple[str, ...]], str] = {}
+        # Client addresses as the budget names them, by storefront and peer (see _client).
+        self._clients: dict[tuple[str, str | None], str] = {}
         self._buffering = buffering
         self._requests = metrics.requests
         self._valid_ids: dict[str, str] = {}
@@ -298,6 +299,14 @@ class ShopHandler:
         except BodyRefused as exc:
             log.info("refused a request body: %s", exc, extra={"status": exc.status})
             response = await _refuse_body(request, exc)
+        except ClientBusy as exc:
+            # Once a minute at most (the repeated-warning filter): a flood would be a line a page.
+            log.warning("refused a page of a client with too many at once: %s", exc)
+            response = web.Response(
+                status=exc.status,
+                text=exc.text,
+                headers={hdrs.RETRY_AFTER: str(exc.retry_after_s), hdrs.CACHE_CONTROL: "no-store"},
+            )
         except UpstreamError as exc:
             log.warning("shop request failed: %s", exc, extra={"status": exc.status})
             response = web.Response(status=exc.status, text=_UPSTREAM_TEXT[exc.status])
@@ -388,15 +397,13 @@ class ShopHandler:
             sidecar_request = SidecarRequest(
                 request, storefront, trusted, host.authority if host is not None else None
             )
-            gate = self._gate
-            if gate is None:
+            client = await self._enter_gate(request, storefront, trusted)
+            if client is None:
                 return await self._sidecar_paths.answer(sidecar_request)
-            client = self._client(request, storefront)
-            await gate.enter(client)
             try:
                 return await self._sidecar_paths.answer(sidecar_request)
             finally:
-                gate.leave(client)
+                self._gate_leave(client)
 
         # An editor page is a path every server reads alike (servers disagree on "/a/..",
         # "/a;b", "/a.", "%2f", or "%25", which some decode twice), so a token never goes with
@@ -434,20 +441,17 @@ class ShopHandler:
                 return _refused(400, "a WebSocket handshake is a GET without a body\n")
             return await storefront.upstream.websocket(request, upstream_headers)
 
-        # The whole body first (unless it streams): a slow client never holds a shop worker.
+        # One client's editor pages a few at a time, from here to their response head
+        # (proxy.client_gate): a flood of them cannot hold up other customers' pages. Before the
+        # body is read, so a page waiting for its turn holds no temp space.
+        gated = await self._enter_gate(request, storefront, trusted) if editor else None
         body = None
-        if request.body_exists and not self._buffering.streams(path):
-            body = await self._buffering.read_body(request)
-        # From here the body (and its share of the temp space) goes back however the request ends:
-        # the shop may answer before it has read it all.
-        gated: str | None = None
+        # From here the client's turn, and the body (and its share of the temp space), go back
+        # however the request ends: the shop may answer before it has read it all.
         try:
-            if editor and self._gate is not None:
-                # One client's editor pages a few at a time, up to their response head
-                # (proxy.client_gate): a flood of them cannot hold up other customers' pages.
-                client = self._client(request, storefront)
-                await self._gate.enter(client)
-                gated = client
+            # The whole body first (unless it streams): a slow client never holds a shop worker.
+            if request.body_exists and not self._buffering.streams(path):
+                body = await self._buffering.read_body(request)
             logged_in = self._header_identity(request, storefront, trusted)
             work: asyncio.Task[Attachment] | None = None
             token: CustomerToken | None = None
@@ -562,19 +566,44 @@ class ShopHandler:
             if body is not None:
                 body.close()
 
+    async def _enter_gate(
+        self, request: web.BaseRequest, storefront: Storefront, trusted: bool
+    ) -> str | None:
+        """Wait for the client's turn (:class:`~proxy.errors.ClientBusy` past the wait); the client
+        to :meth:`_gate_leave` with, or None without a gate. A client gone meanwhile is ClientGone."""
+        gate = self._gate
+        if gate is None:
+            return None
+        client = self._client(request, storefront, trusted)
+        await gate.enter(client)
+        transport = request.transport
+        if transport is None or transport.is_closing():
+            # Nobody to answer: no shop request, no token work for it.
+            gate.leave(client)
+            raise ClientGone("while it waited for its turn")
+        return client
+
     def _gate_leave(self, client: str) -> None:
         assert self._gate is not None
         self._gate.leave(client)
 
-    def _client(self, request: web.BaseRequest, storefront: Storefront) -> str:
-        """The client as the budget names it (:func:`proxy.budget.client_address`), remembered."""
-        forwarded_for = tuple(request.headers.getall(hdrs.X_FORWARDED_FOR, ()))
-        key = (storefront.name, request.remote, forwarded_for)
+    def _client(self, request: web.BaseRequest, storefront: Storefront, trusted: bool) -> str:
+        """The client as the budget names it (:func:`proxy.budget.client_address`).
+
+        Remembered by peer when X-Forwarded-For does not count (an untrusted peer, or none sent);
+        a trusted hop's X-Forwarded-For is read each time, as a key of it would be the client's to
+        choose (and to grow without bound).
+        """
+        if trusted:
+            forwarded_for = request.headers.getall(hdrs.X_FORWARDED_FOR, ())
+            if forwarded_for:
+                return client_address(request.remote, forwarded_for, storefront.trusted)
+        key = (storefront.name, request.remote)
         client = self._clients.get(key)
         if client is None:
             if len(self._clients) >= _CLIENTS_KEPT:
                 self._clients.clear()
-            client = client_address(request.remote, forwarded_for, storefront.trusted)
+            client = client_address(request.remote, (), storefront.trusted)
             self._clients[key] = client
         return client
 

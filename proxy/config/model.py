@@ -61,6 +61,8 @@ DEFAULT_STOREFRONT_NEW_USERS_PER_S = 20.0
 DEFAULT_CONCURRENT_NEW_CUSTOMERS = 16
 # One client's editor pages and /.cc-sidecar/ requests worked on at once (proxy.client_gate).
 DEFAULT_CLIENT_PAGES_AT_ONCE = 32
+# How long one of them waits for its turn before it is a 503 (proxy.client_gate).
+DEFAULT_CLIENT_WAIT_S = 10.0
 # Client limits, each nginx's default for its counterpart (docs/security.md, "Abuse").
 # The whole request head must arrive within this (client_header_timeout).
 DEFAULT_HEAD_TIMEOUT_S = 60.0
@@ -469,7 +471,14 @@ class BudgetSettings(_Frozen):
         description=(
             "Editor pages and /.cc-sidecar/ requests of one client (as for client_per_minute) worked"
             " on at once; more wait their turn, so one client's flood cannot hold up other customers'"
-            " pages (nginx: limit_conn, which refuses them with 503 instead)."
+            " pages (nginx: limit_conn, which refuses them with 503 at once)."
+        ),
+    )
+    client_wait_s: PositiveSeconds = Field(
+        DEFAULT_CLIENT_WAIT_S,
+        description=(
+            "How long one of those waits for its turn; past it, a 503 with Retry-After (the page"
+            " script retries its token request after it)."
         ),
     )
 

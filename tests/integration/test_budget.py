@@ -203,3 +203,49 @@ async def test_one_clients_editor_pages_are_worked_on_a_few_at_a_time(
     assert all(element_of(body)["token"] for body in [*bodies, other])
     arrivals = [r.headers["X-Forwarded-For"][0].split(",")[0] for r in shop.state.requests]
     assert arrivals.index("203.0.113.9") < len(arrivals) - 1 - arrivals[::-1].index(flood)
+
+
+async def test_a_page_past_its_clients_wait_is_a_503_with_retry_after(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """One page at a time, a 0.3 s wait, a shop taking 0.8 s: the client's second page is a 503 with
+    Retry-After that never reaches the shop."""
+    sidecar = await make_sidecar(config(shop, emulator, client_pages_at_once=1, client_wait_s=0.3))
+    shop.state.delay_s = 0.8
+    headers = {USER_HEADER: "busy@example.com", "X-Forwarded-For": "198.51.100.50"}
+    first = asyncio.create_task(get(sidecar, "/editor/mug", headers=headers))
+    while shop.state.in_flight.get("198.51.100.50", 0) < 1:
+        await asyncio.sleep(0.01)
+    response, _ = await get(sidecar, "/editor/mug", headers=headers)
+    assert (response.status, response.headers["Retry-After"], response.headers["Cache-Control"]) == (
+        503,
+        "1",
+        "no-store",
+    )
+    assert (await first)[0].status == 200
+    assert len([r for r in shop.state.requests if r.path_qs == "/editor/mug"]) == 1
+
+
+async def test_a_page_whose_client_left_while_it_waited_never_reaches_the_shop(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """A page queued behind its client's first, its connection closed meanwhile: when its turn
+    comes it is dropped (499), with no shop request and no token work for it."""
+    sidecar = await make_sidecar(config(shop, emulator, client_pages_at_once=1))
+    shop.state.delay_s = 0.5
+    headers = {USER_HEADER: "first@example.com", "X-Forwarded-For": "198.51.100.60"}
+    first = asyncio.create_task(get(sidecar, "/editor/mug", headers=headers))
+    while shop.state.in_flight.get("198.51.100.60", 0) < 1:
+        await asyncio.sleep(0.01)
+    _, writer = await asyncio.open_connection(sidecar.host, sidecar.port)
+    writer.write(
+        b"GET /editor/mug HTTP/1.1\r\nHost: shop.test\r\nX-Shop-User: left@example.com\r\n"
+        b"X-Forwarded-For: 198.51.100.60\r\n\r\n"
+    )
+    await writer.drain()
+    await asyncio.sleep(0.1)
+    writer.close()
+    assert (await first)[0].status == 200
+    await asyncio.sleep(0.3)  # the queued page's turn has come and gone
+    assert [r.headers[USER_HEADER] for r in shop.state.requests] == [["first@example.com"]]
+    assert emulator.state.count("StorefrontUsers_Create") == 1

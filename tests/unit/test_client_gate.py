@@ -7,6 +7,7 @@ import asyncio
 import pytest
 
 from proxy.client_gate import ClientGate
+from proxy.errors import ClientBusy
 from proxy.metrics import Metrics
 
 
@@ -23,7 +24,7 @@ async def settle() -> None:
 async def test_past_the_limit_a_client_waits_and_goes_in_arrival_order() -> None:
     """Limit 2: the third and fourth wait; each leave lets in the longest waiting, one at a time."""
     metrics = Metrics()
-    gate = ClientGate(2, metrics)
+    gate = ClientGate(2, 5.0, metrics)
     order: list[str] = []
     tasks = [asyncio.create_task(entered(gate, "a", order, name)) for name in ("1", "2", "3", "4")]
     await settle()
@@ -43,7 +44,7 @@ async def test_past_the_limit_a_client_waits_and_goes_in_arrival_order() -> None
 
 async def test_clients_never_wait_for_each_other() -> None:
     """One client at its limit: another client's request goes in at once."""
-    gate = ClientGate(1, Metrics())
+    gate = ClientGate(1, 5.0, Metrics())
     await gate.enter("a")
     blocked = asyncio.create_task(gate.enter("a"))
     await asyncio.wait_for(gate.enter("b"), 1)
@@ -54,7 +55,7 @@ async def test_clients_never_wait_for_each_other() -> None:
 
 async def test_a_waiter_cancelled_takes_no_turn() -> None:
     """The first waiter gives up: the turn goes to the next one, and nothing is left held after."""
-    gate = ClientGate(1, Metrics())
+    gate = ClientGate(1, 5.0, Metrics())
     order: list[str] = []
     await gate.enter("a")
     gone = asyncio.create_task(entered(gate, "a", order, "gone"))
@@ -72,7 +73,7 @@ async def test_a_waiter_cancelled_takes_no_turn() -> None:
 
 async def test_a_turn_handed_to_a_request_cancelled_at_once_passes_on() -> None:
     """Cancelled in the same step as its turn came: the turn goes to the next waiter, not lost."""
-    gate = ClientGate(1, Metrics())
+    gate = ClientGate(1, 5.0, Metrics())
     order: list[str] = []
     await gate.enter("a")
     unlucky = asyncio.create_task(entered(gate, "a", order, "unlucky"))
@@ -84,3 +85,15 @@ async def test_a_turn_handed_to_a_request_cancelled_at_once_passes_on() -> None:
         await unlucky
     await asyncio.wait_for(after, 1)
     assert (order, gate.in_flight("a")) == (["after"], 1)
+
+
+async def test_a_waiter_past_the_wait_is_client_busy_and_takes_no_turn() -> None:
+    """No turn within wait_s: ClientBusy (a 503 for the handler), and the next turn goes on as before."""
+    gate = ClientGate(1, 0.05, Metrics())
+    await gate.enter("a")
+    with pytest.raises(ClientBusy):
+        await gate.enter("a")
+    gate.leave("a")
+    assert gate.in_flight("a") == 0
+    await asyncio.wait_for(gate.enter("a"), 1)
+    assert gate.in_flight("a") == 1
