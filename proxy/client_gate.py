@@ -38,6 +38,14 @@ class ClientGate:
         self._waiting: dict[str, deque[asyncio.Future[None]]] = {}
         self._queued = metrics.client_queued
 
+    def try_enter(self, client: str) -> bool:
+        """Take a turn at once if one is free and nobody of ``client`` waits (no coroutine made)."""
+        in_flight = self._in_flight.get(client, 0)
+        if in_flight < self._limit and client not in self._waiting:
+            self._in_flight[client] = in_flight + 1
+            return True
+        return False
+
     async def enter(self, client: str) -> None:
         """Return once this request of ``client`` may be worked on; :meth:`leave` when it is done.
 
@@ -45,9 +53,7 @@ class ClientGate:
         Cancelled (or out of time) while waiting, the request takes no turn (and passes on one
         handed to it at that moment).
         """
-        in_flight = self._in_flight.get(client, 0)
-        if in_flight < self._limit and client not in self._waiting:
-            self._in_flight[client] = in_flight + 1
+        if self.try_enter(client):
             return
         self._queued.inc()
         turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()

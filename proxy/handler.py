@@ -575,7 +575,8 @@ class ShopHandler:
         if gate is None:
             return None
         client = self._client(request, storefront, trusted)
-        await gate.enter(client)
+        if not gate.try_enter(client):
+            await gate.enter(client)
         transport = request.transport
         if transport is None or transport.is_closing():
             # Nobody to answer: no shop request, no token work for it.
