@@ -398,12 +398,11 @@ class ShopHandler:
                 request, storefront, trusted, host.authority if host is not None else None
             )
             client = await self._enter_gate(request, storefront, trusted)
-            if client is None:
-                return await self._sidecar_paths.answer(sidecar_request)
             try:
                 return await self._sidecar_paths.answer(sidecar_request)
             finally:
-                self._gate_leave(client)
+                if client is not None:
+                    self._gate_leave(client)
 
         # An editor page is a path every server reads alike (servers disagree on "/a/..",
         # "/a;b", "/a.", "%2f", or "%25", which some decode twice), so a token never goes with
