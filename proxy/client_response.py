@@ -15,9 +15,9 @@ knows bytes went out: it never writes an error response after them.
 
 from __future__ import annotations
 
-import re
 import time
 from email.utils import formatdate
+from typing import Final
 
 from aiohttp import hdrs, web
 from aiohttp.http import SERVER_SOFTWARE, HttpVersion10, HttpVersion11
@@ -25,14 +25,22 @@ from multidict import CIMultiDict
 
 from proxy.errors import ClientGone
 
+# aiohttp's header names as compiled-in constants: compiled code looks ``hdrs.X`` up at each use.
+_CONNECTION: Final = hdrs.CONNECTION
+_CONTENT_LENGTH: Final = hdrs.CONTENT_LENGTH
+_CONTENT_TYPE: Final = hdrs.CONTENT_TYPE
+_DATE: Final = hdrs.DATE
+_SERVER: Final = hdrs.SERVER
+
 # Statuses whose response never has a body, nor a Content-Length (RFC 9110 8.6). 1xx never gets
 # here: both shop clients read past interim answers and refuse a 101 nobody asked for.
-_NO_CONTENT_LENGTH = frozenset((204, 304))
-_LINES = "\r\n"
-# What aiohttp's serialiser refuses besides CR and LF (those are counted below): NUL, the other
-# C0 controls but HTAB, and DEL. llhttp lets them through in a shop's reason phrase.
-_CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
-_COLON = ": "
+_NO_CONTENT_LENGTH: Final = frozenset((204, 304))
+_LINES: Final = "\r\n"
+# Bytes a head holds only where the line ends put them: CR and LF, and what aiohttp's serialiser
+# refuses besides (NUL, the other C0 controls but HTAB, and DEL; llhttp lets them through in a
+# shop's reason phrase).
+_CONTROLS: Final = bytes((*range(0x09), *range(0x0A, 0x20), 0x7F))
+_COLON: Final = ": "
 
 
 class WrittenResponse(web.StreamResponse):
@@ -60,8 +68,8 @@ class WrittenResponse(web.StreamResponse):
 # Finished responses by (status, reason, keep-alive). aiohttp only reads their keep_alive and
 # calls their no-op prepare and write_eof, so one serves every response with that status line;
 # building one costs more than writing the page's head.
-_WRITTEN: dict[tuple[int, str, bool], WrittenResponse] = {}
-_WRITTEN_KEPT = 256
+_WRITTEN: Final[dict[tuple[int, str, bool], WrittenResponse]] = {}
+_WRITTEN_KEPT: Final = 256
 
 
 def _written(status: int, reason: str, keep_alive: bool) -> WrittenResponse:
@@ -107,34 +115,32 @@ async def write_whole(
     keep_alive = request.keep_alive
     empty_body = request.method == hdrs.METH_HEAD or status in _NO_CONTENT_LENGTH
     if status in _NO_CONTENT_LENGTH:
-        headers.popall(hdrs.CONTENT_LENGTH, None)
+        headers.popall(_CONTENT_LENGTH, None)
     elif request.method != hdrs.METH_HEAD:
         # The body's own length, whatever the shop's said (a rewritten page has a new one).
-        headers.popall(hdrs.CONTENT_LENGTH, None)
-        headers[hdrs.CONTENT_LENGTH] = str(len(body))
-        if body and hdrs.CONTENT_TYPE not in headers:
-            headers[hdrs.CONTENT_TYPE] = "application/octet-stream"
-    if hdrs.DATE not in headers:
-        headers[hdrs.DATE] = _date.now()
-    if hdrs.SERVER not in headers:
-        headers[hdrs.SERVER] = SERVER_SOFTWARE
+        headers.popall(_CONTENT_LENGTH, None)
+        headers[_CONTENT_LENGTH] = str(len(body))
+        if body and _CONTENT_TYPE not in headers:
+            headers[_CONTENT_TYPE] = "application/octet-stream"
+    if _DATE not in headers:
+        headers[_DATE] = _date.now()
+    if _SERVER not in headers:
+        headers[_SERVER] = SERVER_SOFTWARE
     if keep_alive:
         if version == HttpVersion10:
-            headers[hdrs.CONNECTION] = "keep-alive"
+            headers[_CONNECTION] = "keep-alive"
     elif version == HttpVersion11:
-        headers[hdrs.CONNECTION] = "close"
+        headers[_CONNECTION] = "close"
 
     # Never empty: Date and Server at least are there.
     fields = _LINES.join(map(_COLON.join, headers.items()))
     head = f"HTTP/{version.major}.{version.minor} {status} {reason}\r\n{fields}\r\n\r\n"
-    # Every CR and LF is one of the line ends just put there: nothing in a value starts a line.
-    line_ends = len(headers) + 2
-    if head.count("\r") != line_ends or head.count("\n") != line_ends:
-        raise ValueError("newline or carriage return in the response head")
-    if _CONTROL.search(head) is not None:
-        raise ValueError("control character in the response head")
     # The shop's header bytes were read as UTF-8 with surrogateescape: they go out as they came.
     data = head.encode("utf-8", "surrogateescape")
+    # Every control byte is a CR or LF of the line ends just put there: nothing in a value starts
+    # a line. (One C-speed pass; a regex search and two counts cost three times as much.)
+    if len(data) - len(data.translate(None, _CONTROLS)) != 2 * (len(headers) + 2):
+        raise ValueError("control character in the response head")
     if not empty_body and body:
         data += body
 
@@ -163,4 +169,4 @@ async def write_whole(
 
 # What aiohttp finishes a request with once its client is gone: nothing to write, the connection
 # closed. Its status is what the request is counted as (nginx's 499, "client closed request").
-CLIENT_GONE = WrittenResponse(ClientGone.status, "Client Closed Request", keep_alive=False)
+CLIENT_GONE: Final = WrittenResponse(ClientGone.status, "Client Closed Request", keep_alive=False)

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http import HTTPStatus
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
 from aiohttp.abc import AbstractStreamWriter
@@ -107,33 +107,54 @@ from proxy.store import TokenStore
 from proxy.tokens import Charge, Customer, CustomerToken, MergeOutcome, TokenService
 from proxy.upstream import BodyFilter, OutgoingHeaders, Upstream, is_websocket_upgrade, response_headers
 
+# aiohttp's header names as compiled-in constants: compiled code looks ``hdrs.X`` up at each use.
+_ACCEPT_ENCODING: Final = hdrs.ACCEPT_ENCODING
+_CACHE_CONTROL: Final = hdrs.CACHE_CONTROL
+_CONNECTION: Final = hdrs.CONNECTION
+_CONTENT_ENCODING: Final = hdrs.CONTENT_ENCODING
+_CONTENT_LENGTH: Final = hdrs.CONTENT_LENGTH
+_CONTENT_TYPE: Final = hdrs.CONTENT_TYPE
+_COOKIE: Final = hdrs.COOKIE
+_ETAG: Final = hdrs.ETAG
+_EXPECT: Final = hdrs.EXPECT
+_EXPIRES: Final = hdrs.EXPIRES
+_FORWARDED: Final = hdrs.FORWARDED
+_HOST: Final = hdrs.HOST
+_LAST_MODIFIED: Final = hdrs.LAST_MODIFIED
+_RETRY_AFTER: Final = hdrs.RETRY_AFTER
+_SET_COOKIE: Final = hdrs.SET_COOKIE
+_TRANSFER_ENCODING: Final = hdrs.TRANSFER_ENCODING
+_VARY: Final = hdrs.VARY
+_X_FORWARDED_FOR: Final = hdrs.X_FORWARDED_FOR
+_X_FORWARDED_PROTO: Final = hdrs.X_FORWARDED_PROTO
+
 log = logging.getLogger("proxy.handler")
 
-TOKEN_COOKIE = "cc_user_token"  # noqa: S105 -- a cookie name, not a secret
-USER_ID_HEADER = "X-CC-User-Id"
-USER_TOKEN_HEADER = "X-CC-User-Token"  # noqa: S105 -- a header name
-REQUEST_ID_HEADER = "X-Request-Id"
+TOKEN_COOKIE: Final = "cc_user_token"  # noqa: S105 -- a cookie name, not a secret
+USER_ID_HEADER: Final = "X-CC-User-Id"
+USER_TOKEN_HEADER: Final = "X-CC-User-Token"  # noqa: S105 -- a header name
+REQUEST_ID_HEADER: Final = "X-Request-Id"
 # Raw customer ids whose checks passed, kept so a returning customer's id is not checked again.
-_REMEMBERED_IDS = 4096
-NO_SHARED_CACHE = "private, no-store"
+_REMEMBERED_IDS: Final = 4096
+NO_SHARED_CACHE: Final = "private, no-store"
 # Client addresses remembered by ShopHandler._client before it starts afresh.
-_CLIENTS_KEPT = 4096
+_CLIENTS_KEPT: Final = 4096
 # Removed from every page that carries a token: an edge cache obeys these ahead of Cache-Control.
-_SHARED_CACHE_HEADERS = (
-    hdrs.EXPIRES,
+_SHARED_CACHE_HEADERS: Final = (
+    _EXPIRES,
     "Surrogate-Control",
     "Surrogate-Key",
     "CDN-Cache-Control",
     "Cloudflare-CDN-Cache-Control",
 )
 # Validators of the shop's page: an editor page's GET goes out without them (its HTML is rewritten).
-_VALIDATORS = (hdrs.ETAG, hdrs.LAST_MODIFIED)
+_VALIDATORS: Final = (_ETAG, _LAST_MODIFIED)
 # Response headers that describe the shop's bytes; wrong once the body is changed.
-_BODY_DESCRIPTORS = (
-    hdrs.CONTENT_LENGTH,
-    hdrs.CONTENT_ENCODING,
-    hdrs.ETAG,
-    hdrs.LAST_MODIFIED,
+_BODY_DESCRIPTORS: Final = (
+    _CONTENT_LENGTH,
+    _CONTENT_ENCODING,
+    _ETAG,
+    _LAST_MODIFIED,
     "Content-MD5",
 )
 
@@ -305,7 +326,7 @@ class ShopHandler:
             response = web.Response(
                 status=exc.status,
                 text=exc.text,
-                headers={hdrs.RETRY_AFTER: str(exc.retry_after_s), hdrs.CACHE_CONTROL: "no-store"},
+                headers={_RETRY_AFTER: str(exc.retry_after_s), _CACHE_CONTROL: "no-store"},
             )
         except UpstreamError as exc:
             log.warning("shop request failed: %s", exc, extra={"status": exc.status})
@@ -334,7 +355,7 @@ class ShopHandler:
                 request.method,
                 request.path,
                 status,
-                round((time.perf_counter() - started) * 1000, 2),
+                time.perf_counter() - started,
                 request.remote,
             )
 
@@ -347,7 +368,7 @@ class ShopHandler:
             # CONNECT: a tunnel would carry bytes the sidecar never frames or checks. TRACE: the
             # shop would echo the request's headers (cookies included) to the page (nginx: 405).
             return _refused(405, f"{method} is not served here\n")
-        transfer_encoding = request.headers.get(hdrs.TRANSFER_ENCODING)
+        transfer_encoding = request.headers.get(_TRANSFER_ENCODING)
         if transfer_encoding is not None and transfer_encoding.strip().lower() != "chunked":
             # aiohttp takes "gzip, chunked" and removes only the chunking: the shop would get a
             # gzip body labelled as nothing (nginx: 501).
@@ -355,7 +376,7 @@ class ShopHandler:
         # What the request names, judged strictly: the shop gets the host that was matched and
         # the target in origin form, never a spelling it could read differently.
         target = request.raw_path
-        authority = request.headers.get(hdrs.HOST)
+        authority = request.headers.get(_HOST)
         if "#" in target:
             # A fragment never belongs in a request (RFC 9112 3.2); servers disagree on it.
             return _refused(400, "bad request target\n")
@@ -378,7 +399,7 @@ class ShopHandler:
         if storefront is None:
             return web.Response(status=421, text="no storefront is configured for this host\n")
         context.storefront = storefront.name
-        if hdrs.EXPECT in request.headers:
+        if _EXPECT in request.headers:
             # A body announced too large is refused before the client is asked to send it.
             self._buffering.check_announced(request)
             refused = await _answer_expect(request)
@@ -432,8 +453,8 @@ class ShopHandler:
         if is_websocket_upgrade(request):
             if (
                 method != hdrs.METH_GET
-                or hdrs.CONTENT_LENGTH in request.headers
-                or hdrs.TRANSFER_ENCODING in request.headers
+                or _CONTENT_LENGTH in request.headers
+                or _TRANSFER_ENCODING in request.headers
             ):
                 # A handshake is a GET without a body (RFC 6455 4.1): a body announced would
                 # be framing the sidecar never relays, and the shop's handshake is made as a GET.
@@ -490,9 +511,9 @@ class ShopHandler:
             token_cookie_ends = (
                 storefront.cookie
                 and storefront.session_cookie is not None
-                and hdrs.SET_COOKIE in headers
+                and _SET_COOKIE in headers
                 and replaces_session(
-                    headers.getall(hdrs.SET_COOKIE),
+                    headers.getall(_SET_COOKIE),
                     storefront.session_cookie,
                     storefront.guests.session_value(_cookies(request)),
                     self._clock(),
@@ -522,7 +543,7 @@ class ShopHandler:
                     deferred_guest = attachment.deferred_guest
                     over_budget = attachment.over_budget_s is not None
                     for cookie in attachment.set_cookies:
-                        headers.add(hdrs.SET_COOKIE, cookie)
+                        headers.add(_SET_COOKIE, cookie)
             # An editor page's token came from the cache or from the work just awaited (None: unavailable,
             # or a cookie-less guest's whose StorefrontUser waits for the cookie to come back).
             body_filter: BodyFilter | None = None
@@ -548,7 +569,7 @@ class ShopHandler:
                     headers.popall(name, None)
             if token_cookie_ends:
                 headers.add(
-                    hdrs.SET_COOKIE,
+                    _SET_COOKIE,
                     delete_cookie_value(
                         TOKEN_COOKIE, http_only=False, secure=_secure_cookies(request, storefront)
                     ),
@@ -595,7 +616,7 @@ class ShopHandler:
         choose (and to grow without bound).
         """
         if trusted:
-            forwarded_for = request.headers.getall(hdrs.X_FORWARDED_FOR, ())
+            forwarded_for = request.headers.getall(_X_FORWARDED_FOR, ())
             if forwarded_for:
                 return client_address(request.remote, forwarded_for, storefront.trusted)
         key = (storefront.name, request.remote)
@@ -666,7 +687,7 @@ class ShopHandler:
         planted before a login (fixation) or kept after a logout would go on naming the customer.
         """
         assert storefront.session_cookie is not None
-        set_cookies = headers.getall(hdrs.SET_COOKIE, ())
+        set_cookies = headers.getall(_SET_COOKIE, ())
         if not set_cookies:
             return None
         change = cookie_set(set_cookies, storefront.session_cookie, self._clock())
@@ -711,7 +732,7 @@ class ShopHandler:
         if memory is not None and session_key is not None:
             if named is not None:
                 await memory.remember(session_key, named)
-            elif 200 <= status < 300 and is_html(headers.get(hdrs.CONTENT_TYPE)):
+            elif 200 <= status < 300 and is_html(headers.get(_CONTENT_TYPE)):
                 await memory.forget(session_key)
         return named
 
@@ -858,7 +879,7 @@ class ShopHandler:
             return None
 
         async def charge() -> None:
-            forwarded_for = request.headers.getall(hdrs.X_FORWARDED_FOR, ())
+            forwarded_for = request.headers.getall(_X_FORWARDED_FOR, ())
             client = client_address(request.remote, forwarded_for, storefront.trusted)
             await budget.charge(storefront.name, client)
 
@@ -893,13 +914,13 @@ class ShopHandler:
                 return None
             headers[STATUS_HEADER] = "token-unavailable"
             storefront.counters.token_unavailable.inc()
-            if storefront.script and is_html(headers.get(hdrs.CONTENT_TYPE)):
+            if storefront.script and is_html(headers.get(_CONTENT_TYPE)):
                 # No element, but the page script, which asks tokenUrl until Customer's Canvas is back:
                 # the page's one line still finds ccSidecar.
                 return self._html_filter(request, storefront, headers, self._page_script_tag(headers))
             return None
         body_filter: BodyFilter | None = None
-        if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
+        if storefront.html and is_html(headers.get(_CONTENT_TYPE)):
             element = storefront.payloads.element(token)
             if storefront.script:
                 element += self._page_script_tag(headers)
@@ -913,7 +934,7 @@ class ShopHandler:
         if storefront.cookie and token_cookie:
             max_age = max(0, token.expires_at - int(self._clock()))
             headers.add(
-                hdrs.SET_COOKIE,
+                _SET_COOKIE,
                 set_cookie_value(
                     TOKEN_COOKIE,
                     token.token,
@@ -941,7 +962,7 @@ class ShopHandler:
 
         None (the page goes out as it is) when the shop encoded it in a way the sidecar cannot undo.
         """
-        encoding = headers.get(hdrs.CONTENT_ENCODING)
+        encoding = headers.get(_CONTENT_ENCODING)
         if encoding is not None and not ContentDecoder.supports(encoding):
             log.warning("editor page has an encoding the sidecar cannot decode", extra={"encoding": encoding})
             return None
@@ -961,7 +982,7 @@ class ShopHandler:
     ) -> BodyFilter | None:
         """The guest id without a token: the element (null token), X-CC-User-Id; no token cookie."""
         body_filter: BodyFilter | None = None
-        if storefront.html and is_html(headers.get(hdrs.CONTENT_TYPE)):
+        if storefront.html and is_html(headers.get(_CONTENT_TYPE)):
             element = render_element(storefront.payloads.for_deferred_guest(guest_id))
             if storefront.script:
                 element += self._page_script_tag(headers)
@@ -1081,18 +1102,18 @@ def _encoder_for(request: web.BaseRequest, encoding: str, headers: CIMultiDict[s
     page costs the wire what the shop meant it to. Which one depends on the request's
     Accept-Encoding, so the response varies on it whatever the shop's Vary said.
     """
-    vary = headers.getall(hdrs.VARY, ())
+    vary = headers.getall(_VARY, ())
     names = {name.strip().lower() for value in vary for name in value.split(",")}
     if not names & {"accept-encoding", "*"}:
-        headers[hdrs.VARY] = ", ".join((*vary, "Accept-Encoding"))
-    coding = response_coding(encoding, request.headers.get(hdrs.ACCEPT_ENCODING))
+        headers[_VARY] = ", ".join((*vary, "Accept-Encoding"))
+    coding = response_coding(encoding, request.headers.get(_ACCEPT_ENCODING))
     if coding is None:
         return None
-    headers[hdrs.CONTENT_ENCODING] = coding
+    headers[_CONTENT_ENCODING] = coding
     return ContentEncoder(coding)
 
 
-_UPSTREAM_TEXT = {
+_UPSTREAM_TEXT: Final = {
     502: "bad gateway: the shop did not answer\n",
     504: "gateway timeout: the shop was too slow\n",
 }
@@ -1107,7 +1128,7 @@ def _guest_cookie(guests: GuestRecogniser, guest_id: str, secure: bool) -> str:
 
 def _keep_private(headers: CIMultiDict[str]) -> None:
     """Mark an editor page's response for the browser alone: no shared cache keeps it for another."""
-    headers[hdrs.CACHE_CONTROL] = NO_SHARED_CACHE
+    headers[_CACHE_CONTROL] = NO_SHARED_CACHE
     for name in _SHARED_CACHE_HEADERS:
         headers.popall(name, None)
 
@@ -1128,14 +1149,14 @@ async def _refuse_body(request: web.BaseRequest, exc: BodyRefused) -> web.Stream
     body that stopped coming, or that the client waits to be asked for (``Expect:
     100-continue``), has nothing to linger for: written here, the connection closed.
     """
-    if isinstance(exc, (BodyTooLarge, TempSpaceFull)) and hdrs.EXPECT not in request.headers:
+    if isinstance(exc, (BodyTooLarge, TempSpaceFull)) and _EXPECT not in request.headers:
         refused = _refused(exc.status, exc.text)
         if exc.retry_after_s is not None:
-            refused.headers[hdrs.RETRY_AFTER] = str(exc.retry_after_s)
+            refused.headers[_RETRY_AFTER] = str(exc.retry_after_s)
         return refused
-    headers = CIMultiDict({hdrs.CONTENT_TYPE: "text/plain; charset=utf-8", hdrs.CONNECTION: "close"})
+    headers = CIMultiDict({_CONTENT_TYPE: "text/plain; charset=utf-8", _CONNECTION: "close"})
     if exc.retry_after_s is not None:
-        headers[hdrs.RETRY_AFTER] = str(exc.retry_after_s)
+        headers[_RETRY_AFTER] = str(exc.retry_after_s)
     try:
         response = await write_whole(
             request, exc.status, HTTPStatus(exc.status).phrase, headers, exc.text.encode()
@@ -1146,8 +1167,8 @@ async def _refuse_body(request: web.BaseRequest, exc: BodyRefused) -> web.Stream
     return response
 
 
-_HTTP_1X = frozenset((HttpVersion10, HttpVersion11))
-_REFUSED_METHODS = frozenset((hdrs.METH_CONNECT, hdrs.METH_TRACE))
+_HTTP_1X: Final = frozenset((HttpVersion10, HttpVersion11))
+_REFUSED_METHODS: Final = frozenset((hdrs.METH_CONNECT, hdrs.METH_TRACE))
 
 
 class UnsupportedVersionRequest(web.BaseRequest):
@@ -1183,7 +1204,7 @@ async def _answer_expect(request: web.BaseRequest) -> web.Response | None:
     """
     if request.version != HttpVersion11:
         return None
-    expect = request.headers.get(hdrs.EXPECT, "")
+    expect = request.headers.get(_EXPECT, "")
     if expect.lower() != "100-continue":
         return web.Response(status=417, text="unknown Expect\n")
     await request.writer.write(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -1198,7 +1219,7 @@ def _cookies(request: web.BaseRequest) -> RequestCookies:
     Several Cookie headers are read as one, as the shop will: a session cookie in a second one
     counts (twice is ambiguous, see :meth:`RequestCookies.only`).
     """
-    headers = request.headers.getall(hdrs.COOKIE, ())
+    headers = request.headers.getall(_COOKIE, ())
     if not headers:
         return RequestCookies("")
     return RequestCookies(headers[0] if len(headers) == 1 else "; ".join(headers))
@@ -1213,4 +1234,4 @@ def _secure_cookies(request: web.BaseRequest, storefront: Storefront) -> bool:
     if storefront.secure_cookies_always:
         return True
     headers = request.headers
-    return over_https(headers.getall(hdrs.X_FORWARDED_PROTO, ()), headers.getall(hdrs.FORWARDED, ()))
+    return over_https(headers.getall(_X_FORWARDED_PROTO, ()), headers.getall(_FORWARDED, ()))

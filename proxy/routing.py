@@ -21,13 +21,13 @@ import ipaddress
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
-from typing import Generic, NamedTuple, TypeVar
+from typing import Final, Generic, NamedTuple, TypeVar
 from urllib.parse import unquote_to_bytes
 
 from proxy.config import StorefrontSettings
 
 # Paths under this prefix belong to the sidecar and never go upstream.
-SIDECAR_PATH_PREFIX = "/.cc-sidecar/"
+SIDECAR_PATH_PREFIX: Final = "/.cc-sidecar/"
 
 T = TypeVar("T")
 
@@ -63,12 +63,12 @@ class PathMatcher:
 # A decoded path that some server would read differently from its letters: a backslash, a ";"
 # parameter, a ":" (NTFS streams), a percent sign left after decoding, a dot or whitespace ending
 # a segment, a dot segment or an empty one. Most paths have none of these: their own normal form.
-_NEEDS_NORMALISING = re.compile(r"[\\;:%]|/\.|[.\s](?:/|$)|//")
+_NEEDS_NORMALISING: Final = re.compile(r"[\\;:%]|/\.|[.\s](?:/|$)|//")
 # An encoded "/" or "\" in the target's path: servers disagree on whether it splits a segment.
-_ENCODED_SEPARATOR = re.compile(r"%(?:2f|5c)", re.IGNORECASE)
+_ENCODED_SEPARATOR: Final = re.compile(r"%(?:2f|5c)", re.IGNORECASE)
 # IIS's %uXXXX escapes, and overlong UTF-8 spellings of ".", "/" and "\" that old decoders took.
-_PERCENT_U = re.compile(r"%u([0-9A-Fa-f]{4})")
-_OVERLONG = (
+_PERCENT_U: Final = re.compile(r"%u([0-9A-Fa-f]{4})")
+_OVERLONG: Final = (
     (b"\xc0\xae", b"."),
     (b"\xe0\x80\xae", b"."),
     (b"\xc0\xaf", b"/"),
@@ -77,7 +77,7 @@ _OVERLONG = (
     (b"\xe0\x81\x9c", b"\\"),
 )
 # Decodings a server (or a chain of them) may apply on top of the one every server does.
-_MAX_EXTRA_DECODINGS = 3
+_MAX_EXTRA_DECODINGS: Final = 3
 
 
 def normalise_path(path: str) -> str | None:
@@ -147,7 +147,7 @@ class HostName(NamedTuple):
 
 # uri-host [":" port]: a host name (letters, digits, "-", "_", "." ; the common DNS spelling) or
 # an IPv6 literal in brackets. Anything else (userinfo, a second host, a path, a list) is not one.
-_HOST = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*))(?::([0-9]{0,5}))?")
+_HOST: Final = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_](?:[A-Za-z0-9_.-]*))(?::([0-9]{0,5}))?")
 
 
 @lru_cache(maxsize=1024)
@@ -185,7 +185,7 @@ class OriginForm(NamedTuple):
     target: str
 
 
-_ABSOLUTE_FORM = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([/?][^#]*)?")
+_ABSOLUTE_FORM: Final = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*)://([^/?#]*)([/?][^#]*)?")
 
 
 def origin_form(target: str) -> OriginForm | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection, Iterable
-from typing import Protocol
+from typing import Final, Protocol
 
 import aiohttp
 from aiohttp import hdrs, web
@@ -28,10 +28,19 @@ from proxy.errors import ClientGone, UpstreamTimeout, UpstreamUnreachable
 from proxy.injection import decodable_accept_encoding
 from proxy.upstream_http import BODYLESS_METHODS, BodySource, HttpClientError, HttpPool
 
+# aiohttp's header names as compiled-in constants: compiled code looks ``hdrs.X`` up at each use.
+_ACCEPT: Final = hdrs.ACCEPT
+_ACCEPT_ENCODING: Final = hdrs.ACCEPT_ENCODING
+_CONNECTION: Final = hdrs.CONNECTION
+_CONTENT_TYPE: Final = hdrs.CONTENT_TYPE
+_SEC_WEBSOCKET_PROTOCOL: Final = hdrs.SEC_WEBSOCKET_PROTOCOL
+_UPGRADE: Final = hdrs.UPGRADE
+_USER_AGENT: Final = hdrs.USER_AGENT
+
 log = logging.getLogger("proxy.upstream")
 
 # RFC 9110 7.6.1 plus the Proxy-* family: meaningful for one connection only, never forwarded.
-HOP_BY_HOP = frozenset(
+HOP_BY_HOP: Final = frozenset(
     name.lower()
     for name in (
         "Connection",
@@ -45,23 +54,23 @@ HOP_BY_HOP = frozenset(
         "Upgrade",
     )
 )
-_HOP_BY_HOP_NAMES = tuple(sorted(HOP_BY_HOP))
+_HOP_BY_HOP_NAMES: Final = tuple(sorted(HOP_BY_HOP))
 # Re-set by the sidecar on every request; a client's copy survives only from trusted_networks.
-FORWARDED_HEADERS = frozenset(
+FORWARDED_HEADERS: Final = frozenset(
     name.lower() for name in ("X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded")
 )
 # Claims about the client or the URL that frameworks believe from a proxy: X-Forwarded-* (Symfony
 # and Laravel read -Port and -Prefix too), nginx's realip X-Real-IP, the client-address headers
 # of CDNs and load balancers that PHP code reads, and the rewritten-URL headers of IIS that
 # Symfony and Zend route by. Kept only from trusted_networks.
-_CLIENT_CLAIM_PREFIX = b"x-forwarded-"
+_CLIENT_CLAIM_PREFIX: Final = b"x-forwarded-"
 # The standard spelling of the forwarding headers, for a trusted hop's underscored one.
-_DASHED = {
+_DASHED: Final = {
     b"x-forwarded-proto": b"X-Forwarded-Proto",
     b"x-forwarded-host": b"X-Forwarded-Host",
     b"forwarded": b"Forwarded",
 }
-_CLIENT_CLAIMS = frozenset(
+_CLIENT_CLAIMS: Final = frozenset(
     name.lower().encode()
     for name in (
         "Forwarded",
@@ -78,11 +87,11 @@ _CLIENT_CLAIMS = frozenset(
     )
 )
 # Headers that aiohttp's server or client handle themselves for each hop.
-_PER_HOP = frozenset(("expect",))
+_PER_HOP: Final = frozenset(("expect",))
 # On editor GETs the shop must send a full page to inject into, not a 304.
-CONDITIONAL_HEADERS = frozenset(("if-none-match", "if-modified-since"))
+CONDITIONAL_HEADERS: Final = frozenset(("if-none-match", "if-modified-since"))
 # The WebSocket handshake is made anew on the upstream hop.
-_WEBSOCKET_HANDSHAKE = frozenset(
+_WEBSOCKET_HANDSHAKE: Final = frozenset(
     name.lower()
     for name in (
         "Sec-WebSocket-Key",
@@ -91,11 +100,11 @@ _WEBSOCKET_HANDSHAKE = frozenset(
         "Sec-WebSocket-Accept",
     )
 )
-_NEVER_FORWARDED = HOP_BY_HOP | _PER_HOP | _WEBSOCKET_HANDSHAKE
+_NEVER_FORWARDED: Final = HOP_BY_HOP | _PER_HOP | _WEBSOCKET_HANDSHAKE
 # The same sets as raw (bytes) names, for the request's raw header lines.
-_NEVER_FORWARDED_RAW = frozenset(name.encode() for name in _NEVER_FORWARDED)
-_FORWARDED_RAW = frozenset(name.encode() for name in FORWARDED_HEADERS)
-_CONDITIONAL_RAW = frozenset(name.encode() for name in CONDITIONAL_HEADERS)
+_NEVER_FORWARDED_RAW: Final = frozenset(name.encode() for name in _NEVER_FORWARDED)
+_FORWARDED_RAW: Final = frozenset(name.encode() for name in FORWARDED_HEADERS)
+_CONDITIONAL_RAW: Final = frozenset(name.encode() for name in CONDITIONAL_HEADERS)
 # Every name request_headers treats other than by passing it on (X-Forwarded-* aside: by prefix).
 _JUDGED_RAW = (
     _NEVER_FORWARDED_RAW
@@ -104,8 +113,11 @@ _JUDGED_RAW = (
     | _CONDITIONAL_RAW
     | frozenset((b"host", b"content-length", b"cookie", b"accept-encoding"))
 )
+# "_" as the int `in` looks for in bytes: `b"_" in name` first tries the bytes as an int, fails and
+# clears the error, about 10x the cost of the search (a browser's dozen headers: a few µs).
+_UNDERSCORE: Final = ord("_")
 # Read at most this much per chunk from the shop; keeps memory per request bounded.
-READ_CHUNK = 64 * 1024
+READ_CHUNK: Final = 64 * 1024
 
 
 class BodyFilter(Protocol):
@@ -122,7 +134,7 @@ class BodyFilter(Protocol):
 
 def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> frozenset[str]:
     """Header names listed in Connection, lower-cased: hop-by-hop for this message only."""
-    values = headers.getall(hdrs.CONNECTION, ())
+    values = headers.getall(_CONNECTION, ())
     if not values:
         return frozenset()
     return frozenset(token.strip().lower() for value in values for token in value.split(",") if token.strip())
@@ -130,14 +142,14 @@ def connection_listed(headers: CIMultiDictProxy[str] | CIMultiDict[str]) -> froz
 
 def _connection_listed_raw(headers: CIMultiDictProxy[str]) -> frozenset[bytes]:
     """:func:`connection_listed` as raw (bytes) names."""
-    if hdrs.CONNECTION not in headers:
+    if _CONNECTION not in headers:
         return frozenset()
     return frozenset(name.encode("utf-8", "surrogateescape") for name in connection_listed(headers))
 
 
 def is_websocket_upgrade(request: web.BaseRequest) -> bool:
     """Tell whether the client asks to switch this request to a WebSocket."""
-    upgrade = request.headers.get(hdrs.UPGRADE)
+    upgrade = request.headers.get(_UPGRADE)
     return (
         upgrade is not None
         and upgrade.lower() == "websocket"
@@ -162,7 +174,7 @@ def _create_aiohttp_session(settings: StorefrontSettings) -> aiohttp.ClientSessi
         cookie_jar=aiohttp.DummyCookieJar(),
         auto_decompress=False,
         # Send only the headers the client sent; never add a User-Agent or Accept-Encoding of ours.
-        skip_auto_headers=(hdrs.USER_AGENT, hdrs.ACCEPT_ENCODING, hdrs.ACCEPT),
+        skip_auto_headers=(_USER_AGENT, _ACCEPT_ENCODING, _ACCEPT),
         read_bufsize=READ_CHUNK,
     )
 
@@ -339,11 +351,12 @@ class Upstream:
         prior_for: list[bytes] = []
         has_proto = has_forwarded_host = False
         content_length: bytes | None = None
+        judged = _JUDGED_RAW  # once, not per header (a module global; a test swaps it)
         for name, value in request.raw_headers:
             lowered = name.lower()
             if (
-                lowered not in _JUDGED_RAW
-                and b"_" not in lowered
+                lowered not in judged
+                and _UNDERSCORE not in lowered
                 and not lowered.startswith(_CLIENT_CLAIM_PREFIX)
                 and not (listed and lowered in listed)
                 and not (drop and lowered in drop)
@@ -352,7 +365,7 @@ class Upstream:
                 # would look at them twice.
                 parts += (name, b": ", value, b"\r\n")
                 continue
-            if b"_" in lowered:
+            if _UNDERSCORE in lowered:
                 if not trusted and not underscores:
                     continue
                 # Judged as a CGI-style server will read it; only the real Content-Length frames.
@@ -375,7 +388,7 @@ class Upstream:
                     has_forwarded_host = True
                 # A trusted hop's X_Forwarded_Proto is the shop's X-Forwarded-Proto (CGI reads it
                 # so): spelt that way, every reader of the page's headers (the session check) sees it.
-                if b"_" in name:
+                if _UNDERSCORE in name:
                     name = _DASHED[lowered]
             elif lowered.startswith(_CLIENT_CLAIM_PREFIX) or lowered in _CLIENT_CLAIMS:
                 if not trusted:
@@ -554,9 +567,9 @@ class Upstream:
 
     async def websocket(self, request: web.BaseRequest, outgoing: OutgoingHeaders) -> web.StreamResponse:
         """Connect to the shop's WebSocket first, then upgrade the client and pump both ways."""
-        protocols = _split_tokens(request.headers.getall(hdrs.SEC_WEBSOCKET_PROTOCOL, ()))
+        protocols = _split_tokens(request.headers.getall(_SEC_WEBSOCKET_PROTOCOL, ()))
         headers = outgoing.multidict()
-        headers.popall(hdrs.SEC_WEBSOCKET_PROTOCOL, None)
+        headers.popall(_SEC_WEBSOCKET_PROTOCOL, None)
         if not web.WebSocketResponse(protocols=protocols).can_prepare(request).ok:
             # A handshake this side could never complete (no key, bad version): refuse it before
             # a connection to the shop is spent on it.
@@ -626,7 +639,7 @@ def _feed(
     if (
         buffering is None
         or buffering.streams(request.path)
-        or buffering.streams_response(headers.get(hdrs.CONTENT_TYPE))
+        or buffering.streams_response(headers.get(_CONTENT_TYPE))
     ):
         # Nothing held back: each write waits while the client's socket is full (the one chunk in
         # the spool stays in memory, never in a file).
@@ -676,7 +689,7 @@ def _split_tokens(values: Iterable[str]) -> tuple[str, ...]:
 def response_headers(upstream: ShopResponse) -> CIMultiDict[str]:
     """The shop's response headers less hop-by-hop ones (those it named in Connection too)."""
     headers = CIMultiDict(upstream.raw_headers)
-    if hdrs.CONNECTION in headers:
+    if _CONNECTION in headers:
         for name in connection_listed(headers):
             headers.popall(name, None)
     for name in _HOP_BY_HOP_NAMES:

@@ -42,23 +42,23 @@ import logging
 import select
 import socket
 import time
-from typing import Protocol, cast
+from typing import Final, Protocol, cast
 
 import httptools
 
 log = logging.getLogger("proxy.upstream")
 
 # Body bytes buffered per response before the socket stops being read, and where it resumes.
-_HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
+_HIGH_WATER: Final = 256 * 1024
+_LOW_WATER: Final = 64 * 1024
 # Idle connections kept per shop, and how long one may sit unused before it is closed.
-MAX_IDLE = 128
-IDLE_TIMEOUT_S = 30.0
-_NO_BODY_STATUSES = frozenset((204, 304))
+MAX_IDLE: Final = 128
+IDLE_TIMEOUT_S: Final = 30.0
+_NO_BODY_STATUSES: Final = frozenset((204, 304))
 # Methods that carry no body when the client sent none (others get Content-Length: 0).
-BODYLESS_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
+BODYLESS_METHODS: Final = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 # Safe to send again (no side effects) on a fresh connection when a kept-alive one died before any answer.
-IDEMPOTENT_METHODS = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
+IDEMPOTENT_METHODS: Final = frozenset(("GET", "HEAD", "OPTIONS", "TRACE"))
 
 
 class BodySource(Protocol):
@@ -81,7 +81,7 @@ class ResponseMalformed(HttpClientError):
     """The shop's bytes are not HTTP/1.x, or not an answer this client can take (a 101)."""
 
 
-_IDLE_BYTES_WARNING = "shop sent bytes on an idle connection: closed it"
+_IDLE_BYTES_WARNING: Final = "shop sent bytes on an idle connection: closed it"
 
 
 class _StopParsing(Exception):

@@ -7,15 +7,16 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Iterator
 
 import pytest
-from hypothesis import example, given
+from hypothesis import assume, example, given
 from hypothesis import strategies as st
 
-from proxy.access_log import AccessLineFormatter, AccessLog, LogWriter
+from proxy.access_log import AccessLineFormatter, AccessLog, LogWriter, milliseconds_text
 from proxy.log import JsonFormatter, RequestContext, request_context
 from proxy.metrics import Metrics, PlainCounter
 from tests.fixtures.emulator import ManualClock
@@ -53,10 +54,10 @@ def todays_line(
     method=ANY_TEXT,
     path=ANY_TEXT,
     status=st.integers(100, 599),
-    duration_ms=st.floats(min_value=0, max_value=1e6).map(lambda ms: round(ms, 2)),
+    duration_s=st.floats(min_value=0, max_value=1e3),
     peer=st.none() | ANY_TEXT,
 )
-@example(1_800_000_000.9996, 'a"\\\n\x00', "main", "GET", '/"</script>\u2028\udc80', 200, 1.0, "::1")
+@example(1_800_000_000.9996, 'a"\\\n\x00', "main", "GET", '/"</script>\u2028\udc80', 200, 0.001, "::1")
 def test_the_line_is_the_one_the_logging_path_wrote(
     now: float,
     request_id: str,
@@ -64,11 +65,15 @@ def test_the_line_is_the_one_the_logging_path_wrote(
     method: str,
     path: str,
     status: int,
-    duration_ms: float,
+    duration_s: float,
     peer: str | None,
 ) -> None:
-    """For any values, the direct line is character for character JsonFormatter's, and one JSON object."""
-    line = AccessLineFormatter().line(now, request_id, storefront, method, path, status, duration_ms, peer)
+    """For any values, the direct line is character for character JsonFormatter's, and one JSON object.
+
+    JsonFormatter was given the duration in milliseconds rounded half up to the hundredth.
+    """
+    line = AccessLineFormatter().line(now, request_id, storefront, method, path, status, duration_s, peer)
+    duration_ms = math.floor(duration_s * 100_000.0 + 0.5) / 100
     assert line == todays_line(now, request_id, storefront, method, path, status, duration_ms, peer)
     decoded = json.loads(line.encode("utf-8", "backslashreplace"))
     assert (decoded["path"], decoded["peer"], decoded.get("storefront")) == (path, peer, storefront)
@@ -77,13 +82,43 @@ def test_the_line_is_the_one_the_logging_path_wrote(
 def test_the_fields_in_order() -> None:
     """A routed request's line: time, level, logger, message, request id, storefront, then the request."""
     line = AccessLineFormatter().line(
-        1_800_000_000.25, "req-1", "main", "GET", "/plain", 200, 1.5, "127.0.0.1"
+        1_800_000_000.25, "req-1", "main", "GET", "/plain", 200, 0.0015, "127.0.0.1"
     )
     assert line == (
         '{"time": "2027-01-15T08:00:00.250Z", "level": "info", "logger": "proxy.access", "message": "request",'
         ' "request_id": "req-1", "storefront": "main", "method": "GET", "path": "/plain", "status": 200,'
         ' "duration_ms": 1.5, "peer": "127.0.0.1"}\n'
     )
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [
+        (0.0, "0.0"),
+        (0.000004, "0.0"),
+        (0.000005001, "0.01"),
+        (0.00007, "0.07"),
+        (0.0015, "1.5"),
+        (0.0125, "12.5"),
+        (0.123456, "123.46"),
+        (1.0, "1000.0"),
+        (3600.999999, "3601000.0"),
+        (-0.001, "0.0"),
+    ],
+)
+def test_a_duration_is_written_in_milliseconds_to_the_hundredth(seconds: float, text: str) -> None:
+    """Seconds in, milliseconds out, two places at most, one at least, as JSON writes the float."""
+    assert milliseconds_text(seconds) == text
+
+
+@given(st.floats(min_value=0, max_value=1e5))
+def test_a_duration_reads_as_the_rounded_float_did(seconds: float) -> None:
+    """Off a tie, the text is what repr(round(ms, 2)) gave, and JSON reads it as that float."""
+    scaled = seconds * 100_000.0
+    assume(abs(scaled - math.floor(scaled) - 0.5) > 1e-6)
+    text = milliseconds_text(seconds)
+    assert text == repr(round(seconds * 1000, 2))
+    assert json.loads(text) == round(seconds * 1000, 2)
 
 
 @pytest.fixture
@@ -120,7 +155,7 @@ async def read_until(fd: int, lines: int, within_s: float) -> bytes:
 
 
 def one(log: AccessLog, number: int, path: str = "/p") -> None:
-    log.record(f"r-{number}", "main", "GET", path, 200, 0.5, "127.0.0.1")
+    log.record(f"r-{number}", "main", "GET", path, 200, 0.0005, "127.0.0.1")
 
 
 async def test_an_idle_batch_leaves_within_the_flush_interval(pipe: tuple[int, int]) -> None:
