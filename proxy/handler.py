@@ -364,11 +364,14 @@ class ShopHandler:
         if type(request) is UnsupportedVersionRequest:
             return _refused(505, "only HTTP/1.0 and HTTP/1.1 are served here\n")
         method = request.method
+        # Each read once: a property of aiohttp's request costs a lookup at every use.
+        client_headers = request.headers
+        remote = request.remote
         if method in _REFUSED_METHODS:
             # CONNECT: a tunnel would carry bytes the sidecar never frames or checks. TRACE: the
             # shop would echo the request's headers (cookies included) to the page (nginx: 405).
             return _refused(405, f"{method} is not served here\n")
-        transfer_encoding = request.headers.get(_TRANSFER_ENCODING)
+        transfer_encoding = client_headers.get(_TRANSFER_ENCODING)
         if transfer_encoding is not None and transfer_encoding.strip().lower() != "chunked":
             # aiohttp takes "gzip, chunked" and removes only the chunking: the shop would get a
             # gzip body labelled as nothing (nginx: 501).
@@ -376,7 +379,7 @@ class ShopHandler:
         # What the request names, judged strictly: the shop gets the host that was matched and
         # the target in origin form, never a spelling it could read differently.
         target = request.raw_path
-        authority = request.headers.get(_HOST)
+        authority = client_headers.get(_HOST)
         if "#" in target:
             # A fragment never belongs in a request (RFC 9112 3.2); servers disagree on it.
             return _refused(400, "bad request target\n")
@@ -393,24 +396,22 @@ class ShopHandler:
             host = parse_host(authority)
             if host is None:
                 return _refused(400, "bad Host header\n")
-        storefront = self._router.resolve(
-            host.name if host is not None else None, request.headers, request.remote
-        )
+        storefront = self._router.resolve(host.name if host is not None else None, client_headers, remote)
         if storefront is None:
             return web.Response(status=421, text="no storefront is configured for this host\n")
         context.storefront = storefront.name
-        if _EXPECT in request.headers:
+        if _EXPECT in client_headers:
             # A body announced too large is refused before the client is asked to send it.
             self._buffering.check_announced(request)
             refused = await _answer_expect(request)
             if refused is not None:
                 return refused
-        trusted = storefront.trusted.contains(request.remote)
-        if "\x00" in request.path:
+        trusted = storefront.trusted.contains(remote)
+        path = request.path
+        if "\x00" in path:
             # Servers disagree on a NUL (some end the path there): no shop path has one.
             return _refused(400, "bad path\n")
         # No spelling of /.cc-sidecar/ that any server could route there is forwarded.
-        path = request.path
         lenient = normalise_path(path)
         if lenient is None:
             return _refused(400, "bad path\n")
@@ -438,7 +439,7 @@ class ShopHandler:
         )
         editor = editor_path and method == hdrs.METH_GET
         # Another site's page asking for an editor page (a fetch, an iframe): no token for it.
-        withheld = editor and not page_may_carry_token(request.headers)
+        withheld = editor and not page_may_carry_token(client_headers)
         upstream_headers = storefront.upstream.request_headers(
             request,
             trusted=trusted,
@@ -453,8 +454,8 @@ class ShopHandler:
         if is_websocket_upgrade(request):
             if (
                 method != hdrs.METH_GET
-                or _CONTENT_LENGTH in request.headers
-                or _TRANSFER_ENCODING in request.headers
+                or _CONTENT_LENGTH in client_headers
+                or _TRANSFER_ENCODING in client_headers
             ):
                 # A handshake is a GET without a body (RFC 6455 4.1): a body announced would
                 # be framing the sidecar never relays, and the shop's handshake is made as a GET.
