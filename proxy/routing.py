@@ -81,6 +81,29 @@ _OVERLONG: Final = (
 _MAX_EXTRA_DECODINGS: Final = 3
 
 
+def needs_normalising(path: str) -> bool:
+    """Whether ``_NEEDS_NORMALISING`` finds anything in ``path``, most paths tested without it.
+
+    The only whitespace a printable path can hold is the space (every other is a control or a
+    separator, which Python does not call printable), so a few substring tests (each one C-speed
+    pass) say what the regex says; it tests each character for ``\\s``, ten times their cost.
+    """
+    if not path.isprintable():
+        return _NEEDS_NORMALISING.search(path) is not None
+    return (
+        "\\" in path
+        or ";" in path
+        or ":" in path
+        or "%" in path
+        or "/." in path
+        or "//" in path
+        or "./" in path
+        or " /" in path
+        or path.endswith(".")
+        or path.endswith(" ")
+    )
+
+
 def normalise_path(path: str) -> str | None:
     r"""The (decoded) path as the most lenient shop server could route it, so no spelling dodges a check.
 
@@ -91,7 +114,7 @@ def normalise_path(path: str) -> str | None:
     needs none of this is returned as it is (the same object). None: a decoding gives a lone
     surrogate (``%uD800``), which is no character at all; servers cannot read such a path alike.
     """
-    if _NEEDS_NORMALISING.search(path) is None:
+    if not needs_normalising(path):
         return path
     for _ in range(_MAX_EXTRA_DECODINGS):
         if "%" not in path:

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from proxy.config import StorefrontSettings
 from proxy.routing import (
+    _NEEDS_NORMALISING,
     HostName,
     OriginForm,
     PathMatcher,
     Router,
     has_encoded_separator,
     is_sidecar_path,
+    needs_normalising,
     normalise_path,
     origin_form,
     parse_host,
@@ -272,3 +277,26 @@ def test_targets_become_origin_form(target: str, form: OriginForm) -> None:
 def test_other_target_forms_are_refused(target: str) -> None:
     """Authority form and other schemes are not forwarded."""
     assert origin_form(target) is None
+
+
+# Paths made mostly of the characters the rules are about, and now and then any character.
+PATH_TEXT = st.text(
+    st.sampled_from(list("/. \\;:%ab\t\x1f\x85\xa0\u2028")) | st.characters(blacklist_categories=()),
+    max_size=12,
+)
+
+
+@given(PATH_TEXT)
+@example("/a /b")
+@example("/a ")
+@example("/a./b")
+@example("/\x1f/")
+def test_the_quick_test_for_a_path_needing_normalising_is_the_regex(path: str) -> None:
+    """Printable ASCII or not, the substring tests say what the regex says."""
+    assert needs_normalising(path) == (_NEEDS_NORMALISING.search(path) is not None)
+
+
+def test_the_only_printable_whitespace_is_the_space() -> None:
+    """What the quick test stands on: any other character the regex calls whitespace is not printable."""
+    printable_spaces = [c for c in map(chr, range(sys.maxunicode + 1)) if c.isspace() and c.isprintable()]
+    assert printable_spaces == [" "]
