@@ -10,8 +10,9 @@ requests sent one after another on one keep-alive connection, then off. The repo
 sidecar's user-space instructions per request: within about 1 % from run to run of the same build,
 whatever else the machine does, where CPU time moves by 10 % or more on a shared VM. It leaves out
 what the kernel does (the loopback writes and reads: about a third of the CPU time) and cache
-misses; bench/ab.py measures the time. ``--keep DIR`` keeps each tree's callgrind file for
-``callgrind_annotate``.
+misses, and it overstates large copies (glibc copies them with ``rep movsb``, which callgrind
+counts once per byte: a 21 KB page's copy counts about 21,000); bench/ab.py measures the time.
+``--keep DIR`` keeps each tree's callgrind file for ``callgrind_annotate``.
 """
 
 from __future__ import annotations
