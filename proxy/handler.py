@@ -33,13 +33,13 @@ from aiohttp import HttpVersion10, HttpVersion11, hdrs, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
-from multidict import CIMultiDict
+from multidict import CIMultiDict, CIMultiDictProxy
 
 from proxy.access_log import AccessLog
 from proxy.budget import Budget, client_address
 from proxy.buffering import Buffering
 from proxy.client_gate import ClientGate
-from proxy.client_response import CLIENT_GONE, write_whole
+from proxy.client_response import CLIENT_GONE, parsed_head, write_whole
 from proxy.config import StorefrontSettings
 from proxy.cookies import (
     CookieSet,
@@ -307,15 +307,19 @@ class ShopHandler:
 
     async def __call__(self, request: web.BaseRequest) -> web.StreamResponse:
         """Serve one shop request: the one place errors become HTTP responses, counted and logged."""
-        context = RequestContext(request.headers.get(REQUEST_ID_HEADER))
+        # The request line and headers are read from here on, not through the request's cached
+        # properties (see parsed_head).
+        message = parsed_head(request)
+        remote = request.remote
+        context = RequestContext(message.headers.get(REQUEST_ID_HEADER))
         # Every log line written for this request carries its id (and storefront, once routed).
         request_context.set(context)
         started = time.perf_counter()
         try:
-            response = await self._serve(request, context)
+            response = await self._serve(request, message, remote, context)
         except ClientGone as exc:
             # A visitor who cancels a download does this: one INFO line, no traceback, no 500.
-            log.info("client went away %s", exc, extra={"path": request.path, "status": exc.status})
+            log.info("client went away %s", exc, extra={"path": message.url.path, "status": exc.status})
             response = CLIENT_GONE
         except BodyRefused as exc:
             log.info("refused a request body: %s", exc, extra={"status": exc.status})
@@ -333,7 +337,7 @@ class ShopHandler:
             response = web.Response(status=exc.status, text=_UPSTREAM_TEXT[exc.status])
         except web.HTTPException as exc:
             # aiohttp answers these itself once re-raised.
-            self._record(request, context, exc.status, started)
+            self._record(message, remote, context, exc.status, started)
             raise
         except SidecarError as exc:
             log.error("request failed: %s", exc)
@@ -341,10 +345,12 @@ class ShopHandler:
         except Exception:
             log.exception("unexpected error")
             response = web.Response(status=500, text="internal error\n")
-        self._record(request, context, response.status, started)
+        self._record(message, remote, context, response.status, started)
         return response
 
-    def _record(self, request: web.BaseRequest, context: RequestContext, status: int, started: float) -> None:
+    def _record(
+        self, message: Any, remote: str | None, context: RequestContext, status: int, started: float
+    ) -> None:
         """Count the request and write its access log line."""
         self._requests.labels(context.storefront or "-", status).inc()
         access_log = self._access_log
@@ -352,21 +358,25 @@ class ShopHandler:
             access_log.record(
                 context.request_id,
                 context.storefront,
-                request.method,
-                request.path,
+                message.method,
+                message.url.path,
                 status,
                 time.perf_counter() - started,
-                request.remote,
+                remote,
             )
 
-    async def _serve(self, request: web.BaseRequest, context: RequestContext) -> web.StreamResponse:
-        """Route, identify, forward and attach: one request end to end."""
+    async def _serve(
+        self, request: web.BaseRequest, message: Any, remote: str | None, context: RequestContext
+    ) -> web.StreamResponse:
+        """Route, identify, forward and attach: one request end to end.
+
+        ``message`` is the request's parsed head (:func:`~proxy.client_response.parsed_head`),
+        ``remote`` its peer.
+        """
         if type(request) is UnsupportedVersionRequest:
             return _refused(505, "only HTTP/1.0 and HTTP/1.1 are served here\n")
-        method = request.method
-        # Each read once: a property of aiohttp's request costs a lookup at every use.
-        client_headers = request.headers
-        remote = request.remote
+        method: str = message.method
+        client_headers: CIMultiDictProxy[str] = message.headers
         if method in _REFUSED_METHODS:
             # CONNECT: a tunnel would carry bytes the sidecar never frames or checks. TRACE: the
             # shop would echo the request's headers (cookies included) to the page (nginx: 405).
@@ -378,7 +388,7 @@ class ShopHandler:
             return _refused(501, "only the chunked transfer coding is served here\n")
         # What the request names, judged strictly: the shop gets the host that was matched and
         # the target in origin form, never a spelling it could read differently.
-        target = request.raw_path
+        target: str = message.path
         authority = client_headers.get(_HOST)
         if "#" in target:
             # A fragment never belongs in a request (RFC 9112 3.2); servers disagree on it.
@@ -407,7 +417,7 @@ class ShopHandler:
             if refused is not None:
                 return refused
         trusted = storefront.trusted.contains(remote)
-        path = request.path
+        path: str = message.url.path
         if "\x00" in path:
             # Servers disagree on a NUL (some end the path there): no shop path has one.
             return _refused(400, "bad path\n")
@@ -441,7 +451,8 @@ class ShopHandler:
         # Another site's page asking for an editor page (a fetch, an iframe): no token for it.
         withheld = editor and not page_may_carry_token(client_headers)
         upstream_headers = storefront.upstream.request_headers(
-            request,
+            message,
+            remote,
             trusted=trusted,
             host=host.authority if host is not None else None,
             target=target,
@@ -451,7 +462,7 @@ class ShopHandler:
             drop_cookie=TOKEN_COOKIE,
             underscores=storefront.underscores_in_headers,
         )
-        if is_websocket_upgrade(request):
+        if is_websocket_upgrade(client_headers):
             if (
                 method != hdrs.METH_GET
                 or _CONTENT_LENGTH in client_headers
@@ -471,9 +482,10 @@ class ShopHandler:
         # however the request ends: the shop may answer before it has read it all.
         try:
             # The whole body first (unless it streams): a slow client never holds a shop worker.
-            if request.body_exists and not self._buffering.streams(path):
+            has_body = request.body_exists
+            if has_body and not self._buffering.streams(path):
                 body = await self._buffering.read_body(request)
-            logged_in = self._header_identity(request, storefront, trusted)
+            logged_in = self._header_identity(client_headers, storefront, trusted)
             work: asyncio.Task[Attachment] | None = None
             token: CustomerToken | None = None
             deferred_guest: str | None = None
@@ -492,7 +504,9 @@ class ShopHandler:
 
             try:
                 started = time.perf_counter()
-                shop = await storefront.upstream.open(request, upstream_headers, body)
+                shop = await storefront.upstream.open(
+                    upstream_headers, body if body is not None else request.content if has_body else None
+                )
                 storefront.upstream_latency.observe(time.perf_counter() - started)
             except BaseException:
                 if work is not None:
@@ -670,11 +684,13 @@ class ShopHandler:
                 return self._tokens.cached_hit(storefront.storefront_id, guest_id, is_anonymous=True)
         return None
 
-    def _header_identity(self, request: web.BaseRequest, storefront: Storefront, trusted: bool) -> str | None:
-        """The logged-in id from the identity header, believed only from a trusted peer."""
+    def _header_identity(
+        self, headers: CIMultiDictProxy[str], storefront: Storefront, trusted: bool
+    ) -> str | None:
+        """The logged-in id from the request's identity header, believed only from a trusted peer."""
         if storefront.identity_header is None or not trusted:
             return None
-        raw = header_value(request.headers, storefront.identity_header)
+        raw = header_value(headers, storefront.identity_header)
         if raw is None:
             return None
         return self._valid_or_none(raw, storefront, "header")
@@ -1003,7 +1019,7 @@ class ShopHandler:
             sidecar_request.storefront,
             sidecar_request.trusted,
         )
-        logged_in = self._header_identity(request, storefront, trusted)
+        logged_in = self._header_identity(request.headers, storefront, trusted)
         remembered = None
         if logged_in is None and storefront.response_memory is not None:
             session_key = storefront.guests.session_key(_cookies(request))
@@ -1011,7 +1027,8 @@ class ShopHandler:
         # The session check asks the shop about this browser as a page request of it would.
         page_headers = (
             storefront.upstream.request_headers(
-                request,
+                parsed_head(request),
+                request.remote,
                 trusted=trusted,
                 host=sidecar_request.host,
                 target=request.raw_path,

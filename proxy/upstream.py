@@ -13,14 +13,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection, Iterable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 import aiohttp
 from aiohttp import hdrs, web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from proxy.buffering import BufferedBody, Buffering, ResponseFeed, Spool, to_client
+from proxy.buffering import Buffering, ResponseFeed, Spool, to_client
 from proxy.client_response import write_whole
 from proxy.config import StorefrontSettings
 from proxy.cookies import cookie_header_without
@@ -147,14 +147,10 @@ def _connection_listed_raw(headers: CIMultiDictProxy[str]) -> frozenset[bytes]:
     return frozenset(name.encode("utf-8", "surrogateescape") for name in connection_listed(headers))
 
 
-def is_websocket_upgrade(request: web.BaseRequest) -> bool:
-    """Tell whether the client asks to switch this request to a WebSocket."""
-    upgrade = request.headers.get(_UPGRADE)
-    return (
-        upgrade is not None
-        and upgrade.lower() == "websocket"
-        and "upgrade" in connection_listed(request.headers)
-    )
+def is_websocket_upgrade(headers: CIMultiDictProxy[str]) -> bool:
+    """Tell whether a request with these headers asks to be switched to a WebSocket."""
+    upgrade = headers.get(_UPGRADE)
+    return upgrade is not None and upgrade.lower() == "websocket" and "upgrade" in connection_listed(headers)
 
 
 def _create_aiohttp_session(settings: StorefrontSettings) -> aiohttp.ClientSession:
@@ -215,9 +211,12 @@ class OutgoingHeaders:
     bytes as the client sent them: joined once into the request head, never decoded on the way.
     """
 
-    __slots__ = ("content_length", "has_host", "parts", "target")
+    __slots__ = ("content_length", "has_host", "method", "parts", "target")
 
-    def __init__(self, parts: list[bytes], has_host: bool, content_length: bytes | None, target: str) -> None:
+    def __init__(
+        self, method: str, parts: list[bytes], has_host: bool, content_length: bytes | None, target: str
+    ) -> None:
+        self.method = method
         self.parts = parts
         self.has_host = has_host
         self.content_length = content_length
@@ -320,7 +319,8 @@ class Upstream:
 
     @staticmethod
     def request_headers(
-        request: web.BaseRequest,
+        message: Any,
+        remote: str | None,
         *,
         trusted: bool,
         host: str | None,
@@ -332,10 +332,12 @@ class Upstream:
     ) -> OutgoingHeaders:
         """Headers to send upstream: hop-by-hop and ``drop`` removed, Host and X-Forwarded-* set.
 
-        Read from the request's raw header lines (bytes as the client sent them: aiohttp's parser
-        has refused any with a CR or LF in them). ``host`` is the normalised host the request was
-        routed by (sent as Host instead of the client's spelling; None: the request had none) and
-        ``target`` the origin-form target. ``drop`` holds lower-case names with ``_`` spelled
+        Read from the request's parsed head (``message``, see
+        :func:`~proxy.client_response.parsed_head`): its raw header lines (bytes as the client
+        sent them: aiohttp's parser has refused any with a CR or LF in them), their multidict and
+        its method. ``remote`` is the client's address. ``host`` is the normalised host the
+        request was routed by (sent as Host instead of the client's spelling; None: the request
+        had none) and ``target`` the origin-form target. ``drop`` holds lower-case names with ``_`` spelled
         ``-``; every spelling of them goes. From an untrusted peer a header name with ``_`` goes
         unless ``underscores`` (CGI-style servers read ``X_Forwarded_For`` as X-Forwarded-For),
         and X-Forwarded-*, Forwarded and X-Real-IP go in every spelling. ``drop_conditional``
@@ -343,7 +345,7 @@ class Upstream:
         shop answers with a full page the token can go into. ``drop_cookie`` names a cookie taken
         out of every Cookie header (a header left empty goes).
         """
-        listed = _connection_listed_raw(request.headers)
+        listed = _connection_listed_raw(message.headers)
         parts: list[bytes] = []
         host_value = host.encode("ascii") if host is not None else None
         if host_value is not None:
@@ -352,7 +354,8 @@ class Upstream:
         has_proto = has_forwarded_host = False
         content_length: bytes | None = None
         judged = _JUDGED_RAW  # once, not per header (a module global; a test swaps it)
-        for name, value in request.raw_headers:
+        raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers
+        for name, value in raw_headers:
             lowered = name.lower()
             if (
                 lowered not in judged
@@ -408,7 +411,7 @@ class Upstream:
                 if lowered == b"accept-encoding":
                     value = decodable_accept_encoding(value.decode("latin-1")).encode("latin-1")
             parts += (name, b": ", value, b"\r\n")
-        peer = (request.remote or "").encode()
+        peer = (remote or "").encode()
         forwarded_for = b", ".join((*prior_for, peer)) if prior_for else peer
         parts += (b"X-Forwarded-For", b": ", forwarded_for, b"\r\n")
         if not has_proto:
@@ -416,42 +419,43 @@ class Upstream:
             parts += (b"X-Forwarded-Proto", b": ", b"http", b"\r\n")
         if not has_forwarded_host and host_value is not None:
             parts += (b"X-Forwarded-Host", b": ", host_value, b"\r\n")
-        return OutgoingHeaders(parts, host_value is not None, content_length, target)
+        return OutgoingHeaders(message.method, parts, host_value is not None, content_length, target)
 
-    async def open(
-        self, request: web.BaseRequest, headers: OutgoingHeaders, body: BufferedBody | None = None
-    ) -> ShopResponse:
+    async def open(self, headers: OutgoingHeaders, source: BodySource | None = None) -> ShopResponse:
         """Send the request with its body; return once the shop's headers arrived.
 
-        ``body``: the request's body read in full (:mod:`proxy.buffering`); None: streamed from
-        the client, if it has one.
+        ``source``: the request's body, read in full (:mod:`proxy.buffering`) or streamed from the
+        client (``request.content``); None: it has none.
         """
         if self._pool is None:
-            return await self._open_aiohttp(request, headers, body)
-        method = request.method
-        source: BodySource | None = (
-            body if body is not None else request.content if request.body_exists else None
-        )
+            return await self._open_aiohttp(headers, source)
+        method = headers.method
         target = headers.target.encode("utf-8", "surrogateescape")
         # "OPTIONS *" asks about the server itself: the asterisk goes as it is, without the prefix.
         prefix = self._prefix if target != b"*" else b""
         parts = [method.encode("ascii"), b" ", prefix, target, b" HTTP/1.1\r\n"]
+        # The lines put together here, each ending in its CRLF: the request line, the headers
+        # (four parts each), the blank line and each line added below.
+        lines = 2 + len(headers.parts) // 4
         if not headers.has_host:
             parts.append(self._host_line)
+            lines += 1
         parts += headers.parts
         content_length: int | None = None
         if source is not None:
             if headers.content_length is None:
                 parts.append(b"Transfer-Encoding: chunked\r\n")
+                lines += 1
             else:
                 content_length = int(headers.content_length)
         elif headers.content_length is None and method not in BODYLESS_METHODS:
             parts.append(b"Content-Length: 0\r\n")
+            lines += 1
         parts.append(b"\r\n")
         head = b"".join(parts)
-        # Every line ends in CRLF and nothing else breaks one (aiohttp's parser refused CR and LF
-        # inside the client's lines already; this guards the target and the sidecar's additions).
-        lines = head.count(b"\r\n")
+        # Nothing else breaks a line: as many CRs and LFs as line ends means none is anywhere
+        # else (aiohttp's parser refused CR and LF inside the client's lines already; this guards
+        # the target and the sidecar's additions). Two C-speed counts, not three.
         if head.count(b"\n") != lines or head.count(b"\r") != lines:
             raise ValueError("newline or carriage return in the request head")
         try:
@@ -461,15 +465,13 @@ class Upstream:
         except (OSError, HttpClientError) as exc:
             raise UpstreamUnreachable(f"{self.name}: {type(exc).__name__}") from exc
 
-    async def _open_aiohttp(
-        self, request: web.BaseRequest, headers: OutgoingHeaders, body: BufferedBody | None
-    ) -> ShopResponse:
+    async def _open_aiohttp(self, headers: OutgoingHeaders, source: BodySource | None) -> ShopResponse:
         try:
             response = await self.session.request(
-                request.method,
+                headers.method,
                 self.url_for(headers.target),
                 headers=headers.multidict(),
-                data=body if body is not None else request.content if request.body_exists else None,
+                data=source,
                 allow_redirects=False,
                 compress=None,
             )

@@ -20,6 +20,7 @@ from aiohttp import web
 from aiohttp.test_utils import BaseTestServer
 
 from proxy.app import SHOP_SERVER_OPTIONS
+from proxy.client_response import parsed_head
 from proxy.config import parse_settings
 from proxy.errors import UpstreamUnreachable
 from proxy.upstream import Upstream, UpstreamSession, response_headers
@@ -226,9 +227,11 @@ async def test_a_101_through_the_aiohttp_client_https_shops_use_is_refused_too(
     upstream = Upstream(settings, clients)
 
     async def forward(request: web.BaseRequest) -> web.StreamResponse:
-        outgoing = upstream.request_headers(request, trusted=False, host="shop.test", target=request.raw_path)
+        outgoing = upstream.request_headers(
+            parsed_head(request), request.remote, trusted=False, host="shop.test", target=request.raw_path
+        )
         try:
-            answer = await upstream.open(request, outgoing)
+            answer = await upstream.open(outgoing)
         except UpstreamUnreachable:
             return web.Response(status=502, text="refused\n")
         return await upstream.relay(request, answer, response_headers(answer))
