@@ -63,6 +63,11 @@ _MILLISECONDS: Final = [f".{n:03d}Z" for n in range(1000)]
 # ".0", ".01" ... ".99": the end of a duration in milliseconds, as repr writes a float rounded to
 # two places (json.dumps writes floats so), looked up rather than rounded and repr'd.
 _HUNDREDTHS: Final = [f".{n // 10}" if n % 10 == 0 else f".{n:02d}" for n in range(100)]
+# The methods nearly every request has, each escaped once.
+_METHOD_FIELDS: Final = {
+    method: encode_basestring(method)
+    for method in ("GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH")
+}
 
 
 def milliseconds_text(seconds: float) -> str:
@@ -84,13 +89,17 @@ class AccessLineFormatter:
     text with ``str``/``repr`` and the milliseconds looked up.
     """
 
-    __slots__ = ("_prefix", "_routed", "_second")
+    __slots__ = ("_peer", "_peer_field", "_prefix", "_routed", "_second")
 
     def __init__(self) -> None:
         self._second = -1
         self._prefix = ""
         # Storefront name -> its escaped field: a handful of names, each escaped once.
         self._routed: dict[str, str] = {}
+        # The last peer and its escaped field: most lines in a row have the same one (a
+        # keep-alive client's requests, or the ingress in front of the sidecar).
+        self._peer: str | None = None
+        self._peer_field = "null"
 
     def timestamp(self, now: float) -> str:
         """As JsonFormatter writes a record's time: UTC, milliseconds, ``Z``."""
@@ -120,14 +129,17 @@ class AccessLineFormatter:
             routed = self._routed.get(storefront, "")
             if not routed:
                 routed = self._routed[storefront] = ', "storefront": ' + encode_basestring(storefront)
-        peer_json = "null" if peer is None else encode_basestring(peer)
+        if peer != self._peer:
+            self._peer = peer
+            self._peer_field = "null" if peer is None else encode_basestring(peer)
+        method_field = _METHOD_FIELDS.get(method) or encode_basestring(method)
         status_text = str(status)
         duration_text = milliseconds_text(duration_s)
         return (
             f'{{"time": "{self.timestamp(now)}", "level": "info", "logger": "proxy.access",'
             f' "message": "request", "request_id": {encode_basestring(request_id)}{routed},'
-            f' "method": {encode_basestring(method)}, "path": {encode_basestring(path)},'
-            f' "status": {status_text}, "duration_ms": {duration_text}, "peer": {peer_json}}}\n'
+            f' "method": {method_field}, "path": {encode_basestring(path)},'
+            f' "status": {status_text}, "duration_ms": {duration_text}, "peer": {self._peer_field}}}\n'
         )
 
 

@@ -79,6 +79,23 @@ def test_the_line_is_the_one_the_logging_path_wrote(
     assert (decoded["path"], decoded["peer"], decoded.get("storefront")) == (path, peer, storefront)
 
 
+@given(
+    requests=st.lists(
+        st.tuples(st.sampled_from(["GET", "HEAD", "POST", "PROPFIND"]) | ANY_TEXT, st.none() | ANY_TEXT),
+        max_size=8,
+    )
+)
+@example([("GET", "10.0.0.1"), ("GET", "10.0.0.1"), ("GET", None), ("HEAD", "10.0.0.2"), ("GET", '"')])
+def test_lines_in_a_row_are_each_the_one_the_logging_path_wrote(
+    requests: list[tuple[str, str | None]],
+) -> None:
+    """One formatter's lines, peers and methods repeated or not, are each JsonFormatter's."""
+    formatter = AccessLineFormatter()
+    for method, peer in requests:
+        line = formatter.line(1_800_000_000.5, "req-1", "main", method, "/p", 200, 0.001, peer)
+        assert line == todays_line(1_800_000_000.5, "req-1", "main", method, "/p", 200, 1.0, peer)
+
+
 def test_the_fields_in_order() -> None:
     """A routed request's line: time, level, logger, message, request id, storefront, then the request."""
     line = AccessLineFormatter().line(
