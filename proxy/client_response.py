@@ -114,6 +114,21 @@ def parsed_head(request: web.BaseRequest) -> Any:
     return getattr(request, "_message")  # noqa: B009 (a plain attribute read would be type-checked)
 
 
+def decoded_path(request: web.BaseRequest, message: Any) -> str:
+    """``request.path`` (the percent-decoded path), from ``message`` (:func:`parsed_head`) when it can.
+
+    aiohttp's property is the path of the target's URL made relative. For an origin-form target
+    (``/p?q``, nearly every request) the parsed URL is relative already: its path is the same.
+    Any other form asks the property: an absolute-form target without a path
+    (``GET http://shop.test``) has ``/`` as its URL's path but ``""`` as the property's.
+    """
+    target: str = message.path
+    if target.startswith("/"):
+        path: str = message.url.path
+        return path
+    return request.path
+
+
 async def write_whole(
     request: web.BaseRequest, status: int, reason: str, headers: CIMultiDict[str], body: bytes
 ) -> WrittenResponse:

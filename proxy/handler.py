@@ -39,7 +39,7 @@ from proxy.access_log import AccessLog
 from proxy.budget import Budget, client_address
 from proxy.buffering import Buffering
 from proxy.client_gate import ClientGate
-from proxy.client_response import CLIENT_GONE, parsed_head, write_whole
+from proxy.client_response import CLIENT_GONE, decoded_path, parsed_head, write_whole
 from proxy.config import StorefrontSettings
 from proxy.cookies import (
     CookieSet,
@@ -310,16 +310,17 @@ class ShopHandler:
         # The request line and headers are read from here on, not through the request's cached
         # properties (see parsed_head).
         message = parsed_head(request)
+        path = decoded_path(request, message)
         remote = request.remote
         context = RequestContext(message.headers.get(REQUEST_ID_HEADER))
         # Every log line written for this request carries its id (and storefront, once routed).
         request_context.set(context)
         started = time.perf_counter()
         try:
-            response = await self._serve(request, message, remote, context)
+            response = await self._serve(request, message, path, remote, context)
         except ClientGone as exc:
             # A visitor who cancels a download does this: one INFO line, no traceback, no 500.
-            log.info("client went away %s", exc, extra={"path": message.url.path, "status": exc.status})
+            log.info("client went away %s", exc, extra={"path": path, "status": exc.status})
             response = CLIENT_GONE
         except BodyRefused as exc:
             log.info("refused a request body: %s", exc, extra={"status": exc.status})
@@ -337,7 +338,7 @@ class ShopHandler:
             response = web.Response(status=exc.status, text=_UPSTREAM_TEXT[exc.status])
         except web.HTTPException as exc:
             # aiohttp answers these itself once re-raised.
-            self._record(message, remote, context, exc.status, started)
+            self._record(message.method, path, remote, context, exc.status, started)
             raise
         except SidecarError as exc:
             log.error("request failed: %s", exc)
@@ -345,11 +346,11 @@ class ShopHandler:
         except Exception:
             log.exception("unexpected error")
             response = web.Response(status=500, text="internal error\n")
-        self._record(message, remote, context, response.status, started)
+        self._record(message.method, path, remote, context, response.status, started)
         return response
 
     def _record(
-        self, message: Any, remote: str | None, context: RequestContext, status: int, started: float
+        self, method: str, path: str, remote: str | None, context: RequestContext, status: int, started: float
     ) -> None:
         """Count the request and write its access log line."""
         self._requests.labels(context.storefront or "-", status).inc()
@@ -358,20 +359,20 @@ class ShopHandler:
             access_log.record(
                 context.request_id,
                 context.storefront,
-                message.method,
-                message.url.path,
+                method,
+                path,
                 status,
                 time.perf_counter() - started,
                 remote,
             )
 
     async def _serve(
-        self, request: web.BaseRequest, message: Any, remote: str | None, context: RequestContext
+        self, request: web.BaseRequest, message: Any, path: str, remote: str | None, context: RequestContext
     ) -> web.StreamResponse:
         """Route, identify, forward and attach: one request end to end.
 
         ``message`` is the request's parsed head (:func:`~proxy.client_response.parsed_head`),
-        ``remote`` its peer.
+        ``path`` its decoded path (``request.path``) and ``remote`` its peer.
         """
         if type(request) is UnsupportedVersionRequest:
             return _refused(505, "only HTTP/1.0 and HTTP/1.1 are served here\n")
@@ -417,7 +418,6 @@ class ShopHandler:
             if refused is not None:
                 return refused
         trusted = storefront.trusted.contains(remote)
-        path: str = message.url.path
         if "\x00" in path:
             # Servers disagree on a NUL (some end the path there): no shop path has one.
             return _refused(400, "bad path\n")

@@ -19,7 +19,7 @@ from aiohttp.test_utils import RawTestServer
 from multidict import CIMultiDict
 
 from proxy.app import SHOP_SERVER_OPTIONS
-from proxy.client_response import CLIENT_GONE, parsed_head, write_whole
+from proxy.client_response import CLIENT_GONE, decoded_path, parsed_head, write_whole
 from proxy.errors import ClientGone
 
 # A shop's Date, so that the bytes are the same on every run.
@@ -306,6 +306,9 @@ async def test_a_client_gone_before_the_write_is_client_gone_and_nothing_is_writ
     [
         b"GET /a%2Fb/c%20d?q=1&r=%41 HTTP/1.1\r\nHost: shop.test\r\nX-A: 1\r\nx-a: 2\r\n\r\n",
         b"HEAD http://shop.test/p?q HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n",
+        b"GET http://shop.test HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+        b"GET http://shop.test?q=1 HTTP/1.1\r\nHost: shop.test\r\n\r\n",
+        b"GET //x/../y HTTP/1.1\r\nHost: shop.test\r\n\r\n",
         b"GET /p HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
         b"POST /form HTTP/1.1\r\nHost: shop.test\r\nContent-Length: 2\r\n\r\nab",
         b"OPTIONS * HTTP/1.1\r\nHost: shop.test\r\n\r\n",
@@ -316,14 +319,21 @@ async def test_the_parsed_head_says_what_the_requests_own_properties_say(
     aiohttp_raw_server: Any, head: bytes
 ) -> None:
     """parsed_head reads aiohttp's private parsed message: each field the handler reads of it
-    is the request's public property, for any target form and version the listener takes."""
+    (and decoded_path) is the request's public property, for any target form and version the
+    listener takes."""
     seen: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
 
     async def handler(request: web.BaseRequest) -> web.StreamResponse:
         message = parsed_head(request)
         seen.set_result(
             (
-                (message.method, message.path, message.url.path, message.headers, message.raw_headers),
+                (
+                    message.method,
+                    message.path,
+                    decoded_path(request, message),
+                    message.headers,
+                    message.raw_headers,
+                ),
                 (message.version, not message.should_close),
                 (request.method, request.raw_path, request.path, request.headers, request.raw_headers),
                 (request.version, request.keep_alive),

@@ -21,7 +21,8 @@ NO_API = "http://127.0.0.1:9"
 
 
 class Body:
-    """A request body read as the pool reads one (a BodySource): its bytes, then b"" at the end."""
+    """A request body as proxy.buffering hands one over: read by the pool (``readany``, then b""
+    at the end) or iterated by aiohttp's client."""
 
     def __init__(self, data: bytes) -> None:
         self._data = data
@@ -30,11 +31,32 @@ class Body:
         data, self._data = self._data, b""
         return data
 
+    def __aiter__(self) -> Body:
+        return self
+
+    async def __anext__(self) -> bytes:
+        data = await self.readany()
+        if not data:
+            raise StopAsyncIteration
+        return data
+
 
 @pytest.fixture
 async def upstream(recording_upstream: RecordingUpstream) -> AsyncIterator[Upstream]:
     settings = parse_settings(sidecar_config(recording_upstream.url, NO_API), {}).storefronts[0]
     clients = UpstreamSession(settings)
+    try:
+        yield Upstream(settings, clients)
+    finally:
+        await clients.close()
+
+
+@pytest.fixture
+async def aiohttp_upstream(recording_upstream: RecordingUpstream) -> AsyncIterator[Upstream]:
+    """The same shop reached through aiohttp's client, as an https shop is."""
+    settings = parse_settings(sidecar_config(recording_upstream.url, NO_API), {}).storefronts[0]
+    clients = UpstreamSession(settings)
+    clients.pool = None
     try:
         yield Upstream(settings, clients)
     finally:
@@ -98,3 +120,24 @@ async def test_each_line_the_head_adds_is_counted_as_its_own(
     assert (received.method, received.target) == (method.encode(), b"/p")
     assert sorted(received.headers) == sorted(sent + expected_added)
     assert received.body == (body or b"")
+
+
+@pytest.mark.parametrize(
+    ("content_length", "framing"),
+    [(b"3", (b"Content-Length", b"3")), (None, (b"Transfer-Encoding", b"chunked"))],
+)
+async def test_a_body_reaches_a_shop_through_aiohttp_as_through_the_pool(
+    aiohttp_upstream: Upstream,
+    recording_upstream: RecordingUpstream,
+    content_length: bytes | None,
+    framing: tuple[bytes, bytes],
+) -> None:
+    """The body source open is given goes to an https shop's client too, framed as announced."""
+    parts = header(b"X-A", b"1") + (header(b"Content-Length", content_length) if content_length else [])
+    outgoing = OutgoingHeaders("POST", parts, False, content_length, "/p")
+    response = await aiohttp_upstream.open(outgoing, Body(b"abc"))
+    response.release()
+    [received] = recording_upstream.requests
+    assert (received.method, received.target, received.body) == (b"POST", b"/p", b"abc")
+    assert received.header(framing[0].decode()) == [framing[1]]
+    assert received.header("X-A") == [b"1"]
