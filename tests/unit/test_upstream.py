@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from proxy.buffering import BufferedBody, Spool
 from proxy.config import parse_settings
 from proxy.upstream import OutgoingHeaders, Upstream, UpstreamSession
 from proxy.upstream_http import BodySource
@@ -20,25 +21,11 @@ from tests.fixtures.shop import sidecar_config
 NO_API = "http://127.0.0.1:9"
 
 
-class Body:
-    """A request body as proxy.buffering hands one over: read by the pool (``readany``, then b""
-    at the end) or iterated by aiohttp's client."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    async def readany(self) -> bytes:
-        data, self._data = self._data, b""
-        return data
-
-    def __aiter__(self) -> Body:
-        return self
-
-    async def __anext__(self) -> bytes:
-        data = await self.readany()
-        if not data:
-            raise StopAsyncIteration
-        return data
+def buffered(data: bytes) -> BufferedBody:
+    """A request body as proxy.buffering hands one over: read in full, held in memory."""
+    spool = Spool()
+    spool.write(data)
+    return BufferedBody(spool)
 
 
 @pytest.fixture
@@ -110,7 +97,7 @@ async def test_each_line_the_head_adds_is_counted_as_its_own(
     """The Host, Content-Length: 0 and chunked lines open adds are its own line ends: the request goes."""
     parts = header(b"X-A", b"1") + (header(b"Content-Length", content_length) if content_length else [])
     outgoing = OutgoingHeaders(method, parts, has_host, content_length, "/p")
-    source: BodySource | None = Body(body) if body is not None else None
+    source: BodySource | None = buffered(body) if body is not None else None
     response = await upstream.open(outgoing, source)
     response.release()
     [received] = recording_upstream.requests
@@ -135,7 +122,7 @@ async def test_a_body_reaches_a_shop_through_aiohttp_as_through_the_pool(
     """The body source open is given goes to an https shop's client too, framed as announced."""
     parts = header(b"X-A", b"1") + (header(b"Content-Length", content_length) if content_length else [])
     outgoing = OutgoingHeaders("POST", parts, False, content_length, "/p")
-    response = await aiohttp_upstream.open(outgoing, Body(b"abc"))
+    response = await aiohttp_upstream.open(outgoing, buffered(b"abc"))
     response.release()
     [received] = recording_upstream.requests
     assert (received.method, received.target, received.body) == (b"POST", b"/p", b"abc")
