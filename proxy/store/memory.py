@@ -48,7 +48,9 @@ class MemoryStore:
         now = self._clock()
         held = self._live(key)
         due = max(float(held), now) if held is not None else now
-        wait = due + interval_s - burst * interval_s - now
+        # How far the bucket is past its burst, written so that a new one (due == now) is exactly
+        # 0 whatever the clock reads: (now + i) - b * i - now can round to 1e-12 and refuse it.
+        wait = (due - now) - (burst - 1) * interval_s
         if wait > 0:
             return wait
         self._entries[key] = (repr(due + interval_s).encode(), due + interval_s)

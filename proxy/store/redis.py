@@ -64,7 +64,7 @@ local interval = tonumber(ARGV[1])
 local held = redis.call('GET', KEYS[1])
 local due = now
 if held then due = math.max(tonumber(held), now) end
-local wait = due + interval - tonumber(ARGV[2]) * interval - now
+local wait = (due - now) - (tonumber(ARGV[2]) - 1) * interval
 if wait > 0 then return string.format('%.6f', wait) end
 due = due + interval
 redis.call('SET', KEYS[1], string.format('%.6f', due), 'PX', math.ceil((due - now) * 1000))

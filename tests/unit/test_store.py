@@ -142,6 +142,14 @@ async def test_spend_refills_one_unit_per_interval(store: TokenStore) -> None:
     assert await store.spend(bucket, 0.2, 2) > 0
 
 
+async def test_a_new_bucket_of_one_gives_its_unit_whatever_the_clock_reads() -> None:
+    """A bucket's first unit is free at any clock value: at 4058.05932, (now + 60) - 60 - now is
+    4.5e-13, not 0, and the memory store used to answer a wait of that much."""
+    store = MemoryStore(clock=lambda: 4058.05932)
+    assert await store.spend(StoreKey("budget_client", "a"), 60.0, 1) == 0.0
+    assert await store.spend(StoreKey("budget_client", "a"), 60.0, 1) == pytest.approx(60.0)
+
+
 async def test_spend_buckets_are_separate(store: TokenStore) -> None:
     """Spending one client's bucket leaves another's full."""
     await store.spend(StoreKey("budget_client", "a"), 60.0, 1)
