@@ -337,8 +337,8 @@ class Upstream:
         sent them: aiohttp's parser has refused any with a CR or LF in them), their multidict and
         its method. ``remote`` is the client's address. ``host`` is the normalised host the
         request was routed by (sent as Host instead of the client's spelling; None: the request
-        had none) and ``target`` the origin-form target. ``drop`` holds lower-case names with ``_`` spelled
-        ``-``; every spelling of them goes. From an untrusted peer a header name with ``_`` goes
+        had none) and ``target`` the origin-form target. ``drop`` holds lower-case names with
+        ``_`` spelled ``-``; every spelling of them goes. From an untrusted peer a header name with ``_`` goes
         unless ``underscores`` (CGI-style servers read ``X_Forwarded_For`` as X-Forwarded-For),
         and X-Forwarded-*, Forwarded and X-Real-IP go in every spelling. ``drop_conditional``
         (editor pages): no conditional headers, and only codings the injector can decode, so the
