@@ -47,7 +47,10 @@ GET_TOKEN = "StorefrontUsers_GetToken"
 def config(shop_url: str, api_url: str, **storefront: Any) -> dict[str, Any]:
     storefront.setdefault("trusted_networks", ["127.0.0.1/32"])
     storefront.setdefault("user", {"header": USER_HEADER})
-    return sidecar_config(shop_url, api_url, **storefront)
+    document = sidecar_config(shop_url, api_url, **storefront)
+    document["customers_canvas"]["timeout_s"] = API_TIMEOUT_S
+    assert document["storefronts"][0]["upstream_timeout_s"] == SHOP_TIMEOUT_S
+    return document
 
 
 def as_customer(user: str) -> dict[str, str]:
