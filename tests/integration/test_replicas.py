@@ -16,6 +16,7 @@ import aiohttp
 import jwt
 import pytest
 
+from proxy.config.model import DEFAULT_STORE_TIMEOUT_S
 from proxy.emulator import EmulatorOptions
 from proxy.identity import GUEST_COOKIE
 from proxy.store.redis import RETRY_AFTER_S
@@ -94,8 +95,10 @@ async def start_replica(tmp_path: Path) -> AsyncIterator[StartReplica]:
             await replica.stop()
 
 
-def redis_store_config(server: RedisProcess) -> dict[str, Any]:
-    return {"backend": "redis", "redis": {"url": server.url}}
+def redis_store_config(server: RedisProcess, timeout_s: float = 1.0) -> dict[str, Any]:
+    """The store on ``server``; each call given 1 s (the most allowed), so that a busy CI machine's
+    slow round trip never passes for Redis being gone. The outage test asks for the default."""
+    return {"backend": "redis", "redis": {"url": server.url, "timeout_s": timeout_s}}
 
 
 async def three_replicas(start_replica: StartReplica, document: dict[str, Any]) -> list[Replica]:
@@ -258,7 +261,8 @@ async def test_redis_frozen_killed_and_back_empty_never_costs_a_page_its_token(
     """Redis stopped (SIGSTOP), then killed, then back empty: every page has its token within the
     API timeout, /readyz stays 200, and the replicas share customers again once Redis returns."""
     replicas = await three_replicas(
-        start_replica, replica_config(shop, emulator, redis_store_config(redis_server))
+        start_replica,
+        replica_config(shop, emulator, redis_store_config(redis_server, timeout_s=DEFAULT_STORE_TIMEOUT_S)),
     )
     async with aiohttp.ClientSession() as client:
 

@@ -21,7 +21,7 @@ SESSION = "0123456789abcdef0123456789abcdef"
 @pytest.fixture
 async def stores(redis_server: RedisProcess) -> AsyncIterator[tuple[RedisStore, RedisStore]]:
     """Two replicas' clients of one Redis."""
-    settings = RedisSettings.model_validate({"url": redis_server.url})
+    settings = RedisSettings.model_validate({"url": redis_server.url, "timeout_s": 1.0})
     made = tuple(
         RedisStore.from_settings(settings, secret="test-secret-0123456789abcdef", metrics=Metrics())
         for _ in range(2)

@@ -35,7 +35,7 @@ async def replica(
 
     def make(metrics: Metrics | None = None, timeout_s: float = TIMEOUT_S) -> TokenService:
         metrics = metrics or Metrics()
-        settings = RedisSettings.model_validate({"url": redis_server.url})
+        settings = RedisSettings.model_validate({"url": redis_server.url, "timeout_s": 1.0})
         store = RedisStore(
             create_client(settings),
             secret="test-secret-0123456789abcdef",
@@ -116,7 +116,7 @@ async def test_lock_of_a_dead_replica_frees_itself_by_its_lease(
 ) -> None:
     """A lock whose holder died holds the customer back until its lease ends, then one GetToken."""
     service = replica(timeout_s=SHORT_TIMEOUT_S)
-    settings = RedisSettings.model_validate({"url": redis_server.url})
+    settings = RedisSettings.model_validate({"url": redis_server.url, "timeout_s": 1.0})
     dead = RedisStore(
         create_client(settings),
         secret="test-secret-0123456789abcdef",
