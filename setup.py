@@ -21,11 +21,14 @@ from setuptools import setup
 # The modules every proxied request runs through (config, CLI, admin and the emulator are not).
 COMPILED_MODULES = [
     "proxy/access_log.py",
+    "proxy/client_gate.py",
     "proxy/client_response.py",
     "proxy/cookies.py",
+    "proxy/fetch_metadata.py",
     "proxy/handler.py",
     "proxy/identity.py",
     "proxy/injection.py",
+    "proxy/limits.py",
     "proxy/log.py",
     "proxy/metrics.py",
     "proxy/payload.py",

@@ -68,8 +68,11 @@ class ClientGate:
                     else:
                         self._forget(client, turn)
                     raise
+            return
         except TimeoutError:
-            raise ClientBusy(f"no turn within {self._wait_s:g} s") from None
+            pass
+        # Outside the except block: no TimeoutError context (compiled, ``from None`` keeps it).
+        raise ClientBusy(f"no turn within {self._wait_s:g} s")
 
     def leave(self, client: str) -> None:
         """One request of ``client`` is done: its turn goes to the first one waiting, if any."""

@@ -19,6 +19,9 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
+from typing import TypeVar
+
+_Class = TypeVar("_Class", bound=type)
 
 PURE_PYTHON_ENV = "CC_SIDECAR_PURE_PYTHON"
 SHARED_LIBRARY = "cc_sidecar__mypyc"
@@ -41,6 +44,18 @@ class SourceOnlyFinder(importlib.abc.MetaPathFinder):
             if spec is not None:
                 return spec
         return None
+
+
+def python_class(cls: _Class) -> _Class:
+    """Keep ``cls`` a regular Python class when its module is compiled; its methods still are.
+
+    mypyc makes each class of a compiled module a C extension type, which cannot extend a class
+    with ``__slots__`` (aiohttp's protocol and server have them), and treats any decorator it does
+    not know as a reason to leave a class as Python makes it. This one does nothing else, so the
+    source runs as before, and nothing beyond the standard library is needed at run time (mypyc's
+    own ``mypyc_attr(native_class=False)`` would need ``mypy_extensions`` installed).
+    """
+    return cls
 
 
 def choose_build(environ: Mapping[str, str] = os.environ) -> None:

@@ -34,11 +34,12 @@ import resource
 from dataclasses import dataclass
 from typing import Any
 
-from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from aiohttp.web_server import Server
 
+from proxy.compiled import python_class
 from proxy.config.model import LimitsSettings
 from proxy.metrics import Metrics
 
@@ -88,6 +89,7 @@ class ConnectionLimits:
         )
 
 
+@python_class  # compiled, but a Python class: aiohttp's protocol has __slots__
 class LimitedRequestHandler(RequestHandler):
     """aiohttp's HTTP/1 protocol with nginx's head timeout, head size limit and send timeout."""
 
@@ -204,7 +206,9 @@ class LimitedRequestHandler(RequestHandler):
         """Refuse the first of the ``count`` requests just parsed whose head is over the limit."""
         first_new = len(self._messages) - count
         for index in range(max(first_new, 0), len(self._messages)):
-            message = self._messages[index][0]
+            # The C parser's RawRequestMessage, not the NamedTuple aiohttp's stubs name: typed
+            # loosely, as compiled code would check it as a tuple.
+            message: Any = self._messages[index][0]
             if isinstance(message, _ErrInfo):
                 return
             size = (
@@ -238,7 +242,10 @@ class LimitedRequestHandler(RequestHandler):
         return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
-class ShopServer(web.Server):
+# Based on Server imported from its own module: as web.Server, mypyc's C refers to a module
+# it never imported.
+@python_class  # compiled, but a Python class: aiohttp's server has __slots__
+class ShopServer(Server):
     """aiohttp's low-level server making :class:`LimitedRequestHandler` protocols, to ``max_connections``."""
 
     def __init__(self, handler: Any, *, limits: ConnectionLimits, metrics: Metrics, **kwargs: Any) -> None:
