@@ -71,6 +71,11 @@ def limited(shop: Shop, emulator: RunningEmulator, **limits: Any) -> dict[str, A
     return document
 
 
+def big_headers(count: int, name: bytes = b"X-Big") -> bytes:
+    """``count`` header lines of 8,000 B each: every one within aiohttp's per-line limit."""
+    return b"".join(b"%s-%d: %s\r\n" % (name, n, b"a" * 8000) for n in range(count))
+
+
 def closed_for(metrics: Metrics, reason: str) -> float:
     value = metrics.registry.get_sample_value("cc_sidecar_connections_closed_total", {"reason": reason})
     return value or 0.0
@@ -151,7 +156,7 @@ async def test_a_complete_head_over_the_limit_is_a_431_and_nothing_reaches_the_s
     metrics = Metrics()
     sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
     reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    big = b"".join(b"X-Big-%d: %s\r\n" % (n, b"a" * 8000) for n in range(5))
+    big = big_headers(5)
     writer.write(
         b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n"
         + big
@@ -175,7 +180,7 @@ async def test_an_incomplete_head_over_the_limit_is_a_431_before_its_end(
     sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url))
     reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
     writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n")
-    writer.write(b"".join(b"X-Big-%d: %s\r\n" % (number, b"a" * 8000) for number in range(5)))
+    writer.write(big_headers(5))
     received, _ = await closed_within(reader, 5)
     writer.close()
 
@@ -191,9 +196,7 @@ async def test_incomplete_heads_hold_at_most_64_kb_each(
     """Twenty connections each sending 200 KB of a head that never ends: under 64 KB held per connection."""
     sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url))
     connections = []
-    head = b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n" + b"".join(
-        b"X-Big-%d: %s\r\n" % (n, b"a" * 8000) for n in range(25)
-    )
+    head = b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n" + big_headers(25)
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
@@ -379,13 +382,13 @@ async def test_a_head_begun_behind_the_previous_request_is_measured_whole(
     metrics = Metrics()
     sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
     reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    half = b"".join(b"X-Big-%d: %s\r\n" % (n, b"a" * 8000) for n in range(3))
+    half = big_headers(3)
     writer.write(
         b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\nGET /plain HTTP/1.1\r\nHost: shop.test\r\n" + half
     )
     first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
     await asyncio.sleep(0.2)  # the first request answered: the connection waits for the second head
-    writer.write(half.replace(b"X-Big-", b"X-More-") + b"\r\n")
+    writer.write(big_headers(3, b"X-More") + b"\r\n")
     try:
         received = await asyncio.wait_for(reader.read(), 3)
     except TimeoutError:
