@@ -380,7 +380,7 @@ async def test_replicas_share_customers_through_a_redis_cluster(
     48, not fewer: key names are HMACs that name the account (the emulator's URL, a new port each
     run), so where each lands is random; with 12 a master got none about one run in 40.
     """
-    store = {"backend": "redis", "redis": {"url": redis_cluster[0].url, "cluster": True}}
+    store = {"backend": "redis", "redis": {"url": redis_cluster[0].url, "cluster": True, "timeout_s": 1.0}}
     document = replica_config(shop, emulator, store)
     # More new customers from this one client than the default burst: the budget is not under test.
     document["budget"] = {"client_burst": CLUSTER_CUSTOMERS, "storefront_per_s": CLUSTER_CUSTOMERS}

@@ -40,9 +40,9 @@ async def test_password_field_authenticates_with_any_character(redis_server: Red
     """A password with / @ # : % ? in token_store.redis.password authenticates to Redis as given."""
     redis_server.client().config_set("requirepass", PASSWORD)
     with_password = create_client(
-        RedisSettings.model_validate({"url": redis_server.url, "password": PASSWORD})
+        RedisSettings.model_validate({"url": redis_server.url, "password": PASSWORD, "timeout_s": 1.0})
     )
-    without = create_client(RedisSettings.model_validate({"url": redis_server.url}))
+    without = create_client(RedisSettings.model_validate({"url": redis_server.url, "timeout_s": 1.0}))
     try:
         assert await with_password.ping() is True
         with pytest.raises(redis.exceptions.AuthenticationError):
