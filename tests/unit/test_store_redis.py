@@ -114,7 +114,8 @@ async def test_dead_redis_opens_breaker_once(
         for _ in range(100):
             with pytest.raises(StoreUnavailable):
                 await store.get(ALICE)
-        assert time.perf_counter() - started < 0.05
+        # No I/O (the skipped count below says so): 100 calls in far less than one timeout.
+        assert time.perf_counter() - started < 0.5
         assert [r.message for r in caplog.records if r.name == "proxy.store"] == [
             "token store unavailable: serving from this replica's memory until it returns"
         ]

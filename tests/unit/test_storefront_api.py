@@ -605,7 +605,8 @@ async def test_slow_api_fails_within_the_timeout(emulator: RunningEmulator, metr
         with pytest.raises(StorefrontUnavailable, match="timed out"):
             await client.get_user(1, "u")
         elapsed = time.monotonic() - started
-    assert 0.3 <= elapsed < 0.45
+    # At its timeout, not at the API's answer 2 s later (the upper bound leaves a busy machine room).
+    assert 0.3 <= elapsed < 1.0
     assert counted(metrics, GET, "timeout") == 1
 
 
@@ -626,7 +627,8 @@ async def test_breaker_opens_after_consecutive_failures_and_holds_calls_back(
     started = time.monotonic()
     with pytest.raises(CircuitOpen):
         await client.get_user(1, "u")
-    assert time.monotonic() - started < 0.05
+    # No call made (the count below says so); the time only shows nothing waited for one.
+    assert time.monotonic() - started < 0.5
     assert len(emulator.state.calls) == calls_before
     assert counted(metrics, GET, "circuit_open") == 1
 
