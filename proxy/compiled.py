@@ -50,8 +50,8 @@ def python_class(cls: _Class) -> _Class:
     """Keep ``cls`` a regular Python class when its module is compiled; its methods still are.
 
     mypyc makes each class of a compiled module a C extension type, which cannot extend a class
-    with ``__slots__`` (aiohttp's protocol and server have them), and treats any decorator it does
-    not know as a reason to leave a class as Python makes it. This one does nothing else, so the
+    with ``__slots__`` (aiohttp's protocol has them), and treats any decorator it does not know as
+    a reason to leave a class as Python makes it. This one does nothing else, so the
     source runs as before, and nothing beyond the standard library is needed at run time (mypyc's
     own ``mypyc_attr(native_class=False)`` would need ``mypy_extensions`` installed).
     """

@@ -242,9 +242,10 @@ class LimitedRequestHandler(RequestHandler):
         return str(peer[0]) if isinstance(peer, tuple) else str(peer)
 
 
-# Based on Server imported from its own module: as web.Server, mypyc's C refers to a module
-# it never imported.
-@python_class  # compiled, but a Python class: aiohttp's server has __slots__
+# A Python class with compiled methods, as the protocol: it extends aiohttp's Server and uses the
+# attributes Server's __init__ sets. Server is imported from its own module: as web.Server,
+# mypyc's C refers to a module it never imported.
+@python_class
 class ShopServer(Server):
     """aiohttp's low-level server making :class:`LimitedRequestHandler` protocols, to ``max_connections``."""
 
