@@ -10,7 +10,11 @@ protocol with nginx's timers and limits (each a ``limits:`` key, see docs/securi
 - ``keepalive_timeout_s`` (keepalive_timeout): aiohttp's own timer, between requests.
 - ``max_head_bytes`` (large_client_header_buffers): the request line and headers together; a
   head past it (complete or not) is answered 431, the connection closes and nothing goes upstream.
-  The parser never holds more than this of an incomplete head.
+  Every complete head is measured from what the parser made of it, however it arrived. An
+  incomplete one is counted from its first byte (on a connection waiting for a request, or
+  pipelined behind one whose body is all in) and refused once past the limit; only the part of
+  it that came in the packet finishing the request before goes uncounted, so the parser holds at
+  most one read more.
 - ``send_timeout_s`` (send_timeout): a client whose socket takes nothing for this long (aiohttp
   has paused writing to it) is cut off; the write waiting for it fails as the client gone (499).
 
@@ -21,8 +25,8 @@ request head), as nginx reuses its idle connections; with none idle the new one 
 
 Private aiohttp names this module leans on (aiohttp 3.14), each used where noted: the protocol's
 ``_waiter`` (set while it waits for a request), ``_drain_waiter`` (a write waiting for the
-client), ``_messages`` and ``_request_count`` (the parsed
-requests), ``_keepalive_handle`` (its keep-alive timer), ``_ErrInfo`` (a refused request, answered
+client), ``_messages`` and ``_request_count`` (the parsed requests), ``_upgraded`` (a WebSocket's
+frames follow), ``_keepalive_handle`` (its keep-alive timer), ``_ErrInfo`` (a refused request, answered
 by aiohttp's own error path) and the server's ``_connections``.
 """
 
@@ -102,6 +106,12 @@ class LimitedRequestHandler(RequestHandler):
         # While a request head is coming in: when it must be complete, and its bytes so far.
         self._head_deadline: float | None = None
         self._head_bytes = 0
+        # At most how many bytes of the next head came uncounted: in the packet that finished the
+        # request before (what followed it there), or during a body. A head whose two counts
+        # together are within the limit is within it, and is not measured.
+        self._head_carry = 0
+        # The body of the request parsed last: once it is all in, what follows is the next head.
+        self._last_payload: Any = EMPTY_PAYLOAD
         # Watches the deadline; set lazily and moved on, not made and cancelled per request
         # (as aiohttp's keep-alive timer): a head that arrives in one packet costs no timer.
         self._head_timer: asyncio.TimerHandle | None = None
@@ -135,23 +145,31 @@ class LimitedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        # Bytes on a connection waiting for a request (aiohttp's waiter is set) are a head.
-        in_head = self._head_deadline is not None
-        if not in_head and self._waiter is not None:
+        # A connection waiting for a request (aiohttp's waiter is set) is given the head timeout.
+        if self._head_deadline is None and self._waiter is not None:
             self._begin_head()
-            in_head = True
-        if in_head:
-            self._head_bytes += len(data)
+        # Bytes are a head's while the connection waits for one, and while a request is served
+        # once its body is all in (the client pipelines the next); never a body's or a WebSocket's.
+        size = len(data)
+        if self._head_deadline is not None or (not self._upgraded and self._last_payload.is_eof()):
+            self._head_bytes += size
+        else:
+            self._head_carry += size
         parsed = self._request_count
         RequestHandler.data_received(self, data)
         if self._request_count > parsed:
-            # A head that came in with at most max_head_bytes in all is within the limit; only
-            # a longer one (or one that came while a request was served) is measured.
-            if not in_head or self._head_bytes > self._max_head_bytes:
+            self._last_payload = self._messages[-1][1]
+            # A head is measured whole, from what the parser made of it, unless the bytes it can
+            # have come in are within the limit: counted, and carried from before the count began.
+            if self._head_bytes + self._head_carry > self._max_head_bytes:
                 self._refuse_large_heads(self._request_count - parsed)
             self._head_deadline = None
             self._head_bytes = 0
-        elif in_head and self._head_bytes > self._max_head_bytes:
+            # What followed the parsed request in this packet (at most all of it) may begin the
+            # next head. Requests parsed from what aiohttp held back (no packet) leave an unknown
+            # remainder: the next head is measured.
+            self._head_carry = size if size else self._max_head_bytes + 1
+        elif self._head_bytes > self._max_head_bytes:
             # Refused before the parser holds more of it.
             self._head_deadline = None
             self._refuse(None)
@@ -171,7 +189,6 @@ class LimitedRequestHandler(RequestHandler):
     def _begin_head(self) -> None:
         deadline = self._loop.time() + self._limits.head_timeout_s
         self._head_deadline = deadline
-        self._head_bytes = 0
         # aiohttp's keep-alive timer would close the connection mid-head; it waits for this one.
         self._next_keepalive_close_time = max(self._next_keepalive_close_time, deadline)
         if self._head_timer is None:
