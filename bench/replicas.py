@@ -30,7 +30,7 @@ from typing import Any
 import aiohttp
 import redis
 import yaml
-from run import free_port, wait_for_port
+from run import BENCH_BUDGET, free_port, wait_for_port
 
 USER_HEADER = "X-Shop-User"
 GET_TOKEN = "StorefrontUsers_GetToken"
@@ -47,7 +47,7 @@ def sidecar_document(port: int, upstream: str, emulator: str, store: dict[str, A
         "shutdown_grace_s": 1,
         "secret": "bench-secret-0123456789abcdef",
         # Thousands of customers from one loopback client: the budgets are not what is measured.
-        "budget": {"client_burst": 1_000_000, "storefront_per_s": 1_000_000},
+        "budget": BENCH_BUDGET,
         "customers_canvas": {
             "api_url": emulator,
             "client_id": "demo",

@@ -45,7 +45,7 @@ from typing import Any
 import aiohttp
 import yaml
 from aiohttp import web
-from run import free_port
+from run import BENCH_BUDGET, free_port
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -140,7 +140,7 @@ def sidecar_config(workdir: Path, port: int, admin: int, shop: int, api: int) ->
         "shutdown_grace_s": 10,
         "secret": "soak-secret-0123456789abcdef",
         # Thousands of customers from one loopback client: the budgets are not what is measured.
-        "budget": {"client_burst": 1_000_000, "storefront_per_s": 1_000_000},
+        "budget": BENCH_BUDGET,
         "customers_canvas": {
             "api_url": f"http://127.0.0.1:{api}",
             "client_id": "demo",
