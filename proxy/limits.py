@@ -10,11 +10,13 @@ protocol with nginx's timers and limits (each a ``limits:`` key, see docs/securi
 - ``keepalive_timeout_s`` (keepalive_timeout): aiohttp's own timer, between requests.
 - ``max_head_bytes`` (large_client_header_buffers): the request line and headers together; a
   head past it (complete or not) is answered 431, the connection closes and nothing goes upstream.
-  Every complete head is measured from what the parser made of it, however it arrived. An
-  incomplete one is counted from its first byte (on a connection waiting for a request, or
-  pipelined behind one whose body is all in) and refused once past the limit; only the part of
-  it that came in the packet finishing the request before goes uncounted, so the parser holds at
-  most one read more.
+  A complete head is measured from what the parser made of it whenever it may have begun before
+  the count did (so, however it arrived), as the fewest bytes it can have come in (whitespace
+  around values left out). An incomplete one is counted from its first byte (on a connection
+  waiting for a request, or pipelined behind one whose body is all in) and refused once past the
+  limit; only what came in the same packet as the end of the request before goes uncounted (or,
+  behind a declined upgrade request, what aiohttp held back for it, at most its 64 KB read
+  buffer), so the parser holds at most that more.
 - ``send_timeout_s`` (send_timeout): a client whose socket takes nothing for this long (aiohttp
   has paused writing to it) is cut off; the write waiting for it fails as the client gone (499).
 
@@ -25,9 +27,10 @@ request head), as nginx reuses its idle connections; with none idle the new one 
 
 Private aiohttp names this module leans on (aiohttp 3.14), each used where noted: the protocol's
 ``_waiter`` (set while it waits for a request), ``_drain_waiter`` (a write waiting for the
-client), ``_messages`` and ``_request_count`` (the parsed requests), ``_upgraded`` (a WebSocket's
-frames follow), ``_keepalive_handle`` (its keep-alive timer), ``_ErrInfo`` (a refused request, answered
-by aiohttp's own error path) and the server's ``_connections``.
+client), ``_messages`` and ``_request_count`` (the parsed requests), ``_upgraded``,
+``_payload_parser`` and ``_message_tail`` (what follows an upgrade request), ``_keepalive_handle``
+(its keep-alive timer), ``_ErrInfo`` (a refused request, answered by aiohttp's own error path)
+and the server's ``_connections``.
 """
 
 from __future__ import annotations
@@ -35,12 +38,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
+from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.streams import EMPTY_PAYLOAD
 from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from aiohttp.web_request import BaseRequest
+from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
 
 from proxy.compiled import python_class
@@ -145,8 +151,11 @@ class LimitedRequestHandler(RequestHandler):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        # A connection waiting for a request (aiohttp's waiter is set) is given the head timeout.
-        if self._head_deadline is None and self._waiter is not None:
+        # A connection waiting for a request is given the head timeout. aiohttp's waiter is set
+        # and not yet done: uvloop reads a socket up to 32 times per wake-up, so after the read
+        # that completed a head (and woke the waiter) come its body's bytes, not another head.
+        waiter = self._waiter
+        if self._head_deadline is None and waiter is not None and not waiter.done():
             self._begin_head()
         # Bytes are a head's while the connection waits for one, and while a request is served
         # once its body is all in (the client pipelines the next); never a body's or a WebSocket's.
@@ -173,6 +182,34 @@ class LimitedRequestHandler(RequestHandler):
             # Refused before the parser holds more of it.
             self._head_deadline = None
             self._refuse(None)
+
+    def finish_response(
+        self, request: BaseRequest, resp: StreamResponse, start_time: float | None
+    ) -> Coroutine[Any, Any, tuple[StreamResponse, bool]]:
+        # What came behind an upgrade request that is declined (aiohttp held it, uncounted, for a
+        # WebSocket) is parsed by aiohttp here, not in data_received: measured here. Every other
+        # response goes on as it is, with no coroutine of its own.
+        if self._upgraded and not self._messages and self._payload_parser is None:
+            return self._finish_declined_upgrade(request, resp, start_time)
+        return RequestHandler.finish_response(self, request, resp, start_time)
+
+    async def _finish_declined_upgrade(
+        self, request: BaseRequest, resp: StreamResponse, start_time: float | None
+    ) -> tuple[StreamResponse, bool]:
+        held = len(self._message_tail)
+        parsed = self._request_count
+        result = await RequestHandler.finish_response(self, request, resp, start_time)
+        if self._refused:
+            return result
+        if self._messages:
+            self._refuse_large_heads(len(self._messages))
+        elif self._request_count == parsed:
+            # No request in it: all of it is the start of a head.
+            self._head_bytes += held
+            if self._head_bytes > self._max_head_bytes:
+                self._head_deadline = None
+                self._refuse(None)
+        return result
 
     def pause_writing(self) -> None:
         super().pause_writing()
@@ -228,12 +265,12 @@ class LimitedRequestHandler(RequestHandler):
             message: Any = self._messages[index][0]
             if isinstance(message, _ErrInfo):
                 return
-            size = (
-                len(message.method)
-                + len(message.path)
-                + 11
-                + sum(len(name) + len(value) + 4 for name, value in message.raw_headers)
-            )
+            # The fewest bytes the head can have come in: the request line ("GET / HTTP/1.1"
+            # and CRLF), each header as "name:value" and CRLF, the blank line. The parser drops
+            # the whitespace around a value, so a head padded with it is measured without.
+            size = len(message.method) + len(message.path) + 14
+            for name, value in message.raw_headers:
+                size += len(name) + len(value) + 3
             if size > self._limits.max_head_bytes:
                 # The request and every one pipelined after it go; aiohttp answers in their place.
                 while len(self._messages) > index:

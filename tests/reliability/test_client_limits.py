@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import hashlib
+import json
 import logging
 import socket
 import struct
@@ -508,3 +510,85 @@ async def test_a_head_pipelined_behind_a_full_queue_of_requests_is_measured_whol
     assert b"HTTP/1.0 431 Request Header Fields Too Large\r\n" in received
     assert closed_for(metrics, "head_too_large") == 1
     assert len(shop.state.requests) == 32
+
+
+# A WebSocket upgrade request the sidecar declines (no Sec-WebSocket-Key): 400, kept alive.
+DECLINED_UPGRADE = b"GET /ws HTTP/1.1\r\nHost: shop.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+
+
+@pytest.mark.bad_requests_logged
+@pytest.mark.parametrize("ending", [b"\r\n", b""], ids=["complete", "unfinished"])
+async def test_a_head_behind_a_declined_upgrade_is_measured(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory, ending: bytes
+) -> None:
+    """A 48 KB head, complete or not, written with an upgrade request that is declined: the upgrade
+    is answered 400, the head 431, and the shop gets neither."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(DECLINED_UPGRADE + b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n" + big_headers(6) + ending)
+    received = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+
+    assert received.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    assert received.count(b"HTTP/1.") == 2
+    assert b"HTTP/1.0 431 Request Header Fields Too Large\r\n" in received
+    assert closed_for(metrics, "head_too_large") == 1
+    assert shop.state.requests == []
+
+
+def head_of_size(size: int) -> bytes:
+    """A request head of exactly ``size`` bytes, its headers written "name:value" (no whitespace)."""
+    head = b"GET /plain HTTP/1.1\r\nHost:shop.test\r\n" + b"".join(
+        b"X%03d:%s\r\n" % (n, b"v" * 240) for n in range(100)
+    )
+    filler = size - len(head) - len(b"Z:\r\n\r\n")
+    return head + b"Z:" + b"v" * filler + b"\r\n\r\n"
+
+
+@pytest.mark.bad_requests_logged
+@pytest.mark.parametrize(
+    ("size", "status"), [(32768, b"200 OK"), (32769, b"431 Request Header Fields Too Large")]
+)
+async def test_a_pipelined_head_is_measured_to_the_byte(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory, size: int, status: bytes
+) -> None:
+    """A head of exactly max_head_bytes pipelined behind a request is served; one byte more is a 431."""
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url))
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n" + head_of_size(size))
+    first = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    await asyncio.wait_for(reader.readexactly(int(first.split(b"Content-Length: ")[1].split(b"\r\n")[0])), 5)
+    second = await asyncio.wait_for(reader.readuntil(b"\r\n"), 5)
+    writer.close()
+
+    assert first.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert second.split(b" ", 1)[1] == status + b"\r\n"
+
+
+async def test_body_bytes_read_right_after_their_head_are_not_taken_for_a_head(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """uvloop reads a socket up to 32 times per wake-up: a head with 100 KB of its body, then 200 KB
+    more, handed to the protocol back to back before the request runs, are one upload, not a 431."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    assert sidecar.runner is not None
+    server = sidecar.runner.server
+    await eventually(lambda_async(lambda: len(server.connections) == 1))
+    (protocol,) = server.connections
+    body = b"b" * 300_000
+    head = b"POST /upload-sha HTTP/1.1\r\nHost: shop.test\r\nContent-Length: %d\r\n\r\n" % len(body)
+    # As libuv hands them over: two reads, nothing run between them.
+    protocol.data_received(head + body[:100_000])
+    protocol.data_received(body[100_000:])
+    response = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+    writer.close()
+
+    assert response.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert json.loads(response.partition(b"\r\n\r\n")[2]) == {
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "length": len(body),
+    }
+    assert closed_for(metrics, "head_too_large") == 0
