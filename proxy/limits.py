@@ -160,7 +160,10 @@ class LimitedRequestHandler(RequestHandler):
         # Bytes are a head's while the connection waits for one, and while a request is served
         # once its body is all in (the client pipelines the next); never a body's or a WebSocket's.
         size = len(data)
-        if self._head_deadline is not None or (not self._upgraded and self._last_payload.is_eof()):
+        # The request parsed last: queued, else the one served (or served last).
+        messages = self._messages
+        last_payload = messages[-1][1] if messages else self._last_payload
+        if self._head_deadline is not None or (not self._upgraded and last_payload.is_eof()):
             self._head_bytes += size
         else:
             self._head_carry += size
@@ -202,6 +205,7 @@ class LimitedRequestHandler(RequestHandler):
         if self._refused:
             return result
         if self._messages:
+            self._last_payload = self._messages[-1][1]
             self._refuse_large_heads(len(self._messages))
         elif self._request_count == parsed:
             # No request in it: all of it is the start of a head.

@@ -572,3 +572,32 @@ async def test_body_bytes_read_right_after_their_head_are_not_taken_for_a_head(
         "length": len(body),
     }
     assert closed_for(metrics, "head_too_large") == 0
+
+
+async def test_an_upload_queued_behind_a_declined_upgrade_is_served_whole(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """An upgrade request that is declined and a POST's head in one write, its 200 KB body after
+    (10 KB at a time): the upgrade is answered 400 and the upload 200, whole, with no 431."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    body = b"b" * 200_000
+    writer.write(
+        DECLINED_UPGRADE
+        + b"POST /upload-sha HTTP/1.1\r\nHost: shop.test\r\nContent-Length: %d\r\n\r\n" % len(body)
+    )
+    declined = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    for at in range(0, len(body), 10_000):
+        writer.write(body[at : at + 10_000])
+        await writer.drain()
+    received = await asyncio.wait_for(reader.readuntil(b"}"), 5)
+    writer.close()
+
+    assert declined.startswith(b"HTTP/1.1 400 Bad Request\r\n")
+    upload = received[received.index(b"HTTP/1.1 200 OK\r\n") :]
+    assert json.loads(upload.partition(b"\r\n\r\n")[2]) == {
+        "sha256": hashlib.sha256(body).hexdigest(),
+        "length": len(body),
+    }
+    assert closed_for(metrics, "head_too_large") == 0
