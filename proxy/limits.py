@@ -13,10 +13,10 @@ protocol with nginx's timers and limits (each a ``limits:`` key, see docs/securi
   A complete head is measured from what the parser made of it whenever it may have begun before
   the count did (so, however it arrived), as the fewest bytes it can have come in (whitespace
   around values left out). An incomplete one is counted from its first byte (on a connection
-  waiting for a request, or pipelined behind one whose body is all in) and refused once past the
-  limit; only what came in the same packet as the end of the request before goes uncounted (or,
-  behind a declined upgrade request, what aiohttp held back for it, at most its 64 KB read
-  buffer), so the parser holds at most that more.
+  waiting for a request, or pipelined behind one whose body is all in) and refused with the
+  packet that passes the limit; uncounted is only what came in the same packet as the end of the
+  request before (or, behind a declined upgrade request, what aiohttp held back for it: up to its
+  64 KB read buffer and one read).
 - ``send_timeout_s`` (send_timeout): a client whose socket takes nothing for this long (aiohttp
   has paused writing to it) is cut off; the write waiting for it fails as the client gone (499).
 
@@ -149,8 +149,8 @@ class LimitedRequestHandler(RequestHandler):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._refused:
-            return
+        if self._refused or self._close or self._force_close:
+            return  # aiohttp reads nothing more either
         # A connection waiting for a request is given the head timeout. aiohttp's waiter is set
         # and not yet done: uvloop reads a socket up to 32 times per wake-up, so after the read
         # that completed a head (and woke the waiter) come its body's bytes, not another head.
@@ -182,7 +182,7 @@ class LimitedRequestHandler(RequestHandler):
             # remainder: the next head is measured.
             self._head_carry = size if size else self._max_head_bytes + 1
         elif self._head_bytes > self._max_head_bytes:
-            # Refused before the parser holds more of it.
+            # Refused with the packet that passed the limit: the parser is given no more of it.
             self._head_deadline = None
             self._refuse(None)
 
@@ -192,7 +192,8 @@ class LimitedRequestHandler(RequestHandler):
         # What came behind an upgrade request that is declined (aiohttp held it, uncounted, for a
         # WebSocket) is parsed by aiohttp here, not in data_received: measured here. Every other
         # response goes on as it is, with no coroutine of its own.
-        if self._upgraded and not self._messages and self._payload_parser is None:
+        declined = self._upgraded and self._payload_parser is None and self._parser is not None
+        if declined and not self._messages:
             return self._finish_declined_upgrade(request, resp, start_time)
         return RequestHandler.finish_response(self, request, resp, start_time)
 
@@ -202,7 +203,7 @@ class LimitedRequestHandler(RequestHandler):
         held = len(self._message_tail)
         parsed = self._request_count
         result = await RequestHandler.finish_response(self, request, resp, start_time)
-        if self._refused:
+        if self._refused or self._close or self._force_close:
             return result
         if self._messages:
             self._last_payload = self._messages[-1][1]
@@ -272,7 +273,11 @@ class LimitedRequestHandler(RequestHandler):
             # The fewest bytes the head can have come in: the request line ("GET / HTTP/1.1"
             # and CRLF), each header as "name:value" and CRLF, the blank line. The parser drops
             # the whitespace around a value, so a head padded with it is measured without.
-            size = len(message.method) + len(message.path) + 14
+            # Decoded from UTF-8 (surrogateescape); llhttp refuses raw non-ASCII in the target
+            # today, but should it pass, its bytes are what count.
+            path: str = message.path
+            path_bytes = len(path) if path.isascii() else len(path.encode("utf-8", "surrogateescape"))
+            size = len(message.method) + path_bytes + 14
             for name, value in message.raw_headers:
                 size += len(name) + len(value) + 3
             if size > self._limits.max_head_bytes:

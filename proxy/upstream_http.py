@@ -230,8 +230,8 @@ async def _connect_socket(
     try:
         sock.connect(address)
         return
-    except BlockingIOError:
-        pass  # in progress: the socket turns writable once it is done
+    except (BlockingIOError, InterruptedError):
+        pass  # in progress: the socket turns writable once it is done (asyncio's own test)
     connected: asyncio.Future[None] = loop.create_future()
     fd = sock.fileno()
     loop.add_writer(fd, _set_done, connected)

@@ -408,7 +408,7 @@ async def test_an_incomplete_head_pipelined_behind_a_request_in_flight_is_refuse
     shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
 ) -> None:
     """40 KB of a head that never ends, sent while the request before it is at the shop: that one is
-    answered, then a 431, and the connection closes (the parser held no more than the limit)."""
+    answered, then a 431, and the connection closes."""
     metrics = Metrics()
     sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
     reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
@@ -601,3 +601,27 @@ async def test_an_upload_queued_behind_a_declined_upgrade_is_served_whole(
         "length": len(body),
     }
     assert closed_for(metrics, "head_too_large") == 0
+
+
+@pytest.mark.bad_requests_logged
+async def test_a_head_behind_twice_aiohttps_queue_of_requests_is_measured(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """70 requests and a complete 40 KB head in one write: aiohttp parses 32 at a time, the rest
+    later from what it held (no packet); 70 pages, then a 431."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(sidecar_config(shop.url, emulator.url), metrics=metrics)
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(
+        b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n" * 70
+        + b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n"
+        + big_headers(5)
+        + b"\r\n"
+    )
+    received = await asyncio.wait_for(reader.read(), 5)
+    writer.close()
+
+    assert received.count(b"HTTP/1.1 200 OK\r\n") == 70
+    assert b"HTTP/1.0 431 Request Header Fields Too Large\r\n" in received
+    assert closed_for(metrics, "head_too_large") == 1
+    assert len(shop.state.requests) == 70
