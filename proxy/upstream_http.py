@@ -17,7 +17,7 @@ A response ends where its framing ends, and the shop may say nothing more until 
   same response: ``200 OKOK`` with two Content-Lengths);
 - a byte on an idle pooled connection closes it, so the next request can never take the
   shop's late or surplus answer for its own (nginx serves it to the next client): seen by the
-  loop, or by a peek at the socket before the connection is reused, for bytes a busy loop has
+  loop, or by a look at the socket before the connection is reused, for bytes a busy loop has
   not read yet;
 - a ``101`` is refused: this client never asks to upgrade (WebSockets go through aiohttp), so
   the request fails with :class:`ResponseMalformed` and the connection is closed;
@@ -38,9 +38,12 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
+import fcntl
 import logging
 import select
 import socket
+import struct
+import termios
 import time
 from typing import Final, Protocol, cast
 
@@ -106,20 +109,20 @@ class _Connection(asyncio.Protocol):
         "_drain_waiter",
         "_paused_writing",
         "closed",
+        "fd",
         "idle_since",
         "loop",
         "poller",
         "pool",
         "response",
-        "sock",
         "transport",
     )
 
     def __init__(self, pool: HttpPool, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
-        # The socket the transport reads, kept to look at it before a reuse (spoke_while_idle).
-        self.sock: socket.socket | None = None
-        # Polls that socket alone, without waiting (see spoke_while_idle).
+        # The socket the transport reads, and a poll of it alone: looked at before a reuse
+        # (spoke_while_idle); set once connected (watch_socket).
+        self.fd = -1
         self.poller: select.poll | None = None
         # Kept, not looked up per request: on Python 3.11 get_running_loop() costs a getpid().
         self.loop = loop
@@ -190,63 +193,34 @@ class _Connection(asyncio.Protocol):
         if self.transport is not None:
             self.transport.close()
 
+    def watch_socket(self) -> None:
+        """Keep the connected socket's descriptor and a poll of it, for :meth:`spoke_while_idle`."""
+        assert self.transport is not None
+        self.fd = self.transport.get_extra_info("socket").fileno()
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        self.poller = poller
+
     def spoke_while_idle(self) -> bool:
         """Whether the shop sent bytes or closed since its last answer; if so, closes the connection.
 
         Asked of the socket itself: a busy loop reads such bytes only after the next request
         went out, and that request would take them for its answer. A poll that does not wait
-        answers first (about 0.3 µs): it reports bytes, the shop's end of file and an error
-        alike, and only then does the peek tell which. A peek alone ends almost every time in
-        BlockingIOError, whose exception cost about 2 % of a pass-through request's CPU.
+        answers (about 0.3 µs): it reports bytes, the shop's end of file and an error alike, and
+        only then does the count of bytes waiting (FIONREAD) tell which, for the warning. (The
+        loop owns the socket: nothing here reads from it.)
         """
-        sock = self.sock
-        if sock is None:
-            return False
         poller = self.poller
-        if poller is not None and not poller.poll(0):
+        if poller is None or not poller.poll(0):
             return False  # nothing waiting: the usual case
         try:
-            waiting = sock.recv(1, socket.MSG_PEEK)
-        except BlockingIOError:
-            return False  # nothing waiting: the usual case
+            waiting = struct.unpack("i", fcntl.ioctl(self.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
         except OSError:
-            waiting = b""
+            waiting = 0
         if waiting:
             _warn_about_shop(_IDLE_BYTES_WARNING, self)
         self.close()  # bytes, or the shop's end of file (it let the connection go), or an error
         return True
-
-
-async def _connect_socket(
-    loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple[str, int]
-) -> None:
-    """Connect a non-blocking ``sock`` to ``address`` (an IP address, already resolved).
-
-    As ``loop.sock_connect`` does, but without resolving the address again: uvloop's resolves
-    every time, through its thread pool, which made a new shop connection cost about 120k
-    instructions and a thread's round trip (nearly half of a page's work for a shop that closes
-    each connection, as gunicorn's sync workers and many PHP servers do).
-    """
-    try:
-        sock.connect(address)
-        return
-    except (BlockingIOError, InterruptedError):
-        pass  # in progress: the socket turns writable once it is done (asyncio's own test)
-    connected: asyncio.Future[None] = loop.create_future()
-    fd = sock.fileno()
-    loop.add_writer(fd, _set_done, connected)
-    try:
-        await connected
-    finally:
-        loop.remove_writer(fd)
-    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-    if error:
-        raise OSError(error, f"Connect call failed {address}")  # the loop's own words
-
-
-def _set_done(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
 
 
 class HttpResponse:
@@ -641,31 +615,21 @@ class HttpPool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
+        # Made by the loop's protocol factory before each try; set up only once connected.
         conn = _Connection(self, loop)
         async with asyncio.timeout(self._connect_timeout):
             addresses = await self._resolve()
             error: OSError | None = None
-            for family, address in addresses:
+            for family, (host, port) in addresses:
                 try:
-                    sock = socket.socket(family, socket.SOCK_STREAM)
+                    # An address already resolved: the loop connects it without resolving it
+                    # again (uvloop's sock_connect went through its thread pool every time), and
+                    # sets TCP_NODELAY itself.
+                    await loop.create_connection(lambda: conn, host, port, family=family)
                 except OSError as exc:
                     error = exc
                     continue
-                try:
-                    sock.setblocking(False)
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                    await _connect_socket(loop, sock, address)
-                except BaseException as exc:
-                    sock.close()
-                    if isinstance(exc, OSError):
-                        error = exc
-                        continue
-                    raise
-                await loop.create_connection(lambda: conn, sock=sock)
-                conn.sock = sock
-                poller = select.poll()
-                poller.register(sock, select.POLLIN)
-                conn.poller = poller
+                conn.watch_socket()
                 return conn
             raise error or OSError(f"cannot resolve {self.host}")
 

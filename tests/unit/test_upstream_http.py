@@ -369,6 +369,21 @@ async def test_refused_connection_is_an_os_error(make_pool: Callable[..., HttpPo
         await pool.request("GET", head("GET", "/"), None, None)
 
 
+async def test_an_address_that_refuses_passes_the_request_to_the_next_one(
+    shop: TestServer, make_pool: Callable[..., HttpPool]
+) -> None:
+    """The shop's name resolved to two addresses, the first refusing: the page comes from the second."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        refusing = sock.getsockname()[1]
+    pool = make_pool(shop.port)
+    # As the last resolve left them (kept for a minute): the refusing address first.
+    pool._addresses = [(socket.AF_INET, ("127.0.0.1", refusing)), (socket.AF_INET, ("127.0.0.1", shop.port))]
+    pool._addresses_until = float("inf")
+    response = await pool.request("GET", head("GET", "/echo"), None, None)
+    assert (response.status, await read_all(response)) == (200, b"hello")
+
+
 async def test_no_headers_within_the_timeout(shop: TestServer, make_pool: Callable[..., HttpPool]) -> None:
     pool = make_pool(shop.port)
     loop = asyncio.get_running_loop()
