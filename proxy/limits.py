@@ -51,6 +51,7 @@ from aiohttp.web_server import Server
 
 from proxy.compiled import python_class
 from proxy.config.model import LimitsSettings
+from proxy.log import REPEATED_WARNING_INTERVAL_S
 from proxy.metrics import Metrics
 
 log = logging.getLogger("proxy.limits")
@@ -109,6 +110,7 @@ class LimitedRequestHandler(RequestHandler):
         self._limits = limits
         self._max_head_bytes = limits.max_head_bytes  # read per packet
         self._closed = manager.closed
+        self._kept_alive = manager.kept_alive
         # While a request head is coming in: when it must be complete, and its bytes so far.
         self._head_deadline: float | None = None
         self._head_bytes = 0
@@ -192,6 +194,10 @@ class LimitedRequestHandler(RequestHandler):
         # What came behind an upgrade request that is declined (aiohttp held it, uncounted, for a
         # WebSocket) is parsed by aiohttp here, not in data_received: measured here. Every other
         # response goes on as it is, with no coroutine of its own.
+        # A keep-alive connection from here on, until its client begins another request (one
+        # already gone has left the server: not entered again).
+        if self.transport is not None:
+            self._kept_alive[self] = None
         declined = self._upgraded and self._payload_parser is None and self._parser is not None
         if declined and not self._messages:
             return self._finish_declined_upgrade(request, resp, start_time)
@@ -316,6 +322,16 @@ class ShopServer(Server):
         super().__init__(handler, **kwargs)
         self.limits = limits
         self.closed = metrics.connections_closed
+        self._closed_for_room = metrics.connections_closed.labels("connection_limit")
+        self._refused = metrics.connections_closed.labels("connection_refused")
+        # Connections that finished a response, in the order they first did: the keep-alive
+        # connections a newcomer at the limit closes first. Each is checked when picked (one
+        # that has begun another request since is dropped here, and enters again at its next
+        # response), so a newcomer costs no walk over every open connection.
+        self.kept_alive: dict[RequestHandler, None] = {}
+        # The limit's WARNING is written once a minute at most (the metric counts each newcomer):
+        # not even made in between, as a flood of newcomers would make one a connection.
+        self._limit_warned_at = -REPEATED_WARNING_INTERVAL_S
 
     def __call__(self) -> RequestHandler:
         return LimitedRequestHandler(self, loop=self._loop, **self._kwargs)
@@ -325,33 +341,54 @@ class ShopServer(Server):
         if len(self._connections) > self.limits.max_connections:
             self._make_room(handler)
 
+    def connection_lost(self, handler: RequestHandler, exc: BaseException | None = None) -> None:
+        self.kept_alive.pop(handler, None)
+        super().connection_lost(handler, exc)
+
     def _make_room(self, newcomer: RequestHandler) -> None:
         """Close the idle connection that costs a visitor least.
 
         A keep-alive connection between requests first (its client reconnects when it needs
-        to), else the oldest one waiting for a request head (a slowloris' hold, or a visitor's
-        connection that has had its chance): the newest connections are the last to go.
+        to; of those, the one that went idle earliest), else the oldest one waiting for a request
+        head (a slowloris' hold, or a visitor's connection that has had its chance): the newest
+        connections are the last to go.
         """
-        victim: LimitedRequestHandler | None = None
-        for connection in self._connections:  # oldest first
-            if connection is newcomer or not isinstance(connection, LimitedRequestHandler):
-                continue
-            if not connection.idle:
-                continue
-            if connection.kept_alive:
-                victim = connection
-                break
-            if victim is None:
-                victim = connection
-        # One line per minute at most (the log's repeated-warning filter), the count in the metric.
-        log.warning(
-            "connection limit reached: closing %s",
-            "an idle connection" if victim is not None else "the new connection",
-            extra={"max_connections": self.limits.max_connections},
-        )
+        victim = self._kept_alive_victim(newcomer)
         if victim is None:
-            self.closed.labels("connection_refused").inc()
+            for connection in self._connections:  # oldest first
+                if (
+                    isinstance(connection, LimitedRequestHandler)
+                    and connection is not newcomer
+                    and connection.idle
+                ):
+                    victim = connection
+                    break
+        now = self._loop.time()
+        if now - self._limit_warned_at >= REPEATED_WARNING_INTERVAL_S:
+            self._limit_warned_at = now
+            log.warning(
+                "connection limit reached: closing %s",
+                "an idle connection" if victim is not None else "the new connection",
+                extra={"max_connections": self.limits.max_connections},
+            )
+        if victim is None:
+            self._refused.inc()
             newcomer.force_close()
             return
-        self.closed.labels("connection_limit").inc()
+        self._closed_for_room.inc()
         victim.force_close()
+
+    def _kept_alive_victim(self, newcomer: RequestHandler) -> LimitedRequestHandler | None:
+        """The first connection of :attr:`kept_alive` still between requests; the others leave it."""
+        kept_alive = self.kept_alive
+        while kept_alive:
+            connection = next(iter(kept_alive))
+            del kept_alive[connection]
+            if (
+                connection is not newcomer
+                and isinstance(connection, LimitedRequestHandler)
+                and connection.idle
+                and connection.kept_alive
+            ):
+                return connection
+        return None

@@ -273,6 +273,74 @@ async def test_at_the_connection_limit_an_idle_connection_makes_room_for_a_visit
     assert warnings[0] == "connection limit reached: closing an idle connection"
 
 
+async def read_one_page(reader: asyncio.StreamReader) -> bytes:
+    """One response with a Content-Length, read to its end; its status line."""
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    length = next(
+        int(line.split(b":")[1])
+        for line in head.split(b"\r\n")
+        if line.lower().startswith(b"content-length:")
+    )
+    await asyncio.wait_for(reader.readexactly(length), 5)
+    return head.split(b"\r\n")[0]
+
+
+async def still_open(reader: asyncio.StreamReader) -> bool:
+    """Whether the sidecar has neither sent anything nor closed the connection within 0.2 s."""
+    try:
+        await asyncio.wait_for(reader.read(1), 0.2)
+    except TimeoutError:
+        return True
+    return False
+
+
+async def test_at_the_connection_limit_a_kept_alive_connection_goes_before_an_older_silent_one(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """max_connections 2: a silent connection, then one kept alive after a page; a newcomer closes the second."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(limited(shop, emulator, max_connections=2), metrics=metrics)
+    silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    await asyncio.sleep(0.05)
+    kept_reader, kept_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    kept_writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    assert await read_one_page(kept_reader) == b"HTTP/1.1 200 OK"
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+    try:
+        assert await read_one_page(reader) == b"HTTP/1.1 200 OK"
+        assert await asyncio.wait_for(kept_reader.read(), 5) == b""
+        assert await still_open(silent_reader)
+        assert closed_for(metrics, "connection_limit") == 1
+    finally:
+        for each in (writer, kept_writer, silent_writer):
+            each.close()
+
+
+async def test_at_the_connection_limit_a_kept_alive_connection_serving_again_is_not_closed(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """A connection kept alive, then asked for a slow page: a newcomer at the limit closes the silent one."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(limited(shop, emulator, max_connections=2), metrics=metrics)
+    busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    busy_writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    assert await read_one_page(busy_reader) == b"HTTP/1.1 200 OK"
+    busy_writer.write(b"GET /slow?s=0.5 HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    await asyncio.sleep(0.1)  # the slow page is at the shop
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+    try:
+        assert await read_one_page(reader) == b"HTTP/1.1 200 OK"
+        assert await asyncio.wait_for(silent_reader.read(), 5) == b""
+        assert await read_one_page(busy_reader) == b"HTTP/1.1 200 OK"
+        assert closed_for(metrics, "connection_limit") == 1
+    finally:
+        for each in (writer, busy_writer, silent_writer):
+            each.close()
+
+
 async def test_a_client_leaving_mid_upload_is_a_499_and_the_shop_never_sees_it(
     shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory, caplog: pytest.LogCaptureFixture
 ) -> None:
