@@ -37,12 +37,16 @@ GET_TOKEN = "StorefrontUsers_GetToken"
 BURST_CUSTOMERS = 20
 BURST_PER_CUSTOMER = 12
 LATENCY_CUSTOMERS = 300
+STORE_OPERATIONS = "cc_sidecar_store_operations_total{"
+FAILED_OUTCOMES = ('outcome="error"', 'outcome="skipped"')
 
 
-def sidecar_document(port: int, upstream: str, emulator: str, store: dict[str, Any]) -> dict[str, Any]:
+def sidecar_document(
+    port: int, admin_port: int, upstream: str, emulator: str, store: dict[str, Any]
+) -> dict[str, Any]:
     return {
         "listen": f"127.0.0.1:{port}",
-        "admin_listen": f"127.0.0.1:{free_port()}",
+        "admin_listen": f"127.0.0.1:{admin_port}",
         "access_log": True,  # as shipped: on stderr, which goes to the replica's log file
         "shutdown_grace_s": 1,
         "secret": "bench-secret-0123456789abcdef",
@@ -76,11 +80,13 @@ class Replicas:
         self, workdir: Path, name: str, upstream: str, emulator: str, store: dict[str, Any], cpu: int | None
     ) -> None:
         self.ports: list[int] = []
+        self.admin_ports: list[int] = []
         self.processes: list[subprocess.Popen[bytes]] = []
         for number in range(3):
             port = free_port()
+            admin_port = free_port()
             config = workdir / f"{name}-{number}.yaml"
-            config.write_text(yaml.safe_dump(sidecar_document(port, upstream, emulator, store)))
+            config.write_text(yaml.safe_dump(sidecar_document(port, admin_port, upstream, emulator, store)))
             argv = [sys.executable, "-m", "proxy", "run", "--config", str(config)]
             if cpu is not None:
                 argv = ["taskset", "-c", str(cpu), *argv]
@@ -90,11 +96,26 @@ class Replicas:
             )
             log.close()
             self.ports.append(port)
+            self.admin_ports.append(admin_port)
         for port, process in zip(self.ports, self.processes, strict=True):
             _wait_for_port(port, process)
 
     def url(self, number: int, path: str) -> str:
         return f"http://127.0.0.1:{self.ports[number]}{path}"
+
+    async def store_failures(self, session: aiohttp.ClientSession) -> int:
+        """Shared-store calls that failed or were skipped (breaker open), on all three replicas.
+
+        Each is work a replica did for itself, as designed while the store is unavailable: a
+        burst's extra GetToken calls with none of these would be a lock that does not hold.
+        """
+        failures = 0
+        for admin_port in self.admin_ports:
+            async with session.get(f"http://127.0.0.1:{admin_port}/metrics") as response:
+                for line in (await response.text()).splitlines():
+                    if line.startswith(STORE_OPERATIONS) and any(o in line for o in FAILED_OUTCOMES):
+                        failures += int(float(line.rsplit(" ", 1)[1]))
+        return failures
 
     def stop(self) -> None:
         for process in self.processes:
@@ -143,7 +164,8 @@ async def count_get_token(replicas: Replicas, emulator: str, tag: str, customers
         )
         assert all(pages)
         burst = await _get_token_calls(session, emulator) - before
-    return {"visits": visits, "burst": burst}
+        store_failures = await replicas.store_failures(session)
+    return {"visits": visits, "burst": burst, "store_failures": store_failures}
 
 
 async def editor_latency(replicas: Replicas) -> dict[str, dict[str, float]]:
@@ -186,7 +208,7 @@ def main() -> int:
     parser.add_argument("--customers", type=int, default=30)
     parser.add_argument("--cpu", type=int, default=None)
     args = parser.parse_args()
-    stores = {
+    stores: dict[str, dict[str, Any]] = {
         "memory": {"backend": "memory"},
         "redis": {"backend": "redis", "redis": {"url": f"redis://127.0.0.1:{args.redis_port}/0"}},
     }

@@ -1193,7 +1193,9 @@ def _replica_ratios(results: dict[str, Any], ratio: Any) -> list[dict[str, Any]]
             "pass": calls["redis"]["visits"] == customers,
         },
         {
-            "name": "GetToken calls, 240 concurrent first requests, 20 customers, 3 replicas (memory, redis)",
+            # Work a replica did for itself while Redis failed it (as designed) explains extra calls.
+            "name": "GetToken calls, 240 concurrent first requests, 20 customers, 3 replicas (memory, redis;"
+            f" Redis calls failed or skipped by then: {calls['redis'].get('store_failures', 'n/a')})",
             "value": [calls["memory"]["burst"], calls["redis"]["burst"]],
             "target": "redis == 20",
             "pass": calls["redis"]["burst"] == 20,
