@@ -327,7 +327,8 @@ class ShopServer(Server):
         # Connections that finished a response, in the order they first did: the keep-alive
         # connections a newcomer at the limit closes first. Each is checked when picked (one
         # that has begun another request since is dropped here, and enters again at its next
-        # response), so a newcomer costs no walk over every open connection.
+        # response), so a newcomer costs no walk over every open connection while one of them
+        # is between requests (as under a flood of reconnecting keep-alive clients).
         self.kept_alive: dict[RequestHandler, None] = {}
         # The limit's WARNING is written once a minute at most (the metric counts each newcomer):
         # not even made in between, as a flood of newcomers would make one a connection.
@@ -349,20 +350,26 @@ class ShopServer(Server):
         """Close the idle connection that costs a visitor least.
 
         A keep-alive connection between requests first (its client reconnects when it needs
-        to; of those, the one that went idle earliest), else the oldest one waiting for a request
-        head (a slowloris' hold, or a visitor's connection that has had its chance): the newest
-        connections are the last to go.
+        to; of those, the one that first finished a response), else the oldest one waiting for a
+        request head (a slowloris' hold, or a visitor's connection that has had its chance): the
+        newest connections are the last to go.
         """
         victim = self._kept_alive_victim(newcomer)
         if victim is None:
-            for connection in self._connections:  # oldest first
+            # Every open connection, oldest first. A keep-alive one can be missing from the list
+            # (taken out as busy while it finished the response it was entered for): it still
+            # goes before one waiting for a head.
+            for connection in self._connections:
                 if (
                     isinstance(connection, LimitedRequestHandler)
                     and connection is not newcomer
                     and connection.idle
                 ):
-                    victim = connection
-                    break
+                    if connection.kept_alive:
+                        victim = connection
+                        break
+                    if victim is None:
+                        victim = connection
         now = self._loop.time()
         if now - self._limit_warned_at >= REPEATED_WARNING_INTERVAL_S:
             self._limit_warned_at = now

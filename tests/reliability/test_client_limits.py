@@ -22,6 +22,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from proxy.limits import ShopServer
 from proxy.metrics import Metrics
 from tests.fixtures.emulator import RunningEmulator
 from tests.fixtures.raw_shop import RawConnection, StartRecordingShop
@@ -338,6 +339,33 @@ async def test_at_the_connection_limit_a_kept_alive_connection_serving_again_is_
         assert closed_for(metrics, "connection_limit") == 1
     finally:
         for each in (writer, busy_writer, silent_writer):
+            each.close()
+
+
+async def test_at_the_connection_limit_a_kept_alive_connection_off_the_list_still_goes_first(
+    shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
+) -> None:
+    """A keep-alive connection the server's list lost (taken out as busy while it finished its
+    response) is still closed before an older one waiting for its head."""
+    metrics = Metrics()
+    sidecar = await make_sidecar(limited(shop, emulator, max_connections=2), metrics=metrics)
+    waiting_reader, waiting_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    waiting_writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n")
+    await asyncio.sleep(0.05)
+    kept_reader, kept_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    kept_writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+    assert await read_one_page(kept_reader) == b"HTTP/1.1 200 OK"
+    server = sidecar.runner.server
+    assert isinstance(server, ShopServer)
+    server.kept_alive.clear()  # as a newcomer that found it busy would have left it
+    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
+    writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+    try:
+        assert await read_one_page(reader) == b"HTTP/1.1 200 OK"
+        assert await asyncio.wait_for(kept_reader.read(), 5) == b""
+        assert await still_open(waiting_reader)
+    finally:
+        for each in (writer, kept_writer, waiting_writer):
             each.close()
 
 
