@@ -355,6 +355,7 @@ async def test_at_the_connection_limit_a_kept_alive_connection_off_the_list_stil
     kept_reader, kept_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
     kept_writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n")
     assert await read_one_page(kept_reader) == b"HTTP/1.1 200 OK"
+    assert sidecar.runner is not None
     server = sidecar.runner.server
     assert isinstance(server, ShopServer)
     server.kept_alive.clear()  # as a newcomer that found it busy would have left it
