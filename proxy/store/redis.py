@@ -8,7 +8,8 @@ TTL. Both keys are derived from the Customer's Canvas account too (API URL, clie
 read each other's entries. Claims hold a random owner id, the only thing stored in the clear.
 
 Redis is a cache, never a dependency of a page. Every call is bounded by ``timeout_s`` (connect
-included) and never retried. A failure opens a breaker: calls then raise
+included) and never retried; a call that fails raises :class:`~proxy.errors.StoreUnavailable`.
+:data:`BREAKER_FAILURES` failures in a row open a breaker: calls then raise
 :class:`~proxy.errors.StoreUnavailable` at once, with no I/O, until one call every
 :data:`RETRY_AFTER_S` probes Redis again; the first that succeeds closes it. One warning is logged
 per change of state, never per request, and ``cc_sidecar_store_available`` shows the state.
@@ -48,6 +49,10 @@ log = logging.getLogger("proxy.store")
 # While the breaker is open, one call this often tries Redis again (so Redis is used again within
 # this long of coming back); the others fail at once.
 RETRY_AFTER_S = 5.0
+# Failed calls in a row that open the breaker. One late answer (the replica's own loop busy under a
+# burst of first requests, a CPU-throttled pod, Redis forking for a snapshot) costs its request
+# alone, not every other request's sharing until a call succeeds again.
+BREAKER_FAILURES = 3
 _NONCE_BYTES = 12
 _KEY_NAME_HEX = 32  # 128 bits of HMAC-SHA256 in a key name
 # Frees a claim only while it still holds this owner. EVAL rather than EVALSHA: a Redis restarted
@@ -174,6 +179,7 @@ class RedisStore:
         self._available = True
         self._retry_at = 0.0
         self._probing = False
+        self._failures_in_a_row = 0
         metrics.store_available.set(1)
 
     @classmethod
@@ -253,11 +259,14 @@ class RedisStore:
             # RedisError, OSError and TimeoutError are the expected ones; anything else a client
             # library raises from a broken connection must not reach a page either.
             self._metrics.store_operations.labels(operation, "error").inc()
-            self._opened(exc)
+            self._failures_in_a_row += 1
+            if probe or self._failures_in_a_row >= BREAKER_FAILURES:
+                self._opened(exc)
             raise StoreUnavailable(f"the token store failed: {type(exc).__name__}") from None
         finally:
             if probe:
                 self._probing = False
+        self._failures_in_a_row = 0
         if not self._available:
             self._available = True
             self._metrics.store_available.set(1)

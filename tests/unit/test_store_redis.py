@@ -20,7 +20,7 @@ from proxy.config.model import RedisSettings
 from proxy.errors import StoreUnavailable
 from proxy.metrics import Metrics
 from proxy.store import StoreKey
-from proxy.store.redis import RETRY_AFTER_S, RedisStore, account_of, create_client
+from proxy.store.redis import BREAKER_FAILURES, RETRY_AFTER_S, RedisStore, account_of, create_client
 from tests.fixtures.emulator import ManualClock, settings_for
 from tests.fixtures.process import free_port
 from tests.fixtures.redis import RedisProcess, needs_redis
@@ -102,14 +102,18 @@ async def test_value_of_another_secret_reads_as_miss(redis_server: RedisProcess)
 async def test_dead_redis_opens_breaker_once(
     redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
 ) -> None:
-    """Redis gone: the first call fails, the next ones fail at once without I/O, one warning in all."""
+    """Redis gone: BREAKER_FAILURES calls fail trying it, the next ones at once without I/O, one
+    warning in all."""
     metrics = Metrics()
     store = make_store(redis_server, metrics=metrics)
     try:
         await store.put(ALICE, b"value", 30)
         redis_server.kill()
-        with caplog.at_level(logging.WARNING, "proxy.store"), pytest.raises(StoreUnavailable):
-            await store.get(ALICE)
+        with caplog.at_level(logging.WARNING, "proxy.store"):
+            for _ in range(BREAKER_FAILURES):
+                with pytest.raises(StoreUnavailable):
+                    await store.get(ALICE)
+        assert not store.available
         started = time.perf_counter()
         for _ in range(100):
             with pytest.raises(StoreUnavailable):
@@ -126,8 +130,31 @@ async def test_dead_redis_opens_breaker_once(
         await store.aclose()
 
 
+async def test_one_late_answer_fails_its_call_alone(
+    redis_server: RedisProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One call past its timeout (Redis answers again after it): the breaker stays closed, the next
+    call is Redis', no warning."""
+    metrics = Metrics()
+    store = make_store(redis_server, metrics=metrics, timeout_s=0.2)
+    try:
+        await store.put(ALICE, b"value", 30)
+        redis_server.freeze()
+        with caplog.at_level(logging.WARNING, "proxy.store"), pytest.raises(StoreUnavailable):
+            await store.get(ALICE)
+        redis_server.thaw()
+        assert store.available
+        assert await store.get(ALICE) == b"value"
+        assert [r.message for r in caplog.records if r.name == "proxy.store"] == []
+        exported = generate_latest(metrics.registry).decode()
+        assert 'cc_sidecar_store_operations_total{operation="get",outcome="error"} 1.0' in exported
+        assert "cc_sidecar_store_available 1.0" in exported
+    finally:
+        await store.aclose()
+
+
 async def test_frozen_redis_fails_within_timeout(redis_server: RedisProcess) -> None:
-    """A stopped Redis (socket open, no answer) costs one call its timeout, then nothing."""
+    """A stopped Redis (socket open, no answer) costs a call its timeout."""
     store = make_store(redis_server, timeout_s=0.2)
     try:
         await store.put(ALICE, b"value", 30)
@@ -150,8 +177,9 @@ async def test_breaker_probes_and_closes_when_redis_returns(
     store = make_store(redis_server, metrics=metrics, clock=clock)
     try:
         redis_server.kill()
-        with pytest.raises(StoreUnavailable):
-            await store.get(ALICE)
+        for _ in range(BREAKER_FAILURES):
+            with pytest.raises(StoreUnavailable):
+                await store.get(ALICE)
         redis_server.start()
         with pytest.raises(StoreUnavailable):
             await store.get(ALICE)  # still held back: no probe before RETRY_AFTER_S
