@@ -17,7 +17,7 @@ import socket
 import struct
 import time
 import tracemalloc
-from typing import Any
+from typing import Any, Final
 
 import aiohttp
 import pytest
@@ -295,6 +295,25 @@ async def still_open(reader: asyncio.StreamReader) -> bool:
     return False
 
 
+PAGE: Final = b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n"
+
+
+async def kept_alive(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection that got a page and stays open between requests."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(PAGE)
+    assert await read_one_page(reader) == b"HTTP/1.1 200 OK"
+    return reader, writer
+
+
+async def newcomer_served(port: int) -> asyncio.StreamWriter:
+    """A new connection at the limit gets its page (then the sidecar closes it)."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+    assert await read_one_page(reader) == b"HTTP/1.1 200 OK"
+    return writer
+
+
 async def test_at_the_connection_limit_a_kept_alive_connection_goes_before_an_older_silent_one(
     shop: Shop, emulator: RunningEmulator, make_sidecar: SidecarFactory
 ) -> None:
@@ -303,19 +322,15 @@ async def test_at_the_connection_limit_a_kept_alive_connection_goes_before_an_ol
     sidecar = await make_sidecar(limited(shop, emulator, max_connections=2), metrics=metrics)
     silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
     await asyncio.sleep(0.05)
-    kept_reader, kept_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    kept_writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n")
-    assert await read_one_page(kept_reader) == b"HTTP/1.1 200 OK"
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
+    kept_reader, kept_writer = await kept_alive(sidecar.port)
     try:
-        assert await read_one_page(reader) == b"HTTP/1.1 200 OK"
+        (await newcomer_served(sidecar.port)).close()
         assert await asyncio.wait_for(kept_reader.read(), 5) == b""
         assert await still_open(silent_reader)
         assert closed_for(metrics, "connection_limit") == 1
     finally:
-        for each in (writer, kept_writer, silent_writer):
-            each.close()
+        kept_writer.close()
+        silent_writer.close()
 
 
 async def test_at_the_connection_limit_a_kept_alive_connection_serving_again_is_not_closed(
@@ -324,22 +339,18 @@ async def test_at_the_connection_limit_a_kept_alive_connection_serving_again_is_
     """A connection kept alive, then asked for a slow page: a newcomer at the limit closes the silent one."""
     metrics = Metrics()
     sidecar = await make_sidecar(limited(shop, emulator, max_connections=2), metrics=metrics)
-    busy_reader, busy_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    busy_writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n")
-    assert await read_one_page(busy_reader) == b"HTTP/1.1 200 OK"
+    busy_reader, busy_writer = await kept_alive(sidecar.port)
     busy_writer.write(b"GET /slow?s=0.5 HTTP/1.1\r\nHost: shop.test\r\n\r\n")
     silent_reader, silent_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
     await asyncio.sleep(0.1)  # the slow page is at the shop
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
     try:
-        assert await read_one_page(reader) == b"HTTP/1.1 200 OK"
+        (await newcomer_served(sidecar.port)).close()
         assert await asyncio.wait_for(silent_reader.read(), 5) == b""
         assert await read_one_page(busy_reader) == b"HTTP/1.1 200 OK"
         assert closed_for(metrics, "connection_limit") == 1
     finally:
-        for each in (writer, busy_writer, silent_writer):
-            each.close()
+        busy_writer.close()
+        silent_writer.close()
 
 
 async def test_at_the_connection_limit_a_kept_alive_connection_off_the_list_still_goes_first(
@@ -347,27 +358,22 @@ async def test_at_the_connection_limit_a_kept_alive_connection_off_the_list_stil
 ) -> None:
     """A keep-alive connection the server's list lost (taken out as busy while it finished its
     response) is still closed before an older one waiting for its head."""
-    metrics = Metrics()
-    sidecar = await make_sidecar(limited(shop, emulator, max_connections=2), metrics=metrics)
+    sidecar = await make_sidecar(limited(shop, emulator, max_connections=2))
     waiting_reader, waiting_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
     waiting_writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n")
     await asyncio.sleep(0.05)
-    kept_reader, kept_writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    kept_writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n\r\n")
-    assert await read_one_page(kept_reader) == b"HTTP/1.1 200 OK"
+    kept_reader, kept_writer = await kept_alive(sidecar.port)
     assert sidecar.runner is not None
     server = sidecar.runner.server
     assert isinstance(server, ShopServer)
     server.kept_alive.clear()  # as a newcomer that found it busy would have left it
-    reader, writer = await asyncio.open_connection("127.0.0.1", sidecar.port)
-    writer.write(b"GET /plain HTTP/1.1\r\nHost: shop.test\r\nConnection: close\r\n\r\n")
     try:
-        assert await read_one_page(reader) == b"HTTP/1.1 200 OK"
+        (await newcomer_served(sidecar.port)).close()
         assert await asyncio.wait_for(kept_reader.read(), 5) == b""
         assert await still_open(waiting_reader)
     finally:
-        for each in (writer, kept_writer, waiting_writer):
-            each.close()
+        kept_writer.close()
+        waiting_writer.close()
 
 
 async def test_a_client_leaving_mid_upload_is_a_499_and_the_shop_never_sees_it(
