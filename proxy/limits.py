@@ -191,13 +191,13 @@ class LimitedRequestHandler(RequestHandler):
     def finish_response(
         self, request: BaseRequest, resp: StreamResponse, start_time: float | None
     ) -> Coroutine[Any, Any, tuple[StreamResponse, bool]]:
-        # What came behind an upgrade request that is declined (aiohttp held it, uncounted, for a
-        # WebSocket) is parsed by aiohttp here, not in data_received: measured here. Every other
-        # response goes on as it is, with no coroutine of its own.
         # A keep-alive connection from here on, until its client begins another request (one
         # already gone has left the server: not entered again).
         if self.transport is not None:
             self._kept_alive[self] = None
+        # What came behind an upgrade request that is declined (aiohttp held it, uncounted, for a
+        # WebSocket) is parsed by aiohttp here, not in data_received: measured here. Every other
+        # response goes on as it is, with no coroutine of its own.
         declined = self._upgraded and self._payload_parser is None and self._parser is not None
         if declined and not self._messages:
             return self._finish_declined_upgrade(request, resp, start_time)

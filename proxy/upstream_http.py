@@ -615,7 +615,8 @@ class HttpPool:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        # Made by the loop's protocol factory before each try; set up only once connected.
+        # One protocol for every try (the loop's factory hands it over): nothing in it is set
+        # until a try connects.
         conn = _Connection(self, loop)
         async with asyncio.timeout(self._connect_timeout):
             addresses = await self._resolve()
