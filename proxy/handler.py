@@ -456,7 +456,7 @@ class ShopHandler:
             trusted=trusted,
             host=host.authority if host is not None else None,
             target=target,
-            drop=() if trusted else storefront.strip_keys,
+            drop=storefront.strip_keys,
             drop_conditional=editor,
             # The browser's copy of the token never goes upstream.
             drop_cookie=TOKEN_COOKIE,
@@ -1032,7 +1032,7 @@ class ShopHandler:
                 trusted=trusted,
                 host=sidecar_request.host,
                 target=request.raw_path,
-                drop=() if trusted else storefront.strip_keys,
+                drop=storefront.strip_keys,
                 drop_cookie=TOKEN_COOKIE,
                 underscores=storefront.underscores_in_headers,
             )

@@ -116,6 +116,15 @@ _JUDGED_RAW = (
 # "_" as the int `in` looks for in bytes: `b"_" in name` first tries the bytes as an int, fails and
 # clears the error, about 10x the cost of the search (a browser's dozen headers: a few µs).
 _UNDERSCORE: Final = ord("_")
+# A header name as request_headers compares it, in one pass: letters lower-cased, digits and "-"
+# kept, and every other byte made "_". HTTP lets a name hold "!#$%&'*+.^_`|~" too, and CGI-style
+# servers read those as the "-" they stand beside: PHP-FPM and gunicorn fold "_", PHP's own server
+# ".", lighttpd's FastCGI every byte but a letter or digit. So "X.Shop.User" is X-Shop-User there.
+_NAME_BYTES: Final = b"-0123456789abcdefghijklmnopqrstuvwxyz"
+_FOLD_NAME: Final = bytes.maketrans(
+    bytes(range(256)),
+    bytes(byte if byte in _NAME_BYTES else _UNDERSCORE for byte in bytes(range(256)).lower()),
+)
 # Read at most this much per chunk from the shop; keeps memory per request bounded.
 READ_CHUNK: Final = 64 * 1024
 
@@ -338,9 +347,15 @@ class Upstream:
         its method. ``remote`` is the client's address. ``host`` is the normalised host the
         request was routed by (sent as Host instead of the client's spelling; None: the request
         had none) and ``target`` the origin-form target. ``drop`` holds lower-case names with
-        ``_`` spelled ``-``; every spelling of them goes. From an untrusted peer a header name with ``_`` goes
-        unless ``underscores`` (CGI-style servers read ``X_Forwarded_For`` as X-Forwarded-For),
-        and X-Forwarded-*, Forwarded and X-Real-IP go in every spelling. ``drop_conditional``
+        ``-`` between words (the identity header's): from an untrusted peer every spelling of them
+        goes, from a trusted one every spelling but the plain one (any case, words joined by
+        ``-``: the one read as the customer; a shop reading another would name someone else).
+        From an untrusted peer a name with any byte but a letter, a digit or ``-`` goes, as
+        nginx's ``ignore_invalid_headers`` drops it (CGI-style servers read ``X_Forwarded_For``
+        and, some, ``X.Forwarded.For`` as X-Forwarded-For); with ``underscores`` one whose only
+        such bytes are ``_`` passes. X-Forwarded-*, Forwarded and X-Real-IP from an untrusted
+        peer go in every spelling. A trusted peer's name with such bytes is judged as the name
+        with ``-`` for them, as those servers read it. ``drop_conditional``
         (editor pages): no conditional headers, and only codings the injector can decode, so the
         shop answers with a full page the token can go into. ``drop_cookie`` names a cookie taken
         out of every Cookie header (a header left empty goes).
@@ -356,7 +371,7 @@ class Upstream:
         judged = _JUDGED_RAW  # once, not per header (a module global; a test swaps it)
         raw_headers: tuple[tuple[bytes, bytes], ...] = message.raw_headers
         for name, value in raw_headers:
-            lowered = name.lower()
+            lowered = name.translate(_FOLD_NAME)
             if (
                 lowered not in judged
                 and _UNDERSCORE not in lowered
@@ -368,16 +383,22 @@ class Upstream:
                 # would look at them twice.
                 parts += (name, b": ", value, b"\r\n")
                 continue
-            if _UNDERSCORE in lowered:
-                if not trusted and not underscores:
+            # A name with "_" or another byte but a letter, digit or "-" in it.
+            odd = _UNDERSCORE in lowered
+            if odd:
+                plain = name.lower()
+                dashed = lowered.replace(b"_", b"-")
+                if not trusted and not (underscores and plain.replace(b"_", b"-") == dashed):
+                    continue  # from outside: only "_", and only with underscores_in_headers
+                if listed and plain in listed:
                     continue
                 # Judged as a CGI-style server will read it; only the real Content-Length frames.
-                lowered = lowered.replace(b"_", b"-")
+                lowered = dashed
                 if lowered == b"content-length":
                     continue
             if lowered in _NEVER_FORWARDED_RAW or (listed and lowered in listed):
                 continue
-            if drop and lowered in drop:
+            if drop and lowered in drop and (odd or not trusted):
                 continue
             if lowered in _FORWARDED_RAW:
                 if not trusted:
@@ -391,7 +412,7 @@ class Upstream:
                     has_forwarded_host = True
                 # A trusted hop's X_Forwarded_Proto is the shop's X-Forwarded-Proto (CGI reads it
                 # so): spelt that way, every reader of the page's headers (the session check) sees it.
-                if _UNDERSCORE in name:
+                if odd:
                     name = _DASHED[lowered]
             elif lowered.startswith(_CLIENT_CLAIM_PREFIX) or lowered in _CLIENT_CLAIMS:
                 if not trusted:

@@ -346,8 +346,10 @@ class StorefrontSettings(_Frozen):
         description=(
             "Forward request headers whose names contain _ from peers outside trusted_networks"
             " (as nginx's option of that name). Off: they are dropped, since CGI-style servers"
-            " (PHP-FPM, gunicorn) read X_Forwarded_For as X-Forwarded-For. Either way the identity"
-            " header, X-Forwarded-*, Forwarded and X-Real-IP are dropped from such peers in every spelling."
+            " (PHP-FPM, gunicorn) read X_Forwarded_For as X-Forwarded-For. Names with any other"
+            " byte but a letter, digit or - (X.Forwarded.For) are dropped from such peers either way,"
+            " as nginx's ignore_invalid_headers does. Either way the identity header, X-Forwarded-*,"
+            " Forwarded and X-Real-IP are dropped from such peers in every spelling."
         ),
     )
 

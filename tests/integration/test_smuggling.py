@@ -335,6 +335,56 @@ async def test_underscores_in_headers_lets_other_names_through_but_never_the_for
         assert spoofed not in recording_upstream.raw
 
 
+# The identity and forwarding headers spelt with the separators lighttpd's FastCGI (every byte but
+# a letter or digit), PHP's own server (".") and others read as "-" or "_": HTTP_X_SHOP_USER there.
+SEPARATED = (
+    b"X.Shop.User: victim-42\r\nX~Forwarded~For: 6.6.6.6\r\nX+Real+IP: 6.6.6.7\r\n"
+    b"X!Forwarded!Host: evil.example\r\nX|Forwarded|Proto: https\r\nX.Custom: also-dropped\r\n"
+)
+
+
+@pytest.mark.parametrize("underscores", [False, True])
+async def test_header_names_with_other_separators_from_outside_never_reach_the_shop(
+    recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory, underscores: bool
+) -> None:
+    """A name with ".", "~", "+", "!" or "|" goes, as nginx's ignore_invalid_headers drops it; underscores_in_headers admits "_" alone."""
+    sidecar = await make_sidecar(config(recording_upstream, underscores_in_headers=underscores))
+    answer = await exchange(
+        sidecar,
+        b"GET /a HTTP/1.1\r\nHost: g.test\r\n" + SEPARATED + b"X_Plain: kept-only-when-allowed\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert status_line(answer) == b"HTTP/1.1 200 OK"
+    [received] = recording_upstream.requests
+    assert [name.lower() for name, _ in received.headers] == [
+        b"host",
+        *([b"x_plain"] if underscores else []),
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+    ]
+    for spoofed in (b"6.6.6.", b"evil", b"https", VICTIM, b"also-dropped"):
+        assert spoofed not in recording_upstream.raw
+
+
+async def test_a_trusted_peer_sends_the_identity_header_in_its_plain_spelling_only(
+    recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory
+) -> None:
+    """From trusted_networks X-Shop-User reaches the shop; X.Shop.User and X_Shop_User, which a CGI-style shop would read instead, never do."""
+    sidecar = await make_sidecar(config(recording_upstream, trusted_networks=["127.0.0.0/8"]))
+    answer = await exchange(
+        sidecar,
+        b"GET /a HTTP/1.1\r\nHost: g.test\r\nx-SHOP-user: alice\r\nX.Shop.User: victim-42\r\n"
+        b"X_Shop_User: victim-42\r\nX.Forwarded.Proto: https\r\nConnection: close\r\n\r\n",
+    )
+    assert status_line(answer) == b"HTTP/1.1 200 OK"
+    [received] = recording_upstream.requests
+    assert received.header("X-Shop-User") == [b"alice"]
+    assert received.header("X-Forwarded-Proto") == [b"https"]
+    assert VICTIM not in recording_upstream.raw
+    assert [name for name, _ in received.headers if not name.replace(b"-", b"").isalnum()] == []
+
+
 async def test_a_trusted_peer_keeps_its_client_address_headers(
     recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory
 ) -> None:

@@ -33,10 +33,11 @@ NAMES = [
 
 @st.composite
 def spellings(draw: st.DrawFn) -> bytes:
-    """A header name as a client may spell it: any case, ``-`` or ``_``."""
+    """A header name as a client may spell it: any case, each ``-`` maybe another separator."""
     name = draw(st.sampled_from(NAMES))
     spelt = "".join(
-        "_" if c == "-" and draw(st.booleans()) else c.swapcase() if draw(st.booleans()) else c for c in name
+        draw(st.sampled_from("-_.~+!")) if c == "-" else c.swapcase() if draw(st.booleans()) else c
+        for c in name
     )
     return spelt.encode()
 
@@ -64,9 +65,9 @@ class HeadView:
     method: str = "GET"
 
 
-# Every name this test spells without "_" (with one, a header is judged anyway): patched in as
-# _JUDGED_RAW, request_headers judges each header by its full rules. A real frozenset, as the
-# compiled module checks the type.
+# Every name this test spells with "-" alone (with another separator a header is judged anyway):
+# patched in as _JUDGED_RAW, request_headers judges each header by its full rules. A real
+# frozenset, as the compiled module checks the type.
 EVERY_NAME = frozenset(name.lower().encode() for name in NAMES)
 
 
