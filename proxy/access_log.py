@@ -8,16 +8,18 @@ Lines gather in a buffer on the event loop and leave in one batch when it passes
 ``FLUSH_BYTES`` or ``FLUSH_INTERVAL_S`` after its first line, and at shutdown. A pipe (stderr in
 a container) is written without blocking (see :class:`LogWriter`), so a slow or stalled reader
 never holds the event loop. ``O_NONBLOCK`` on stderr itself would be wrong: the flag belongs to
-the open file description that stderr shares with the logging handler and with whoever started
-the process, whose writes would then fail with EAGAIN. A writer thread was tried first: under
-full load it waited for the GIL (5 ms a switch) several times per batch and fell behind. While
-the reader stalls, at most ``MAX_PENDING_BYTES`` wait for it; further batches are dropped and counted
+the open file description that stderr shares with whoever started the process, whose writes
+would then fail with EAGAIN. A writer thread was tried first: under full load it waited for the
+GIL (5 ms a switch) several times per batch and fell behind. While the reader stalls, at most
+``MAX_PENDING_BYTES`` wait for it; further batches are dropped and counted
 (``cc_sidecar_access_log_dropped_total``), as Envoy drops rather than stall its workers. The one
-WARNING about it goes out once the reader takes lines again (written while it stalls, it would
-block the loop on the full pipe itself), at most once per ``DROP_WARNING_INTERVAL_S``.
+WARNING about it goes out once the reader takes lines again (looked at every
+``FLUSH_INTERVAL_S``; written while it stalls, it would only queue behind the lines it is
+about), at most once per ``DROP_WARNING_INTERVAL_S``.
 
-Warnings and errors keep going through ``logging``, unbuffered, so access lines can trail them by
-up to ``FLUSH_INTERVAL_S``.
+Warnings and errors keep going through ``logging``, unbuffered, into the same writer when the
+access log is on stderr (:class:`proxy.log.StderrHandler`): never blocking either, and so access
+lines can trail them by up to ``FLUSH_INTERVAL_S``.
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ FLUSH_INTERVAL_S: Final = 1.0
 MAX_PENDING_BYTES: Final = 1024 * 1024
 # At shutdown, how long the last batches may take to leave before the process exits regardless.
 CLOSE_TIMEOUT_S: Final = 5.0
+# Off the event loop (start-up, the last words, another thread), how long one log record may
+# wait for stderr's reader before it is dropped.
+OFF_LOOP_WAIT_S: Final = 1.0
 # The warning about dropped lines is written at most this often (the metric counts every one).
 DROP_WARNING_INTERVAL_S: Final = 60.0
 # A write of at most PIPE_BUF bytes to a pipe is never split (nor, non-blocking, half done).
@@ -149,13 +154,24 @@ class LogWriter:
     A regular file takes each batch in one blocking write (the page cache takes it at once, as
     nginx writes its log). Anything else (a pipe, a terminal, a socket) is written without ever
     blocking: through a descriptor of its own opened with ``O_NONBLOCK`` (``/proc/self/fd/N``:
-    a new open file description of the same pipe, so stderr's own, which the logging handler and
-    whoever started the process share, stays blocking), or ``MSG_DONTWAIT`` on a socket. What the
-    reader does not take at once waits (at most ``max_pending`` bytes) and goes when the
-    descriptor is writable again; a batch that would pass the bound is refused.
+    a new open file description of the same pipe, so stderr's own, which whoever started the
+    process shares, stays blocking), or ``MSG_DONTWAIT`` on a socket. Where that reopening is
+    refused (a pipe owned by another user, as after a wrapper dropped privileges; no ``/proc``),
+    a write of at most PIPE_BUF bytes goes only once a poll says the pipe has room, which a pipe
+    with one writer then takes without blocking. What the reader does not take at once waits (at
+    most ``max_pending`` bytes) and goes when the descriptor is writable again; a batch that
+    would pass the bound is refused.
+
+    The process's stderr has one writer, shared by the access log and the logging handler
+    (:class:`proxy.log.StderrHandler`), so their lines queue in one order under one bound. Off
+    the event loop (before it starts, after it ends, another thread) :meth:`write_within` waits
+    for the reader at most a given time.
     """
 
-    def __init__(self, fd: int, *, max_pending: int = MAX_PENDING_BYTES, owns_fd: bool = False) -> None:
+    def __init__(
+        self, fd: int, *, max_pending: int = MAX_PENDING_BYTES, owns_fd: bool = False, reopen: bool = True
+    ) -> None:
+        """``reopen`` False: a pipe is written through ``fd`` itself, as where reopening is refused."""
         self._max_pending = max_pending
         self._pending = bytearray()
         self._failed_lines = 0
@@ -163,6 +179,8 @@ class LogWriter:
         self._waiting: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._socket: socket.socket | None = None
+        # Asked with a poll before each write (a blocking pipe that could not be reopened).
+        self._guarded: select.poll | None = None
         mode = os.fstat(fd).st_mode
         # A regular file: whole batches. Elsewhere: whole lines of at most PIPE_BUF per write
         # (never split, so a warning written at the same moment cannot land inside one).
@@ -176,9 +194,14 @@ class LogWriter:
             self._fd = self._socket.fileno()
             return
         try:
+            if not reopen:
+                raise PermissionError
             own = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_NONBLOCK | os.O_CLOEXEC)
         except OSError:
-            return  # no /proc: blocking writes, as the logging handler makes
+            # EACCES (another user's pipe) or no /proc: writes that look before they leap.
+            self._guarded = select.poll()
+            self._guarded.register(fd, select.POLLOUT)
+            return
         if owns_fd:
             os.close(fd)
         self._fd = own
@@ -204,9 +227,58 @@ class LogWriter:
         self._failed_lines = 0
         return failed, error
 
-    async def aclose(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
-        """Write what waits (for up to ``timeout_s``) and close; True when all of it left."""
-        self._closed = True
+    def write_line(self, data: bytes) -> bool:
+        """Write a record's line(s) for the logging handler, never blocking the event loop.
+
+        On the loop's thread, as :meth:`submit` (False: refused, the queue is full). Anywhere
+        else, with what the loop left queued first, waiting at most ``OFF_LOOP_WAIT_S``.
+        """
+        if self._closed:
+            return False
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        waiting = self._waiting_loop()
+        if running is not None and (waiting is None or waiting is running):
+            return self.submit(data, 1)
+        if waiting is not None:
+            # Another thread while the loop waits for the reader: the loop's thread queues it.
+            waiting.call_soon_threadsafe(self.submit, data, 1)
+            return True
+        return self.write_within(data, OFF_LOOP_WAIT_S)
+
+    def write_within(self, data: bytes, timeout_s: float) -> bool:
+        """Write what waits and ``data``, off the event loop, waiting at most ``timeout_s``.
+
+        False, with what did not go out dropped and counted, if the reader took too long.
+        """
+        if self._waiting_loop() is not None:
+            return False  # a loop runs and owns the queue: only its thread writes it
+        pending = self._pending
+        pending += data
+        deadline = time.monotonic() + timeout_s
+        poller = select.poll()
+        poller.register(self._fd, select.POLLOUT)
+        while pending:
+            remaining_ms = (deadline - time.monotonic()) * 1000
+            if remaining_ms <= 0 or not poller.poll(remaining_ms):
+                self._fail(pending.count(b"\n"), "the reader did not take them in time")
+                pending.clear()
+                return False
+            try:
+                written = self._write(bytes(pending[: self._chunk_end()]))
+            except BlockingIOError:
+                continue
+            except OSError as exc:
+                self._fail(pending.count(b"\n"), f"{type(exc).__name__}: {exc.strerror or exc}")
+                pending.clear()
+                return False
+            del pending[:written]
+        return True
+
+    async def drain(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
+        """Write what waits, for up to ``timeout_s``; True when all of it left, else it is dropped."""
         deadline = time.monotonic() + timeout_s
         while self._pending and time.monotonic() < deadline:
             if self._waiting is None:
@@ -217,22 +289,41 @@ class LogWriter:
         if not finished:
             self._fail(self._pending.count(b"\n"), "the reader did not take them before shutdown")
             self._pending.clear()
+        return finished
+
+    async def aclose(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
+        """Write what waits (for up to ``timeout_s``) and close; True when all of it left."""
+        finished = await self.drain(timeout_s)
+        self._closed = True
         if self._socket is not None:
             self._socket.close()
         elif self._owns_fd:
             os.close(self._fd)
         return finished
 
+    def _waiting_loop(self) -> asyncio.AbstractEventLoop | None:
+        """The loop that waits for the descriptor to be writable, if it still runs."""
+        waiting = self._waiting
+        if waiting is not None and (waiting.is_closed() or not waiting.is_running()):
+            self._waiting = None  # its loop ended, and the watch with it
+            return None
+        return waiting
+
+    def _chunk_end(self) -> int:
+        """Where the next write ends: the batch, or whole lines of at most PIPE_BUF bytes."""
+        pending = self._pending
+        end = len(pending)
+        if not self._whole_batches and end > _ATOMIC_WRITE_BYTES:
+            cut = pending.rfind(b"\n", 0, _ATOMIC_WRITE_BYTES)
+            # A line longer than PIPE_BUF goes whole, in as many writes as it takes.
+            end = cut + 1 if cut >= 0 else pending.find(b"\n") + 1 or end
+        return end
+
     def _write_pending(self) -> None:
         pending = self._pending
         while pending:
-            end = len(pending)
-            if not self._whole_batches and end > _ATOMIC_WRITE_BYTES:
-                cut = pending.rfind(b"\n", 0, _ATOMIC_WRITE_BYTES)
-                # A line longer than PIPE_BUF goes whole, in as many writes as it takes.
-                end = cut + 1 if cut >= 0 else pending.find(b"\n") + 1 or end
             try:
-                written = self._write(bytes(pending[:end]))
+                written = self._write(bytes(pending[: self._chunk_end()]))
             except BlockingIOError:
                 self._wait_writable()
                 return
@@ -246,6 +337,12 @@ class LogWriter:
     def _write(self, chunk: bytes) -> int:
         if self._socket is not None:
             return self._socket.send(chunk, socket.MSG_DONTWAIT)
+        guarded = self._guarded
+        if guarded is not None:
+            if not guarded.poll(0):
+                raise BlockingIOError  # no room: the loop waits for it, as for a full pipe
+            # Room for at least PIPE_BUF bytes: a write of that much never blocks.
+            chunk = chunk[:_ATOMIC_WRITE_BYTES]
         return os.write(self._fd, chunk)
 
     def _fail(self, lines: int, error: str) -> None:
@@ -264,6 +361,21 @@ class LogWriter:
             remove_writer: Callable[[int], object] = self._waiting.remove_writer
             remove_writer(self._fd)
             self._waiting = None
+
+
+# stderr's writers by what the descriptor is (device, inode): one per process, unless someone
+# points the descriptor elsewhere (a test capturing it).
+_stderr_writers: dict[tuple[int, int, int], LogWriter] = {}
+
+
+def stderr_writer(fd: int) -> LogWriter:
+    """The process's one writer of stderr (``fd``), shared by the log and the access log."""
+    status = os.fstat(fd)
+    key = (fd, status.st_dev, status.st_ino)
+    writer = _stderr_writers.get(key)
+    if writer is None:
+        writer = _stderr_writers[key] = LogWriter(fd)
+    return writer
 
 
 class AccessLog:
@@ -297,12 +409,14 @@ class AccessLog:
         self._error = ""
         self._warned_at: float | None = None
         self._closed = False
+        # Closed with the log, unless it is stderr's, which the logging handler writes on with.
+        self._owns_writer = target != "stderr"
 
     @classmethod
     def open(cls, path: str | None, dropped: PlainCounter) -> AccessLog:
         """The log on stderr (``path`` None) or appended to the file at ``path`` (created if missing)."""
         if path is None:
-            return cls(LogWriter(sys.stderr.fileno()), dropped, target="stderr")
+            return cls(stderr_writer(sys.stderr.fileno()), dropped, target="stderr")
         fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o640)
         return cls(LogWriter(fd, owns_fd=True), dropped, target=path)
 
@@ -366,6 +480,11 @@ class AccessLog:
         if self._warned_at is not None and now - self._warned_at < DROP_WARNING_INTERVAL_S:
             return
         if self.target == "stderr" and not caught_up:
+            # Looked at again within the flush interval, requests or not: the warning goes out
+            # within about that time of the reader catching up.
+            if self._timer is None and not self._closed:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self._flush_interval_s, self._flush_on_time)
             return
         self._warn()
 
@@ -388,7 +507,10 @@ class AccessLog:
             self._timer.cancel()
             self._timer = None
         self.flush()
-        finished = await self._writer.aclose(timeout_s)
+        if self._owns_writer:
+            finished = await self._writer.aclose(timeout_s)
+        else:
+            finished = await self._writer.drain(timeout_s)
         failed, error = self._writer.take_failures()
         if failed:
             self._count_dropped(failed, error)

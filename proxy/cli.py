@@ -202,7 +202,7 @@ def _config_reference(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from proxy.log import setup_logging
+    from proxy.log import flush_logging, setup_logging
 
     setup_logging()
     settings = _load_or_report(args.config, as_log=True)
@@ -225,6 +225,9 @@ def _run(args: argparse.Namespace) -> int:
         for problem in exc.problems:
             logging.getLogger("proxy.config").error(problem)
         return EXIT_CONFIG
+    finally:
+        # The last words ("stopped") queued on the loop; a reader that stalls costs a second.
+        flush_logging()
 
 
 def _emulator(args: argparse.Namespace) -> int:

@@ -6,6 +6,7 @@ written while serving a request carries them without passing a logger around.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import json
 import logging
@@ -16,6 +17,8 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from aiohttp.http_exceptions import HttpProcessingError
+
+from proxy.access_log import OFF_LOOP_WAIT_S, stderr_writer
 
 # A client's X-Request-Id is kept when it looks like one; anything else gets a fresh id.
 MAX_REQUEST_ID: Final = 128
@@ -174,9 +177,60 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes each record to stderr at once, through the process's one stderr writer.
+
+    Never blocking the event loop on a reader that stalls: a warning a client can cause (a
+    malformed request) would otherwise hold every request while stderr's pipe is full (the
+    access log fills it first). On the loop a record queues behind what waits, within the
+    writer's bound; off it (start-up, the last words, another thread) it waits for the reader at
+    most ``OFF_LOOP_WAIT_S``. Records that could not go are counted, and the next one that goes
+    is preceded by a line saying how many. A stream without a descriptor of its own (a test's
+    buffer) is written as logging's StreamHandler would.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+        self.dropped = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):
+            super().emit(record)
+            return
+        try:
+            data = (self.format(record) + "\n").encode("utf-8", "backslashreplace")
+        except Exception:
+            self.handleError(record)
+            return
+        if self.dropped:
+            notice = logging.makeLogRecord(
+                {
+                    "name": "proxy.log",
+                    "levelno": logging.WARNING,
+                    "levelname": "WARNING",
+                    "msg": "dropped %d log lines: stderr was not read",
+                    "args": (self.dropped,),
+                    "dropped": self.dropped,
+                }
+            )
+            data = (self.format(notice) + "\n").encode() + data
+        if stderr_writer(fd).write_line(data):
+            self.dropped = 0
+        else:
+            self.dropped += 1
+
+
+def flush_logging(timeout_s: float = OFF_LOOP_WAIT_S) -> None:
+    """After the event loop ended: the log lines it left queued go, within ``timeout_s``."""
+    with contextlib.suppress(AttributeError, OSError, ValueError):
+        stderr_writer(sys.stderr.fileno()).write_within(b"", timeout_s)
+
+
 def setup_logging(level: str = "INFO") -> None:
     """Send every logger (and ``warnings``) to stderr as JSON lines."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = StderrHandler()
     handler.setFormatter(JsonFormatter())
     handler.addFilter(MalformedRequestFilter())
     # After the malformed-request filter, so a scanner's refused requests are one cause too.

@@ -1,5 +1,6 @@
-"""The access log of the real process: a stderr nobody reads never stalls requests, SIGTERM under
-load loses no line, and a file it cannot open stops start-up by name."""
+"""The access log of the real process: a stderr nobody reads never stalls requests (nor do the
+warnings written meanwhile) nor shutdown, SIGTERM under load loses no line, and a file it cannot
+open stops start-up by name."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import aiohttp
 
-from proxy.access_log import MAX_PENDING_BYTES
+from proxy.access_log import CLOSE_TIMEOUT_S, MAX_PENDING_BYTES, OFF_LOOP_WAIT_S
 from tests.fixtures.emulator import RunningEmulator
 from tests.fixtures.process import free_port, start_sidecar, wait_ready
 from tests.fixtures.shop import Shop, sidecar_config
@@ -161,3 +162,71 @@ async def test_an_access_log_file_that_cannot_be_opened_stops_start_up_naming_th
     assert [(entry["level"], entry["message"]) for entry in entries] == [
         ("error", f"access_log_path: cannot open {missing}: No such file or directory")
     ]
+
+
+async def fill_the_pipe(client: aiohttp.ClientSession, port: int, requests: int = 400) -> None:
+    """Requests whose 3.8 KB lines fill a pipe nobody reads (64 KB) and the writer's queue (1 MiB)."""
+    for _ in range(requests // 20):
+        await asyncio.gather(*(answered(client, f"http://127.0.0.1:{port}{LONG_PATH}") for _ in range(20)))
+    await asyncio.sleep(1.2)  # the last batch's flush interval
+
+
+async def answered(client: aiohttp.ClientSession, url: str) -> float:
+    """Seconds until ``url`` answered 200, read to its end."""
+    started = time.monotonic()
+    async with client.get(url) as response:
+        assert response.status == 200
+        await response.read()
+    return time.monotonic() - started
+
+
+async def test_a_warning_a_client_causes_while_nobody_reads_stderr_never_stalls_requests(
+    tmp_path: Path, shop: Shop
+) -> None:
+    """stderr's pipe is full of access lines and nobody reads it; a client sends a malformed request,
+    whose refusal is a WARNING: the requests after it, and /healthz, still answer within 1 s."""
+    port, admin = free_port(), free_port()
+    read_end, write_end = os.pipe()
+    process = await start_sidecar(
+        tmp_path, sidecar_document(shop, port, admin), stdout=asyncio.subprocess.DEVNULL, stderr=write_end
+    )
+    os.close(write_end)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=STALL_BOUND_S * 5)) as client:
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            await fill_the_pipe(client, port)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /\x01bad HTTP/1.1\r\nHost: shop.test\r\n\r\n")
+            assert b" 400 Bad Request" in await asyncio.wait_for(reader.readline(), 5)
+            writer.close()
+            durations = [await answered(client, f"http://127.0.0.1:{port}/plain") for _ in range(20)]
+            durations.append(await answered(client, f"http://127.0.0.1:{admin}/healthz"))
+        assert max(durations) < STALL_BOUND_S
+    finally:
+        process.kill()
+        await process.wait()
+        os.close(read_end)
+
+
+async def test_sigterm_while_nobody_reads_stderr_exits_within_its_bounds(tmp_path: Path, shop: Shop) -> None:
+    """stderr's pipe is full and nobody reads it: SIGTERM makes the process exit 0 within the
+    grace (1 s), the last lines' 5 s and the last words' 1 s, with no reader ever."""
+    port, admin = free_port(), free_port()
+    read_end, write_end = os.pipe()
+    document = sidecar_document(shop, port, admin)
+    document["shutdown_grace_s"] = 1
+    process = await start_sidecar(tmp_path, document, stdout=asyncio.subprocess.DEVNULL, stderr=write_end)
+    os.close(write_end)
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=STALL_BOUND_S * 5)) as client:
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            await fill_the_pipe(client, port)
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=20) == 0
+        assert time.monotonic() - signalled < 1 + CLOSE_TIMEOUT_S + OFF_LOOP_WAIT_S + 2
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+        os.close(read_end)

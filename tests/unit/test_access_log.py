@@ -278,3 +278,60 @@ async def test_the_pipe_stays_blocking_for_everyone_else(pipe: tuple[int, int]) 
     log.flush()
     assert os.get_blocking(write_end) is True
     await log.aclose()
+
+
+async def test_a_pipe_that_cannot_be_reopened_is_written_without_blocking_too(pipe: tuple[int, int]) -> None:
+    """Where the pipe cannot be reopened non-blocking (another user's, as after a wrapper dropped
+    privileges), each write waits for a poll to find room: record stays fast while nobody reads,
+    and once someone does, written + dropped = recorded, every line whole."""
+    read_end, write_end = pipe
+    metrics = Metrics()
+    writer = LogWriter(write_end, max_pending=64 * 1024, reopen=False)
+    log = AccessLog(writer, metrics.access_log_dropped, target="pipe", flush_bytes=8 * 1024)
+    path = "/" + "x" * 1000
+    slowest = 0.0
+    for number in range(2000):  # about 2.2 MB: 33 times the pipe
+        started = time.perf_counter()
+        one(log, number, path)
+        slowest = max(slowest, time.perf_counter() - started)
+        if number % 100 == 0:
+            await asyncio.sleep(0)
+    dropped = int(metrics.access_log_dropped.total())
+    assert slowest < 0.05
+    assert dropped > 0
+    data = b""
+    deadline = time.monotonic() + 10
+    while not writer.idle() and time.monotonic() < deadline:
+        data += read_available(read_end)
+        await asyncio.sleep(0.01)
+    await log.aclose()
+    data += read_available(read_end)
+    assert [json.loads(line)["path"] for line in data.splitlines()] == [path] * (2000 - dropped)
+
+
+async def test_the_drop_warning_goes_out_once_the_reader_is_back_without_another_request(
+    pipe: tuple[int, int], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Lines were dropped while nobody read; the reader drains the pipe and no request follows:
+    the WARNING still goes out, within about the flush interval (0.2 s here)."""
+    read_end, write_end = pipe
+    metrics = Metrics()
+    writer = LogWriter(write_end, max_pending=16 * 1024)
+    log = AccessLog(
+        writer, metrics.access_log_dropped, target="stderr", flush_bytes=4 * 1024, flush_interval_s=0.2
+    )
+    for number in range(400):  # about 440 KB: past the pipe and the queue
+        one(log, number, "/" + "x" * 1000)
+    assert metrics.access_log_dropped.total() > 0
+    await asyncio.sleep(0.5)  # the last batch's flush came and went while nobody read
+    assert [r for r in caplog.records if r.name == "proxy.access_log"] == []
+    deadline = time.monotonic() + 10
+    while not writer.idle() and time.monotonic() < deadline:
+        read_available(read_end)
+        await asyncio.sleep(0.01)
+    await asyncio.sleep(0.5)
+    [warning] = [r for r in caplog.records if r.name == "proxy.access_log"]
+    assert warning.getMessage() == (
+        f"access log: dropped {int(metrics.access_log_dropped.total())} lines (the reader is not keeping up)"
+    )
+    await log.aclose()

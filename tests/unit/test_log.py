@@ -1,12 +1,17 @@
 """Logging: aiohttp's refusals of malformed requests become one short WARNING line each; a warning
-that repeats is written once per interval per cause, with the count of the ones left out."""
+that repeats is written once per interval per cause, with the count of the ones left out; and a
+stderr nobody reads never holds the event loop."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import io
 import json
 import logging
+import os
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,10 +20,13 @@ import pytest
 from aiohttp import web
 from aiohttp.http_exceptions import BadHttpMessage
 
+from proxy.access_log import stderr_writer
 from proxy.log import (
     REPEATED_WARNING_INTERVAL_S,
+    JsonFormatter,
     MalformedRequestFilter,
     RepeatedWarningFilter,
+    StderrHandler,
     setup_logging,
 )
 from tests.fixtures.emulator import ManualClock
@@ -159,3 +167,52 @@ def test_setup_logging_limits_repeated_warnings(json_log: io.StringIO) -> None:
         logger.warning("shop request failed: %s", "connection refused")
     lines = [json.loads(line) for line in json_log.getvalue().splitlines()]
     assert [line["message"] for line in lines] == ["shop request failed: connection refused"]
+
+
+async def test_the_stderr_handler_never_waits_for_a_stalled_reader_and_says_what_it_dropped() -> None:
+    """stderr is a pipe nobody reads: 2,000 warnings of 1 KB each return at once, those past the
+    pipe and the writer's 1 MiB queue are dropped; once the reader is back, the next warning
+    goes out behind a line saying how many were dropped, and written + dropped = logged."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    stream = open(write_end, "w", closefd=False)  # noqa: SIM115 (closed below)
+    handler = StderrHandler()
+    handler.setStream(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.stderr_handler")
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        slowest = 0.0
+        for number in range(2000):
+            started = time.perf_counter()
+            logger.warning("%d %s", number, "x" * 1000)
+            slowest = max(slowest, time.perf_counter() - started)
+        assert slowest < 0.05
+        dropped = handler.dropped
+        assert dropped > 0
+        data = b""
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(BlockingIOError):
+                data += os.read(read_end, 1 << 16)
+            await asyncio.sleep(0.01)
+            if stderr_writer(write_end).idle():
+                break
+        logger.warning("the reader is back")
+        await asyncio.sleep(0.05)
+        with contextlib.suppress(BlockingIOError):
+            data += os.read(read_end, 1 << 16)
+    finally:
+        logger.removeHandler(handler)
+        stream.close()
+        os.close(read_end)
+        os.close(write_end)
+    entries = [json.loads(line) for line in data.splitlines()]
+    numbered = [entry for entry in entries if entry["message"].endswith("x" * 1000)]
+    assert len(numbered) + dropped == 2000
+    assert [entry["message"] for entry in entries[-2:]] == [
+        f"dropped {dropped} log lines: stderr was not read",
+        "the reader is back",
+    ]
+    assert handler.dropped == 0
