@@ -19,6 +19,7 @@ from typing import Any, Final
 from aiohttp.http_exceptions import HttpProcessingError
 
 from proxy.access_log import OFF_LOOP_WAIT_S, stderr_writer
+from proxy.compiled import python_class
 
 # A client's X-Request-Id is kept when it looks like one; anything else gets a fresh id.
 MAX_REQUEST_ID: Final = 128
@@ -177,6 +178,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str, ensure_ascii=False)
 
 
+# A Python class (with compiled methods): as a C extension type extending logging's handler, the
+# compiled build crashed in logging.shutdown at exit.
+@python_class
 class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes each record to stderr at once, through the process's one stderr writer.
 
