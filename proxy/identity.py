@@ -29,7 +29,7 @@ import json
 import logging
 import secrets
 import string
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import aiohttp
@@ -166,19 +166,26 @@ class GuestRecogniser:
         self._session_cookie = storefront.session_cookie
         self._keys = keys
 
-    def cookie_guest(self, cookies: Mapping[str, str]) -> str | None:
-        """The guest id of a valid guest cookie, if the request has one."""
-        value = cookies.get(GUEST_COOKIE)
+    def cookie_guest(self, cookies: RequestCookies) -> str | None:
+        """The guest id of a valid guest cookie, if the request has exactly one.
+
+        A guest cookie sent twice is ambiguous, as the session cookie is (see
+        :meth:`session_value`): the second is one planted from a sibling subdomain or over plain
+        http, whose guest (and whose work, merged at the planter's login) its planter holds.
+        """
+        value = cookies.only(GUEST_COOKIE)
         return self._keys.verify(self._storefront_id, value) if value else None
 
     def guest(self, cookies: RequestCookies) -> Guest:
         """The guest this request belongs to."""
-        value = cookies.get(GUEST_COOKIE)
+        value = cookies.only(GUEST_COOKIE)
         if value:
             guest_id = self._keys.verify(self._storefront_id, value)
             if guest_id is not None:
                 return Guest(guest_id, from_cookie=True)
             log.warning("ignored a guest cookie with a bad signature")
+        elif value is None and GUEST_COOKIE in cookies:
+            log.warning("ignored a guest cookie sent twice")
         session = self.session_value(cookies)
         if session:
             return Guest(self._keys.guest_id_for_session(self._storefront_id, session), from_cookie=False)

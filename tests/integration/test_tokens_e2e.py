@@ -270,6 +270,29 @@ async def test_tampered_guest_cookie_is_ignored(
     assert element_of(body)["userId"] == element_of(session_only)["userId"] != "anon-victim"
 
 
+async def test_a_planted_guest_cookie_beside_the_browsers_own_gets_neither_guest(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """An attacker's valid guest cookie planted beside the victim's own: neither guest's token is
+    handed out, the session's guest is; at the victim's login nothing is merged into anyone from
+    the planted one."""
+    sidecar = await make_sidecar(config(shop, emulator))
+    attacker, _ = await get_raw(sidecar, "/editor/mug", None)
+    planted = guest_cookie_value(attacker)
+    victim, _ = await get_raw(sidecar, "/editor/mug", None, Cookie="PHPSESSID=victim")
+    own = guest_cookie_value(victim)
+    both = f"{GUEST_COOKIE}={planted}; {GUEST_COOKIE}={own}; PHPSESSID=victim"
+    _, body = await get(sidecar, "/editor/mug", headers={"Cookie": both})
+    _, session_only = await get(sidecar, "/editor/mug", headers={"Cookie": "PHPSESSID=victim"})
+    assert element_of(body)["userId"] == element_of(session_only)["userId"]
+    assert element_of(body)["userId"] not in (planted.split(".")[0], "")
+    await get(sidecar, "/plain", headers={USER_HEADER: "victim@example.com", "Cookie": both})
+    merges = [
+        call.json for call in emulator.state.calls if call.operation == "StorefrontUsers_MergeAnonymous"
+    ]
+    assert planted.split(".")[0] not in json.dumps(merges)
+
+
 async def test_raw_session_id_never_reaches_the_api(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory
 ) -> None:

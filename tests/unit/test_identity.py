@@ -193,3 +193,17 @@ def test_a_session_cookie_sent_twice_names_no_session() -> None:
         guests.guest(jar(PHPSESSID="victim")).user_id,
         guests.guest(jar(PHPSESSID="attacker")).user_id,
     )
+
+
+def test_a_guest_cookie_sent_twice_names_no_guest() -> None:
+    """A planted guest cookie beside the browser's own (or alone twice) is ambiguous: neither is
+    believed, the session decides, and no merge is made from it."""
+    guests = recogniser()
+    planted, own = guests.signed("anon-attacker"), guests.signed("anon-victim")
+    cookies = RequestCookies(f"{GUEST_COOKIE}={planted}; {GUEST_COOKIE}={own}; PHPSESSID=victim-session")
+    guest = guests.guest(cookies)
+    assert (guest.user_id, guest.from_cookie) == (
+        guests.guest(jar(PHPSESSID="victim-session")).user_id,
+        False,
+    )
+    assert guests.cookie_guest(cookies) is None
