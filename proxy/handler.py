@@ -997,7 +997,11 @@ class ShopHandler:
     def _attach_deferred(
         self, request: web.BaseRequest, storefront: Storefront, headers: CIMultiDict[str], guest_id: str
     ) -> BodyFilter | None:
-        """The guest id without a token: the element (null token), X-CC-User-Id; no token cookie."""
+        """The guest id without a token: the element (null token), X-CC-User-Id; no token cookie.
+
+        A token cookie the browser still sends is someone else's (a new guest has no token yet:
+        the customer who logged out on this browser): it is deleted, so no page script reads it.
+        """
         body_filter: BodyFilter | None = None
         if storefront.html and is_html(headers.get(_CONTENT_TYPE)):
             element = render_element(storefront.payloads.for_deferred_guest(guest_id))
@@ -1006,6 +1010,9 @@ class ShopHandler:
             body_filter = self._html_filter(request, storefront, headers, element)
         if storefront.header:
             headers[USER_ID_HEADER] = guest_id
+        if storefront.cookie and TOKEN_COOKIE in _cookies(request):
+            secure = _secure_cookies(request, storefront)
+            headers.add(_SET_COOKIE, delete_cookie_value(TOKEN_COOKIE, http_only=False, secure=secure))
         return body_filter
 
     async def token_endpoint_attachment(self, sidecar_request: SidecarRequest) -> Attachment:

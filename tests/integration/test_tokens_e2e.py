@@ -610,6 +610,21 @@ async def test_token_cookie_never_reaches_the_session_check(
     assert check.headers["Cookie"] == ["PHPSESSID=s1"]
 
 
+async def test_a_new_guest_after_a_logout_gets_the_old_customers_token_cookie_deleted(
+    shop: Shop, emulator: Any, make_sidecar: SidecarFactory
+) -> None:
+    """Cookie mode, no session_cookie: alice's page sets cc_user_token; the browser's next editor
+    page without her identity (she logged out) is a new guest's, and deletes the cookie."""
+    sidecar = await make_sidecar(config(shop, emulator, inject=["html", "cookie"], session_cookie=None))
+    alices, _ = await get(sidecar, "/editor/mug", headers={USER_HEADER: "alice@example.com"})
+    token = alices.cookies["cc_user_token"].value
+    assert token
+    response, body = await get(sidecar, "/editor/mug", headers={"Cookie": f"cc_user_token={token}"})
+    assert element_of(body)["token"] is None
+    [deleted] = [line for line in response.headers.getall("Set-Cookie") if line.startswith("cc_user_token=")]
+    assert deleted == 'cc_user_token=""; Max-Age=0; Path=/; SameSite=Lax'
+
+
 async def test_cdn_cache_headers_are_removed_from_token_pages(
     shop: Shop, emulator: Any, make_sidecar: SidecarFactory
 ) -> None:
