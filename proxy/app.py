@@ -272,6 +272,9 @@ async def _listen(settings: Settings, services: ShopServices, metrics: Metrics, 
     check.cancel()
     log.info("draining", extra={"grace_s": settings.shutdown_grace_s})
     await shop_runner.cleanup()
+    # Requests cut at the grace's end were cancelled, not awaited: one turn of the loop, and each
+    # has written its access line.
+    await asyncio.sleep(0)
     await admin_runner.cleanup()
     if services.access_log is not None:
         # Every request has finished: its line goes out before the last word.

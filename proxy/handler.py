@@ -130,6 +130,8 @@ _X_FORWARDED_PROTO: Final = hdrs.X_FORWARDED_PROTO
 
 log = logging.getLogger("proxy.handler")
 
+# The status a request cut at shutdown is counted and logged with.
+_CUT_AT_SHUTDOWN: Final = 503
 TOKEN_COOKIE: Final = "cc_user_token"  # noqa: S105 -- a cookie name, not a secret
 USER_ID_HEADER: Final = "X-CC-User-Id"
 USER_TOKEN_HEADER: Final = "X-CC-User-Token"  # noqa: S105 -- a header name
@@ -339,6 +341,11 @@ class ShopHandler:
         except web.HTTPException as exc:
             # aiohttp answers these itself once re-raised.
             self._record(message.method, path, remote, context, exc.status, started)
+            raise
+        except asyncio.CancelledError:
+            # Cut at shutdown, the grace over (aiohttp cancels no handler otherwise): its line is
+            # written all the same, as a 503 (the sidecar stopped serving it).
+            self._record(message.method, path, remote, context, _CUT_AT_SHUTDOWN, started)
             raise
         except SidecarError as exc:
             log.error("request failed: %s", exc)

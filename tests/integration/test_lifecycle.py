@@ -67,6 +67,30 @@ async def test_request_in_flight_during_sigterm_completes_and_process_exits_0(
             await process.wait()
 
 
+async def test_a_request_cut_at_the_end_of_the_grace_still_has_its_access_line(
+    tmp_path: Path, shop: Shop
+) -> None:
+    """SIGTERM with a 5 s request in flight and a 1 s grace: the request is cut, its access line is
+    written as a 503 before the last word, and the process exits 0."""
+    process, port, admin = await _start(tmp_path, shop, shutdown_grace_s=1)
+    try:
+        async with aiohttp.ClientSession() as client:
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            in_flight = asyncio.create_task(client.get(f"http://127.0.0.1:{port}/slow?s=5"))
+            await asyncio.sleep(0.4)
+            lines = await stopped(process)
+            with pytest.raises(aiohttp.ClientError):
+                await in_flight
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    entries = [json.loads(line) for line in lines]
+    access = [(entry["path"], entry["status"]) for entry in entries if entry["logger"] == "proxy.access"]
+    assert access == [("/slow", 503)]
+    assert entries[-1]["message"] == "stopped"
+
+
 async def test_every_stderr_line_is_a_json_object(tmp_path: Path, shop: Shop) -> None:
     """The process writes only JSON lines to stderr, the access log included, no secrets."""
     process, port, admin = await _start(tmp_path, shop)
