@@ -356,6 +356,11 @@ class ShopHandler:
         self._record(message.method, path, remote, context, response.status, started)
         return response
 
+    def record_refused(self, status: int, remote: str | None) -> None:
+        """Count and log a request aiohttp answered itself (its parser refused it, or its head was
+        over the limit): method and path ``-``, as nginx logs a request line it could not read."""
+        self._record("-", "-", remote, RequestContext(), status, time.perf_counter())
+
     def _record(
         self, method: str, path: str, remote: str | None, context: RequestContext, status: int, started: float
     ) -> None:

@@ -38,13 +38,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import resource
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Any
 
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.streams import EMPTY_PAYLOAD
-from aiohttp.web_protocol import RequestHandler, _ErrInfo
+from aiohttp.web_protocol import ERROR, RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
@@ -111,6 +111,7 @@ class LimitedRequestHandler(RequestHandler):
         self._max_head_bytes = limits.max_head_bytes  # read per packet
         self._closed = manager.closed
         self._kept_alive = manager.kept_alive
+        self._record_refused = manager.record_refused
         # While a request head is coming in: when it must be complete, and its bytes so far.
         self._head_deadline: float | None = None
         self._head_bytes = 0
@@ -187,6 +188,13 @@ class LimitedRequestHandler(RequestHandler):
             # Refused with the packet that passed the limit: the parser is given no more of it.
             self._head_deadline = None
             self._refuse(None)
+
+    def log_access(self, request: BaseRequest, response: StreamResponse, time: float | None) -> None:
+        # aiohttp's access log is off: the shop handler writes each request's line. What aiohttp
+        # answers itself, never asking the handler (a request its parser refused, or a head over
+        # the limit here), is written here, so every request has its line, as nginx's 400s do.
+        if self._record_refused is not None and getattr(request, "_message") is ERROR:  # noqa: B009
+            self._record_refused(response.status, self._peer())
 
     def finish_response(
         self, request: BaseRequest, resp: StreamResponse, start_time: float | None
@@ -322,6 +330,10 @@ class ShopServer(Server):
         super().__init__(handler, **kwargs)
         self.limits = limits
         self.closed = metrics.connections_closed
+        # Counts and logs a request aiohttp answered itself (the shop handler's, when it has one).
+        self.record_refused: Callable[[int, str | None], None] | None = getattr(
+            handler, "record_refused", None
+        )
         self._closed_for_room = metrics.connections_closed.labels("connection_limit")
         self._refused = metrics.connections_closed.labels("connection_refused")
         # Connections that finished a response, in the order they first did: the keep-alive

@@ -230,3 +230,46 @@ async def test_sigterm_while_nobody_reads_stderr_exits_within_its_bounds(tmp_pat
             process.kill()
             await process.wait()
         os.close(read_end)
+
+
+async def test_requests_aiohttp_refuses_itself_have_their_access_lines(tmp_path: Path, shop: Shop) -> None:
+    """A request line with a control byte (400) and a head over limits.max_head_bytes (431) never
+    reach the handler: each still has its line, method and path "-", as nginx logs its 400s."""
+    port, admin = free_port(), free_port()
+    stderr_path = tmp_path / "stderr.log"
+    with stderr_path.open("wb") as stderr:
+        process = await start_sidecar(
+            tmp_path, sidecar_document(shop, port, admin), stdout=asyncio.subprocess.DEVNULL, stderr=stderr
+        )
+    try:
+        async with aiohttp.ClientSession() as client:
+            await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
+            # Five headers of 8,000 B, each within aiohttp's per-line limit: 40 KB, over 32 KB.
+            big = b"".join(b"X-Big-%d: %s\r\n" % (n, b"a" * 8000) for n in range(5))
+            heads = (
+                b"GET /\x01bad HTTP/1.1\r\nHost: shop.test\r\n",
+                b"GET /plain HTTP/1.1\r\nHost: shop.test\r\n" + big,
+            )
+            for head in heads:
+                reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.write(head + b"\r\n")
+                await asyncio.wait_for(reader.read(), 5)
+                writer.close()
+            await answered(client, f"http://127.0.0.1:{port}/plain")
+        process.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(process.wait(), timeout=15) == 0
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    entries = [json.loads(line) for line in stderr_path.read_text().splitlines()]
+    access = [
+        (entry["method"], entry["path"], entry["status"], entry["peer"])
+        for entry in entries
+        if entry["logger"] == "proxy.access"
+    ]
+    assert access == [
+        ("-", "-", 400, "127.0.0.1"),
+        ("-", "-", 431, "127.0.0.1"),
+        ("GET", "/plain", 200, "127.0.0.1"),
+    ]
