@@ -176,6 +176,9 @@ class LogWriter:
         self._pending = bytearray()
         self._failed_lines = 0
         self._last_error = ""
+        # The last write ended inside a line (a disk that filled mid-batch): the next line must
+        # begin on a line of its own, not finish the torn one.
+        self._mid_line = False
         self._waiting: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._socket: socket.socket | None = None
@@ -212,10 +215,15 @@ class LogWriter:
         when the queue would pass ``max_pending``."""
         if self._closed or len(self._pending) + len(data) > self._max_pending:
             return False
-        self._pending += data
+        self._queue(data)
         if self._waiting is None:
             self._write_pending()
         return True
+
+    def _queue(self, data: bytes) -> None:
+        if data and self._mid_line and not self._pending:
+            self._pending += b"\n"
+        self._pending += data
 
     def idle(self) -> bool:
         """Nothing waits to be written: the reader has taken every batch."""
@@ -255,8 +263,8 @@ class LogWriter:
         """
         if self._waiting_loop() is not None:
             return False  # a loop runs and owns the queue: only its thread writes it
+        self._queue(data)
         pending = self._pending
-        pending += data
         deadline = time.monotonic() + timeout_s
         poller = select.poll()
         poller.register(self._fd, select.POLLOUT)
@@ -274,7 +282,7 @@ class LogWriter:
                 self._fail(pending.count(b"\n"), f"{type(exc).__name__}: {exc.strerror or exc}")
                 pending.clear()
                 return False
-            del pending[:written]
+            self._took(written)
         return True
 
     async def drain(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
@@ -331,8 +339,14 @@ class LogWriter:
                 self._fail(pending.count(b"\n"), f"{type(exc).__name__}: {exc.strerror or exc}")
                 pending.clear()
                 break
-            del pending[:written]
+            self._took(written)
         self._stop_waiting()
+
+    def _took(self, written: int) -> None:
+        """The first ``written`` bytes of the queue went out."""
+        if written:
+            self._mid_line = self._pending[written - 1] != 0x0A
+        del self._pending[:written]
 
     def _write(self, chunk: bytes) -> int:
         if self._socket is not None:

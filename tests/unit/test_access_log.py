@@ -9,8 +9,11 @@ import json
 import logging
 import math
 import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import assume, example, given
@@ -335,3 +338,38 @@ async def test_the_drop_warning_goes_out_once_the_reader_is_back_without_another
         f"access log: dropped {int(metrics.access_log_dropped.total())} lines (the reader is not keeping up)"
     )
     await log.aclose()
+
+
+FULL_DISK_PROGRAM = """
+import asyncio, os, resource, signal, sys
+from proxy.access_log import LogWriter
+
+async def main(path):
+    writer = LogWriter(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND), owns_fd=True)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG) instead
+    resource.setrlimit(resource.RLIMIT_FSIZE, (1000, hard))  # the disk is full after 1,000 bytes
+    writer.submit(b"".join(b'{"n": %d, "pad": "%s"}\\n' % (n, b"x" * 380) for n in range(3)), 3)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))  # space again
+    writer.submit(b'{"n": 3}\\n{"n": 4}\\n', 2)
+    print(writer.take_failures()[0])
+    await writer.aclose()
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+def test_a_disk_that_fills_mid_batch_never_joins_two_lines(tmp_path: Path) -> None:
+    """The file's size limit cuts a batch inside its third line: that line is dropped and counted,
+    and the next batch begins on a line of its own, every later line whole."""
+    path = tmp_path / "access.log"
+    result = subprocess.run(
+        [sys.executable, "-c", FULL_DISK_PROGRAM, str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "1"  # the torn third line
+    lines = path.read_bytes().split(b"\n")
+    assert [json.loads(line)["n"] for line in lines[:2]] == [0, 1]
+    assert not lines[2].endswith(b"}")  # what the full disk took of the third
+    assert [json.loads(line)["n"] for line in lines[3:-1]] == [3, 4]
+    assert lines[-1] == b""
