@@ -40,11 +40,12 @@ import logging
 import resource
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
+from aiohttp import web_protocol
 from aiohttp.http_exceptions import BadHttpMessage
 from aiohttp.streams import EMPTY_PAYLOAD
-from aiohttp.web_protocol import ERROR, RequestHandler, _ErrInfo
+from aiohttp.web_protocol import RequestHandler, _ErrInfo
 from aiohttp.web_request import BaseRequest
 from aiohttp.web_response import StreamResponse
 from aiohttp.web_server import Server
@@ -59,6 +60,12 @@ log = logging.getLogger("proxy.limits")
 # Descriptors kept free of client connections when max_connections is automatic: each proxied
 # request holds two (the client's and the shop's), plus the API, Redis and the listeners.
 _DESCRIPTORS_PER_CONNECTION = 2
+
+
+# aiohttp's stand-in message for a request it answers itself (its parser refused it). Typed Any:
+# it is the C parser's type, not the NamedTuple aiohttp's stubs name, which compiled (mypyc)
+# code would check it against.
+_REFUSED_MESSAGE: Final[Any] = getattr(web_protocol, "ERROR")  # noqa: B009
 
 
 class HeadTooLarge(BadHttpMessage):
@@ -193,7 +200,7 @@ class LimitedRequestHandler(RequestHandler):
         # aiohttp's access log is off: the shop handler writes each request's line. What aiohttp
         # answers itself, never asking the handler (a request its parser refused, or a head over
         # the limit here), is written here, so every request has its line, as nginx's 400s do.
-        if self._record_refused is not None and getattr(request, "_message") is ERROR:  # noqa: B009
+        if self._record_refused is not None and getattr(request, "_message") is _REFUSED_MESSAGE:  # noqa: B009
             self._record_refused(response.status, self._peer())
 
     def finish_response(
