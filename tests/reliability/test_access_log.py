@@ -36,6 +36,16 @@ def sidecar_document(
     return document
 
 
+async def start_writing_stderr_to_a_file(
+    tmp_path: Path, document: dict[str, object]
+) -> tuple[asyncio.subprocess.Process, Path]:
+    """The sidecar process with its stderr in a file, and the file."""
+    stderr_path = tmp_path / "stderr.log"
+    with stderr_path.open("wb") as stderr:
+        process = await start_sidecar(tmp_path, document, stdout=asyncio.subprocess.DEVNULL, stderr=stderr)
+    return process, stderr_path
+
+
 def dropped_total(metrics: str) -> int:
     [value] = re.findall(r"^cc_sidecar_access_log_dropped_total (\S+)$", metrics, re.MULTILINE)
     return int(float(value))
@@ -108,11 +118,7 @@ async def test_sigterm_under_load_loses_no_access_line(tmp_path: Path, shop: Sho
     """16 clients request without pause; SIGTERM mid-load: every answered request has its line
     (most still in the buffer when the signal came), and the process exits 0."""
     port, admin = free_port(), free_port()
-    stderr_path = tmp_path / "stderr.log"
-    with stderr_path.open("wb") as stderr:
-        process = await start_sidecar(
-            tmp_path, sidecar_document(shop, port, admin), stdout=asyncio.subprocess.DEVNULL, stderr=stderr
-        )
+    process, stderr_path = await start_writing_stderr_to_a_file(tmp_path, sidecar_document(shop, port, admin))
     try:
         async with aiohttp.ClientSession() as client:
             await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
@@ -236,11 +242,7 @@ async def test_requests_aiohttp_refuses_itself_have_their_access_lines(tmp_path:
     """A request line with a control byte (400) and a head over limits.max_head_bytes (431) never
     reach the handler: each still has its line, method and path "-", as nginx logs its 400s."""
     port, admin = free_port(), free_port()
-    stderr_path = tmp_path / "stderr.log"
-    with stderr_path.open("wb") as stderr:
-        process = await start_sidecar(
-            tmp_path, sidecar_document(shop, port, admin), stdout=asyncio.subprocess.DEVNULL, stderr=stderr
-        )
+    process, stderr_path = await start_writing_stderr_to_a_file(tmp_path, sidecar_document(shop, port, admin))
     try:
         async with aiohttp.ClientSession() as client:
             await wait_ready(client, f"http://127.0.0.1:{admin}/readyz")
