@@ -184,6 +184,7 @@ class Storefront:
     session_cookie: str | None = field(init=False)
     identity_header: str | None = field(init=False)
     strip_keys: frozenset[bytes] = field(init=False)
+    identity_spelling: frozenset[bytes] = field(init=False)
     response_header: str | None = field(init=False)
     html: bool = field(init=False)
     script: bool = field(init=False)
@@ -199,9 +200,10 @@ class Storefront:
         self.underscores_in_headers = settings.underscores_in_headers
         self.session_cookie = settings.session_cookie
         self.identity_header = settings.user.header
-        self.strip_keys = frozenset(
-            {header_key(settings.user.header).encode()} if settings.user.header else ()
-        )
+        header = settings.user.header
+        self.strip_keys = frozenset({header_key(header).encode()} if header else ())
+        # The spelling of it a trusted peer's copy goes on to the shop in (the one read here).
+        self.identity_spelling = frozenset({header.lower().encode()} if header else ())
         self.response_header = settings.user.response_header
         self.html = settings.injects_html
         self.script = "script" in settings.inject
@@ -469,6 +471,7 @@ class ShopHandler:
             host=host.authority if host is not None else None,
             target=target,
             drop=storefront.strip_keys,
+            plain=storefront.identity_spelling,
             drop_conditional=editor,
             # The browser's copy of the token never goes upstream.
             drop_cookie=TOKEN_COOKIE,
@@ -1052,6 +1055,7 @@ class ShopHandler:
                 host=sidecar_request.host,
                 target=request.raw_path,
                 drop=storefront.strip_keys,
+                plain=storefront.identity_spelling,
                 drop_cookie=TOKEN_COOKIE,
                 underscores=storefront.underscores_in_headers,
             )

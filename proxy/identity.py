@@ -76,8 +76,12 @@ _SIGNATURE_BYTES = 16
 
 
 def header_key(name: str) -> str:
-    """The spelling-blind key of a header name: lower case, ``_`` as ``-``."""
-    return name.lower().replace("_", "-")
+    """The spelling-blind key of a header name: lower case, every byte but a letter or digit as ``-``.
+
+    CGI-style servers read ``X_Shop_User`` (PHP-FPM, gunicorn), ``X.Shop.User`` (PHP's own
+    server) and any other separator (lighttpd's FastCGI) as the same header.
+    """
+    return "".join(c if c.isascii() and c.isalnum() else "-" for c in name.lower())
 
 
 def valid_customer_id(raw: str) -> str:

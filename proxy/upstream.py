@@ -338,6 +338,7 @@ class Upstream:
         drop_conditional: bool = False,
         drop_cookie: str | None = None,
         underscores: bool = False,
+        plain: Collection[bytes] = (),
     ) -> OutgoingHeaders:
         """Headers to send upstream: hop-by-hop and ``drop`` removed, Host and X-Forwarded-* set.
 
@@ -346,10 +347,10 @@ class Upstream:
         sent them: aiohttp's parser has refused any with a CR or LF in them), their multidict and
         its method. ``remote`` is the client's address. ``host`` is the normalised host the
         request was routed by (sent as Host instead of the client's spelling; None: the request
-        had none) and ``target`` the origin-form target. ``drop`` holds lower-case names with
-        ``-`` between words (the identity header's): from an untrusted peer every spelling of them
-        goes, from a trusted one every spelling but the plain one (any case, words joined by
-        ``-``: the one read as the customer; a shop reading another would name someone else).
+        had none) and ``target`` the origin-form target. ``drop`` holds the identity header's key
+        (:func:`~proxy.identity.header_key`: lower case, ``-`` between words): from an untrusted
+        peer every spelling of it goes, from a trusted one every spelling but those in ``plain``
+        (lower case: the one read as the customer; a shop reading another would name someone else).
         From an untrusted peer a name with any byte but a letter, a digit or ``-`` goes, as
         nginx's ``ignore_invalid_headers`` drops it (CGI-style servers read ``X_Forwarded_For``
         and, some, ``X.Forwarded.For`` as X-Forwarded-For); with ``underscores`` one whose only
@@ -386,11 +387,11 @@ class Upstream:
             # A name with "_" or another byte but a letter, digit or "-" in it.
             odd = _UNDERSCORE in lowered
             if odd:
-                plain = name.lower()
+                spelt = name.lower()
                 dashed = lowered.replace(b"_", b"-")
-                if not trusted and not (underscores and plain.replace(b"_", b"-") == dashed):
+                if not trusted and not (underscores and spelt.replace(b"_", b"-") == dashed):
                     continue  # from outside: only "_", and only with underscores_in_headers
-                if listed and plain in listed:
+                if listed and spelt in listed:
                     continue
                 # Judged as a CGI-style server will read it; only the real Content-Length frames.
                 lowered = dashed
@@ -398,7 +399,7 @@ class Upstream:
                     continue
             if lowered in _NEVER_FORWARDED_RAW or (listed and lowered in listed):
                 continue
-            if drop and lowered in drop and (odd or not trusted):
+            if drop and lowered in drop and (not trusted or name.lower() not in plain):
                 continue
             if lowered in _FORWARDED_RAW:
                 if not trusted:

@@ -385,6 +385,41 @@ async def test_a_trusted_peer_sends_the_identity_header_in_its_plain_spelling_on
     assert [name for name, _ in received.headers if not name.replace(b"-", b"").isalnum()] == []
 
 
+@pytest.mark.parametrize("underscores", [False, True])
+async def test_an_identity_header_configured_with_dots_goes_in_every_spelling_from_outside(
+    recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory, underscores: bool
+) -> None:
+    """user.header X.Shop.User: a client's X-Shop-User, X_Shop_User or X~Shop~User (one header to
+    lighttpd's FastCGI) never reaches the shop, underscores_in_headers or not."""
+    document = config(recording_upstream, user={"header": "X.Shop.User"}, underscores_in_headers=underscores)
+    sidecar = await make_sidecar(document)
+    answer = await exchange(
+        sidecar,
+        b"GET /a HTTP/1.1\r\nHost: g.test\r\nX-Shop-User: victim-42\r\nX_Shop_User: victim-42\r\n"
+        b"X~Shop~User: victim-42\r\nX.Shop.User: victim-42\r\nConnection: close\r\n\r\n",
+    )
+    assert status_line(answer) == b"HTTP/1.1 200 OK"
+    assert VICTIM not in recording_upstream.raw
+
+
+async def test_a_trusted_peer_sends_an_identity_header_configured_with_dots_in_that_spelling_only(
+    recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory
+) -> None:
+    """user.header X.Shop.User from trusted_networks: that spelling (the one read as the customer)
+    reaches the shop, and an X-Shop-User beside it, which a CGI-style shop would read too, does not."""
+    document = config(recording_upstream, user={"header": "X.Shop.User"}, trusted_networks=["127.0.0.0/8"])
+    sidecar = await make_sidecar(document)
+    answer = await exchange(
+        sidecar,
+        b"GET /a HTTP/1.1\r\nHost: g.test\r\nx.SHOP.user: alice\r\nX-Shop-User: victim-42\r\n"
+        b"Connection: close\r\n\r\n",
+    )
+    assert status_line(answer) == b"HTTP/1.1 200 OK"
+    [received] = recording_upstream.requests
+    assert received.header("X.Shop.User") == [b"alice"]
+    assert VICTIM not in recording_upstream.raw
+
+
 async def test_a_trusted_peer_keeps_its_client_address_headers(
     recording_upstream: RecordingUpstream, make_sidecar: SidecarFactory
 ) -> None:
