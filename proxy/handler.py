@@ -864,8 +864,10 @@ class ShopHandler:
                     attachment.set_cookies.append(
                         delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure)
                     )
-            elif GUEST_COOKIE in cookies:
-                # A guest cookie that fails its signature names nobody: drop it.
+            elif cookies.only(GUEST_COOKIE) is not None:
+                # A guest cookie that fails its signature names nobody: drop it. One sent twice
+                # stays: the deletion would reach the browser's own (host-only) and leave the
+                # other (planted for the parent domain, say) alone, then believed.
                 attachment.set_cookies.append(
                     delete_cookie_value(GUEST_COOKIE, http_only=True, secure=secure)
                 )
