@@ -163,9 +163,10 @@ class LogWriter:
     would pass the bound is refused.
 
     The process's stderr has one writer, shared by the access log and the logging handler
-    (:class:`proxy.log.StderrHandler`), so their lines queue in one order under one bound. Off
-    the event loop (before it starts, after it ends, another thread) :meth:`write_within` waits
-    for the reader at most a given time.
+    (:class:`proxy.log.StderrHandler`), so their lines queue in one order under one bound. Only
+    the thread of the loop that submitted last touches the queue while that loop runs: another
+    thread hands its lines over (``call_soon_threadsafe``). With no loop running (before it
+    starts, after it ends) :meth:`write_within` waits for the reader at most a given time.
     """
 
     def __init__(
@@ -180,6 +181,9 @@ class LogWriter:
         # begin on a line of its own, not finish the torn one.
         self._mid_line = False
         self._waiting: asyncio.AbstractEventLoop | None = None
+        # The loop whose thread writes the queue (the last to submit): other threads hand it
+        # their lines while it runs, never touching the queue themselves.
+        self._owner: asyncio.AbstractEventLoop | None = None
         self._closed = False
         self._socket: socket.socket | None = None
         # Asked with a poll before each write (a blocking pipe that could not be reopened).
@@ -215,6 +219,7 @@ class LogWriter:
         when the queue would pass ``max_pending``."""
         if self._closed or len(self._pending) + len(data) > self._max_pending:
             return False
+        self._owner = asyncio.get_running_loop()
         self._queue(data)
         if self._waiting is None:
             self._write_pending()
@@ -250,9 +255,13 @@ class LogWriter:
         waiting = self._waiting_loop()
         if running is not None and (waiting is None or waiting is running):
             return self.submit(data, 1)
-        if waiting is not None:
-            # Another thread while the loop waits for the reader: the loop's thread queues it.
-            waiting.call_soon_threadsafe(self.submit, data, 1)
+        owner = self._owner
+        if owner is not None and owner.is_running():
+            # Another thread while a loop writes the queue: only the loop's thread touches it.
+            try:
+                owner.call_soon_threadsafe(self.submit, data, 1)
+            except RuntimeError:
+                return False  # the loop closed just now
             return True
         return self.write_within(data, OFF_LOOP_WAIT_S)
 
@@ -448,6 +457,11 @@ class AccessLog:
         line = self._format.line(
             self._clock(), request_id, storefront, method, path, status, duration_s, peer
         )
+        if self._closed:
+            # A request that ended after the log closed (one cut at shutdown): written at once.
+            if not self._writer.submit(line.encode("utf-8", "backslashreplace"), 1):
+                self._dropped.inc(1)
+            return
         self._lines.append(line)
         self._buffered += len(line)
         if self._buffered >= self._flush_bytes:
@@ -492,15 +506,19 @@ class AccessLog:
         """
         now = self._monotonic()
         if self._warned_at is not None and now - self._warned_at < DROP_WARNING_INTERVAL_S:
+            # Looked at again once the interval is over, requests or not.
+            self._look_again(self._warned_at + DROP_WARNING_INTERVAL_S - now)
             return
         if self.target == "stderr" and not caught_up:
             # Looked at again within the flush interval, requests or not: the warning goes out
             # within about that time of the reader catching up.
-            if self._timer is None and not self._closed:
-                loop = asyncio.get_running_loop()
-                self._timer = loop.call_later(self._flush_interval_s, self._flush_on_time)
+            self._look_again(self._flush_interval_s)
             return
         self._warn()
+
+    def _look_again(self, delay_s: float) -> None:
+        if self._timer is None and not self._closed:
+            self._timer = asyncio.get_running_loop().call_later(delay_s, self._flush_on_time)
 
     def _warn(self) -> None:
         log.warning(

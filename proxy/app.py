@@ -272,8 +272,8 @@ async def _listen(settings: Settings, services: ShopServices, metrics: Metrics, 
     check.cancel()
     log.info("draining", extra={"grace_s": settings.shutdown_grace_s})
     await shop_runner.cleanup()
-    # Requests cut at the grace's end were cancelled, not awaited: one turn of the loop, and each
-    # has written its access line.
+    # Requests cut at the grace's end were cancelled, not awaited: a turn of the loop, and most
+    # have written their access lines into the batch (a later one is written on its own).
     await asyncio.sleep(0)
     await admin_runner.cleanup()
     if services.access_log is not None:

@@ -220,7 +220,12 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
                 }
             )
             data = (self.format(notice) + "\n").encode() + data
-        if stderr_writer(fd).write_line(data):
+        try:
+            written = stderr_writer(fd).write_line(data)
+        except Exception:
+            self.handleError(record)
+            return
+        if written:
             self.dropped = 0
         else:
             self.dropped += 1

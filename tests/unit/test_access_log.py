@@ -373,3 +373,13 @@ def test_a_disk_that_fills_mid_batch_never_joins_two_lines(tmp_path: Path) -> No
     assert not lines[2].endswith(b"}")  # what the full disk took of the third
     assert [json.loads(line)["n"] for line in lines[3:-1]] == [3, 4]
     assert lines[-1] == b""
+
+
+async def test_a_line_recorded_after_close_is_written_at_once(pipe: tuple[int, int]) -> None:
+    """A request that ends after the log closed (cut at shutdown) still has its line: on stderr,
+    which the logging handler writes on with, it goes at once."""
+    read_end, write_end = pipe
+    log = AccessLog(LogWriter(write_end), PlainCounter("d", "d"), target="stderr", flush_interval_s=60)
+    await log.aclose()
+    one(log, 1)
+    assert [json.loads(line)["request_id"] for line in read_available(read_end).splitlines()] == ["r-1"]

@@ -216,3 +216,48 @@ async def test_the_stderr_handler_never_waits_for_a_stalled_reader_and_says_what
         "the reader is back",
     ]
     assert handler.dropped == 0
+
+
+async def test_records_from_another_thread_go_through_the_loop_whole_and_once() -> None:
+    """A thread logs 2,000 records while the loop writes access batches to the same stderr pipe
+    (a reader keeping up): every line of both arrives once and whole."""
+    read_end, write_end = os.pipe()
+    os.set_blocking(read_end, False)
+    stream = open(write_end, "w", closefd=False)  # noqa: SIM115 (closed below)
+    handler = StderrHandler()
+    handler.setStream(stream)
+    handler.setFormatter(JsonFormatter())
+    logger = logging.getLogger("test.stderr_handler_thread")
+    logger.addHandler(handler)
+    logger.propagate = False
+    writer = stderr_writer(write_end)
+    data = b""
+
+    def log_from_a_thread() -> None:
+        for number in range(2000):
+            logger.warning("thread %d", number)
+
+    try:
+        # The loop writes first (the sidecar's own lines on its loop come before any thread's).
+        assert writer.submit(b'{"message": "loop start"}\n', 1)
+        thread = asyncio.get_running_loop().run_in_executor(None, log_from_a_thread)
+        for number in range(2000):
+            assert writer.submit(b'{"message": "loop %d"}\n' % number, 1)
+            if number % 50 == 0:
+                await asyncio.sleep(0)
+            with contextlib.suppress(BlockingIOError):
+                data += os.read(read_end, 1 << 16)
+        await thread
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and not (writer.idle() and data.count(b"\n") >= 4001):
+            await asyncio.sleep(0.01)
+            with contextlib.suppress(BlockingIOError):
+                data += os.read(read_end, 1 << 16)
+    finally:
+        logger.removeHandler(handler)
+        stream.close()
+        os.close(read_end)
+        os.close(write_end)
+    messages = [json.loads(line)["message"] for line in data.splitlines()]
+    expected = ["loop start"] + [f"loop {n}" for n in range(2000)] + [f"thread {n}" for n in range(2000)]
+    assert sorted(messages) == sorted(expected)
