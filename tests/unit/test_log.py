@@ -169,45 +169,62 @@ def test_setup_logging_limits_repeated_warnings(json_log: io.StringIO) -> None:
     assert [line["message"] for line in lines] == ["shop request failed: connection refused"]
 
 
-async def test_the_stderr_handler_never_waits_for_a_stalled_reader_and_says_what_it_dropped() -> None:
-    """stderr is a pipe nobody reads: 2,000 warnings of 1 KB each return at once, those past the
-    pipe and the writer's 1 MiB queue are dropped; once the reader is back, the next warning
-    goes out behind a line saying how many were dropped, and written + dropped = logged."""
+StderrPipe = tuple[logging.Logger, StderrHandler, int, int]
+
+
+@pytest.fixture
+def stderr_pipe() -> Iterator[StderrPipe]:
+    """A logger whose StderrHandler writes to a pipe (as to stderr): the logger, the handler, the
+    pipe's read end (non-blocking) and its write end."""
     read_end, write_end = os.pipe()
     os.set_blocking(read_end, False)
     stream = open(write_end, "w", closefd=False)  # noqa: SIM115 (closed below)
     handler = StderrHandler()
     handler.setStream(stream)
     handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("test.stderr_handler")
+    logger = logging.getLogger(f"test.stderr_pipe.{write_end}")
     logger.addHandler(handler)
     logger.propagate = False
     try:
-        slowest = 0.0
-        for number in range(2000):
-            started = time.perf_counter()
-            logger.warning("%d %s", number, "x" * 1000)
-            slowest = max(slowest, time.perf_counter() - started)
-        assert slowest < 0.05
-        dropped = handler.dropped
-        assert dropped > 0
-        data = b""
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with contextlib.suppress(BlockingIOError):
-                data += os.read(read_end, 1 << 16)
-            await asyncio.sleep(0.01)
-            if stderr_writer(write_end).idle():
-                break
-        logger.warning("the reader is back")
-        await asyncio.sleep(0.05)
-        with contextlib.suppress(BlockingIOError):
-            data += os.read(read_end, 1 << 16)
+        yield logger, handler, read_end, write_end
     finally:
         logger.removeHandler(handler)
         stream.close()
         os.close(read_end)
         os.close(write_end)
+
+
+def read_available(fd: int) -> bytes:
+    with contextlib.suppress(BlockingIOError):
+        return os.read(fd, 1 << 16)
+    return b""
+
+
+async def test_the_stderr_handler_never_waits_for_a_stalled_reader_and_says_what_it_dropped(
+    stderr_pipe: StderrPipe,
+) -> None:
+    """stderr is a pipe nobody reads: 2,000 warnings of 1 KB each return at once, those past the
+    pipe and the writer's 1 MiB queue are dropped; once the reader is back, the next warning
+    goes out behind a line saying how many were dropped, and written + dropped = logged."""
+    logger, handler, read_end, write_end = stderr_pipe
+    slowest = 0.0
+    for number in range(2000):
+        started = time.perf_counter()
+        logger.warning("%d %s", number, "x" * 1000)
+        slowest = max(slowest, time.perf_counter() - started)
+    assert slowest < 0.05
+    dropped = handler.dropped
+    assert dropped > 0
+    data = b""
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        data += read_available(read_end)
+        await asyncio.sleep(0.01)
+        if stderr_writer(write_end).idle():
+            break
+    logger.warning("the reader is back")
+    await asyncio.sleep(0.05)
+    data += read_available(read_end)
     entries = [json.loads(line) for line in data.splitlines()]
     numbered = [entry for entry in entries if entry["message"].endswith("x" * 1000)]
     assert len(numbered) + dropped == 2000
@@ -218,46 +235,32 @@ async def test_the_stderr_handler_never_waits_for_a_stalled_reader_and_says_what
     assert handler.dropped == 0
 
 
-async def test_records_from_another_thread_go_through_the_loop_whole_and_once() -> None:
+async def test_records_from_another_thread_go_through_the_loop_whole_and_once(
+    stderr_pipe: StderrPipe,
+) -> None:
     """A thread logs 2,000 records while the loop writes access batches to the same stderr pipe
     (a reader keeping up): every line of both arrives once and whole."""
-    read_end, write_end = os.pipe()
-    os.set_blocking(read_end, False)
-    stream = open(write_end, "w", closefd=False)  # noqa: SIM115 (closed below)
-    handler = StderrHandler()
-    handler.setStream(stream)
-    handler.setFormatter(JsonFormatter())
-    logger = logging.getLogger("test.stderr_handler_thread")
-    logger.addHandler(handler)
-    logger.propagate = False
+    logger, _, read_end, write_end = stderr_pipe
     writer = stderr_writer(write_end)
-    data = b""
 
     def log_from_a_thread() -> None:
         for number in range(2000):
             logger.warning("thread %d", number)
 
-    try:
-        # The loop writes first (the sidecar's own lines on its loop come before any thread's).
-        assert writer.submit(b'{"message": "loop start"}\n', 1)
-        thread = asyncio.get_running_loop().run_in_executor(None, log_from_a_thread)
-        for number in range(2000):
-            assert writer.submit(b'{"message": "loop %d"}\n' % number, 1)
-            if number % 50 == 0:
-                await asyncio.sleep(0)
-            with contextlib.suppress(BlockingIOError):
-                data += os.read(read_end, 1 << 16)
-        await thread
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline and not (writer.idle() and data.count(b"\n") >= 4001):
-            await asyncio.sleep(0.01)
-            with contextlib.suppress(BlockingIOError):
-                data += os.read(read_end, 1 << 16)
-    finally:
-        logger.removeHandler(handler)
-        stream.close()
-        os.close(read_end)
-        os.close(write_end)
+    # The loop writes first (the sidecar's own lines on its loop come before any thread's).
+    assert writer.submit(b'{"message": "loop start"}\n', 1)
+    thread = asyncio.get_running_loop().run_in_executor(None, log_from_a_thread)
+    data = b""
+    for number in range(2000):
+        assert writer.submit(b'{"message": "loop %d"}\n' % number, 1)
+        if number % 50 == 0:
+            await asyncio.sleep(0)
+        data += read_available(read_end)
+    await thread
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not (writer.idle() and data.count(b"\n") >= 4001):
+        await asyncio.sleep(0.01)
+        data += read_available(read_end)
     messages = [json.loads(line)["message"] for line in data.splitlines()]
     expected = ["loop start"] + [f"loop {n}" for n in range(2000)] + [f"thread {n}" for n in range(2000)]
     assert sorted(messages) == sorted(expected)
