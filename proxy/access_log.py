@@ -243,8 +243,9 @@ class LogWriter:
     def write_line(self, data: bytes) -> bool:
         """Write a record's line(s) for the logging handler, never blocking the event loop.
 
-        On the loop's thread, as :meth:`submit` (False: refused, the queue is full). Anywhere
-        else, with what the loop left queued first, waiting at most ``OFF_LOOP_WAIT_S``.
+        On the loop's thread, as :meth:`submit` (False: refused, the queue is full). From
+        another thread while that loop runs, handed to it. With no loop running, after what the
+        loop left queued, waiting at most ``OFF_LOOP_WAIT_S``.
         """
         if self._closed:
             return False
